@@ -1,0 +1,173 @@
+// The guest agent: owns the record ring, the probe runtime and the link to the host.
+import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import * as os from 'node:os';
+import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, type pb } from '../proto/codec.js';
+import { VESPER_VERSION } from '../proto/version.js';
+import { Session } from './channel/session.js';
+import type { Link, Transport } from './channel/transports.js';
+import { KmsgSource } from './kernel/kmsg.js';
+import { psiAvailable } from './kernel/pressure.js';
+import { ProcCache, WallClock, monoNow } from './kernel/proc.js';
+import { ReaderBudget, TraceFs, locateTracefs } from './kernel/tracefs.js';
+import type { Logger } from './log.js';
+import type { Capabilities } from './modules/api.js';
+import { ProbeRuntime } from './modules/runtime.js';
+import type { TrustedKeys } from './modules/verify.js';
+import { RecordRing } from './ring/record-ring.js';
+
+export interface AgentOptions {
+  transport: Transport;
+  keys: TrustedKeys;
+  log: Logger;
+  ringRecords: number;
+  ringBytes: number;
+  traceBufferKb: number;
+  tracefsPath?: string;
+  maxFrameBytes?: number;
+  /** thread-pool threads the tracefs readers may hold */
+  readerThreads: number;
+}
+
+export class Agent {
+  readonly ring: RecordRing;
+  readonly runtime: ProbeRuntime;
+  readonly tracefs: TraceFs | null;
+  readonly caps: Capabilities & { missing: string[]; tracefsPath: string };
+  private session: Session | null = null;
+  private readonly clock = new WallClock();
+  private readonly kmsg = new KmsgSource();
+  private readonly startMono = monoNow();
+  private readonly bootId: string;
+
+  constructor(private readonly o: AgentOptions) {
+    const missing: string[] = [];
+    const tf = locateTracefs(o.tracefsPath);
+    this.tracefs = tf.path ? new TraceFs(tf.path, new ReaderBudget(o.readerThreads)) : null;
+    if (!this.tracefs) missing.push(tf.why);
+    else {
+      const stale = this.tracefs.removeStaleInstances('vesper.');
+      if (stale.length) o.log.info({ stale }, 'removed tracing instances left by an earlier agent');
+      if (!this.tracefs.kprobes) missing.push(`kprobe_events: ${tf.path}/kprobe_events does not exist (kernel built without CONFIG_KPROBE_EVENTS)`);
+    }
+    const psi = psiAvailable();
+    if (!psi) missing.push('PSI: /proc/pressure/memory does not exist (CONFIG_PSI off or psi=0)');
+    const cgroupV2 = existsSync('/sys/fs/cgroup/cgroup.controllers') || existsSync('/sys/fs/cgroup/unified/cgroup.controllers');
+    if (!cgroupV2) missing.push('cgroup v2: no cgroup2 mount at /sys/fs/cgroup');
+    const kmsg = this.kmsg.available;
+    if (!kmsg) missing.push('/dev/kmsg is not readable');
+    this.caps = {
+      tracefs: Boolean(this.tracefs),
+      kprobeEvents: Boolean(this.tracefs?.kprobes),
+      psi,
+      cgroupV2,
+      kmsg,
+      missing,
+      tracefsPath: this.tracefs?.path ?? '',
+    };
+    this.bootId = readText('/proc/sys/kernel/random/boot_id');
+    this.ring = new RecordRing(o.ringRecords, o.ringBytes, () => this.clock.now());
+    this.runtime = new ProbeRuntime({
+      agentVersion: VESPER_VERSION,
+      tracefs: this.tracefs,
+      tracefsWhy: tf.why,
+      kmsg: this.kmsg,
+      proc: new ProcCache(),
+      clock: this.clock,
+      caps: this.caps,
+      keys: o.keys,
+      log: o.log,
+      append: (rec) => {
+        const seq = this.ring.append(rec);
+        this.session?.schedulePump();
+        return seq > 0;
+      },
+      instancePrefix: `vesper.${process.pid}.`,
+      traceBufferKb: o.traceBufferKb,
+    });
+  }
+
+  /** Keeps the agent alive and prompt when the guest is not: never the OOM victim, ahead of busy work. */
+  protectSelf(): string[] {
+    const done: string[] = [];
+    try {
+      writeFileSync('/proc/self/oom_score_adj', '-1000');
+      done.push('oom_score_adj=-1000');
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'could not set oom_score_adj');
+    }
+    try {
+      os.setPriority(0, -10);
+      done.push('nice=-10');
+    } catch (err) {
+      this.o.log.warn({ err: (err as Error).message }, 'could not raise priority');
+    }
+    return done;
+  }
+
+  hello(): pb.IHello {
+    return {
+      protocolVersion: PROTOCOL_VERSION,
+      agentVersion: VESPER_VERSION,
+      kernelRelease: os.release(),
+      bootId: this.bootId,
+      hostname: os.hostname(),
+      cpus: this.tracefs?.cpus.length ?? os.cpus().length,
+      capabilities: {
+        tracefs: this.caps.tracefs,
+        kprobeEvents: this.caps.kprobeEvents,
+        psi: this.caps.psi,
+        cgroupV2: this.caps.cgroupV2,
+        kmsg: this.caps.kmsg,
+        tracefsPath: this.caps.tracefsPath,
+        missing: this.caps.missing,
+      },
+      agentStartMonoNs: this.startMono,
+      firstUnackedSeq: this.ring.firstSeq,
+      lastSeq: this.ring.lastSeq,
+      loaded: this.runtime.list(),
+      ringCapacity: this.ring.capacityRecords,
+      maxFrameBytes: this.o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      agentPid: process.pid,
+    };
+  }
+
+  async start(): Promise<void> {
+    await this.o.transport.start((link) => this.onLink(link));
+    this.o.log.info({ transport: this.o.transport.describe, caps: this.caps }, 'agent ready');
+  }
+
+  private onLink(link: Link): void {
+    // One host at a time: a new connection means the host came back; the old one is dead.
+    if (this.session) this.session.close('replaced by a new link');
+    const s = new Session(
+      link.stream,
+      link.describe,
+      {
+        ring: this.ring,
+        runtime: this.runtime,
+        log: this.o.log,
+        hello: () => this.hello(),
+        maxFrameBytes: this.o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      },
+      (closed) => {
+        if (this.session === closed) this.session = null;
+      },
+    );
+    this.session = s;
+  }
+
+  async stop(): Promise<void> {
+    this.session?.close('agent stopping');
+    await this.runtime.stopAll();
+    await this.kmsg.stop();
+    await this.o.transport.stop();
+  }
+}
+
+function readText(p: string): string {
+  try {
+    return readFileSync(p, 'utf8').trim();
+  } catch {
+    return '';
+  }
+}

@@ -1,0 +1,80 @@
+import { Command, InvalidArgumentError } from 'commander';
+import { ErrorCode, VesperError, exitStatusFor } from '../proto/errors.js';
+import { VESPER_VERSION } from '../proto/version.js';
+import { Agent } from './agent.js';
+import { parseTransport } from './channel/transports.js';
+import { createLogger } from './log.js';
+import { TrustedKeys } from './modules/verify.js';
+
+function int(min: number) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`must be an integer >= ${min}`);
+    return n;
+  };
+}
+
+export async function run(argv: string[]): Promise<void> {
+  const program = new Command('vesper-agent')
+    .description('vesper guest agent: loads signed probe modules and streams kernel events to the host')
+    .version(VESPER_VERSION)
+    .option('-t, --transport <spec>', 'unix:PATH (listen), stdio, or virtio:PORT-NAME', 'virtio:org.vesper.agent.0')
+    .requiredOption('-k, --host-key <path>', "the host's ed25519 public key (PEM), or a directory of them", process.env.VESPER_HOST_KEY)
+    .option('--ring-records <n>', 'records the ring holds until acknowledged', int(16), 65536)
+    .option('--ring-mb <n>', 'megabytes of encoded records the ring holds', int(1), 16)
+    .option('--trace-buffer-kb <n>', 'kernel trace buffer per CPU per probe instance', int(4), 1024)
+    .option('--tracefs <path>', 'tracefs mount point (default: find or mount it)')
+    .option('--max-frame-bytes <n>', 'largest frame accepted or sent', int(4096), 1 << 20)
+    .option('--no-protect', 'do not set oom_score_adj or raise priority (tests)')
+    .showHelpAfterError();
+  program.parse(argv);
+  const o = program.opts<{
+    transport: string;
+    hostKey: string;
+    ringRecords: number;
+    ringMb: number;
+    traceBufferKb: number;
+    tracefs?: string;
+    maxFrameBytes: number;
+    protect: boolean;
+  }>();
+  const log = createLogger();
+  let agent: Agent;
+  try {
+    agent = new Agent({
+      transport: parseTransport(o.transport),
+      keys: TrustedKeys.load(o.hostKey),
+      log,
+      ringRecords: o.ringRecords,
+      ringBytes: o.ringMb * 1024 * 1024,
+      traceBufferKb: o.traceBufferKb,
+      tracefsPath: o.tracefs,
+      maxFrameBytes: o.maxFrameBytes,
+      readerThreads: Math.max(4, Number(process.env.UV_THREADPOOL_SIZE ?? 64) - 6),
+    });
+    if (o.protect) log.info({ protections: agent.protectSelf() }, 'self-protection');
+    await agent.start();
+  } catch (err) {
+    const e = VesperError.from(err, ErrorCode.USAGE);
+    log.fatal({ code: e.code }, e.message);
+    process.exitCode = exitStatusFor(e.code);
+    return;
+  }
+
+  // A probe's stray promise must not take the agent down.
+  process.on('unhandledRejection', (reason) => log.error({ err: String((reason as Error)?.stack ?? reason) }, 'unhandled rejection'));
+  let stopping = false;
+  const shutdown = (sig: string): void => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ sig }, 'stopping');
+    // Blocked kernel readers keep the process from exiting; if they do not wake, leave hard.
+    setTimeout(() => process.kill(process.pid, 'SIGKILL'), 8000).unref();
+    agent
+      .stop()
+      .catch((err: Error) => log.error({ err: err.message }, 'stop failed'))
+      .finally(() => process.exit(0));
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}

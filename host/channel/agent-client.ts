@@ -1,0 +1,338 @@
+// The host's end of one agent link: handshake, requests (load, unload, parameters), and the
+// record stream turned into typed events, de-duplicated by sequence number and acknowledged.
+//
+// Everything the agent sends is untrusted: bad frames and undecodable messages become
+// 'protocolError' events with codes, never exceptions out of the socket handler.
+import { EventEmitter } from 'node:events';
+import * as net from 'node:net';
+import type { Duplex } from 'node:stream';
+import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, type pb } from '../../proto/codec.js';
+import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
+import { VESPER_VERSION } from '../../proto/version.js';
+
+export interface ProbeInfo {
+  handle: number;
+  name: string;
+  instance: number;
+  version: string;
+  params: Record<string, string>;
+  events: Map<number, string>;
+}
+
+export type RecordKind = 'signal' | 'oom' | 'exec' | 'exit' | 'fork' | 'psi' | 'kprobe' | 'heartbeat' | 'loss' | 'probeFault' | 'generic';
+
+export interface AgentRecord {
+  seq: number;
+  monoNs: number;
+  wallNs: number;
+  handle: number;
+  /** probe name, or "agent" for the agent's own records (loss, probe faults) */
+  probe: string;
+  instance: number;
+  /** event name from the probe's manifest ("loss" / "probe_fault" for the agent's own) */
+  event: string;
+  kind: RecordKind;
+  raw: pb.Record;
+}
+
+export interface AgentClientOptions {
+  /** Highest sequence number already held: the agent resends everything after it. */
+  resumeAfterSeq?: number;
+  /** Acknowledge records as soon as the 'record' listeners have run (default true). */
+  autoAck?: boolean;
+  requestTimeoutMs?: number;
+  handshakeTimeoutMs?: number;
+  maxFrameBytes?: number;
+}
+
+interface Pending {
+  resolve: (f: pb.Frame) => void;
+  reject: (e: VesperError) => void;
+  timer: NodeJS.Timeout;
+}
+
+export interface AgentClient {
+  on(ev: 'record', fn: (r: AgentRecord) => void): this;
+  on(ev: 'batch', fn: (records: AgentRecord[]) => void): this;
+  on(ev: 'protocolError', fn: (e: VesperError) => void): this;
+  on(ev: 'close', fn: (why: string) => void): this;
+}
+
+export class AgentClient extends EventEmitter {
+  hello!: pb.Hello;
+  readonly probes = new Map<number, ProbeInfo>();
+  /** Highest sequence number received in order; everything up to it is held. */
+  lastSeq: number;
+  duplicates = 0;
+  gaps = 0;
+  recordsReceived = 0;
+  private nextReq = 1;
+  private readonly pending = new Map<number, Pending>();
+  private readonly decoder: FrameDecoder;
+  private closed = false;
+  private readonly ready: Promise<void>;
+  private readonly opts: Required<AgentClientOptions>;
+
+  constructor(
+    readonly stream: Duplex,
+    opts: AgentClientOptions = {},
+  ) {
+    super();
+    this.opts = {
+      resumeAfterSeq: opts.resumeAfterSeq ?? 0,
+      autoAck: opts.autoAck ?? true,
+      requestTimeoutMs: opts.requestTimeoutMs ?? 30_000,
+      handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 15_000,
+      maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+    };
+    this.lastSeq = this.opts.resumeAfterSeq;
+    this.decoder = new FrameDecoder({
+      maxFrameBytes: this.opts.maxFrameBytes,
+      onFrame: (p) => this.onFrame(p),
+      onError: (e) => this.emit('protocolError', e),
+    });
+    let helloResolve!: () => void;
+    let helloReject!: (e: VesperError) => void;
+    this.ready = new Promise<void>((res, rej) => {
+      helloResolve = res;
+      helloReject = rej;
+    });
+    const t = setTimeout(
+      () => helloReject(new VesperError(ErrorCode.HANDSHAKE_TIMEOUT, `agent sent no hello within ${this.opts.handshakeTimeoutMs} ms`)),
+      this.opts.handshakeTimeoutMs,
+    );
+    this.once('hello', () => {
+      clearTimeout(t);
+      helloResolve();
+    });
+    this.once('close', (why: string) => {
+      clearTimeout(t);
+      helloReject(new VesperError(ErrorCode.DISCONNECTED, `link closed before the handshake: ${why}`));
+    });
+    stream.on('data', (c: Buffer) => this.decoder.push(c));
+    stream.on('error', (err) => this.emit('protocolError', new VesperError(ErrorCode.DISCONNECTED, err.message)));
+    stream.on('close', () => this.shutdown('link closed'));
+  }
+
+  /** Connects to an agent listening on a unix socket and completes the handshake. */
+  static async connectUnix(path: string, opts: AgentClientOptions & { connectTimeoutMs?: number } = {}): Promise<AgentClient> {
+    const sock = await new Promise<net.Socket>((resolve, reject) => {
+      const s = net.createConnection(path);
+      const t = setTimeout(() => {
+        s.destroy();
+        reject(new VesperError(ErrorCode.CONNECT_FAILED, `timed out connecting to ${path}`));
+      }, opts.connectTimeoutMs ?? 5000);
+      s.once('connect', () => {
+        clearTimeout(t);
+        resolve(s);
+      });
+      s.once('error', (err) => {
+        clearTimeout(t);
+        reject(new VesperError(ErrorCode.CONNECT_FAILED, `cannot connect to agent at ${path}: ${err.message}`));
+      });
+    });
+    const c = new AgentClient(sock, opts);
+    try {
+      await c.handshake();
+    } catch (err) {
+      c.close();
+      throw err;
+    }
+    return c;
+  }
+
+  handshake(): Promise<void> {
+    return this.ready;
+  }
+
+  get isClosed(): boolean {
+    return this.closed;
+  }
+
+  // ---------------------------------------------------------------- requests
+
+  async load(module: pb.IProbeModule, o: { instances?: number; params?: Record<string, string>; instanceParams?: Record<number, Record<string, string>> } = {}): Promise<ProbeInfo[]> {
+    const f = await this.request({
+      loadProbe: {
+        module,
+        instances: o.instances ?? 1,
+        params: kv(o.params),
+        instanceParams: Object.entries(o.instanceParams ?? {}).map(([i, p]) => ({ instance: Number(i), params: kv(p) })),
+      },
+    });
+    const r = f.loadResult;
+    if (!r?.ok) throw VesperError.fromWire(r?.error);
+    return (r.loaded ?? []).map((l) => this.remember(l));
+  }
+
+  async unload(handlesOrName: number[] | string): Promise<number[]> {
+    const f = await this.request({
+      unloadProbe: typeof handlesOrName === 'string' ? { name: handlesOrName } : { handles: handlesOrName },
+    });
+    const r = f.unloadResult;
+    if (!r?.ok) throw VesperError.fromWire(r?.error);
+    const unloaded = r.unloaded ?? [];
+    for (const h of unloaded) this.probes.delete(h);
+    return unloaded;
+  }
+
+  async setParams(handle: number, params: Record<string, string>): Promise<ProbeInfo> {
+    const f = await this.request({ setParams: { handle, params: kv(params) } });
+    const r = f.setParamsResult;
+    if (!r?.ok || !r.probe) throw VesperError.fromWire(r?.error);
+    return this.remember(r.probe);
+  }
+
+  async list(): Promise<ProbeInfo[]> {
+    const f = await this.request({ listProbes: {} });
+    return (f.probeList?.loaded ?? []).map((l) => this.remember(l));
+  }
+
+  /** Round trip through the agent, in ms. */
+  async ping(): Promise<number> {
+    const t0 = process.hrtime.bigint();
+    await this.request({ ping: { nonce: Number(t0 & 0xffffffffn), sentMonoNs: Number(t0) } });
+    return Number(process.hrtime.bigint() - t0) / 1e6;
+  }
+
+  /** Acknowledges everything up to seq (with autoAck off, once the records are safe). */
+  ack(seq = this.lastSeq): void {
+    this.send({ ack: { seq } });
+  }
+
+  close(): void {
+    this.stream.destroy();
+    this.shutdown('closed by host');
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private remember(l: pb.ILoadedProbe): ProbeInfo {
+    const info: ProbeInfo = {
+      handle: l.handle ?? 0,
+      name: l.name ?? '',
+      instance: l.instance ?? 0,
+      version: l.version ?? '',
+      params: Object.fromEntries((l.params ?? []).map((p) => [p.name ?? '', p.value ?? ''])),
+      events: new Map((l.events ?? []).map((e) => [e.id ?? 0, e.name ?? ''])),
+    };
+    this.probes.set(info.handle, info);
+    return info;
+  }
+
+  private request(body: pb.IFrame): Promise<pb.Frame> {
+    if (this.closed) return Promise.reject(new VesperError(ErrorCode.DISCONNECTED, 'agent link is closed'));
+    const reqId = this.nextReq++;
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(reqId);
+        reject(new VesperError(ErrorCode.REQUEST_TIMEOUT, `agent did not answer request ${Object.keys(body)[0]} within ${this.opts.requestTimeoutMs} ms`));
+      }, this.opts.requestTimeoutMs);
+      this.pending.set(reqId, { resolve, reject, timer });
+      this.send({ ...body, reqId });
+    });
+  }
+
+  private send(f: pb.IFrame): void {
+    if (!this.closed) this.stream.write(encodeFrame(encodeMessage(f)));
+  }
+
+  private shutdown(why: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.decoder.discardPartial('ended');
+    for (const [, p] of this.pending) {
+      clearTimeout(p.timer);
+      p.reject(new VesperError(ErrorCode.DISCONNECTED, `agent link closed: ${why}`));
+    }
+    this.pending.clear();
+    this.emit('close', why);
+  }
+
+  private onFrame(payload: Buffer): void {
+    let f: pb.Frame;
+    try {
+      f = decodeMessage(payload);
+    } catch (err) {
+      this.emit('protocolError', VesperError.from(err, ErrorCode.MESSAGE_DECODE));
+      return;
+    }
+    switch (f.body) {
+      case 'batch':
+        this.onBatch((f.batch!.records ?? []) as pb.Record[]);
+        return;
+      case 'hello': {
+        const h = f.hello! as pb.Hello;
+        if (h.protocolVersion !== PROTOCOL_VERSION) {
+          this.emit('protocolError', new VesperError(ErrorCode.PROTOCOL_VERSION, `agent speaks protocol ${h.protocolVersion}, host ${PROTOCOL_VERSION}`));
+          this.close();
+          return;
+        }
+        this.hello = h;
+        this.probes.clear();
+        for (const l of h.loaded ?? []) this.remember(l);
+        this.send({ helloAck: { protocolVersion: PROTOCOL_VERSION, hostVersion: VESPER_VERSION, ackedSeq: this.lastSeq, maxFrameBytes: this.opts.maxFrameBytes } });
+        this.emit('hello', h);
+        return;
+      }
+      case 'error':
+        this.emit('protocolError', VesperError.fromWire(f.error));
+        return;
+      default: {
+        const p = this.pending.get(f.reqId);
+        if (!p) {
+          this.emit('protocolError', new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `unsolicited ${f.body ?? 'empty'} message (request ${f.reqId})`));
+          return;
+        }
+        this.pending.delete(f.reqId);
+        clearTimeout(p.timer);
+        p.resolve(f);
+      }
+    }
+  }
+
+  private onBatch(records: pb.Record[]): void {
+    const out: AgentRecord[] = [];
+    for (const raw of records) {
+      const seq = raw.seq;
+      if (seq <= this.lastSeq) {
+        this.duplicates++;
+        continue;
+      }
+      if (seq !== this.lastSeq + 1) {
+        this.gaps++;
+        this.emit('protocolError', new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `sequence gap: expected ${this.lastSeq + 1}, got ${seq}`));
+      }
+      this.lastSeq = seq;
+      this.recordsReceived++;
+      out.push(this.typed(raw));
+    }
+    if (!out.length) return;
+    if (this.listenerCount('record')) for (const r of out) this.emit('record', r);
+    this.emit('batch', out);
+    if (this.opts.autoAck) this.ack();
+  }
+
+  private typed(raw: pb.Record): AgentRecord {
+    const kind = (raw.payload ?? 'generic') as RecordKind;
+    if (raw.handle === 0)
+      return { seq: raw.seq, monoNs: raw.monoNs, wallNs: raw.wallNs, handle: 0, probe: 'agent', instance: 0, event: kind === 'loss' ? 'loss' : 'probe_fault', kind, raw };
+    const p = this.probes.get(raw.handle);
+    return {
+      seq: raw.seq,
+      monoNs: raw.monoNs,
+      wallNs: raw.wallNs,
+      handle: raw.handle,
+      probe: p?.name ?? `handle-${raw.handle}`,
+      instance: p?.instance ?? 0,
+      event: p?.events.get(raw.eventId) ?? `event-${raw.eventId}`,
+      kind,
+      raw,
+    };
+  }
+}
+
+function kv(o: Record<string, string> | undefined): pb.IParamValue[] {
+  return Object.entries(o ?? {}).map(([name, value]) => ({ name, value: String(value) }));
+}

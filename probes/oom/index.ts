@@ -1,0 +1,122 @@
+import type { pb } from '../../proto/codec.js';
+import type { ProbeContext, ProbeModule } from '../../guest-agent/modules/api.js';
+
+// The kernel's OOM report in /dev/kmsg (mm/oom_kill.c):
+//   "<comm> invoked oom-killer: gfp_mask=..., order=0, oom_score_adj=0"
+//   "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/x,task_memcg=/x,task=hog,pid=123,uid=0"
+//   "Memory cgroup out of memory: Killed process 123 (hog) total-vm:...kB, anon-rss:...kB, file-rss:...kB, shmem-rss:...kB, UID:0 pgtables:...kB oom_score_adj:0"
+const KILLED = /Killed process (\d+) \((.*)\) total-vm:(\d+)kB, anon-rss:(\d+)kB, file-rss:(\d+)kB, shmem-rss:(\d+)kB, UID:(\d+) pgtables:(\d+)kB oom_score_adj:(-?\d+)/;
+const SUMMARY = /^oom-kill:(.*)$/;
+const INVOKED = /^(.*) invoked oom-killer:/;
+
+interface Pending {
+  oom: pb.IOomEvent;
+  ts: number;
+  timer: NodeJS.Timeout | null;
+}
+
+const probe: ProbeModule = {
+  setup(ctx: ProbeContext) {
+    const wait = ctx.params['detail_wait_ms'] as number;
+    const pending = new Map<number, Pending>();
+    const summaries = new Map<number, Record<string, string>>(); // by victim pid
+    const killed = new Map<number, RegExpExecArray>();
+    let lastInvoker = '';
+
+    const send = (pid: number): void => {
+      const p = pending.get(pid);
+      if (!p) return;
+      pending.delete(pid);
+      if (p.timer) clearTimeout(p.timer);
+      const k = killed.get(pid);
+      const s = summaries.get(pid);
+      killed.delete(pid);
+      summaries.delete(pid);
+      const o = p.oom;
+      if (k) {
+        o.victim = { pid, comm: k[2]! };
+        o.totalVmKb = Number(k[3]);
+        o.anonRssKb = Number(k[4]);
+        o.fileRssKb = Number(k[5]);
+        o.shmemRssKb = Number(k[6]);
+        o.uid = Number(k[7]);
+        o.pgtablesKb = Number(k[8]);
+        o.oomScoreAdj = Number(k[9]);
+        o.figuresComplete = true;
+      }
+      if (s) {
+        o.constraint = s['constraint'] ?? '';
+        o.memcg = s['oom_memcg'] ?? '';
+        o.taskMemcg = s['task_memcg'] ?? '';
+      }
+      ctx.emit('oom_kill', { oom: o }, p.ts);
+    };
+
+    ctx.trace('oom', 'mark_victim', '', (ev) => {
+      const f = ev.fields;
+      const pid = f['pid'] as number;
+      const oom: pb.IOomEvent = {
+        victim: { pid, comm: (f['comm'] as string | undefined) ?? ctx.comm(pid) },
+        trigger: { pid: ev.pid, comm: lastInvoker || ctx.comm(ev.pid) },
+      };
+      // Newer kernels (6.8 on) carry the figures, in kB, in the event itself.
+      if (f['total_vm'] !== undefined) {
+        oom.totalVmKb = f['total_vm'] as number;
+        oom.anonRssKb = f['anon_rss'] as number;
+        oom.fileRssKb = f['file_rss'] as number;
+        oom.shmemRssKb = f['shmem_rss'] as number;
+        oom.uid = f['uid'] as number;
+        oom.pgtablesKb = f['pgtables'] as number;
+        oom.oomScoreAdj = f['oom_score_adj'] as number;
+        oom.figuresComplete = true;
+      }
+      const p: Pending = { oom, ts: ev.ts, timer: null };
+      pending.set(pid, p);
+      if (!ctx.capabilities.kmsg || killed.has(pid)) return send(pid);
+      p.timer = setTimeout(() => send(pid), wait);
+    });
+
+    if (ctx.capabilities.kmsg)
+      ctx.kmsg((line) => {
+        const t = line.text;
+        let m = INVOKED.exec(t);
+        if (m) {
+          lastInvoker = m[1]!;
+          return;
+        }
+        m = SUMMARY.exec(t);
+        if (m) {
+          const kv: Record<string, string> = {};
+          for (const part of m[1]!.split(',')) {
+            const i = part.indexOf('=');
+            if (i > 0) kv[part.slice(0, i)] = part.slice(i + 1);
+          }
+          const pid = Number(kv['pid']);
+          if (pid) summaries.set(pid, kv);
+          return;
+        }
+        m = KILLED.exec(t);
+        if (m) {
+          const pid = Number(m[1]);
+          killed.set(pid, m);
+          if (pending.has(pid)) send(pid);
+          if (killed.size > 64) killed.delete(killed.keys().next().value!);
+        }
+      });
+
+    for (const cg of ctx.params['cgroups'] as string[])
+      ctx.memoryEvents(cg, (delta) => {
+        ctx.emit('memory_events', {
+          generic: {
+            fields: [{ name: 'cgroup', str: cg }, ...Object.entries(delta).map(([name, v]) => ({ name, int: v }))],
+          },
+        });
+      });
+
+    ctx.every(5000, () => {
+      // Reports that never matched a trace event (another agent's kill, lost event) age out.
+      if (summaries.size > 64) summaries.clear();
+    });
+  },
+};
+export default probe;

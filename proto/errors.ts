@@ -1,0 +1,83 @@
+// One catalogue of error codes for the whole project. Codes are stable strings: scripts and
+// the host match on them, so a code, once shipped, keeps its meaning. Messages may change.
+
+export const ErrorCode = {
+  // framing and protocol
+  FRAME_TOO_LARGE: 'VSP_FRAME_TOO_LARGE',
+  FRAME_CRC: 'VSP_FRAME_CRC',
+  FRAME_GARBAGE: 'VSP_FRAME_GARBAGE',
+  FRAME_TRUNCATED: 'VSP_FRAME_TRUNCATED',
+  FRAME_BAD_LENGTH: 'VSP_FRAME_BAD_LENGTH',
+  MESSAGE_DECODE: 'VSP_MESSAGE_DECODE',
+  PROTOCOL_VERSION: 'VSP_PROTOCOL_VERSION',
+  PROTOCOL_UNEXPECTED: 'VSP_PROTOCOL_UNEXPECTED',
+  HANDSHAKE_TIMEOUT: 'VSP_HANDSHAKE_TIMEOUT',
+  REQUEST_TIMEOUT: 'VSP_REQUEST_TIMEOUT',
+  DISCONNECTED: 'VSP_DISCONNECTED',
+  CONNECT_FAILED: 'VSP_CONNECT_FAILED',
+  // probe modules
+  PROBE_UNSIGNED: 'VSP_PROBE_UNSIGNED',
+  PROBE_BAD_SIGNATURE: 'VSP_PROBE_BAD_SIGNATURE',
+  PROBE_DIGEST_MISMATCH: 'VSP_PROBE_DIGEST_MISMATCH',
+  PROBE_UNKNOWN_KEY: 'VSP_PROBE_UNKNOWN_KEY',
+  PROBE_BAD_MANIFEST: 'VSP_PROBE_BAD_MANIFEST',
+  PROBE_AGENT_VERSION: 'VSP_PROBE_AGENT_VERSION',
+  PROBE_BAD_PARAM: 'VSP_PROBE_BAD_PARAM',
+  PROBE_LOAD_FAILED: 'VSP_PROBE_LOAD_FAILED',
+  PROBE_CRASHED: 'VSP_PROBE_CRASHED',
+  PROBE_NOT_FOUND: 'VSP_PROBE_NOT_FOUND',
+  PROBE_ALREADY_LOADED: 'VSP_PROBE_ALREADY_LOADED',
+  // kernel event sources
+  TRACEFS_UNAVAILABLE: 'VSP_TRACEFS_UNAVAILABLE',
+  TRACEFS_EVENT_MISSING: 'VSP_TRACEFS_EVENT_MISSING',
+  TRACEFS_BAD_FILTER: 'VSP_TRACEFS_BAD_FILTER',
+  TRACEFS_READERS_EXHAUSTED: 'VSP_TRACEFS_READERS_EXHAUSTED',
+  KPROBE_UNAVAILABLE: 'VSP_KPROBE_UNAVAILABLE',
+  KPROBE_BAD_DEFINITION: 'VSP_KPROBE_BAD_DEFINITION',
+  PSI_UNAVAILABLE: 'VSP_PSI_UNAVAILABLE',
+  CGROUP_UNAVAILABLE: 'VSP_CGROUP_UNAVAILABLE',
+  // keys and files
+  KEY_MISSING: 'VSP_KEY_MISSING',
+  KEY_INVALID: 'VSP_KEY_INVALID',
+  USAGE: 'VSP_USAGE',
+  INTERNAL: 'VSP_INTERNAL',
+} as const;
+
+export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** Exit statuses for command-line tools, one place for the mapping. */
+export function exitStatusFor(code: string): number {
+  if (code === ErrorCode.USAGE) return 2;
+  if (code === ErrorCode.CONNECT_FAILED || code === ErrorCode.DISCONNECTED) return 69; // EX_UNAVAILABLE
+  if (code.startsWith('VSP_PROBE_')) return 65; // EX_DATAERR
+  if (code.startsWith('VSP_TRACEFS_') || code.startsWith('VSP_KPROBE_') || code.startsWith('VSP_PSI_'))
+    return 72; // EX_OSFILE
+  return 1;
+}
+
+export class VesperError extends Error {
+  readonly code: string;
+  readonly detail: string;
+  constructor(code: string, message: string, detail = '', options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'VesperError';
+    this.code = code;
+    this.detail = detail;
+  }
+
+  toWire(): { code: string; message: string; detail: string } {
+    return { code: this.code, message: this.message, detail: this.detail };
+  }
+
+  static fromWire(e: { code?: string | null; message?: string | null; detail?: string | null } | null | undefined): VesperError {
+    return new VesperError(e?.code || ErrorCode.INTERNAL, e?.message || 'unknown error', e?.detail || '');
+  }
+
+  /** Wraps anything thrown into a VesperError, keeping a code it already had. */
+  static from(err: unknown, fallbackCode: string = ErrorCode.INTERNAL): VesperError {
+    if (err instanceof VesperError) return err;
+    const e = err as { code?: unknown; message?: unknown };
+    const msg = typeof e?.message === 'string' ? e.message : String(err);
+    return new VesperError(fallbackCode, msg, typeof e?.code === 'string' ? e.code : '', { cause: err });
+  }
+}

@@ -1,0 +1,177 @@
+// Framing for the host<->guest byte stream.
+//
+//   sync marker (4 bytes: F5 56 53 50)  varint payload length  crc32(payload) u32le  payload
+//
+// The marker is the resync point: after garbage, an oversized length or a CRC mismatch the
+// reader skips forward to the next marker and carries on, reporting what it skipped. The
+// CRC is what makes a marker that happens to sit inside garbage harmless. The length is
+// checked against a maximum before a single byte is buffered for it, so a hostile length
+// prefix cannot make the reader allocate.
+import { crc32 } from 'node:zlib';
+import { ErrorCode, VesperError } from './errors.js';
+
+export const FRAME_MARKER = Buffer.from([0xf5, 0x56, 0x53, 0x50]);
+const MARKER_LEN = 4;
+const CRC_LEN = 4;
+const MAX_VARINT_LEN = 5;
+
+export function varintLength(n: number): number {
+  return n < 0x80 ? 1 : n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5;
+}
+
+export function writeVarint(buf: Uint8Array, pos: number, n: number): number {
+  while (n >= 0x80) {
+    buf[pos++] = (n & 0x7f) | 0x80;
+    n >>>= 7;
+  }
+  buf[pos++] = n;
+  return pos;
+}
+
+/** Puts one payload into a frame. */
+export function encodeFrame(payload: Uint8Array): Buffer {
+  const out = Buffer.allocUnsafe(MARKER_LEN + varintLength(payload.length) + CRC_LEN + payload.length);
+  FRAME_MARKER.copy(out, 0);
+  let pos = writeVarint(out, MARKER_LEN, payload.length);
+  out.writeUInt32LE(crc32(payload), pos);
+  pos += CRC_LEN;
+  out.set(payload, pos);
+  return out;
+}
+
+export interface FrameDecoderOptions {
+  maxFrameBytes: number;
+  onFrame: (payload: Buffer) => void;
+  /** Called once per problem; the decoder has already resynchronised when this runs. */
+  onError: (err: VesperError) => void;
+}
+
+/**
+ * Turns a byte stream back into payloads. Payload buffers passed to onFrame are views into
+ * the decoder's buffer, valid only during the call.
+ */
+export class FrameDecoder {
+  private buf: Buffer = Buffer.alloc(0);
+  private skipped = 0; // garbage bytes skipped since the last good frame
+  private partialSince = 0; // Date.now() when an incomplete frame started waiting
+  framesOk = 0;
+  errors = 0;
+  bytesSkipped = 0;
+
+  constructor(private readonly opts: FrameDecoderOptions) {}
+
+  /** Bytes held waiting for the rest of a frame. */
+  get pendingBytes(): number {
+    return this.buf.length;
+  }
+
+  /** How long (ms) an incomplete frame has been waiting; 0 when none. */
+  pendingForMs(now = Date.now()): number {
+    return this.buf.length > 0 && this.partialSince > 0 ? now - this.partialSince : 0;
+  }
+
+  push(chunk: Buffer): void {
+    const buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    let pos = 0;
+    const end = buf.length;
+    while (end - pos >= MARKER_LEN) {
+      if (!this.markerAt(buf, pos)) {
+        const next = buf.indexOf(FRAME_MARKER, pos + 1);
+        const to = next < 0 ? end - (MARKER_LEN - 1) : next;
+        this.skip(to - pos);
+        pos = to;
+        continue;
+      }
+      // varint length
+      let len = 0;
+      let shift = 0;
+      let p = pos + MARKER_LEN;
+      let complete = false;
+      let bad = false;
+      for (let i = 0; i < MAX_VARINT_LEN; i++) {
+        if (p >= end) break;
+        const b = buf[p++]!;
+        len += (b & 0x7f) * 2 ** shift;
+        shift += 7;
+        if ((b & 0x80) === 0) {
+          complete = true;
+          break;
+        }
+        if (i === MAX_VARINT_LEN - 1) bad = true;
+      }
+      if (bad) {
+        this.fail(ErrorCode.FRAME_BAD_LENGTH, 'frame length prefix is not a valid varint');
+        pos += 1;
+        continue;
+      }
+      if (!complete) break; // need more bytes for the length
+      if (len > this.opts.maxFrameBytes) {
+        this.fail(ErrorCode.FRAME_TOO_LARGE, `frame of ${len} bytes exceeds the maximum of ${this.opts.maxFrameBytes}`);
+        pos += 1;
+        continue;
+      }
+      const need = p - pos + CRC_LEN + len;
+      if (end - pos < need) break; // incomplete frame: wait
+      const crc = buf.readUInt32LE(p);
+      const payload = buf.subarray(p + CRC_LEN, p + CRC_LEN + len);
+      if (crc32(payload) !== crc) {
+        this.fail(ErrorCode.FRAME_CRC, `frame of ${len} bytes failed its CRC check`);
+        pos += 1;
+        continue;
+      }
+      this.flushSkipped();
+      pos += need;
+      this.framesOk++;
+      this.opts.onFrame(payload);
+    }
+    const rest = end - pos;
+    if (rest === 0) {
+      this.buf = Buffer.alloc(0);
+      this.partialSince = 0;
+    } else {
+      // Copy: keeping a view would pin the whole chunk behind a few bytes.
+      this.buf = Buffer.from(buf.subarray(pos));
+      if (this.partialSince === 0 || pos > 0) this.partialSince = Date.now();
+    }
+  }
+
+  /**
+   * Gives up on whatever incomplete frame is buffered (the stream stalled or ended in the
+   * middle of one). Returns the number of bytes dropped.
+   */
+  discardPartial(reason: 'stalled' | 'ended'): number {
+    const n = this.buf.length;
+    if (n > 0) {
+      this.buf = Buffer.alloc(0);
+      this.partialSince = 0;
+      this.fail(ErrorCode.FRAME_TRUNCATED, `stream ${reason} inside a frame; ${n} bytes dropped`);
+    }
+    this.flushSkipped();
+    return n;
+  }
+
+  private markerAt(buf: Buffer, pos: number): boolean {
+    return buf[pos] === 0xf5 && buf[pos + 1] === 0x56 && buf[pos + 2] === 0x53 && buf[pos + 3] === 0x50;
+  }
+
+  private skip(n: number): void {
+    this.skipped += n;
+    this.bytesSkipped += n;
+  }
+
+  private flushSkipped(): void {
+    if (this.skipped > 0) {
+      const n = this.skipped;
+      this.skipped = 0;
+      this.errors++;
+      this.opts.onError(new VesperError(ErrorCode.FRAME_GARBAGE, `skipped ${n} bytes that were not a frame`));
+    }
+  }
+
+  private fail(code: string, message: string): void {
+    this.flushSkipped();
+    this.errors++;
+    this.skip(0);
+    this.opts.onError(new VesperError(code, message));
+  }
+}

@@ -1,0 +1,29 @@
+// Bundles what leaves the host: the guest agent (one file, copied into guests) and each
+// probe module (one ES module each, signed and pushed by the host at attach time).
+import { build } from 'esbuild';
+import { readdirSync, existsSync, mkdirSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const out = join(root, 'dist');
+mkdirSync(out, { recursive: true });
+
+const common = { bundle: true, platform: 'node', target: 'node20', format: 'esm', logLevel: 'warning', legalComments: 'none' };
+
+await build({
+  ...common,
+  entryPoints: [join(root, 'guest-agent/main.ts')],
+  outfile: join(out, 'guest-agent/vesper-agent.mjs'),
+  // CommonJS dependencies (pino) call require() for Node built-ins.
+  banner: { js: "#!/usr/bin/env node\nimport { createRequire as __vesperCreateRequire } from 'node:module'; const require = __vesperCreateRequire(import.meta.url);" },
+  minifyWhitespace: false,
+});
+
+const probes = readdirSync(join(root, 'probes')).filter((d) => existsSync(join(root, 'probes', d, 'manifest.json')));
+await Promise.all(
+  probes.map((name) =>
+    build({ ...common, entryPoints: [join(root, 'probes', name, 'index.ts')], outfile: join(out, 'probes', `${name}.mjs`) }),
+  ),
+);
+console.error(`built dist/guest-agent/vesper-agent.mjs and ${probes.length} probe modules: ${probes.join(', ')}`);
