@@ -50,7 +50,8 @@ export async function run(argv: string[]): Promise<void> {
       traceBufferKb: o.traceBufferKb,
       tracefsPath: o.tracefs,
       maxFrameBytes: o.maxFrameBytes,
-      readerThreads: Math.max(4, Number(process.env.UV_THREADPOOL_SIZE ?? 64) - 6),
+      // Leave four pool threads for everything else (file reads, the kernel log reader).
+      readerThreads: Math.max(0, Number(process.env.UV_THREADPOOL_SIZE ?? 4) - 4),
     });
     if (o.protect) log.info({ protections: agent.protectSelf() }, 'self-protection');
     await agent.start();

@@ -1,8 +1,21 @@
 // vesper-agent: the guest side. Run as root inside the guest (or on a host, for host mode).
 //
-// The blocking tracefs readers live on libuv's thread pool, so the pool must be larger than
-// Node's default of 4 before anything uses it; main.ts sets that and only then loads the rest.
-process.env.UV_THREADPOOL_SIZE ??= '64';
+// The blocking tracefs and kernel-log readers live on libuv's thread pool, which must be
+// larger than Node's default of 4. Node sizes the pool from UV_THREADPOOL_SIZE before any
+// user code runs (its module loader already uses the pool), so when the variable is not
+// set the agent starts itself again with it: once, with the same arguments and stdio.
+import { spawn } from 'node:child_process';
 
-const { run } = await import('./cli.js');
-await run(process.argv);
+const POOL = 64;
+
+if (!process.env.UV_THREADPOOL_SIZE) {
+  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+    stdio: 'inherit',
+    env: { ...process.env, UV_THREADPOOL_SIZE: String(POOL) },
+  });
+  for (const sig of ['SIGTERM', 'SIGINT', 'SIGHUP'] as const) process.on(sig, () => child.kill(sig));
+  child.on('exit', (code) => process.exit(code ?? 1));
+} else {
+  const { run } = await import('./cli.js');
+  await run(process.argv);
+}

@@ -53,6 +53,7 @@ export interface FrameDecoderOptions {
 export class FrameDecoder {
   private buf: Buffer = Buffer.alloc(0);
   private skipped = 0; // garbage bytes skipped since the last good frame
+  private afterFailure = false; // skipped bytes are the rest of a frame already reported
   private partialSince = 0; // Date.now() when an incomplete frame started waiting
   framesOk = 0;
   errors = 0;
@@ -80,6 +81,7 @@ export class FrameDecoder {
         const to = next < 0 ? end - (MARKER_LEN - 1) : next;
         this.skip(to - pos);
         pos = to;
+        if (this.skipped >= 65536) this.flushSkipped(); // a long run of garbage is told as it goes
         continue;
       }
       // varint length
@@ -105,6 +107,12 @@ export class FrameDecoder {
         continue;
       }
       if (!complete) break; // need more bytes for the length
+      if (len === 0) {
+        // Every message has a body; an empty frame is noise that happened to follow a marker.
+        this.fail(ErrorCode.FRAME_BAD_LENGTH, 'zero-length frame');
+        pos += 1;
+        continue;
+      }
       if (len > this.opts.maxFrameBytes) {
         this.fail(ErrorCode.FRAME_TOO_LARGE, `frame of ${len} bytes exceeds the maximum of ${this.opts.maxFrameBytes}`);
         pos += 1;
@@ -140,14 +148,25 @@ export class FrameDecoder {
    * middle of one). Returns the number of bytes dropped.
    */
   discardPartial(reason: 'stalled' | 'ended'): number {
-    const n = this.buf.length;
-    if (n > 0) {
+    let dropped = 0;
+    // The held bytes start with a frame that never completed; complete frames may sit
+    // behind it. Give up on the first one only, then look again from the byte after its marker.
+    for (let guard = 0; this.buf.length > 0 && guard < 1_000_000; guard++) {
+      const held = this.buf;
       this.buf = Buffer.alloc(0);
       this.partialSince = 0;
-      this.fail(ErrorCode.FRAME_TRUNCATED, `stream ${reason} inside a frame; ${n} bytes dropped`);
+      if (this.markerAt(held, 0)) {
+        const before = this.bytesSkipped;
+        this.fail(ErrorCode.FRAME_TRUNCATED, `stream ${reason} inside a frame of which ${held.length} bytes had arrived`);
+        this.push(held.subarray(1));
+        dropped += 1 + (this.bytesSkipped - before);
+      } else {
+        this.skip(held.length);
+        dropped += held.length;
+      }
     }
     this.flushSkipped();
-    return n;
+    return dropped;
   }
 
   private markerAt(buf: Buffer, pos: number): boolean {
@@ -163,15 +182,18 @@ export class FrameDecoder {
     if (this.skipped > 0) {
       const n = this.skipped;
       this.skipped = 0;
-      this.errors++;
-      this.opts.onError(new VesperError(ErrorCode.FRAME_GARBAGE, `skipped ${n} bytes that were not a frame`));
+      if (!this.afterFailure) {
+        this.errors++;
+        this.opts.onError(new VesperError(ErrorCode.FRAME_GARBAGE, `skipped ${n} bytes that were not a frame`));
+      }
     }
+    this.afterFailure = false;
   }
 
   private fail(code: string, message: string): void {
     this.flushSkipped();
     this.errors++;
-    this.skip(0);
+    this.afterFailure = true; // the bytes skipped next are this frame's, told here once
     this.opts.onError(new VesperError(code, message));
   }
 }

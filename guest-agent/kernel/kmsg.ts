@@ -43,10 +43,30 @@ export class KmsgSource {
   private start(): void {
     this.fd = fs.openSync('/dev/kmsg', 'r');
     this.stopping = false;
-    // Older lines are history, not events; keep a little slack for clock granularity.
-    this.startTs = monoNow() - 1e6;
     const buf = Buffer.alloc(8192);
     const fd = this.fd;
+    // A new reader starts at the oldest line the kernel still holds. Skip that history at
+    // once: write a line of our own and read synchronously up to it, so that the first
+    // asynchronous read already waits for new lines (a backlog read one thread-pool hop at a
+    // time would lag behind the events we need it for).
+    const nonce = `vesper-agent: kernel log reader ${process.pid}.${monoNow()} started`;
+    this.startTs = 0;
+    try {
+      fs.writeFileSync('/dev/kmsg', nonce + '\n');
+      for (let i = 0; i < 1_000_000; i++) {
+        let n: number;
+        try {
+          n = fs.readSync(fd, buf, 0, buf.length, null);
+        } catch (err) {
+          if ((err as NodeJS.ErrnoException).code === 'EPIPE') continue;
+          throw err;
+        }
+        if (buf.toString('utf8', 0, n).includes(nonce)) break;
+      }
+    } catch {
+      // Cannot write to the log: fall back to skipping lines older than now.
+      this.startTs = monoNow() - 1e6;
+    }
     this.done = new Promise<void>((resolve) => {
       const step = (): void =>
         fs.read(fd, buf, 0, buf.length, null, (err, n) => {

@@ -20,13 +20,15 @@ export function parseManifest(bytes: Uint8Array, agentVersion: string): ProbeMan
   if (!Array.isArray(m?.events) || m.events.length === 0) problems.push('events must be a non-empty list');
   else
     for (const e of m.events)
-      if (!Number.isInteger(e.id) || e.id < 1 || typeof e.name !== 'string' || !PAYLOADS.has(e.payload))
+      if (!e || typeof e !== 'object' || !Number.isInteger(e.id) || e.id < 1 || typeof e.name !== 'string' || !PAYLOADS.has(e.payload))
         problems.push(`event ${JSON.stringify(e)} needs an id >= 1, a name and a known payload`);
   if (!Array.isArray(m?.params)) problems.push('params must be a list');
   else
     for (const p of m.params)
-      if (typeof p.name !== 'string' || !TYPES.has(p.type) || typeof p.default !== 'string')
+      if (!p || typeof p !== 'object' || typeof p.name !== 'string' || !TYPES.has(p.type) || typeof p.default !== 'string')
         problems.push(`param ${JSON.stringify(p?.name)} needs a name, a known type and a text default`);
+  if (Array.isArray(m?.events) && new Set(m.events.map((e) => e?.id)).size !== m.events.length) problems.push('event ids must be unique');
+  if (Array.isArray(m?.params) && new Set(m.params.map((p) => p?.name)).size !== m.params.length) problems.push('param names must be unique');
   if (!Number.isInteger(m?.maxInstances) || m.maxInstances < 1) problems.push('maxInstances must be an integer >= 1');
   if (problems.length) throw new VesperError(ErrorCode.PROBE_BAD_MANIFEST, `bad probe manifest: ${problems.join('; ')}`);
   if (!semver.satisfies(agentVersion, m.agent, { includePrerelease: true }))

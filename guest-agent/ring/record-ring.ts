@@ -70,7 +70,13 @@ export class RecordRing {
    * full and the record was counted as lost.
    */
   append(rec: pb.IRecord): number {
-    if (this.pendingLoss > 0 && !this.flushLoss()) return this.drop(rec);
+    // While records are being dropped, the loss record goes in first, and only once there
+    // is room for it and for this record: otherwise one loss would be told in pieces.
+    if (this.pendingLoss > 0) {
+      if (this.count + 2 > this.capacityRecords || this.used + 2 * LOSS_RECORD_RESERVE + this.writer.encode(rec).len > this.capacityBytes)
+        return this.drop(rec);
+      if (!this.flushLoss()) return this.drop(rec);
+    }
     return this.store(rec, LOSS_RECORD_RESERVE) || this.drop(rec);
   }
 

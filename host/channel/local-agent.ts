@@ -58,7 +58,10 @@ export class LocalAgent {
       ...(o.protect === false ? ['--no-protect'] : []),
       ...(o.extraArgs ?? []),
     ];
-    const p = spawn(process.execPath, args, { stdio: ['ignore', 'ignore', o.stderr === 'inherit' ? 'inherit' : 'pipe'] });
+    const p = spawn(process.execPath, args, {
+      stdio: ['ignore', 'ignore', o.stderr === 'inherit' ? 'inherit' : 'pipe'],
+      env: { ...process.env, UV_THREADPOOL_SIZE: '64' },
+    });
     this.proc = p;
     p.stderr?.on('data', (c: Buffer) => {
       this.stderrTail = (this.stderrTail + c.toString()).slice(-65536);
