@@ -54,7 +54,7 @@ describe.skipIf(Boolean(why))('probe modules: signatures and containment', () =>
   it('refuses a tampered module, whether or not the digest was fixed up', async () => {
     const m = agent.module('heartbeat');
     const code = Buffer.from(m.code!);
-    code[code.length - 2] ^= 0x01;
+    code[code.length - 2]! ^= 0x01;
     await refused({ ...m, code }, ErrorCode.PROBE_DIGEST_MISMATCH);
     await refused({ ...m, code, digest: moduleDigest(m.manifest!, code) }, ErrorCode.PROBE_BAD_SIGNATURE);
   });

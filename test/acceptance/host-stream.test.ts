@@ -156,7 +156,7 @@ describe.skipIf(Boolean(why))('record stream: reconnects, overflow, hostile byte
   it('garbage, oversized and truncated frames from the host: clear errors, and the agent keeps answering', async () => {
     const agent = await newAgent();
     const sock = net.createConnection(agent.socket);
-    clients.push({ close: () => sock.destroy() } as AgentClient);
+    clients.push({ close: () => sock.destroy() } as unknown as AgentClient);
     const frames: pb.Frame[] = [];
     const dec = new FrameDecoder({ maxFrameBytes: 1 << 20, onFrame: (p) => frames.push(decodeMessage(p)), onError: () => undefined });
     sock.on('data', (c: Buffer) => dec.push(c));
