@@ -98,6 +98,9 @@ export class AgentClient extends EventEmitter {
       helloResolve = res;
       helloReject = rej;
     });
+    // Nobody may be waiting on the handshake (a caller that only listens for records):
+    // its failure must not become an unhandled rejection.
+    this.ready.catch(() => undefined);
     const t = setTimeout(
       () => helloReject(new VesperError(ErrorCode.HANDSHAKE_TIMEOUT, `agent sent no hello within ${this.opts.handshakeTimeoutMs} ms`)),
       this.opts.handshakeTimeoutMs,

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs what vesper needs on a fresh Debian 12 machine, idempotently: Node packages,
+# generated protocol code, and the bundled agent and probe modules.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need_debs=()
+for tool in taskset:util-linux mount:mount; do
+  command -v "${tool%%:*}" >/dev/null 2>&1 || need_debs+=("${tool##*:}")
+done
+if ((${#need_debs[@]})); then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}"
+fi
+if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  npm ci --no-audit --no-fund >&2
+fi
+npm run --silent build >&2
