@@ -47,7 +47,8 @@ export class Agent {
     else {
       const stale = this.tracefs.removeStaleInstances('vesper.');
       if (stale.length) o.log.info({ stale }, 'removed tracing instances left by an earlier agent');
-      if (!this.tracefs.kprobes) missing.push(`kprobe_events: ${tf.path}/kprobe_events does not exist (kernel built without CONFIG_KPROBE_EVENTS)`);
+      if (!this.tracefs.kprobes)
+        missing.push(`kprobe_events: ${tf.path}/kprobe_events does not exist (kernel built without CONFIG_KPROBE_EVENTS)`);
     }
     const psi = psiAvailable();
     if (!psi) missing.push('PSI: /proc/pressure/memory does not exist (CONFIG_PSI off or psi=0)');
@@ -71,7 +72,7 @@ export class Agent {
       tracefs: this.tracefs,
       tracefsWhy: tf.why,
       kmsg: this.kmsg,
-      proc: new ProcCache(),
+      proc: new ProcCache(this.tracefs?.path ?? ''),
       clock: this.clock,
       caps: this.caps,
       keys: o.keys,

@@ -6,7 +6,6 @@ export const v1 = vesper.v1;
 /** Message types, for signatures elsewhere: `pb.IRecord`, `pb.Frame`, ... */
 export type { vesper } from './gen/vesper.js';
 import type { vesper as V } from './gen/vesper.js';
-// eslint-disable-next-line @typescript-eslint/no-namespace
 export declare namespace pb {
   type IFrame = V.v1.IFrame;
   type Frame = V.v1.Frame;

@@ -50,8 +50,7 @@ export function exitStatusFor(code: string): number {
   if (code === ErrorCode.USAGE) return 2;
   if (code === ErrorCode.CONNECT_FAILED || code === ErrorCode.DISCONNECTED) return 69; // EX_UNAVAILABLE
   if (code.startsWith('VSP_PROBE_')) return 65; // EX_DATAERR
-  if (code.startsWith('VSP_TRACEFS_') || code.startsWith('VSP_KPROBE_') || code.startsWith('VSP_PSI_'))
-    return 72; // EX_OSFILE
+  if (code.startsWith('VSP_TRACEFS_') || code.startsWith('VSP_KPROBE_') || code.startsWith('VSP_PSI_')) return 72; // EX_OSFILE
   return 1;
 }
 

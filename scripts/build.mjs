@@ -16,7 +16,9 @@ await build({
   entryPoints: [join(root, 'guest-agent/main.ts')],
   outfile: join(out, 'guest-agent/vesper-agent.mjs'),
   // CommonJS dependencies (pino) call require() for Node built-ins.
-  banner: { js: "#!/usr/bin/env node\nimport { createRequire as __vesperCreateRequire } from 'node:module'; const require = __vesperCreateRequire(import.meta.url);" },
+  banner: {
+    js: "#!/usr/bin/env node\nimport { createRequire as __vesperCreateRequire } from 'node:module'; const require = __vesperCreateRequire(import.meta.url);",
+  },
   minifyWhitespace: false,
 });
 

@@ -16,7 +16,11 @@ mkdirSync(outDir, { recursive: true });
 if (existsSync(js) && existsSync(dts) && statSync(js).mtimeMs >= statSync(src).mtimeMs) process.exit(0);
 
 const bin = (name) => join(root, 'node_modules/.bin', name);
-execFileSync(bin('pbjs'), ['-t', 'static-module', '-w', 'es6', '--no-create', '--no-verify', '--no-convert', '--no-delimited', '--force-number', '-o', js, src], { stdio: 'inherit' });
+execFileSync(
+  bin('pbjs'),
+  ['-t', 'static-module', '-w', 'es6', '--no-create', '--no-verify', '--no-convert', '--no-delimited', '--force-number', '-o', js, src],
+  { stdio: 'inherit' },
+);
 // protobufjs/minimal is CommonJS whose exports Node's ESM loader cannot list by name; take
 // the default export instead of a namespace import.
 let code = readFileSync(js, 'utf8');

@@ -131,7 +131,9 @@ export class Session {
       case 'helloAck': {
         const a = f.helloAck!;
         if (a.protocolVersion !== PROTOCOL_VERSION) {
-          this.complain(new VesperError(ErrorCode.PROTOCOL_VERSION, `host speaks protocol ${a.protocolVersion}; this agent speaks ${PROTOCOL_VERSION}`));
+          this.complain(
+            new VesperError(ErrorCode.PROTOCOL_VERSION, `host speaks protocol ${a.protocolVersion}; this agent speaks ${PROTOCOL_VERSION}`),
+          );
           this.close('protocol version');
           return;
         }

@@ -9,6 +9,9 @@ const COMM_CACHE_MAX = 4096;
 export class ProcCache {
   private readonly comms = new Map<number, { comm: string; at: number }>();
 
+  /** tracefs, whose saved_cmdlines remembers the names of tasks seen in events after they exit */
+  constructor(private readonly tracefsPath = '') {}
+
   comm(pid: number): string {
     if (pid <= 0) return pid === 0 ? 'swapper' : '';
     const now = Date.now();
@@ -18,11 +21,23 @@ export class ProcCache {
     try {
       comm = readFileSync(`/proc/${pid}/comm`, 'utf8').trimEnd();
     } catch {
-      comm = hit?.comm ?? '';
+      // Gone already (a shell that sent a signal and exited): the kernel recorded the name
+      // of every task that appeared in a traced event.
+      comm = hit?.comm || this.savedCmdline(pid);
     }
     if (this.comms.size >= COMM_CACHE_MAX) this.comms.clear();
     this.comms.set(pid, { comm, at: now });
     return comm;
+  }
+
+  private savedCmdline(pid: number): string {
+    if (!this.tracefsPath) return '';
+    try {
+      const text = readFileSync(`${this.tracefsPath}/saved_cmdlines`, 'utf8');
+      return new RegExp(`^${pid} (.*)$`, 'm').exec(text)?.[1] ?? '';
+    } catch {
+      return '';
+    }
   }
 
   /** Tells the cache a task's name changed (exec) or that it is gone (exit). */

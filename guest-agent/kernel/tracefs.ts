@@ -342,12 +342,18 @@ export class TraceInstance {
       this.disable(system!, event!);
     }
     if (this.readers.length) {
-      await wakeReaders(this.dir, this.readers.map((r) => r.cpu));
+      await wakeReaders(
+        this.dir,
+        this.readers.map((r) => r.cpu),
+      );
       const all = Promise.all(this.readers.map((r) => r.done));
       const ok = await Promise.race([all.then(() => true), sleep(3000).then(() => false)]);
       if (!ok) {
         // One more try: a CPU may have gone offline or busy while we wrote.
-        await wakeReaders(this.dir, this.readers.map((r) => r.cpu));
+        await wakeReaders(
+          this.dir,
+          this.readers.map((r) => r.cpu),
+        );
         await Promise.race([all, sleep(2000)]);
       }
       this.fs_.budget.give(this.readers.length);

@@ -15,7 +15,12 @@ export function parseParam(p: ManifestParam, text: string): ParamValue {
       throw bad(p, text, 'true or false');
     }
     case 'list':
-      return t === '' ? [] : t.split(',').map((s) => s.trim()).filter(Boolean);
+      return t === ''
+        ? []
+        : t
+            .split(',')
+            .map((s) => s.trim())
+            .filter(Boolean);
     case 'duration_ms': {
       const m = /^(\d+(?:\.\d+)?)\s*(ms|s|m)?$/.exec(t);
       if (!m) throw bad(p, text, 'a duration such as 500ms or 2s');

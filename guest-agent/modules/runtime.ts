@@ -129,7 +129,10 @@ export class ProbeRuntime {
         const inst = await this.start(old.handle, old.manifest, old.instance, next.text, next.typed, old.module, old);
         return inst.describe();
       } catch (err) {
-        const prev = resolveParams(old.manifest, Object.entries(old.paramsText).map(([name, value]) => ({ name, value })));
+        const prev = resolveParams(
+          old.manifest,
+          Object.entries(old.paramsText).map(([name, value]) => ({ name, value })),
+        );
         await this.start(old.handle, old.manifest, old.instance, prev.text, prev.typed, old.module, old);
         throw err;
       }
@@ -151,10 +154,16 @@ export class ProbeRuntime {
     const manifest = parseManifest(manifestBytes, this.s.agentVersion);
     const count = Math.max(1, req.instances ?? 1);
     if (count > manifest.maxInstances)
-      throw new VesperError(ErrorCode.PROBE_BAD_PARAM, `probe ${manifest.name} allows at most ${manifest.maxInstances} instances; ${count} asked`);
+      throw new VesperError(
+        ErrorCode.PROBE_BAD_PARAM,
+        `probe ${manifest.name} allows at most ${manifest.maxInstances} instances; ${count} asked`,
+      );
     for (const i of this.instances.values())
       if (i.manifest.name === manifest.name)
-        throw new VesperError(ErrorCode.PROBE_ALREADY_LOADED, `probe ${manifest.name} is already loaded (handle ${i.handle}); unload it first or set its parameters`);
+        throw new VesperError(
+          ErrorCode.PROBE_ALREADY_LOADED,
+          `probe ${manifest.name} is already loaded (handle ${i.handle}); unload it first or set its parameters`,
+        );
     const perInstance = Array.from({ length: count }, (_, n) => {
       const over = (req.instanceParams ?? []).find((p) => (p.instance ?? 0) === n)?.params;
       return resolveParams(manifest, req.params, over);
@@ -191,7 +200,10 @@ export class ProbeRuntime {
       await this.release(inst);
       throw err instanceof VesperError
         ? err
-        : new VesperError(ErrorCode.PROBE_LOAD_FAILED, `probe ${manifest.name}#${instance} failed to start: ${(err as Error)?.message ?? err}`);
+        : new VesperError(
+            ErrorCode.PROBE_LOAD_FAILED,
+            `probe ${manifest.name}#${instance} failed to start: ${(err as Error)?.message ?? err}`,
+          );
     }
     this.instances.set(handle, inst);
     this.s.log.info({ probe: manifest.name, instance, handle, params: text }, 'probe loaded');
@@ -229,7 +241,10 @@ export class ProbeRuntime {
     inst.faulted = true;
     this.faults++;
     const message = (err as Error)?.stack ?? String(err);
-    this.s.log.error({ probe: inst.manifest.name, instance: inst.instance, handle: inst.handle, err: message }, 'probe crashed; unloading it');
+    this.s.log.error(
+      { probe: inst.manifest.name, instance: inst.instance, handle: inst.handle, err: message },
+      'probe crashed; unloading it',
+    );
     const c = this.s.clock.now();
     this.s.append({
       monoNs: c.mono,
@@ -264,23 +279,27 @@ export class ProbeRuntime {
     if (!tfs) throw new VesperError(ErrorCode.TRACEFS_UNAVAILABLE, `probe ${inst.manifest.name} needs tracefs: ${this.s.tracefsWhy}`);
     if (!inst.trace) {
       const handlers = inst.traceHandlers;
-      const t = tfs.createInstance(`${this.s.instancePrefix}${inst.handle}.${inst.manifest.name}`, {
-        event: (fmt: EventFormat, fields: Record<string, FieldValue>, ts: number, cpu: number) => {
-          const h = handlers.get(fmt.id);
-          if (h) h({ ts, cpu, pid: fields['common_pid'] as number, fields });
+      const t = tfs.createInstance(
+        `${this.s.instancePrefix}${inst.handle}.${inst.manifest.name}`,
+        {
+          event: (fmt: EventFormat, fields: Record<string, FieldValue>, ts: number, cpu: number) => {
+            const h = handlers.get(fmt.id);
+            if (h) h({ ts, cpu, pid: fields['common_pid'] as number, fields });
+          },
+          missed: (count: number, ts: number, cpu: number) => {
+            const rec: pb.IRecord = {
+              monoNs: ts,
+              wallNs: this.s.clock.wallFromMono(ts),
+              handle: 0,
+              eventId: 0,
+              loss: { source: v1.LossEvent.Source.KERNEL_RING, count, firstMonoNs: ts, lastMonoNs: ts, handle: inst.handle, cpu },
+            };
+            this.s.append(rec);
+          },
+          readError: (err) => this.s.log.warn({ probe: inst.manifest.name, err: err.message }, 'trace read error'),
         },
-        missed: (count: number, ts: number, cpu: number) => {
-          const rec: pb.IRecord = {
-            monoNs: ts,
-            wallNs: this.s.clock.wallFromMono(ts),
-            handle: 0,
-            eventId: 0,
-            loss: { source: v1.LossEvent.Source.KERNEL_RING, count, firstMonoNs: ts, lastMonoNs: ts, handle: inst.handle, cpu },
-          };
-          this.s.append(rec);
-        },
-        readError: (err) => this.s.log.warn({ probe: inst.manifest.name, err: err.message }, 'trace read error'),
-      }, this.s.traceBufferKb);
+        this.s.traceBufferKb,
+      );
       inst.trace = t;
       inst.resources.push({ what: 'tracing instance', release: () => t.remove() });
     }
@@ -330,7 +349,10 @@ export class ProbeRuntime {
       pressure: (o, handler) => {
         const file = pressureFile(o.resource, o.cgroup);
         if (!readPressure(file, o.kind))
-          throw new VesperError(ErrorCode.PSI_UNAVAILABLE, `no ${o.kind} line in ${file} (kernel without CONFIG_PSI, psi=0, or no such cgroup)`);
+          throw new VesperError(
+            ErrorCode.PSI_UNAVAILABLE,
+            `no ${o.kind} line in ${file} (kernel without CONFIG_PSI, psi=0, or no such cgroup)`,
+          );
         const w = new PressureWatcher(file, o.resource, o.kind, o.thresholdUs, o.windowUs, this.guard(inst, handler));
         w.start();
         own(`pressure watcher ${file}`, () => w.stop());
@@ -354,7 +376,11 @@ export class ProbeRuntime {
       },
       emit: (event, payload: EventPayload, tsNs) => {
         const spec = inst.eventIds.get(event);
-        if (!spec) throw new VesperError(ErrorCode.PROBE_BAD_MANIFEST, `probe ${inst.manifest.name} emitted ${event}, which its manifest does not declare`);
+        if (!spec)
+          throw new VesperError(
+            ErrorCode.PROBE_BAD_MANIFEST,
+            `probe ${inst.manifest.name} emitted ${event}, which its manifest does not declare`,
+          );
         const mono = tsNs ?? monoNow();
         const rec: pb.IRecord = { monoNs: mono, wallNs: s.clock.wallFromMono(mono), handle: inst.handle, eventId: spec.id };
         (rec as Record<string, unknown>)[spec.payload] = (payload as Record<string, unknown>)[spec.payload] ?? {};

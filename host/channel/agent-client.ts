@@ -52,6 +52,8 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
+// Typed event signatures for the class below (the usual EventEmitter pattern).
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
 export interface AgentClient {
   on(ev: 'record', fn: (r: AgentRecord) => void): this;
   on(ev: 'batch', fn: (records: AgentRecord[]) => void): this;
@@ -59,6 +61,7 @@ export interface AgentClient {
   on(ev: 'close', fn: (why: string) => void): this;
 }
 
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
 export class AgentClient extends EventEmitter {
   hello!: pb.Hello;
   readonly probes = new Map<number, ProbeInfo>();
@@ -155,7 +158,10 @@ export class AgentClient extends EventEmitter {
 
   // ---------------------------------------------------------------- requests
 
-  async load(module: pb.IProbeModule, o: { instances?: number; params?: Record<string, string>; instanceParams?: Record<number, Record<string, string>> } = {}): Promise<ProbeInfo[]> {
+  async load(
+    module: pb.IProbeModule,
+    o: { instances?: number; params?: Record<string, string>; instanceParams?: Record<number, Record<string, string>> } = {},
+  ): Promise<ProbeInfo[]> {
     const f = await this.request({
       loadProbe: {
         module,
@@ -230,7 +236,12 @@ export class AgentClient extends EventEmitter {
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(reqId);
-        reject(new VesperError(ErrorCode.REQUEST_TIMEOUT, `agent did not answer request ${Object.keys(body)[0]} within ${this.opts.requestTimeoutMs} ms`));
+        reject(
+          new VesperError(
+            ErrorCode.REQUEST_TIMEOUT,
+            `agent did not answer request ${Object.keys(body)[0]} within ${this.opts.requestTimeoutMs} ms`,
+          ),
+        );
       }, this.opts.requestTimeoutMs);
       this.pending.set(reqId, { resolve, reject, timer });
       this.send({ ...body, reqId });
@@ -268,14 +279,24 @@ export class AgentClient extends EventEmitter {
       case 'hello': {
         const h = f.hello! as pb.Hello;
         if (h.protocolVersion !== PROTOCOL_VERSION) {
-          this.emit('protocolError', new VesperError(ErrorCode.PROTOCOL_VERSION, `agent speaks protocol ${h.protocolVersion}, host ${PROTOCOL_VERSION}`));
+          this.emit(
+            'protocolError',
+            new VesperError(ErrorCode.PROTOCOL_VERSION, `agent speaks protocol ${h.protocolVersion}, host ${PROTOCOL_VERSION}`),
+          );
           this.close();
           return;
         }
         this.hello = h;
         this.probes.clear();
         for (const l of h.loaded ?? []) this.remember(l);
-        this.send({ helloAck: { protocolVersion: PROTOCOL_VERSION, hostVersion: VESPER_VERSION, ackedSeq: this.lastSeq, maxFrameBytes: this.opts.maxFrameBytes } });
+        this.send({
+          helloAck: {
+            protocolVersion: PROTOCOL_VERSION,
+            hostVersion: VESPER_VERSION,
+            ackedSeq: this.lastSeq,
+            maxFrameBytes: this.opts.maxFrameBytes,
+          },
+        });
         this.emit('hello', h);
         return;
       }
@@ -285,7 +306,10 @@ export class AgentClient extends EventEmitter {
       default: {
         const p = this.pending.get(f.reqId);
         if (!p) {
-          this.emit('protocolError', new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `unsolicited ${f.body ?? 'empty'} message (request ${f.reqId})`));
+          this.emit(
+            'protocolError',
+            new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `unsolicited ${f.body ?? 'empty'} message (request ${f.reqId})`),
+          );
           return;
         }
         this.pending.delete(f.reqId);
@@ -305,7 +329,10 @@ export class AgentClient extends EventEmitter {
       }
       if (seq !== this.lastSeq + 1) {
         this.gaps++;
-        this.emit('protocolError', new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `sequence gap: expected ${this.lastSeq + 1}, got ${seq}`));
+        this.emit(
+          'protocolError',
+          new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `sequence gap: expected ${this.lastSeq + 1}, got ${seq}`),
+        );
       }
       this.lastSeq = seq;
       this.recordsReceived++;
@@ -320,7 +347,17 @@ export class AgentClient extends EventEmitter {
   private typed(raw: pb.Record): AgentRecord {
     const kind = (raw.payload ?? 'generic') as RecordKind;
     if (raw.handle === 0)
-      return { seq: raw.seq, monoNs: raw.monoNs, wallNs: raw.wallNs, handle: 0, probe: 'agent', instance: 0, event: kind === 'loss' ? 'loss' : 'probe_fault', kind, raw };
+      return {
+        seq: raw.seq,
+        monoNs: raw.monoNs,
+        wallNs: raw.wallNs,
+        handle: 0,
+        probe: 'agent',
+        instance: 0,
+        event: kind === 'loss' ? 'loss' : 'probe_fault',
+        kind,
+        raw,
+      };
     const p = this.probes.get(raw.handle);
     return {
       seq: raw.seq,

@@ -34,7 +34,8 @@ export function probeNames(root = projectRoot()): string[] {
 export function readProbeBundle(name: string, root = projectRoot()): ProbeBundle {
   const mpath = join(root, 'probes', name, 'manifest.json');
   const cpath = join(root, 'dist', 'probes', `${name}.mjs`);
-  if (!existsSync(mpath)) throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `no probe named ${name} (known: ${probeNames(root).join(', ')})`);
+  if (!existsSync(mpath))
+    throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `no probe named ${name} (known: ${probeNames(root).join(', ')})`);
   if (!existsSync(cpath)) throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `probe ${name} is not built: run npm run build`);
   const manifestBytes = readFileSync(mpath);
   return { name, manifest: JSON.parse(manifestBytes.toString('utf8')) as ProbeManifest, manifestBytes, code: readFileSync(cpath) };

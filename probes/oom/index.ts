@@ -5,7 +5,8 @@ import type { ProbeContext, ProbeModule } from '../../guest-agent/modules/api.js
 //   "<comm> invoked oom-killer: gfp_mask=..., order=0, oom_score_adj=0"
 //   "oom-kill:constraint=CONSTRAINT_MEMCG,nodemask=(null),cpuset=/,mems_allowed=0,oom_memcg=/x,task_memcg=/x,task=hog,pid=123,uid=0"
 //   "Memory cgroup out of memory: Killed process 123 (hog) total-vm:...kB, anon-rss:...kB, file-rss:...kB, shmem-rss:...kB, UID:0 pgtables:...kB oom_score_adj:0"
-const KILLED = /Killed process (\d+) \((.*)\) total-vm:(\d+)kB, anon-rss:(\d+)kB, file-rss:(\d+)kB, shmem-rss:(\d+)kB, UID:(\d+) pgtables:(\d+)kB oom_score_adj:(-?\d+)/;
+const KILLED =
+  /Killed process (\d+) \((.*)\) total-vm:(\d+)kB, anon-rss:(\d+)kB, file-rss:(\d+)kB, shmem-rss:(\d+)kB, UID:(\d+) pgtables:(\d+)kB oom_score_adj:(-?\d+)/;
 const SUMMARY = /^oom-kill:(.*)$/;
 const INVOKED = /^(.*) invoked oom-killer:/;
 

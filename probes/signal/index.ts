@@ -7,7 +7,11 @@ const probe: ProbeModule = {
   setup(ctx: ProbeContext) {
     const sigs = (ctx.params['signals'] as string[]).map(signalNumber);
     const comms = (ctx.params['comms'] as string[]).map((c) => c.slice(0, 15));
-    const filter = allOf(anyOf('sig', sigs), anyOf('comm', comms), ctx.params['include_ignored'] ? '' : `result != ${TRACE_SIGNAL_IGNORED}`);
+    const filter = allOf(
+      anyOf('sig', sigs),
+      anyOf('comm', comms),
+      ctx.params['include_ignored'] ? '' : `result != ${TRACE_SIGNAL_IGNORED}`,
+    );
     ctx.trace('signal', 'signal_generate', filter, (ev) => {
       const f = ev.fields;
       const code = f['code'] as number;

@@ -47,7 +47,10 @@ describe.skipIf(Boolean(why))('host mode: real kernel events reach the host', ()
     const r = spawnSync(prog);
     expect(r.signal).toBe('SIGSEGV');
     const pid = r.pid!;
-    const sig = await waitFor('SIGSEGV record', find((x) => x.kind === 'signal' && x.raw.signal?.target?.pid === pid));
+    const sig = await waitFor(
+      'SIGSEGV record',
+      find((x) => x.kind === 'signal' && x.raw.signal?.target?.pid === pid),
+    );
     const s = sig.raw.signal!;
     expect(s.sig).toBe(11);
     expect(s.code).toBe(1); // SEGV_MAPERR: the kernel raised it on a fault
@@ -56,7 +59,10 @@ describe.skipIf(Boolean(why))('host mode: real kernel events reach the host', ()
     expect(s.sender?.pid).toBe(pid); // the faulting task was running
     expect(sig.probe).toBe('signal');
     expect(sig.event).toBe('signal');
-    const exit = await waitFor('exit record', find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === pid));
+    const exit = await waitFor(
+      'exit record',
+      find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === pid),
+    );
     expect(exit.raw.exit?.signal).toBe(11);
     expect(exit.raw.exit?.codeKnown).toBe(true);
     expect(exit.raw.exit?.filename).toBe(prog);
@@ -65,14 +71,20 @@ describe.skipIf(Boolean(why))('host mode: real kernel events reach the host', ()
   it('kill -TERM from a shell names the shell as sender', async () => {
     const out = spawnSync('sh', ['-c', 'sleep 30 & t=$!; sleep 0.3; kill -TERM $t; echo $$ $t; wait $t; true']);
     const [shellPid, targetPid] = out.stdout.toString().trim().split(' ').map(Number);
-    const sig = await waitFor('SIGTERM record', find((x) => x.kind === 'signal' && x.raw.signal?.sig === 15 && x.raw.signal?.target?.pid === targetPid));
+    const sig = await waitFor(
+      'SIGTERM record',
+      find((x) => x.kind === 'signal' && x.raw.signal?.sig === 15 && x.raw.signal?.target?.pid === targetPid),
+    );
     const s = sig.raw.signal!;
     expect(s.senderIsKernel).toBe(false);
     expect(s.code).toBe(0); // SI_USER
     expect(s.sender?.pid).toBe(shellPid);
     expect(s.sender?.comm).toBe('sh');
     expect(s.target?.comm).toBe('sleep');
-    const exit = await waitFor('exit of the killed sleep', find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === targetPid));
+    const exit = await waitFor(
+      'exit of the killed sleep',
+      find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === targetPid),
+    );
     expect(exit.raw.exit?.signal).toBe(15);
   });
 
@@ -80,57 +92,85 @@ describe.skipIf(Boolean(why))('host mode: real kernel events reach the host', ()
     const prog = writeProgram(join(agent.dir, 'exit7'), exitProgram(7));
     const r = spawnSync(prog);
     expect(r.status).toBe(7);
-    const exec = await waitFor('exec record', find((x) => x.kind === 'exec' && x.raw.exec?.task?.pid === r.pid));
+    const exec = await waitFor(
+      'exec record',
+      find((x) => x.kind === 'exec' && x.raw.exec?.task?.pid === r.pid),
+    );
     expect(exec.raw.exec?.filename).toBe(prog);
     expect(exec.raw.exec?.task?.comm).toBe('exit7');
-    const exit = await waitFor('exit record', find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === r.pid));
+    const exit = await waitFor(
+      'exit record',
+      find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === r.pid),
+    );
     expect(exit.raw.exit).toMatchObject({ exitCode: 7, signal: 0, codeKnown: true, filename: prog });
     expect(exit.monoNs).toBeGreaterThan(exec.monoNs);
 
     const victim = spawn('sleep', ['30']);
-    await waitFor('sleep exec', find((x) => x.kind === 'exec' && x.raw.exec?.task?.pid === victim.pid));
+    await waitFor(
+      'sleep exec',
+      find((x) => x.kind === 'exec' && x.raw.exec?.task?.pid === victim.pid),
+    );
     victim.kill('SIGKILL');
-    const killed = await waitFor('exit of SIGKILLed sleep', find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === victim.pid));
+    const killed = await waitFor(
+      'exit of SIGKILLed sleep',
+      find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === victim.pid),
+    );
     expect(killed.raw.exit).toMatchObject({ signal: 9, codeKnown: true });
   });
 
   const noCg = memoryCgroupWhyNot();
-  it.skipIf(Boolean(noCg))(`an OOM kill in a memory-limited cgroup gives the victim and its memory${noCg ? ` (skipped: ${noCg})` : ''}`, async () => {
-    const oomProbes = await client.load(agent.module('oom'));
-    const psi = client.hello.capabilities?.psi
-      ? await client.load(agent.module('psi'), { params: { resource: 'memory', kind: 'some', threshold_us: '1000', window_us: '1000000' } })
-      : [];
-    const cg = createMemoryCgroup(48 * 1024 * 1024);
-    try {
-      // tail keeps an ever longer line of /dev/zero in memory: it grows until killed.
-      const hog = cg.run('exec tail /dev/zero');
-      const oom = await waitFor('OOM record', find((x) => x.kind === 'oom' && x.raw.oom?.victim?.pid === hog.pid), 30_000);
-      const o = oom.raw.oom!;
-      expect(o.victim?.comm).toBe('tail');
-      expect(o.figuresComplete).toBe(true);
-      expect(Number(o.anonRssKb)).toBeGreaterThan(16 * 1024);
-      expect(Number(o.anonRssKb)).toBeLessThan(64 * 1024);
-      expect(Number(o.totalVmKb)).toBeGreaterThan(Number(o.anonRssKb));
-      expect(o.memcg).toBe(cg.name);
-      expect(o.constraint).toBe('CONSTRAINT_MEMCG');
-      // The OOM killer's SIGKILL is the kernel's own.
-      const kill = await waitFor('OOM SIGKILL', find((x) => x.kind === 'signal' && x.raw.signal?.sig === 9 && x.raw.signal?.target?.pid === hog.pid));
-      expect(kill.raw.signal?.senderIsKernel).toBe(true);
-      if (psi.length) {
-        // Reclaim before the kill stalls the hog; the sampled trigger fires within its window.
-        const p = await waitFor('PSI record', find((x) => x.kind === 'psi'), 5000).catch(() => undefined);
-        if (p) {
-          expect(p.raw.psi?.resource).toBe('memory');
-          expect(Number(p.raw.psi?.stallUs)).toBeGreaterThanOrEqual(1000);
-        } else console.warn('PSI: the OOM left less than 1 ms of memory stall on this machine; see the dedicated PSI test');
+  it.skipIf(Boolean(noCg))(
+    `an OOM kill in a memory-limited cgroup gives the victim and its memory${noCg ? ` (skipped: ${noCg})` : ''}`,
+    async () => {
+      const oomProbes = await client.load(agent.module('oom'));
+      const psi = client.hello.capabilities?.psi
+        ? await client.load(agent.module('psi'), {
+            params: { resource: 'memory', kind: 'some', threshold_us: '1000', window_us: '1000000' },
+          })
+        : [];
+      const cg = createMemoryCgroup(48 * 1024 * 1024);
+      try {
+        // tail keeps an ever longer line of /dev/zero in memory: it grows until killed.
+        const hog = cg.run('exec tail /dev/zero');
+        const oom = await waitFor(
+          'OOM record',
+          find((x) => x.kind === 'oom' && x.raw.oom?.victim?.pid === hog.pid),
+          30_000,
+        );
+        const o = oom.raw.oom!;
+        expect(o.victim?.comm).toBe('tail');
+        expect(o.figuresComplete).toBe(true);
+        expect(Number(o.anonRssKb)).toBeGreaterThan(16 * 1024);
+        expect(Number(o.anonRssKb)).toBeLessThan(64 * 1024);
+        expect(Number(o.totalVmKb)).toBeGreaterThan(Number(o.anonRssKb));
+        expect(o.memcg).toBe(cg.name);
+        expect(o.constraint).toBe('CONSTRAINT_MEMCG');
+        // The OOM killer's SIGKILL is the kernel's own.
+        const kill = await waitFor(
+          'OOM SIGKILL',
+          find((x) => x.kind === 'signal' && x.raw.signal?.sig === 9 && x.raw.signal?.target?.pid === hog.pid),
+        );
+        expect(kill.raw.signal?.senderIsKernel).toBe(true);
+        if (psi.length) {
+          // Reclaim before the kill stalls the hog; the sampled trigger fires within its window.
+          const p = await waitFor(
+            'PSI record',
+            find((x) => x.kind === 'psi'),
+            5000,
+          ).catch(() => undefined);
+          if (p) {
+            expect(p.raw.psi?.resource).toBe('memory');
+            expect(Number(p.raw.psi?.stallUs)).toBeGreaterThanOrEqual(1000);
+          } else console.warn('PSI: the OOM left less than 1 ms of memory stall on this machine; see the dedicated PSI test');
+        }
+      } finally {
+        await cg.remove();
+        await client.unload('oom');
+        if (psi.length) await client.unload('psi');
       }
-    } finally {
-      await cg.remove();
-      await client.unload('oom');
-      if (psi.length) await client.unload('psi');
-    }
-    expect(oomProbes).toHaveLength(1);
-  });
+      expect(oomProbes).toHaveLength(1);
+    },
+  );
 
   it('the kprobe probe fires on a kernel function, where the kernel has kprobe_events', async (ctx) => {
     if (!client.hello.capabilities?.kprobeEvents) {
@@ -143,7 +183,10 @@ describe.skipIf(Boolean(why))('host mode: real kernel events reach the host', ()
     const t = spawn('sleep', ['30']);
     await sleep(200);
     t.kill('SIGUSR1');
-    const hit = await waitFor('kprobe hit', find((x) => x.kind === 'kprobe'));
+    const hit = await waitFor(
+      'kprobe hit',
+      find((x) => x.kind === 'kprobe'),
+    );
     expect(hit.raw.kprobe?.symbol).toBe('__send_signal_locked');
     const f = hit.raw.kprobe?.fields?.find((x) => x.name === 'sig');
     expect(Number(f?.int ?? f?.uint)).toBe(10);

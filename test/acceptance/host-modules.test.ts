@@ -65,7 +65,10 @@ describe.skipIf(Boolean(why))('probe modules: signatures and containment', () =>
     const m = agent.module('heartbeat');
     await refused(signModule({ manifestBytes: m.manifest!, code: m.code! }, key), ErrorCode.PROBE_UNKNOWN_KEY);
     // The same signature claimed under the trusted key id does not verify either.
-    await refused({ ...signModule({ manifestBytes: m.manifest!, code: m.code! }, key), keyId: agent.key.id }, ErrorCode.PROBE_BAD_SIGNATURE);
+    await refused(
+      { ...signModule({ manifestBytes: m.manifest!, code: m.code! }, key), keyId: agent.key.id },
+      ErrorCode.PROBE_BAD_SIGNATURE,
+    );
   });
 
   it('rolls a failed load back completely', async () => {
@@ -74,7 +77,9 @@ describe.skipIf(Boolean(why))('probe modules: signatures and containment', () =>
       client.load(agent.module('signal'), { instances: 2, instanceParams: { 1: { signals: 'NOSUCHSIG' } } }),
     ).rejects.toMatchObject({ code: ErrorCode.PROBE_LOAD_FAILED });
     expect(await client.list()).toEqual([]);
-    await expect(client.load(agent.module('signal'), { params: { nosuch: '1' } })).rejects.toMatchObject({ code: ErrorCode.PROBE_BAD_PARAM });
+    await expect(client.load(agent.module('signal'), { params: { nosuch: '1' } })).rejects.toMatchObject({
+      code: ErrorCode.PROBE_BAD_PARAM,
+    });
     // A quote in a name cannot break out of the kernel filter: it is taken out.
     await expect(client.load(agent.module('signal'), { params: { comms: 'a"b' } })).resolves.toHaveLength(1);
     await client.unload('signal');

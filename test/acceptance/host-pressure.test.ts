@@ -13,7 +13,8 @@ import { createMemoryCgroup, memoryCgroupWhyNot } from '../helpers/cgroup.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
-const why = whyNoKernelAccess() || (readPressure('/proc/pressure/memory', 'some') ? '' : 'kernel without PSI (/proc/pressure/memory missing)');
+const why =
+  whyNoKernelAccess() || (readPressure('/proc/pressure/memory', 'some') ? '' : 'kernel without PSI (/proc/pressure/memory missing)');
 if (why) console.warn(`SKIP pressure tests: ${why}`);
 
 describe.skipIf(Boolean(why))('host mode: pressure stall triggers', () => {
@@ -33,14 +34,22 @@ describe.skipIf(Boolean(why))('host mode: pressure stall triggers', () => {
   });
 
   it('fires under CPU pressure (more runnable tasks than CPUs)', async () => {
-    const [p] = await client.load(agent.module('psi'), { params: { resource: 'cpu', kind: 'some', threshold_us: '50000', window_us: '1000000' } });
+    const [p] = await client.load(agent.module('psi'), {
+      params: { resource: 'cpu', kind: 'some', threshold_us: '50000', window_us: '1000000' },
+    });
     const busy: ChildProcess[] = [];
     try {
       const before = readPressure('/proc/pressure/cpu', 'some')!.total;
       for (let i = 0; i < 6; i++) busy.push(spawn('sh', ['-c', 'while :; do :; done']));
       const rec = await waitFor('cpu pressure record', () => records.find((r) => r.kind === 'psi' && r.handle === p!.handle), 10_000);
       const after = readPressure('/proc/pressure/cpu', 'some')!.total;
-      expect(rec.raw.psi).toMatchObject({ resource: 'cpu', kind: 'some', windowUs: 1000000, thresholdUs: 50000, source: '/proc/pressure/cpu' });
+      expect(rec.raw.psi).toMatchObject({
+        resource: 'cpu',
+        kind: 'some',
+        windowUs: 1000000,
+        thresholdUs: 50000,
+        source: '/proc/pressure/cpu',
+      });
       expect(Number(rec.raw.psi?.stallUs)).toBeGreaterThanOrEqual(50000);
       expect(after - before).toBeGreaterThanOrEqual(50000);
     } finally {
@@ -52,7 +61,9 @@ describe.skipIf(Boolean(why))('host mode: pressure stall triggers', () => {
   const noCg = memoryCgroupWhyNot();
   it.skipIf(Boolean(noCg))('fires under memory pressure, or says how little stall the kernel recorded', async (ctx) => {
     const threshold = 5000;
-    const [p] = await client.load(agent.module('psi'), { params: { resource: 'memory', kind: 'some', threshold_us: String(threshold), window_us: '1000000' } });
+    const [p] = await client.load(agent.module('psi'), {
+      params: { resource: 'memory', kind: 'some', threshold_us: String(threshold), window_us: '1000000' },
+    });
     const file = join(agent.dir, 'refault.bin');
     execSync(`dd if=/dev/urandom of=${file} bs=1M count=48 status=none`);
     const cg = createMemoryCgroup(32 * 1024 * 1024);
@@ -80,7 +91,9 @@ describe.skipIf(Boolean(why))('host mode: pressure stall triggers', () => {
     if (!rec) {
       // The trigger must not miss stall the kernel did record: no 250 ms slice reached the threshold.
       expect(maxWindow).toBeLessThan(threshold);
-      console.warn(`SKIP memory PSI: the kernel recorded only ${stalled} µs of memory stall in 10 s of thrashing (no swap on this machine); the CPU case covers the trigger path`);
+      console.warn(
+        `SKIP memory PSI: the kernel recorded only ${stalled} µs of memory stall in 10 s of thrashing (no swap on this machine); the CPU case covers the trigger path`,
+      );
       ctx.skip();
       return;
     }

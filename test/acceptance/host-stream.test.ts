@@ -99,7 +99,9 @@ describe.skipIf(Boolean(why))('record stream: reconnects, overflow, hostile byte
     second.on('record', keep);
     const total = N1 + N2;
     await waitFor(`${total} signal records`, () => seen.size >= total, 30_000).catch((e) => {
-      throw new Error(`${e.message}: have ${seen.size}, duplicates ${duplicates}, acked ${acked}, first.lastSeq ${first.lastSeq}, second.lastSeq ${second.lastSeq}, gaps ${second.gaps}, loss ${JSON.stringify([...seen.values()].filter((r) => r.kind === 'loss').map((r) => r.raw.loss))}`);
+      throw new Error(
+        `${e.message}: have ${seen.size}, duplicates ${duplicates}, acked ${acked}, first.lastSeq ${first.lastSeq}, second.lastSeq ${second.lastSeq}, gaps ${second.gaps}, loss ${JSON.stringify([...seen.values()].filter((r) => r.kind === 'loss').map((r) => r.raw.loss))}`,
+      );
     });
     await sleep(200);
     expect(seen.size).toBe(total);
@@ -107,7 +109,9 @@ describe.skipIf(Boolean(why))('record stream: reconnects, overflow, hostile byte
     expect(seqs[0]).toBe(1);
     expect(seqs.at(-1)).toBe(total);
     expect([...seen.values()].filter((r) => r.kind !== 'signal').map((r) => r.raw)).toEqual([]);
-    expect([...seen.values()].every((r) => r.kind === 'signal' && r.raw.signal?.sig === 10 && r.raw.signal?.target?.pid === target.pid)).toBe(true);
+    expect(
+      [...seen.values()].every((r) => r.kind === 'signal' && r.raw.signal?.sig === 10 && r.raw.signal?.target?.pid === target.pid),
+    ).toBe(true);
     // The agent resent what had not been acknowledged, and the copies were recognised.
     expect(duplicates).toBeGreaterThan(0);
     expect(first.gaps + second.gaps).toBe(0);
@@ -194,9 +198,20 @@ describe.skipIf(Boolean(why))('record stream: reconnects, overflow, hostile byte
     const dir = (await newAgent()).dir; // only for a private directory
     const path = join(dir, 'fake-agent.sock');
     const hello: pb.IFrame = {
-      hello: { protocolVersion: PROTOCOL_VERSION, agentVersion: '0.1.0', kernelRelease: 'fake', loaded: [{ handle: 1, name: 'signal', instance: 0, events: [{ id: 1, name: 'signal' }] }] },
+      hello: {
+        protocolVersion: PROTOCOL_VERSION,
+        agentVersion: '0.1.0',
+        kernelRelease: 'fake',
+        loaded: [{ handle: 1, name: 'signal', instance: 0, events: [{ id: 1, name: 'signal' }] }],
+      },
     };
-    const rec = v1.Record.encode({ seq: 1, monoNs: 5, handle: 1, eventId: 1, signal: { sig: 11, target: { pid: 42, comm: 'x' } } }).finish();
+    const rec = v1.Record.encode({
+      seq: 1,
+      monoNs: 5,
+      handle: 1,
+      eventId: 1,
+      signal: { sig: 11, target: { pid: 42, comm: 'x' } },
+    }).finish();
     const server = net.createServer((s) => {
       s.write(Buffer.from('\x00\x01garbage before anything'));
       s.write(Buffer.concat([FRAME_MARKER, Buffer.from([0xff, 0xff, 0xff, 0xff, 0x0f])])); // 4 GiB
@@ -228,7 +243,9 @@ describe.skipIf(Boolean(why))('record stream: reconnects, overflow, hostile byte
       const spath = join(dir, 'silent.sock');
       await new Promise<void>((r) => silent.listen(spath, r));
       const t0 = Date.now();
-      await expect(AgentClient.connectUnix(spath, { handshakeTimeoutMs: 500 })).rejects.toMatchObject({ code: ErrorCode.HANDSHAKE_TIMEOUT });
+      await expect(AgentClient.connectUnix(spath, { handshakeTimeoutMs: 500 })).rejects.toMatchObject({
+        code: ErrorCode.HANDSHAKE_TIMEOUT,
+      });
       expect(Date.now() - t0).toBeLessThan(3000);
       silent.close();
     } finally {

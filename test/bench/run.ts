@@ -46,7 +46,10 @@ function rssMb(pid: number): number {
 
 const TICK = Number(spawnSync('getconf', ['CLK_TCK']).stdout.toString().trim()) || 100;
 
-async function withAgent<T>(opts: ConstructorParameters<typeof LocalAgent>[0], fn: (a: LocalAgent, c: AgentClient, recs: AgentRecord[]) => Promise<T>): Promise<T> {
+async function withAgent<T>(
+  opts: ConstructorParameters<typeof LocalAgent>[0],
+  fn: (a: LocalAgent, c: AgentClient, recs: AgentRecord[]) => Promise<T>,
+): Promise<T> {
   const a = new LocalAgent(opts);
   let c: AgentClient | undefined;
   try {
@@ -199,7 +202,13 @@ function hostDecode(m: Metrics): void {
   const push = (buf: Buffer): void => {
     (c as unknown as { decoder: { push(b: Buffer): void } }).decoder.push(buf);
   };
-  push(encodeFrame(encodeMessage({ hello: { protocolVersion: PROTOCOL_VERSION, loaded: [{ handle: 1, name: 'signal', events: [{ id: 1, name: 'signal' }] }] } })));
+  push(
+    encodeFrame(
+      encodeMessage({
+        hello: { protocolVersion: PROTOCOL_VERSION, loaded: [{ handle: 1, name: 'signal', events: [{ id: 1, name: 'signal' }] }] },
+      }),
+    ),
+  );
   const t0 = mono();
   for (const f of frames) push(f);
   const s = (mono() - t0) / 1e9;

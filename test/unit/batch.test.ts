@@ -29,7 +29,14 @@ function decodeAll(bytes: Buffer): pb.Frame[] {
 }
 
 const sample: pb.IRecord[] = [
-  { seq: 1, monoNs: 1_000_000_123, wallNs: 1_752_000_000_000_000_000, handle: 3, eventId: 1, heartbeat: { count: 42, intervalMs: 1000, delayMs: 1.5 } },
+  {
+    seq: 1,
+    monoNs: 1_000_000_123,
+    wallNs: 1_752_000_000_000_000_000,
+    handle: 3,
+    eventId: 1,
+    heartbeat: { count: 42, intervalMs: 1000, delayMs: 1.5 },
+  },
   {
     seq: 2,
     monoNs: 2_000_000_000,
@@ -37,9 +44,27 @@ const sample: pb.IRecord[] = [
     eventId: 1,
     signal: { sig: 11, code: 1, errno: 0, result: 0, group: false, target: { pid: 4321, comm: 'crasher' }, senderIsKernel: true },
   },
-  { seq: 3, monoNs: 3, handle: 0, eventId: 0, loss: { source: v1.LossEvent.Source.AGENT_RING, count: 17, firstMonoNs: 10, lastMonoNs: 20 } },
+  {
+    seq: 3,
+    monoNs: 3,
+    handle: 0,
+    eventId: 0,
+    loss: { source: v1.LossEvent.Source.AGENT_RING, count: 17, firstMonoNs: 10, lastMonoNs: 20 },
+  },
   { seq: 4, handle: 5, eventId: 2, exec: { task: { pid: 99, comm: 'true' }, filename: '/usr/bin/true', oldPid: 98 } },
-  { seq: 2 ** 40 + 7, monoNs: 2 ** 52, kprobe: { name: 'k', symbol: 'do_exit', fields: [{ name: 'a', int: -5 }, { name: 'b', uint: 2 ** 33 }, { name: 'c', str: 'x' }] } },
+  {
+    seq: 2 ** 40 + 7,
+    monoNs: 2 ** 52,
+    kprobe: {
+      name: 'k',
+      symbol: 'do_exit',
+      fields: [
+        { name: 'a', int: -5 },
+        { name: 'b', uint: 2 ** 33 },
+        { name: 'c', str: 'x' },
+      ],
+    },
+  },
 ];
 
 describe('encodeBatchFrame', () => {
@@ -73,7 +98,13 @@ describe('encodeBatchFrame', () => {
     const r128 = at(128);
     expect(r127.length).toBe(127);
     expect(r128.length).toBe(128);
-    for (const records of [[r127], [r128], [r127, r128], [makeExec(20000, 5)], Array.from({ length: 300 }, (_, i) => makeExec(rng.int(0, 200), i + 1))]) {
+    for (const records of [
+      [r127],
+      [r128],
+      [r127, r128],
+      [makeExec(20000, 5)],
+      Array.from({ length: 300 }, (_, i) => makeExec(rng.int(0, 200), i + 1)),
+    ]) {
       const got = encodeBatchFrame(records);
       expect(got.equals(reference(records)), `batch of ${records.length}`).toBe(true);
     }

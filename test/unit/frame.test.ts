@@ -122,7 +122,7 @@ describe('FrameDecoder', () => {
     const payloads = Array.from({ length: 200 }, () => rng.bytes(rng.int(1, 300)));
     const stream = Buffer.concat(payloads.map((p) => encodeFrame(p)));
     const h = harness();
-    for (let pos = 0; pos < stream.length; ) {
+    for (let pos = 0; pos < stream.length;) {
       const n = rng.int(1, 64);
       h.dec.push(stream.subarray(pos, pos + n));
       pos += n;
@@ -354,7 +354,7 @@ describe('FrameDecoder', () => {
         },
       });
       try {
-        for (let pos = 0; pos < stream.length; ) {
+        for (let pos = 0; pos < stream.length;) {
           const n = rng.int(1, 80);
           dec.push(stream.subarray(pos, pos + n));
           pos += n;

@@ -129,7 +129,12 @@ describe('resolveParams', () => {
   });
 
   it('refuses an unknown name, listing the known ones', () => {
-    const e = caught(() => resolveParams(manifest, [{ name: 'limit', value: '1' }, { name: 'nope', value: '1' }]));
+    const e = caught(() =>
+      resolveParams(manifest, [
+        { name: 'limit', value: '1' },
+        { name: 'nope', value: '1' },
+      ]),
+    );
     expect(e.code).toBe(ErrorCode.PROBE_BAD_PARAM);
     expect(e.message).toBe('probe demo has no parameter "nope" (it has: interval, names, verbose, limit, label)');
     const e2 = caught(() => resolveParams(manifest, [{ value: '1' }]));
@@ -256,23 +261,39 @@ describe('the real probe manifests', () => {
     expect(dirs.sort()).toEqual(['heartbeat', 'kprobe', 'oom', 'process', 'psi', 'signal']);
   });
 
-  it.each(['heartbeat', 'kprobe', 'oom', 'process', 'psi', 'signal'])('%s parses with this agent version, and its defaults resolve', (name) => {
-    const raw = readFileSync(join(root, 'probes', name, 'manifest.json'));
-    const m = parseManifest(raw, VESPER_VERSION);
-    expect(m.name).toBe(name);
-    expect(m.events.length).toBeGreaterThan(0);
-    // Every default is valid for its type.
-    const { typed } = resolveParams(m);
-    expect(Object.keys(typed).sort()).toEqual(m.params.map((p) => p.name).sort());
-    // Event ids are unique within a probe.
-    expect(new Set(m.events.map((e) => e.id)).size).toBe(m.events.length);
-  });
+  it.each(['heartbeat', 'kprobe', 'oom', 'process', 'psi', 'signal'])(
+    '%s parses with this agent version, and its defaults resolve',
+    (name) => {
+      const raw = readFileSync(join(root, 'probes', name, 'manifest.json'));
+      const m = parseManifest(raw, VESPER_VERSION);
+      expect(m.name).toBe(name);
+      expect(m.events.length).toBeGreaterThan(0);
+      // Every default is valid for its type.
+      const { typed } = resolveParams(m);
+      expect(Object.keys(typed).sort()).toEqual(m.params.map((p) => p.name).sort());
+      // Event ids are unique within a probe.
+      expect(new Set(m.events.map((e) => e.id)).size).toBe(m.events.length);
+    },
+  );
 
   it('have the expected typed defaults for a few known parameters', () => {
     const load = (n: string): ProbeManifest => parseManifest(readFileSync(join(root, 'probes', n, 'manifest.json')), VESPER_VERSION);
     expect(resolveParams(load('heartbeat')).typed.interval_ms).toBe(1000);
     expect(resolveParams(load('oom')).typed).toEqual({ detail_wait_ms: 50, cgroups: [] });
-    expect(resolveParams(load('signal')).typed.signals).toEqual(['SEGV', 'BUS', 'ILL', 'FPE', 'ABRT', 'SYS', 'TRAP', 'KILL', 'TERM', 'QUIT', 'INT', 'HUP']);
+    expect(resolveParams(load('signal')).typed.signals).toEqual([
+      'SEGV',
+      'BUS',
+      'ILL',
+      'FPE',
+      'ABRT',
+      'SYS',
+      'TRAP',
+      'KILL',
+      'TERM',
+      'QUIT',
+      'INT',
+      'HUP',
+    ]);
     expect(resolveParams(load('process')).typed).toEqual({ comms: [], fork: false, threads: false, exit_status: true });
     expect(resolveParams(load('psi')).typed).toMatchObject({ threshold_us: 100000, window_us: 1000000, resource: 'memory' });
   });

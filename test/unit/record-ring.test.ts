@@ -11,7 +11,12 @@ function fakeClock(): () => { mono: number; wall: number } {
   };
 }
 
-const beat = (count: number, monoNs = count * 10): pb.IRecord => ({ monoNs, handle: 7, eventId: 1, heartbeat: { count, intervalMs: 1000 } });
+const beat = (count: number, monoNs = count * 10): pb.IRecord => ({
+  monoNs,
+  handle: 7,
+  eventId: 1,
+  heartbeat: { count, intervalMs: 1000 },
+});
 
 function take(ring: RecordRing, maxRecords = 1_000_000, maxBytes = 1 << 30): pb.Record[] {
   // Decode at once: the views are only valid until the next append or ack.
@@ -19,7 +24,11 @@ function take(ring: RecordRing, maxRecords = 1_000_000, maxBytes = 1 << 30): pb.
 }
 
 const summary = (r: pb.Record): string =>
-  r.payload === 'loss' ? `#${r.seq} loss(${r.loss!.count})` : r.payload === 'heartbeat' ? `#${r.seq} hb(${r.heartbeat!.count})` : `#${r.seq} ${r.payload}`;
+  r.payload === 'loss'
+    ? `#${r.seq} loss(${r.loss!.count})`
+    : r.payload === 'heartbeat'
+      ? `#${r.seq} hb(${r.heartbeat!.count})`
+      : `#${r.seq} ${r.payload}`;
 
 describe('RecordRing basics', () => {
   it('numbers records 1, 2, 3, ... and hands them out in order', () => {
@@ -97,7 +106,16 @@ describe('RecordRing basics', () => {
     ring.append(beat(2));
     take(ring, 1);
     const s = ring.stats();
-    expect(s).toMatchObject({ capacityRecords: 8, capacityBytes: 1000, records: 2, firstSeq: 1, lastSeq: 2, sentSeq: 1, dropped: 0, lossRecords: 0 });
+    expect(s).toMatchObject({
+      capacityRecords: 8,
+      capacityBytes: 1000,
+      records: 2,
+      firstSeq: 1,
+      lastSeq: 2,
+      sentSeq: 1,
+      dropped: 0,
+      lossRecords: 0,
+    });
     expect(s.bytes).toBeGreaterThan(0);
   });
 });

@@ -219,7 +219,9 @@ describe('walkPage', () => {
   });
 
   it('stops on a big event whose length word is below 4 or beyond the page', () => {
-    expect(walk(page([small(str('aaaa'), 1), hdr(0, 1), u32(3), small(str('bbbb'), 1)], { ts: 0 })).events.map((e) => e.data)).toEqual(['aaaa']);
+    expect(walk(page([small(str('aaaa'), 1), hdr(0, 1), u32(3), small(str('bbbb'), 1)], { ts: 0 })).events.map((e) => e.data)).toEqual([
+      'aaaa',
+    ]);
     expect(walk(page([small(str('aaaa'), 1), hdr(0, 1), u32(0xffffffff)], { ts: 0 })).events.map((e) => e.data)).toEqual(['aaaa']);
     // Length word exactly 4: a zero-length event, then on to the next.
     const r = walk(page([hdr(0, 2), u32(4), small(str('bbbb'), 1)], { ts: 0 }));
@@ -248,7 +250,8 @@ describe('walkPage', () => {
       const visitor: PageVisitor = {
         event(_b, start, len, ts) {
           events++;
-          if (start < 16 || len < 0 || start + len > size || !Number.isFinite(ts)) throw new Error(`event [${start}, +${len}) of page size ${size}`);
+          if (start < 16 || len < 0 || start + len > size || !Number.isFinite(ts))
+            throw new Error(`event [${start}, +${len}) of page size ${size}`);
         },
         missed(count) {
           if (!Number.isFinite(count) || count < 0) throw new Error(`missed ${count}`);

@@ -87,7 +87,9 @@ describe('signModule', () => {
     const m = signed();
     const len = Buffer.alloc(4);
     len.writeUInt32BE(manifestBytes.length);
-    const want = createHash('sha256').update(Buffer.concat([len, manifestBytes, code])).digest();
+    const want = createHash('sha256')
+      .update(Buffer.concat([len, manifestBytes, code]))
+      .digest();
     expect(Buffer.from(m.digest!).equals(want)).toBe(true);
     expect(m.keyId).toBe(hostKey.id);
     expect(m.signature!.length).toBe(64);
@@ -201,7 +203,9 @@ describe('TrustedKeys loading', () => {
     expect(e.message).toBe(`${file} is not an ed25519 key`);
     expect(caught(() => TrustedKeys.load(dir)).code).toBe(ErrorCode.KEY_INVALID);
     const ec = generateKeyPairSync('ec', { namedCurve: 'prime256v1' });
-    expect(caught(() => new TrustedKeys().add(ec.publicKey.export({ format: 'pem', type: 'spki' }).toString())).code).toBe(ErrorCode.KEY_INVALID);
+    expect(caught(() => new TrustedKeys().add(ec.publicKey.export({ format: 'pem', type: 'spki' }).toString())).code).toBe(
+      ErrorCode.KEY_INVALID,
+    );
   });
 
   it('refuses text that is not a PEM key: VSP_KEY_INVALID', () => {
