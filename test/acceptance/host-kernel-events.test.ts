@@ -3,11 +3,12 @@
 // the host library.
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { beforeAll, describe, expect, it } from 'vitest';
 import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
-import { LocalAgent } from '../../host/channel/local-agent.js';
+import type { LocalAgent } from '../../host/channel/local-agent.js';
 import { exitProgram, segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
 import { createMemoryCgroup, memoryCgroupWhyNot } from '../helpers/cgroup.js';
+import { useLocalAgent } from '../helpers/agent-fixture.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -15,23 +16,17 @@ const why = whyNoKernelAccess();
 if (why) console.warn(`SKIP host kernel event tests: ${why}`);
 
 describe.skipIf(Boolean(why))('host mode: real kernel events reach the host', () => {
+  const f = useLocalAgent();
   let agent: LocalAgent;
   let client: AgentClient;
-  const records: AgentRecord[] = [];
+  const records = f.records;
   const find = (pred: (r: AgentRecord) => boolean) => () => records.find(pred);
 
   beforeAll(async () => {
-    agent = new LocalAgent();
-    await agent.start();
-    client = await agent.connect();
-    client.on('record', (r) => records.push(r));
+    agent = f.agent;
+    client = f.client;
     await client.load(agent.module('signal'));
     await client.load(agent.module('process'), { params: { comms: 'segv,exit7,sleep,sh' } });
-  });
-
-  afterAll(async () => {
-    client?.close();
-    await agent?.stop();
   });
 
   it('handshake reports the kernel and what it offers', () => {

@@ -1,12 +1,13 @@
 // Probe modules are code from the host running as root in the guest: the agent runs only
 // what the host's key signed, and a probe that fails is contained.
 import { generateKeyPairSync } from 'node:crypto';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
-import { LocalAgent } from '../../host/channel/local-agent.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { AgentClient } from '../../host/channel/agent-client.js';
+import type { LocalAgent } from '../../host/channel/local-agent.js';
 import { signModule } from '../../host/probes/package.js';
 import { keyId, moduleDigest } from '../../proto/module-digest.js';
 import { ErrorCode } from '../../proto/errors.js';
+import { useLocalAgent } from '../helpers/agent-fixture.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -26,19 +27,14 @@ const faultyManifest = (name: string) =>
   );
 
 describe.skipIf(Boolean(why))('probe modules: signatures and containment', () => {
+  const f = useLocalAgent();
   let agent: LocalAgent;
   let client: AgentClient;
-  const records: AgentRecord[] = [];
+  const records = f.records;
 
   beforeAll(async () => {
-    agent = new LocalAgent();
-    await agent.start();
-    client = await agent.connect();
-    client.on('record', (r) => records.push(r));
-  });
-  afterAll(async () => {
-    client?.close();
-    await agent?.stop();
+    agent = f.agent;
+    client = f.client;
   });
 
   const refused = async (mod: Parameters<AgentClient['load']>[0], code: string) => {

@@ -5,11 +5,12 @@
 // to make anywhere and proves the trigger path end to end.
 import { execSync, spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
-import { LocalAgent } from '../../host/channel/local-agent.js';
+import { beforeAll, describe, expect, it } from 'vitest';
+import type { AgentClient } from '../../host/channel/agent-client.js';
+import type { LocalAgent } from '../../host/channel/local-agent.js';
 import { readPressure } from '../../guest-agent/kernel/pressure.js';
 import { createMemoryCgroup, memoryCgroupWhyNot } from '../helpers/cgroup.js';
+import { useLocalAgent } from '../helpers/agent-fixture.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -18,19 +19,14 @@ const why =
 if (why) console.warn(`SKIP pressure tests: ${why}`);
 
 describe.skipIf(Boolean(why))('host mode: pressure stall triggers', () => {
+  const f = useLocalAgent();
   let agent: LocalAgent;
   let client: AgentClient;
-  const records: AgentRecord[] = [];
+  const records = f.records;
 
   beforeAll(async () => {
-    agent = new LocalAgent();
-    await agent.start();
-    client = await agent.connect();
-    client.on('record', (r) => records.push(r));
-  });
-  afterAll(async () => {
-    client?.close();
-    await agent?.stop();
+    agent = f.agent;
+    client = f.client;
   });
 
   it('fires under CPU pressure (more runnable tasks than CPUs)', async () => {

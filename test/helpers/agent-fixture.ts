@@ -1,0 +1,26 @@
+// One agent on this machine for a whole describe block: started before, stopped after
+// (also when a test fails), with every record it sent collected in order.
+import { afterAll, beforeAll } from 'vitest';
+import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
+import { LocalAgent, type LocalAgentOptions } from '../../host/channel/local-agent.js';
+
+export interface AgentFixture {
+  agent: LocalAgent;
+  client: AgentClient;
+  records: AgentRecord[];
+}
+
+export function useLocalAgent(opts: LocalAgentOptions = {}): AgentFixture {
+  const f = { records: [] as AgentRecord[] } as AgentFixture;
+  beforeAll(async () => {
+    f.agent = new LocalAgent(opts);
+    await f.agent.start();
+    f.client = await f.agent.connect();
+    f.client.on('record', (r) => f.records.push(r));
+  });
+  afterAll(async () => {
+    f.client?.close();
+    await f.agent?.stop();
+  });
+  return f;
+}
