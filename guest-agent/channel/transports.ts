@@ -86,40 +86,89 @@ export function findVirtioPort(name: string, sysRoot = '/sys/class/virtio-ports'
 }
 
 /**
- * A virtio-serial port. The device stays open for the agent's life; the host connecting
- * to or leaving the other end does not close it, so each reopen after an error is a new link.
+ * A virtio-serial port. The guest cannot see the host side connect: while nobody holds the
+ * host end, read() returns 0 at once and write() blocks. So the transport reads until bytes
+ * arrive (the host speaks first on this transport; see AgentClient), makes that a link,
+ * and goes back to waiting when a read returns 0 again (the host went away). Waiting is one
+ * read() every 250 ms, and only while no host is there.
  */
 export class VirtioPortTransport implements Transport {
   private stopped = false;
   private fd = -1;
-  constructor(readonly portName: string) {}
+  private timer: NodeJS.Timeout | null = null;
+  constructor(
+    readonly portName: string,
+    private readonly idleMs = 250,
+  ) {}
   get describe(): string {
     return `virtio:${this.portName}`;
   }
   async start(onLink: (l: Link) => void): Promise<void> {
     const dev = findVirtioPort(this.portName);
     if (!dev) throw new Error(`no virtio-serial port named ${this.portName} under /sys/class/virtio-ports`);
-    const open = (): void => {
+    this.fd = fs.openSync(dev, fs.constants.O_RDWR);
+    const buf = Buffer.alloc(64 * 1024);
+    const wait = (): void => {
       if (this.stopped) return;
-      this.fd = fs.openSync(dev, fs.constants.O_RDWR);
-      const rs = fs.createReadStream('', { fd: this.fd, autoClose: false, highWaterMark: 64 * 1024 });
-      const ws = fs.createWriteStream('', { fd: this.fd, autoClose: false });
-      const stream = Duplex.from({ readable: rs, writable: ws });
-      stream.once('close', () => {
-        try {
-          fs.closeSync(this.fd);
-        } catch {
-          /* closed */
+      fs.read(this.fd, buf, 0, buf.length, null, (err, n) => {
+        if (this.stopped) return;
+        if (err || n === 0) {
+          this.timer = setTimeout(wait, this.idleMs);
+          return;
         }
-        setTimeout(open, 200);
+        const link = new PortLink(this.fd, Buffer.from(buf.subarray(0, n)));
+        link.once('close', () => wait());
+        onLink({ stream: link, describe: `virtio:${this.portName} (${dev})` });
       });
-      onLink({ stream, describe: `virtio:${this.portName} (${dev})` });
     };
-    open();
+    wait();
   }
   stop(): Promise<void> {
     this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
     return Promise.resolve();
+  }
+}
+
+/** One host connection on an open virtio-serial port; ends when a read returns 0. */
+class PortLink extends Duplex {
+  private reading = false;
+  private ended = false;
+  private readonly buf = Buffer.alloc(64 * 1024);
+  constructor(
+    private readonly fd: number,
+    first: Buffer,
+  ) {
+    super();
+    this.push(first);
+  }
+  override _read(): void {
+    if (this.reading || this.ended) return;
+    this.reading = true;
+    fs.read(this.fd, this.buf, 0, this.buf.length, null, (err, n) => {
+      this.reading = false;
+      if (this.ended) return;
+      if (err || n === 0) {
+        this.push(null); // the host went away
+        this.destroy();
+        return;
+      }
+      if (this.push(Buffer.from(this.buf.subarray(0, n)))) this._read();
+    });
+  }
+  override _write(chunk: Buffer, _enc: BufferEncoding, cb: (e?: Error | null) => void): void {
+    const writeAll = (off: number): void => {
+      fs.write(this.fd, chunk, off, chunk.length - off, null, (err, n) => {
+        if (err) return cb(err);
+        if (off + n < chunk.length) return writeAll(off + n);
+        cb();
+      });
+    };
+    writeAll(0);
+  }
+  override _destroy(err: Error | null, cb: (e?: Error | null) => void): void {
+    this.ended = true; // the port itself stays open for the next host
+    cb(err);
   }
 }
 

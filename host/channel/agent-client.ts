@@ -117,6 +117,9 @@ export class AgentClient extends EventEmitter {
       helloReject(new VesperError(ErrorCode.DISCONNECTED, `link closed before the handshake: ${why}`));
     });
     stream.on('data', (c: Buffer) => this.decoder.push(c));
+    // On a virtio-serial port the guest cannot see us connect; these bytes are how it
+    // learns, and it answers with its hello. Elsewhere the agent just answers the ping.
+    this.send({ reqId: 0, ping: { nonce: 0, sentMonoNs: Number(process.hrtime.bigint()) } });
     stream.on('error', (err) => this.emit('protocolError', new VesperError(ErrorCode.DISCONNECTED, err.message)));
     stream.on('close', () => this.shutdown('link closed'));
   }
@@ -305,6 +308,7 @@ export class AgentClient extends EventEmitter {
         return;
       default: {
         const p = this.pending.get(f.reqId);
+        if (!p && f.body === 'pong' && f.reqId === 0) return; // the answer to our first ping
         if (!p) {
           this.emit(
             'protocolError',
