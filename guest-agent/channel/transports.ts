@@ -104,24 +104,46 @@ export class VirtioPortTransport implements Transport {
     return `virtio:${this.portName}`;
   }
   async start(onLink: (l: Link) => void): Promise<void> {
-    const dev = findVirtioPort(this.portName);
-    if (!dev) throw new Error(`no virtio-serial port named ${this.portName} under /sys/class/virtio-ports`);
-    this.fd = fs.openSync(dev, fs.constants.O_RDWR);
     const buf = Buffer.alloc(64 * 1024);
+    let dev = '';
+    // The port may not exist yet (a channel hot-plugged later, the "activate" step) or may
+    // go away (hot-unplug): look it up by name again whenever the device fails.
+    const open = (): void => {
+      if (this.stopped) return;
+      dev = findVirtioPort(this.portName) ?? '';
+      try {
+        if (!dev) throw new Error('not there');
+        this.fd = fs.openSync(dev, fs.constants.O_RDWR);
+      } catch {
+        this.timer = setTimeout(open, 1000);
+        return;
+      }
+      wait();
+    };
+    const reopen = (): void => {
+      try {
+        fs.closeSync(this.fd);
+      } catch {
+        /* already closed */
+      }
+      this.fd = -1;
+      this.timer = setTimeout(open, 1000);
+    };
     const wait = (): void => {
       if (this.stopped) return;
       fs.read(this.fd, buf, 0, buf.length, null, (err, n) => {
         if (this.stopped) return;
-        if (err || n === 0) {
+        if (err) return reopen();
+        if (n === 0) {
           this.timer = setTimeout(wait, this.idleMs);
           return;
         }
         const link = new PortLink(this.fd, Buffer.from(buf.subarray(0, n)));
-        link.once('close', () => wait());
+        link.once('close', () => (link.failed ? reopen() : wait()));
         onLink({ stream: link, describe: `virtio:${this.portName} (${dev})` });
       });
     };
-    wait();
+    open();
   }
   stop(): Promise<void> {
     this.stopped = true;
@@ -134,6 +156,8 @@ export class VirtioPortTransport implements Transport {
 class PortLink extends Duplex {
   private reading = false;
   private ended = false;
+  /** the device failed (unplugged), rather than the host leaving */
+  failed = false;
   private readonly buf = Buffer.alloc(64 * 1024);
   constructor(
     private readonly fd: number,
@@ -149,7 +173,8 @@ class PortLink extends Duplex {
       this.reading = false;
       if (this.ended) return;
       if (err || n === 0) {
-        this.push(null); // the host went away
+        this.failed = Boolean(err);
+        this.push(null); // the host went away, or the port did
         this.destroy();
         return;
       }

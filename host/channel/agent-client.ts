@@ -39,6 +39,8 @@ export interface AgentRecord {
 export interface AgentClientOptions {
   /** Highest sequence number already held: the agent resends everything after it. */
   resumeAfterSeq?: number;
+  /** Decides resumeAfterSeq once the agent has said who it is (same boot, same agent?). */
+  resumeFor?: (hello: pb.Hello) => number;
   /** Acknowledge records as soon as the 'record' listeners have run (default true). */
   autoAck?: boolean;
   requestTimeoutMs?: number;
@@ -75,7 +77,7 @@ export class AgentClient extends EventEmitter {
   private readonly decoder: FrameDecoder;
   private closed = false;
   private readonly ready: Promise<void>;
-  private readonly opts: Required<AgentClientOptions>;
+  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor'>> & Pick<AgentClientOptions, 'resumeFor'>;
 
   constructor(
     readonly stream: Duplex,
@@ -88,6 +90,7 @@ export class AgentClient extends EventEmitter {
       requestTimeoutMs: opts.requestTimeoutMs ?? 30_000,
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 15_000,
       maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+      resumeFor: opts.resumeFor,
     };
     this.lastSeq = this.opts.resumeAfterSeq;
     this.decoder = new FrameDecoder({
@@ -290,6 +293,7 @@ export class AgentClient extends EventEmitter {
           return;
         }
         this.hello = h;
+        if (this.opts.resumeFor) this.lastSeq = this.opts.resumeFor(h);
         this.probes.clear();
         for (const l of h.loaded ?? []) this.remember(l);
         this.send({

@@ -1,0 +1,186 @@
+// One guest as the host keeps it: a link that comes back by itself (with backoff), the
+// probes the host wants attached — pushed again when the guest rebooted or its agent
+// restarted — records de-duplicated across links, and heartbeat loss told as an event.
+import { EventEmitter } from 'node:events';
+import type { pb } from '../../proto/codec.js';
+import { VesperError } from '../../proto/errors.js';
+import { AgentClient, type AgentRecord } from './agent-client.js';
+
+export interface AttachedProbe {
+  name: string;
+  instances?: number;
+  params?: Record<string, string>;
+  instanceParams?: Record<number, Record<string, string>>;
+}
+
+export interface GuestSessionOptions {
+  /** unix socket of the channel (QEMU's end of the virtio-serial port, or a host-mode agent) */
+  socket: string;
+  /** a signed module for a probe name */
+  module: (name: string) => pb.IProbeModule;
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+  /** heartbeat lost after this many missed intervals (default 3) */
+  heartbeatMisses?: number;
+}
+
+export interface ConnectedInfo {
+  hello: pb.Hello;
+  /** the guest booted again, or its agent restarted, since the last link */
+  agentRestarted: boolean;
+  repushed: string[];
+}
+
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
+export interface GuestSession {
+  on(ev: 'record', fn: (r: AgentRecord) => void): this;
+  on(ev: 'connected', fn: (i: ConnectedInfo) => void): this;
+  on(ev: 'disconnected', fn: (why: string) => void): this;
+  on(ev: 'heartbeat-lost', fn: (i: { silentMs: number; intervalMs: number }) => void): this;
+  on(ev: 'heartbeat-back', fn: (i: { silentMs: number }) => void): this;
+  on(ev: 'error', fn: (e: VesperError) => void): this;
+}
+
+// eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
+export class GuestSession extends EventEmitter {
+  readonly attached = new Map<string, AttachedProbe>();
+  client: AgentClient | null = null;
+  private agentId = ''; // boot id + agent pid of the agent we last spoke to
+  private lastSeq = 0;
+  private stopped = false;
+  private backoff: number;
+  private retry: NodeJS.Timeout | null = null;
+  private hbTimer: NodeJS.Timeout | null = null;
+  private lastBeat = 0;
+  private hbLost = false;
+
+  constructor(private readonly o: GuestSessionOptions) {
+    super();
+    this.backoff = o.minBackoffMs ?? 200;
+  }
+
+  start(): void {
+    this.stopped = false;
+    void this.connect();
+  }
+
+  /** Resolves with the next successful link (or at once if there is one). */
+  waitConnected(timeoutMs: number): Promise<AgentClient> {
+    if (this.client && !this.client.isClosed) return Promise.resolve(this.client);
+    return new Promise((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no link to the agent within ${timeoutMs} ms`)), timeoutMs);
+      this.once('connected', () => {
+        clearTimeout(t);
+        resolve(this.client!);
+      });
+    });
+  }
+
+  async attach(p: AttachedProbe): Promise<void> {
+    this.attached.set(p.name, p);
+    if (this.client && !this.client.isClosed) await this.push(this.client, p);
+    this.armHeartbeat();
+  }
+
+  async detach(name: string): Promise<void> {
+    this.attached.delete(name);
+    if (this.client && !this.client.isClosed) await this.client.unload(name);
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.retry) clearTimeout(this.retry);
+    if (this.hbTimer) clearTimeout(this.hbTimer);
+    this.client?.close();
+    this.client = null;
+  }
+
+  private async connect(): Promise<void> {
+    if (this.stopped) return;
+    let c: AgentClient;
+    try {
+      c = await AgentClient.connectUnix(this.o.socket, {
+        handshakeTimeoutMs: 10_000,
+        // Same agent as before: it resends after what we hold. A new one starts at 1.
+        resumeFor: (h) => (this.idOf(h) === this.agentId ? this.lastSeq : 0),
+      });
+    } catch {
+      this.retry = setTimeout(() => void this.connect(), this.backoff);
+      this.backoff = Math.min(this.backoff * 2, this.o.maxBackoffMs ?? 5000);
+      return;
+    }
+    if (this.stopped) return c.close();
+    this.backoff = this.o.minBackoffMs ?? 200;
+    const restarted = this.idOf(c.hello) !== this.agentId;
+    this.agentId = this.idOf(c.hello);
+    if (restarted) this.lastSeq = 0;
+    this.client = c;
+    c.on('record', (r) => {
+      this.lastSeq = r.seq;
+      if (r.kind === 'heartbeat') this.beat();
+      this.emit('record', r);
+    });
+    c.on('protocolError', (e) => this.emit('error', e));
+    c.once('close', (why) => {
+      if (this.client === c) this.client = null;
+      this.emit('disconnected', why);
+      if (!this.stopped) this.retry = setTimeout(() => void this.connect(), this.backoff);
+    });
+    const loaded = new Set((c.hello.loaded ?? []).map((l) => l.name));
+    const repushed: string[] = [];
+    for (const p of this.attached.values())
+      if (!loaded.has(p.name)) {
+        try {
+          await this.push(c, p);
+          repushed.push(p.name);
+        } catch (err) {
+          this.emit('error', VesperError.from(err));
+        }
+      }
+    this.emit('connected', { hello: c.hello, agentRestarted: restarted, repushed });
+    this.armHeartbeat();
+  }
+
+  private idOf(h: pb.Hello): string {
+    return `${h.bootId}/${h.agentPid}`;
+  }
+
+  private push(c: AgentClient, p: AttachedProbe): Promise<unknown> {
+    return c.load(this.o.module(p.name), { instances: p.instances, params: p.params, instanceParams: p.instanceParams });
+  }
+
+  private heartbeatInterval(): number {
+    const hb = this.attached.get('heartbeat');
+    if (!hb) return 0;
+    const v = hb.params?.['interval_ms'] ?? '1000';
+    const m = /^(\d+(?:\.\d+)?)\s*(ms|s)?$/.exec(v);
+    return m ? Number(m[1]) * (m[2] === 's' ? 1000 : 1) : 1000;
+  }
+
+  private beat(): void {
+    const now = Date.now();
+    if (this.hbLost) {
+      this.hbLost = false;
+      this.emit('heartbeat-back', { silentMs: now - this.lastBeat });
+    }
+    this.lastBeat = now;
+    this.armHeartbeat();
+  }
+
+  /** Heartbeat loss: the agent (or the whole guest userspace) stopped beating. */
+  private armHeartbeat(): void {
+    if (this.hbTimer) clearTimeout(this.hbTimer);
+    const interval = this.heartbeatInterval();
+    if (!interval || this.stopped) return;
+    if (!this.lastBeat) this.lastBeat = Date.now();
+    const limit = interval * (this.o.heartbeatMisses ?? 3);
+    this.hbTimer = setTimeout(
+      () => {
+        if (this.hbLost) return;
+        this.hbLost = true;
+        this.emit('heartbeat-lost', { silentMs: Date.now() - this.lastBeat, intervalMs: interval });
+      },
+      Math.max(0, this.lastBeat + limit - Date.now()),
+    );
+  }
+}
