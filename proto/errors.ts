@@ -41,6 +41,10 @@ export const ErrorCode = {
   KEY_INVALID: 'VSP_KEY_INVALID',
   USAGE: 'VSP_USAGE',
   INTERNAL: 'VSP_INTERNAL',
+  // libvirt (host/libvirt)
+  LIBVIRT_UNAVAILABLE: 'VSP_LIBVIRT_UNAVAILABLE',
+  DOMAIN_NOT_FOUND: 'VSP_DOMAIN_NOT_FOUND',
+  LIBVIRT_CALL: 'VSP_LIBVIRT_CALL',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];

@@ -7,6 +7,10 @@ need_debs=()
 for tool in taskset:util-linux mount:mount; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_debs+=("${tool##*:}")
 done
+# The libvirt binding (@unraid/libvirt) compiles against libvirt's headers during npm ci.
+for pkg in libvirt-dev pkg-config g++ make python3; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need_debs+=("$pkg")
+done
 if ((${#need_debs[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}"
 fi
