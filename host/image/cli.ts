@@ -1,0 +1,33 @@
+// Builds (or finds in the cache) the guest image and prints its paths as JSON on stdout.
+//   tsx host/image/cli.ts [--test-helpers] [--key PEM-FILE] [--cache DIR]
+// Progress goes to stderr, so stdout stays machine-readable.
+import { readFileSync } from 'node:fs';
+import { parseArgs } from 'node:util';
+import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
+import { loadOrCreateHostKey } from '../keys.js';
+import { GUEST_KERNEL_CMDLINE, buildGuestImage } from './build.js';
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    options: {
+      'test-helpers': { type: 'boolean', default: false },
+      key: { type: 'string' },
+      cache: { type: 'string' },
+    },
+  });
+  const started = performance.now();
+  const image = await buildGuestImage({
+    hostPubKeyPem: values.key ? readFileSync(values.key, 'utf8') : loadOrCreateHostKey().publicPem,
+    testHelpers: values['test-helpers'],
+    cacheDir: values.cache,
+    onProgress: (step, detail) =>
+      process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1)}s] ${step}${detail ? `: ${detail}` : ''}\n`),
+  });
+  process.stdout.write(`${JSON.stringify({ ...image, cmdline: GUEST_KERNEL_CMDLINE }, null, 2)}\n`);
+}
+
+main().catch((err: unknown) => {
+  const e = VesperError.from(err, err instanceof TypeError ? ErrorCode.USAGE : ErrorCode.INTERNAL);
+  process.stderr.write(`vesper-image: ${e.message}\n`);
+  process.exitCode = exitStatusFor(e.code);
+});

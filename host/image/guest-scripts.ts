@@ -1,0 +1,228 @@
+// The shell scripts baked into the guest image. They run under busybox ash with no udev and no
+// init system, so they do by hand what those would: mounts, module loading, respawning.
+
+export const AGENT_PORT = 'org.vesper.agent.0';
+export const TEST_PORT = 'org.vesper.test.0';
+export const DEMO_SERVICE = '/usr/sbin/vesper-demo-svc';
+export const EXIT_PROGRAM = '/usr/sbin/vesper-exit';
+export const FAULT_HELPER = '/usr/sbin/vesper-fault';
+export const AGENT_PATH = '/opt/vesper/vesper-agent.mjs';
+export const HOST_KEY_PATH = '/etc/vesper/host.pub';
+
+export interface InitOptions {
+  /** Modules in load order (dependencies first), as paths inside the image. */
+  modules: { name: string; path: string }[];
+  testHelpers: boolean;
+}
+
+export function initScript(o: InitOptions): string {
+  const loads = o.modules.map((m) => `load ${m.name} ${m.path}`).join('\n');
+  return `#!/bin/sh
+# vesper guest /init, written by host/image/build.ts.
+export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root
+
+say() { echo "vesper-guest: $*" > /dev/console; }
+
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+# Without udev, devtmpfs is what creates /dev/vportNpM when virtio_console finds the ports.
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mount -t tmpfs -o mode=0755 tmpfs /run
+mount -t tracefs tracefs /sys/kernel/tracing || say "cannot mount tracefs"
+# The OOM fault and the agent's memory probes need the memory controller in child cgroups.
+mount -t cgroup2 cgroup2 /sys/fs/cgroup && echo +memory > /sys/fs/cgroup/cgroup.subtree_control || say "cannot set up cgroup2 memory"
+
+loaded=
+load() {
+  if insmod "$2"; then loaded="$loaded $1"; else say "module $1 failed to load"; fi
+}
+${loads}
+say "modules loaded:$loaded"
+
+hostname vesper-guest
+ip link set lo up
+
+# virtio_console announces ports from a work queue, after insmod returned: give it 5 s.
+i=0
+while [ $i -lt 50 ] && ! grep -qsx ${AGENT_PORT} /sys/class/virtio-ports/*/name; do sleep 0.1; i=$((i + 1)); done
+
+# respawn NAME PIDFILE CMD...: runs CMD forever, 1 s apart. The pid file is how the fault
+# helper finds its targets.
+respawn() {
+  name=$1 pidfile=$2
+  shift 2
+  while :; do
+    say "$name starting"
+    "$@" < /dev/null &
+    echo $! > "$pidfile"
+    wait $!
+    say "$name exited with status $?, restarting in 1 s"
+    sleep 1
+  done
+}
+
+(export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node ${AGENT_PATH} --transport virtio:${AGENT_PORT} --host-key ${HOST_KEY_PATH}) &
+respawn vesper-demo-svc /run/vesper-demo-svc.pid ${DEMO_SERVICE} &
+httpd -p 80 -h /srv/www
+${o.testHelpers ? `respawn vesper-fault /run/vesper-fault.pid ${FAULT_HELPER} &\n` : ''}
+# PID 1 must not exit. Waiting on a foreground child also reaps orphans as they die.
+while :; do sleep 3600; done
+`;
+}
+
+export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesper demo guest</p>\n';
+
+/**
+ * TEST-ONLY fault injector, never part of the agent: one command per line on the virtio-serial
+ * port TEST_PORT, one answer per command, "ok CMD DETAIL..." or "err CMD WHY":
+ *   ping             ok ping pong
+ *   segv             ok segv PID            the demo service faults (SIGUSR1 -> store to 0)
+ *   term             ok term SENDER TARGET  a separate process SIGTERMs the demo service
+ *   oom              ok oom PID             tail /dev/zero in a 32M cgroup (answered at start)
+ *   storm N          ok storm MS            runs vesper-exit N times
+ *   exit CODE        ok exit PID STATUS     runs vesper-exit CODE
+ *   panic            ok panic               then sysrq-c
+ *   hang SECONDS     ok hang SECONDS        then a SCHED_FIFO 99 busy loop freezes userspace
+ *   kill-agent       ok kill-agent PID      then SIGKILL to the agent (init restarts it)
+ */
+export function faultHelperScript(): string {
+  return `#!/bin/sh
+# vesper-fault: test-only fault injector (see host/image/guest-scripts.ts for the protocol).
+CG=/sys/fs/cgroup/vesper-oom
+CR=$(printf '\\r')
+
+port=
+for d in /sys/class/virtio-ports/*; do
+  n=
+  read -r n 2> /dev/null < "$d/name"
+  [ "$n" = ${TEST_PORT} ] && port=/dev/\${d##*/}
+done
+set -f # commands are split into words below, never globbed
+[ -n "$port" ] || { echo "vesper-fault: no virtio-serial port named ${TEST_PORT}" > /dev/console; exit 1; }
+# A virtio-serial port opens only once at a time: every child below closes fd 3 (and 4), so a
+# straggler cannot keep the next instance of this helper out.
+exec 3<> "$port" || exit 1
+echo "vesper-fault: listening on $port" > /dev/console
+# Idle waits without forking sleep: a read with a timeout on a FIFO nobody writes. The tests
+# watch exec events, and an idle guest should show none.
+mkfifo /run/vesper-fault.idle 2> /dev/null
+exec 4<> /run/vesper-fault.idle
+idle() { read -r -t "$1" _ <&4; }
+
+reply() { echo "$*" >&3; }
+
+# Milliseconds of uptime: busybox date has no %N. /proc/uptime counts hundredths.
+now_ms() {
+  read -r up _ < /proc/uptime
+  cs=\${up#*.}
+  echo $((\${up%.*} * 1000 + \${cs#0} * 10))
+}
+
+# Sets $demo to the demo service's pid once its SIGUSR1 handler is installed (a SIGUSR1 sent
+# before that would kill it without a fault); it may be in its 1 s respawn pause, so this
+# waits up to 5 s. Builtins only: the tests watch exec events and need no noise from here.
+demo_ready() {
+  i=0
+  while [ $i -lt 50 ]; do
+    demo= cgt=
+    read -r demo 2> /dev/null < /run/vesper-demo-svc.pid
+    [ -n "$demo" ] && while read -r k v; do [ "$k" = SigCgt: ] && cgt=$v; done 2> /dev/null < /proc/$demo/status
+    [ -n "$cgt" ] && [ $((0x$cgt & 0x200)) -ne 0 ] && return 0
+    idle 0.1
+    i=$((i + 1))
+  done
+  return 1
+}
+
+number() { case $1 in '' | *[!0-9]*) return 1 ;; esac; }
+
+do_oom() {
+  rmdir $CG 2> /dev/null
+  if ! { mkdir -p $CG && echo 32M > $CG/memory.max; }; then reply "err oom cannot set up $CG"; return; fi
+  [ -e $CG/memory.swap.max ] && echo 0 > $CG/memory.swap.max
+  # The shell moves itself into the cgroup, then becomes tail, which buffers /dev/zero forever
+  # looking for a newline.
+  /bin/sh -c "echo \\$\\$ > $CG/cgroup.procs && exec /usr/bin/tail /dev/zero" < /dev/null 3>&- 4>&- &
+  hog=$!
+  reply "ok oom $hog"
+  wait $hog
+  rmdir $CG
+}
+
+do_hang() {
+  reply "ok hang $1"
+  idle 0.2 # let the answer leave before userspace freezes
+  read -r old < /proc/sys/kernel/sched_rt_runtime_us
+  echo -1 > /proc/sys/kernel/sched_rt_runtime_us
+  # Nothing else gets the (single) CPU, not even a killer, so the loop times itself, with
+  # shell builtins only.
+  /usr/bin/chrt -f 99 /bin/sh -c 'read -r up _ < /proc/uptime; end=$((\${up%.*} + $1)); while :; do read -r up _ < /proc/uptime; [ \${up%.*} -lt $end ] || exit 0; done' hang "$1" 3>&- 4>&- &
+  hog=$!
+  wait $hog
+  kill -9 $hog 2> /dev/null
+  echo "$old" > /proc/sys/kernel/sched_rt_runtime_us
+}
+
+while :; do
+  # EOF means no host on the other end yet: poll until one connects.
+  read -r line <&3 || { idle 0.5; continue; }
+  set -- \${line%"$CR"}
+  cmd=\${1:-}
+  arg=\${2:-}
+  case $cmd in
+    '') ;;
+    ping) reply "ok ping pong" ;;
+    segv)
+      if demo_ready; then kill -USR1 "$demo" && reply "ok segv $demo"; else reply "err segv demo service not running"; fi
+      ;;
+    term)
+      # The sender is its own process (a real exec, so its comm is "kill").
+      if demo_ready; then
+        /bin/kill -TERM "$demo" 3>&- 4>&- &
+        s=$!
+        wait $s
+        reply "ok term $s $demo"
+      else reply "err term demo service not running"; fi
+      ;;
+    oom) do_oom ;;
+    storm)
+      if number "$arg"; then
+        t0=$(now_ms)
+        i=0
+        while [ $i -lt "$arg" ]; do
+          ${EXIT_PROGRAM} 0
+          i=$((i + 1))
+        done 3>&- 4>&-
+        reply "ok storm $(($(now_ms) - t0))"
+      else reply "err storm usage: storm COUNT"; fi
+      ;;
+    exit)
+      if number "$arg"; then
+        ${EXIT_PROGRAM} "$arg" 3>&- 4>&- &
+        p=$!
+        wait $p
+        reply "ok exit $p $?"
+      else reply "err exit usage: exit CODE"; fi
+      ;;
+    panic)
+      reply "ok panic"
+      idle 0.2
+      echo c > /proc/sysrq-trigger
+      ;;
+    hang)
+      if number "$arg"; then do_hang "$arg"; else reply "err hang usage: hang SECONDS"; fi
+      ;;
+    kill-agent)
+      p=
+      read -r p 2> /dev/null < /run/vesper-agent.pid
+      if [ -n "$p" ] && [ -d /proc/$p ]; then
+        reply "ok kill-agent $p"
+        kill -KILL "$p"
+      else reply "err kill-agent agent not running"; fi
+      ;;
+    *) reply "err $cmd unknown command" ;;
+  esac
+done
+`;
+}
