@@ -46,6 +46,12 @@ export interface AgentClientOptions {
   requestTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   maxFrameBytes?: number;
+  /**
+   * Ping this often (ms; 0: never). On a virtio-serial port a guest that rebooted, or an
+   * agent that restarted, cannot tell that the host is still there; the next ping makes it
+   * speak, and the client then sees a second hello on the same link.
+   */
+  keepaliveMs?: number;
 }
 
 interface Pending {
@@ -61,6 +67,8 @@ export interface AgentClient {
   on(ev: 'batch', fn: (records: AgentRecord[]) => void): this;
   on(ev: 'protocolError', fn: (e: VesperError) => void): this;
   on(ev: 'close', fn: (why: string) => void): this;
+  /** every hello, the first and any later one (the agent restarted behind this link) */
+  on(ev: 'hello', fn: (h: pb.Hello) => void): this;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
@@ -91,7 +99,16 @@ export class AgentClient extends EventEmitter {
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 15_000,
       maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       resumeFor: opts.resumeFor,
+      keepaliveMs: opts.keepaliveMs ?? 0,
     };
+    if (this.opts.keepaliveMs > 0) {
+      const k = setInterval(
+        () => this.send({ reqId: 0, ping: { nonce: 0, sentMonoNs: Number(process.hrtime.bigint()) } }),
+        this.opts.keepaliveMs,
+      );
+      k.unref();
+      this.once('close', () => clearInterval(k));
+    }
     this.lastSeq = this.opts.resumeAfterSeq;
     this.decoder = new FrameDecoder({
       maxFrameBytes: this.opts.maxFrameBytes,
@@ -209,6 +226,22 @@ export class AgentClient extends EventEmitter {
     const t0 = process.hrtime.bigint();
     await this.request({ ping: { nonce: Number(t0 & 0xffffffffn), sentMonoNs: Number(t0) } });
     return Number(process.hrtime.bigint() - t0) / 1e6;
+  }
+
+  /**
+   * The agent's monotonic clock relative to ours: guest = host + offsetNs, within rtt/2.
+   * The sample with the shortest round trip out of `n` is the tightest bound.
+   */
+  async clockOffset(n = 10): Promise<{ offsetNs: number; rttMs: number }> {
+    let best = { offsetNs: 0, rttMs: Infinity };
+    for (let i = 0; i < n; i++) {
+      const t0 = process.hrtime.bigint();
+      const f = await this.request({ ping: { nonce: i + 1, sentMonoNs: Number(t0) } });
+      const t1 = process.hrtime.bigint();
+      const rttMs = Number(t1 - t0) / 1e6;
+      if (rttMs < best.rttMs) best = { offsetNs: Number(f.pong?.recvMonoNs ?? 0) - Number((t0 + t1) / 2n), rttMs };
+    }
+    return best;
   }
 
   /** Acknowledges everything up to seq (with autoAck off, once the records are safe). */

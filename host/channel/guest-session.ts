@@ -22,6 +22,8 @@ export interface GuestSessionOptions {
   maxBackoffMs?: number;
   /** heartbeat lost after this many missed intervals (default 3) */
   heartbeatMisses?: number;
+  /** how often to ping the agent (ms); see AgentClientOptions.keepaliveMs */
+  keepaliveMs?: number;
 }
 
 export interface ConnectedInfo {
@@ -101,6 +103,7 @@ export class GuestSession extends EventEmitter {
     try {
       c = await AgentClient.connectUnix(this.o.socket, {
         handshakeTimeoutMs: 10_000,
+        keepaliveMs: this.o.keepaliveMs ?? 1000,
         // Same agent as before: it resends after what we hold. A new one starts at 1.
         resumeFor: (h) => (this.idOf(h) === this.agentId ? this.lastSeq : 0),
       });
@@ -111,9 +114,6 @@ export class GuestSession extends EventEmitter {
     }
     if (this.stopped) return c.close();
     this.backoff = this.o.minBackoffMs ?? 200;
-    const restarted = this.idOf(c.hello) !== this.agentId;
-    this.agentId = this.idOf(c.hello);
-    if (restarted) this.lastSeq = 0;
     this.client = c;
     c.on('record', (r) => {
       this.lastSeq = r.seq;
@@ -126,7 +126,17 @@ export class GuestSession extends EventEmitter {
       this.emit('disconnected', why);
       if (!this.stopped) this.retry = setTimeout(() => void this.connect(), this.backoff);
     });
-    const loaded = new Set((c.hello.loaded ?? []).map((l) => l.name));
+    // A later hello on the same link: the guest rebooted or its agent restarted behind a
+    // host connection that never dropped.
+    c.on('hello', (h: pb.Hello) => void this.onHello(c, h));
+    await this.onHello(c, c.hello);
+  }
+
+  private async onHello(c: AgentClient, h: pb.Hello): Promise<void> {
+    const restarted = this.idOf(h) !== this.agentId;
+    this.agentId = this.idOf(h);
+    if (restarted) this.lastSeq = 0;
+    const loaded = new Set((h.loaded ?? []).map((l) => l.name));
     const repushed: string[] = [];
     for (const p of this.attached.values())
       if (!loaded.has(p.name)) {
@@ -137,7 +147,7 @@ export class GuestSession extends EventEmitter {
           this.emit('error', VesperError.from(err));
         }
       }
-    this.emit('connected', { hello: c.hello, agentRestarted: restarted, repushed });
+    this.emit('connected', { hello: h, agentRestarted: restarted, repushed });
     this.armHeartbeat();
   }
 

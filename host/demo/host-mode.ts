@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import Table from 'cli-table3';
 import type { AgentRecord } from '../channel/agent-client.js';
 import { LocalAgent } from '../channel/local-agent.js';
+import { describeRecord } from './describe.js';
 import { exitProgram, segfaultProgram, writeProgram } from './tiny-elf.js';
 
 const log = (msg: string): void => void process.stderr.write(`vesper demo: ${msg}\n`);
@@ -14,34 +15,6 @@ const log = (msg: string): void => void process.stderr.write(`vesper demo: ${msg
 /** Runs a command without blocking the event loop (records keep arriving meanwhile). */
 function run(cmd: string, args: string[] = []): Promise<void> {
   return new Promise((resolve) => spawn(cmd, args, { stdio: 'ignore' }).once('exit', () => resolve()));
-}
-
-function describe(r: AgentRecord): string {
-  const p = r.raw;
-  switch (r.kind) {
-    case 'signal': {
-      const s = p.signal!;
-      const from = s.senderIsKernel
-        ? `the kernel (si_code ${s.code}, while ${s.sender?.comm}[${s.sender?.pid}] ran)`
-        : `${s.sender?.comm}[${s.sender?.pid}]`;
-      return `signal ${s.sig} to ${s.target?.comm}[${s.target?.pid}] from ${from}`;
-    }
-    case 'exec':
-      return `${p.exec?.task?.comm}[${p.exec?.task?.pid}] exec ${p.exec?.filename}`;
-    case 'exit': {
-      const e = p.exit!;
-      const how = e.signal ? `killed by signal ${e.signal}` : e.codeKnown ? `exit code ${e.exitCode}` : 'ended (cause not seen)';
-      return `${e.task?.comm}[${e.task?.pid}] ${how}`;
-    }
-    case 'oom': {
-      const o = p.oom!;
-      return `OOM killer chose ${o.victim?.comm}[${o.victim?.pid}] anon-rss ${o.anonRssKb} kB in ${o.memcg || '(cgroup not reported)'}`;
-    }
-    case 'loss':
-      return `LOST ${p.loss?.count} records (${p.loss?.source})`;
-    default:
-      return r.kind;
-  }
 }
 
 async function main(): Promise<void> {
@@ -89,7 +62,7 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 300));
 
     const t = new Table({ head: ['seq', 'probe', 'event', 'what happened', 'kernel → host (ms)'] });
-    for (const r of records) t.push([r.seq, r.probe, r.event, describe(r), ((seenAt.get(r.seq)! - r.monoNs) / 1e6).toFixed(2)]);
+    for (const r of records) t.push([r.seq, r.probe, r.event, describeRecord(r), ((seenAt.get(r.seq)! - r.monoNs) / 1e6).toFixed(2)]);
     console.log(t.toString());
     client.close();
   } finally {

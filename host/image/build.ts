@@ -11,13 +11,14 @@ import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { createGzip, gunzipSync } from 'node:zlib';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { crashOnSignalProgram, exitWithArgProgram } from '../demo/tiny-elf.js';
+import { crashOnSignalProgram, exitWithArgProgram, segfaultProgram } from '../demo/tiny-elf.js';
 import { projectRoot } from '../probes/package.js';
 import { cpioChunks, type CpioEntry } from './cpio.js';
 import {
   AGENT_PATH,
   DEMO_SERVICE,
   EXIT_PROGRAM,
+  SEGV_PROGRAM,
   FAULT_HELPER,
   HOST_KEY_PATH,
   INDEX_HTML,
@@ -269,6 +270,7 @@ async function userspaceEntries(root: string, hostPubKeyPem: string, testHelpers
     text('/srv/www/index.html', INDEX_HTML),
     { kind: 'file', path: DEMO_SERVICE, mode: 0o755, data: crashOnSignalProgram() },
     { kind: 'file', path: EXIT_PROGRAM, mode: 0o755, data: exitWithArgProgram() },
+    { kind: 'file', path: SEGV_PROGRAM, mode: 0o755, data: segfaultProgram() },
   ];
   if (testHelpers) {
     // busybox has no chrt; util-linux's only needs libc, which node brought already.

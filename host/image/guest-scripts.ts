@@ -5,6 +5,7 @@ export const AGENT_PORT = 'org.vesper.agent.0';
 export const TEST_PORT = 'org.vesper.test.0';
 export const DEMO_SERVICE = '/usr/sbin/vesper-demo-svc';
 export const EXIT_PROGRAM = '/usr/sbin/vesper-exit';
+export const SEGV_PROGRAM = '/usr/sbin/vesper-segv';
 export const FAULT_HELPER = '/usr/sbin/vesper-fault';
 export const AGENT_PATH = '/opt/vesper/vesper-agent.mjs';
 export const HOST_KEY_PATH = '/etc/vesper/host.pub';
@@ -85,6 +86,11 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *   panic            ok panic               then sysrq-c
  *   hang SECONDS     ok hang SECONDS        then a SCHED_FIFO 99 busy loop freezes userspace
  *   kill-agent       ok kill-agent PID      then SIGKILL to the agent (init restarts it)
+ *   reboot           ok reboot              then the guest reboots itself (reboot -f)
+ *   crash            ok crash PID           a fresh process stores to address 0 (no respawn wait)
+ *   panic-now        ok panic-now           then sysrq-c at once (for timing the panic)
+ *   sigstorm N       ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them
+ *   stat PID         ok stat TICKS HZ UPTIME  CPU time of a task, for the idle-CPU benchmark
  */
 export function faultHelperScript(): string {
   return `#!/bin/sh
@@ -209,6 +215,36 @@ while :; do
       reply "ok panic"
       idle 0.2
       echo c > /proc/sysrq-trigger
+      ;;
+    reboot)
+      reply "ok reboot"
+      idle 0.2
+      reboot -f
+      ;;
+    crash)
+      ${SEGV_PROGRAM} 3>&- 4>&- &
+      reply "ok crash $!"
+      ;;
+    panic-now)
+      reply "ok panic-now"
+      echo c > /proc/sysrq-trigger
+      ;;
+    sigstorm)
+      if number "$arg"; then
+        /bin/sh -c 'trap "" USR1; exec /bin/sleep 600' 3>&- 4>&- &
+        t=$!
+        idle 0.3
+        ms=$(/usr/bin/node -e 'const [p, n] = process.argv.slice(1).map(Number); const t0 = process.hrtime.bigint(); for (let i = 0; i < n; i++) process.kill(p, "SIGUSR1"); console.log(Number(process.hrtime.bigint() - t0) / 1e6);' "$t" "$arg" 3>&- 4>&-)
+        reply "ok sigstorm $ms $t"
+        kill -9 $t
+      else reply "err sigstorm usage: sigstorm COUNT"; fi
+      ;;
+    stat)
+      if number "$arg" && read -r st 2> /dev/null < /proc/$arg/stat; then
+        set -- \${st##*) }
+        read -r up _ < /proc/uptime
+        reply "ok stat $((\${12} + \${13})) 100 $up"
+      else reply "err stat no such task"; fi
       ;;
     hang)
       if number "$arg"; then do_hang "$arg"; else reply "err hang usage: hang SECONDS"; fi

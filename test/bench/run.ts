@@ -15,6 +15,7 @@ import { encodeBatchFrame } from '../../proto/batch.js';
 import { PROTOCOL_VERSION, encodeMessage, v1 } from '../../proto/codec.js';
 import { encodeFrame } from '../../proto/frame.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
+import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 type Metrics = Record<string, number | string>;
@@ -24,6 +25,12 @@ const TARGETS: Record<string, string> = {
   'host.decode_records_per_s': '>= 1000000',
   'agent.idle_cpu_pct': '< 0.5',
   'agent.rss_mb': '< 80',
+  'vm.sigsegv_to_host_ms.p99': '<= 20',
+  'vm.oom_to_host_ms.p99': '<= 100',
+  'vm.panic_to_host_ms.p99': '<= 100',
+  'vm.records_per_s': '>= 20000',
+  'vm.records_lost': '0',
+  'vm.agent_idle_cpu_pct': '< 1',
 };
 
 const mono = (): number => Number(process.hrtime.bigint());
@@ -240,8 +247,9 @@ async function main(): Promise<void> {
     .option('--json <file>', 'write the metrics as a flat JSON object')
     .option('--only <prefix>', 'run only benchmarks whose metrics start with this')
     .option('--trials <n>', 'SIGSEGV trials', '300')
+    .option('--no-vm', 'skip the benchmarks that boot a guest')
     .parse(process.argv)
-    .opts<{ json?: string; only?: string; trials: string }>();
+    .opts<{ json?: string; only?: string; trials: string; vm: boolean }>();
   const why = whyNoKernelAccess();
   const m: Metrics = {};
   const want = (p: string) => !o.only || p.startsWith(o.only) || o.only.startsWith(p);
@@ -253,6 +261,7 @@ async function main(): Promise<void> {
     if (want('agent.records')) await recordThroughput(m);
     if (want('agent.exec')) await execExitRate(m);
     if (want('agent.idle') || want('agent.rss')) await idle(m);
+    if (o.vm && want('vm.')) await vmBench(m, { trials: 200, log: (s) => console.error(s) });
   }
   const t = new Table({ head: ['metric', 'value', 'target'] });
   for (const [k, v] of Object.entries(m)) t.push([k, String(v), TARGETS[k] ?? '']);

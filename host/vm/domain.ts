@@ -1,0 +1,61 @@
+// The libvirt domain of a vesper guest: direct kernel boot of the image the builder made,
+// the agent's virtio-serial channel on a unix socket the host owns, a pvpanic device and
+// an i6300esb watchdog whose firing libvirt reports (action none: vesper decides), and the
+// serial console in a file for post-mortems.
+
+export type Accel = 'kvm' | 'tcg';
+
+export interface GuestDomainSpec {
+  name: string;
+  accel: Accel;
+  kernel: string;
+  initrd: string;
+  cmdline: string;
+  memoryMiB?: number;
+  vcpus?: number;
+  consoleLog: string;
+  /** virtio-serial channels: port name -> unix socket path (QEMU listens, the host connects) */
+  channels: Record<string, string>;
+}
+
+export const AGENT_PORT = 'org.vesper.agent.0';
+export const TEST_PORT = 'org.vesper.test.0';
+
+const esc = (s: string): string =>
+  s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
+
+export function channelXml(port: string, socket: string): string {
+  return `<channel type='unix'><source mode='bind' path='${esc(socket)}'/><target type='virtio' name='${esc(port)}'/></channel>`;
+}
+
+export function guestDomainXml(s: GuestDomainSpec): string {
+  // TCG wants "-cpu max"; under KVM the host's CPU model is passed through.
+  const cpu = s.accel === 'kvm' ? `<cpu mode='host-passthrough'/>` : `<cpu mode='maximum'/>`;
+  return `<domain type='${s.accel === 'kvm' ? 'kvm' : 'qemu'}'>
+  <name>${esc(s.name)}</name>
+  <memory unit='MiB'>${s.memoryMiB ?? 512}</memory>
+  <vcpu>${s.vcpus ?? 1}</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>${esc(s.kernel)}</kernel>
+    <initrd>${esc(s.initrd)}</initrd>
+    <cmdline>${esc(s.cmdline)}</cmdline>
+  </os>
+  ${cpu}
+  <features><acpi/></features>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>restart</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    <emulator>/usr/bin/qemu-system-x86_64</emulator>
+    <serial type='file'><source path='${esc(s.consoleLog)}'/><target port='0'/></serial>
+    ${Object.entries(s.channels)
+      .map(([port, sock]) => channelXml(port, sock))
+      .join('\n    ')}
+    <panic model='isa'><address type='isa' iobase='0x505'/></panic>
+    <watchdog model='i6300esb' action='none'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+`;
+}

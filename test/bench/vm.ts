@@ -1,0 +1,140 @@
+// VM benchmarks: a real guest under libvirt (TCG unless KVM boots), the agent inside, real
+// faults from the guest's test helper. Guest times are put on the host's clock with the
+// agent's ping answers (offset from the shortest round trip; error within half of it).
+import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
+import type { LibvirtEvent } from '../../host/libvirt/events.js';
+import { VmRig } from '../../host/vm/rig.js';
+import { sleep, waitFor } from '../helpers/wait.js';
+
+type Metrics = Record<string, number | string>;
+const mono = (): number => Number(process.hrtime.bigint());
+const pct = (xs: number[], p: number): number => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]! : NaN;
+};
+const r3 = (n: number): number => Math.round(n * 1000) / 1000;
+const nums = (line: string): number[] =>
+  line
+    .split(/\s+/)
+    .map(Number)
+    .filter((n) => Number.isFinite(n) && n > 0);
+
+export async function vmBench(m: Metrics, o: { trials: number; log: (s: string) => void }): Promise<void> {
+  const rig = new VmRig({ testHelpers: true, onProgress: (s, d) => o.log(`vm: ${s}${d ? `: ${d}` : ''}`) });
+  let client: AgentClient | undefined;
+  try {
+    await rig.prepare();
+    const events: Array<LibvirtEvent & { seenAt: number }> = [];
+    rig.events.on('event', (e: LibvirtEvent) => e.domain === rig.name && events.push({ ...e, seenAt: mono() }));
+    let t0 = mono();
+    client = await rig.boot();
+    m['vm.accel'] = rig.accel;
+    // Boot to agent: from a fresh start of the defined domain, measured on a second boot so
+    // that the KVM probe (when it runs) is not counted.
+    client.close();
+    await rig.hv.destroy(rig.name);
+    t0 = mono();
+    await rig.hv.start(rig.name);
+    client = await rig.connectAgent(120_000);
+    m['vm.boot_to_agent_s'] = r3((mono() - t0) / 1e9);
+    const recs: AgentRecord[] = [];
+    const seenAt = new Map<number, number>();
+    client.on('record', (r) => {
+      seenAt.set(r.seq, mono());
+      recs.push(r);
+    });
+
+    // Channel floor: pings 50 ms apart, as an idle guest sees them.
+    const rtt: number[] = [];
+    for (let i = 0; i < 200; i++) {
+      rtt.push(await client.ping());
+      await sleep(50);
+    }
+    m['vm.channel_rtt_ms.p50'] = r3(pct(rtt, 50));
+    m['vm.channel_rtt_ms.p99'] = r3(pct(rtt, 99));
+
+    await client.load(rig.module('signal'));
+    await client.load(rig.module('process'), { params: { comms: 'vesper-exit' } });
+    await client.load(rig.module('oom'));
+    const toHost = (r: AgentRecord, offset: number): number => (seenAt.get(r.seq)! - (r.monoNs - offset)) / 1e6;
+
+    const segv: number[] = [];
+    let { offsetNs } = await client.clockOffset(20);
+    for (let i = 0; i < o.trials; i++) {
+      if (i % 50 === 49) offsetNs = (await client.clockOffset(20)).offsetNs; // guest clocks drift
+      const [pid] = nums(await rig.fault('crash'));
+      const r = await waitFor(
+        'SIGSEGV',
+        () => recs.find((x) => x.kind === 'signal' && x.raw.signal?.sig === 11 && x.raw.signal?.target?.pid === pid),
+        10_000,
+        1,
+      );
+      segv.push(toHost(r, offsetNs));
+      await sleep(20);
+    }
+    m['vm.sigsegv_to_host_ms.p50'] = r3(pct(segv, 50));
+    m['vm.sigsegv_to_host_ms.p99'] = r3(pct(segv, 99));
+    m['vm.sigsegv_trials'] = segv.length;
+
+    const exit: number[] = [];
+    for (let i = 0; i < 50; i++) {
+      const [pid] = nums(await rig.fault('exit 3'));
+      const r = await waitFor('exit', () => recs.find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === pid), 10_000, 1);
+      exit.push(toHost(r, offsetNs));
+    }
+    m['vm.exit_to_host_ms.p99'] = r3(pct(exit, 99));
+
+    const oom: number[] = [];
+    for (let i = 0; i < 5; i++) {
+      offsetNs = (await client.clockOffset(20)).offsetNs;
+      const [pid] = nums(await rig.fault('oom'));
+      const r = await waitFor('OOM', () => recs.find((x) => x.kind === 'oom' && x.raw.oom?.victim?.pid === pid), 60_000, 1);
+      oom.push(toHost(r, offsetNs));
+      await sleep(500);
+    }
+    m['vm.oom_to_host_ms.p99'] = r3(pct(oom, 99));
+
+    // Sustained guest -> host: a signal storm inside the guest, every record told or counted.
+    await client.unload('signal');
+    await client.load(rig.module('signal'), { params: { signals: 'USR1', include_ignored: 'true', comms: 'sleep' } });
+    recs.length = 0;
+    const N = 100_000;
+    const [stormMs] = nums(await rig.fault(`sigstorm ${N}`, 120_000));
+    const told = () => recs.filter((x) => x.kind === 'signal').length;
+    const lost = () => recs.filter((x) => x.kind === 'loss').reduce((n, x) => n + Number(x.raw.loss?.count ?? 0), 0);
+    await waitFor('storm drained', () => told() + lost() >= N, 120_000).catch(() => undefined);
+    const firstAt = Math.min(...recs.map((x) => seenAt.get(x.seq)!));
+    const lastAt = Math.max(...recs.map((x) => seenAt.get(x.seq)!));
+    m['vm.records_per_s'] = Math.round(told() / Math.max((lastAt - firstAt) / 1e9, (stormMs ?? 0) / 1000, 1e-3));
+    m['vm.records_lost'] = N - told();
+    m['vm.storm_generator_ms'] = stormMs ?? NaN;
+
+    // Idle agent CPU inside the guest (its own /proc), with the probes above attached.
+    await sleep(2000);
+    const pid = client.hello.agentPid;
+    const [t1, hz, up1] = nums(await rig.fault(`stat ${pid}`));
+    await sleep(10_000);
+    const [t2, , up2] = nums(await rig.fault(`stat ${pid}`));
+    m['vm.agent_idle_cpu_pct'] = r3((100 * ((t2! - t1!) / hz!)) / (up2! - up1!));
+
+    // Panic: from the helper's answer (sent just before sysrq-c) to libvirt's crashed event.
+    const panic: number[] = [];
+    for (let i = 0; i < 3; i++) {
+      const n = events.length;
+      await rig.fault('panic-now');
+      const answered = mono();
+      const e = await waitFor('crashed event', () => events.slice(n).find((x) => x.kind === 'panic'), 60_000);
+      panic.push((e.seenAt - answered) / 1e6);
+      client.close();
+      await waitFor('stopped', () => events.slice(n).some((x) => x.kind === 'lifecycle' && x.event === 'Stopped'), 30_000).catch(
+        () => undefined,
+      );
+      await rig.hv.start(rig.name).catch(() => undefined);
+      client = await rig.connectAgent(120_000);
+    }
+    m['vm.panic_to_host_ms.p99'] = r3(pct(panic, 99));
+  } finally {
+    client?.close();
+    await rig.stop();
+  }
+}
