@@ -49,6 +49,8 @@ export function guestDomainXml(s: GuestDomainSpec): string {
   <devices>
     <emulator>/usr/bin/qemu-system-x86_64</emulator>
     <serial type='file'><source path='${esc(s.consoleLog)}'/><target port='0'/></serial>
+    <!-- Always there, so that a channel can be hot-plugged into a guest defined without one. -->
+    <controller type='virtio-serial' index='0'/>
     ${Object.entries(s.channels)
       .map(([port, sock]) => channelXml(port, sock))
       .join('\n    ')}

@@ -14,7 +14,7 @@ import type { Hypervisor } from '../libvirt/hypervisor.js';
 import { LibvirtEvents } from '../libvirt/events.js';
 import { UnraidHypervisor } from '../libvirt/unraid.js';
 import { projectRoot, readProbeBundle, signModule } from '../probes/package.js';
-import { AGENT_PORT, TEST_PORT, guestDomainXml, type Accel } from './domain.js';
+import { AGENT_PORT, TEST_PORT, channelXml, guestDomainXml, type Accel } from './domain.js';
 
 export interface VmRigOptions {
   name?: string;
@@ -23,6 +23,8 @@ export interface VmRigOptions {
   memoryMiB?: number;
   onProgress?: (step: string, detail?: string) => void;
   uri?: string;
+  /** define the agent's channel (default); false: a guest that has none until one is hot-plugged */
+  agentChannel?: boolean;
 }
 
 const KVM_PROBE_MS = 25_000;
@@ -87,7 +89,10 @@ export class VmRig {
       cmdline: GUEST_KERNEL_CMDLINE,
       memoryMiB: this.opts.memoryMiB ?? 512,
       consoleLog: this.consoleLog,
-      channels: { [AGENT_PORT]: this.agentSocket, ...(this.opts.testHelpers === false ? {} : { [TEST_PORT]: this.testSocket }) },
+      channels: {
+        ...(this.opts.agentChannel === false ? {} : { [AGENT_PORT]: this.agentSocket }),
+        ...(this.opts.testHelpers === false ? {} : { [TEST_PORT]: this.testSocket }),
+      },
     });
   }
 
@@ -118,6 +123,29 @@ export class VmRig {
     const c = await this.startAndConnect(accel, 120_000, clientOpts);
     if (want === 'auto') this.remember(cacheFile, accel);
     return c;
+  }
+
+  /** Defines and starts the guest without waiting for an agent (it may have no channel yet). */
+  async startOnly(): Promise<void> {
+    const want = this.opts.accel ?? 'auto';
+    const cacheFile = join(projectRoot(), '.cache', 'accel.json');
+    const cached = existsSync(cacheFile) ? (JSON.parse(readFileSync(cacheFile, 'utf8')) as { bootId: string; accel: Accel }) : null;
+    this.accel = want !== 'auto' ? want : cached?.bootId === bootId() ? cached.accel : 'tcg';
+    rmSync(this.consoleLog, { force: true });
+    await this.hv.define(this.xml(this.accel));
+    this.defined = true;
+    await this.hv.start(this.name);
+    this.progress('boot', `started ${this.name} under ${this.accel.toUpperCase()} (no agent wait)`);
+  }
+
+  /** The VESPER "activate" step: hot-plugs the agent's channel into the running guest. */
+  async activate(): Promise<void> {
+    await this.hv.attachDevice(this.name, channelXml(AGENT_PORT, this.agentSocket), { live: true, config: false });
+  }
+
+  /** Removes the agent's channel from the running guest again. */
+  async deactivate(): Promise<void> {
+    await this.hv.detachDevice(this.name, channelXml(AGENT_PORT, this.agentSocket), { live: true, config: false });
   }
 
   private remember(file: string, accel: Accel): void {

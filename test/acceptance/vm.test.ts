@@ -143,3 +143,32 @@ describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
     expect(crashed.reason ?? '').toMatch(/panicked/i);
   });
 });
+
+describe.skipIf(Boolean(why))('activating a running guest that had no vesper channel', () => {
+  let rig: VmRig;
+  beforeAll(async () => {
+    rig = new VmRig({
+      testHelpers: false,
+      agentChannel: false,
+      onProgress: (s, d) => console.warn(`vm rig (activate): ${s}${d ? `: ${d}` : ''}`),
+    });
+    await rig.prepare();
+  }, 600_000);
+  afterAll(async () => {
+    await rig?.stop();
+  }, 120_000);
+
+  it('hot-plugs the channel into the running domain; the agent inside finds it and answers', { timeout: 240_000 }, async () => {
+    await rig.startOnly();
+    // Userspace is up when init says so on the serial console.
+    await waitFor('guest userspace', () => rig.consoleTail(20_000).includes('agent starting'), 120_000, 200);
+    expect(await rig.hv.xml(rig.name)).not.toContain('org.vesper.agent.0');
+    await rig.activate();
+    expect(await rig.hv.xml(rig.name)).toContain('org.vesper.agent.0');
+    const c = await rig.connectAgent(60_000);
+    expect(c.hello.kernelRelease).toMatch(/^6\.1\.0-/);
+    c.close();
+    await rig.deactivate();
+    expect(await rig.hv.xml(rig.name)).not.toContain('org.vesper.agent.0');
+  });
+});
