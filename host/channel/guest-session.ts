@@ -40,7 +40,8 @@ export interface GuestSession {
   on(ev: 'disconnected', fn: (why: string) => void): this;
   on(ev: 'heartbeat-lost', fn: (i: { silentMs: number; intervalMs: number }) => void): this;
   on(ev: 'heartbeat-back', fn: (i: { silentMs: number }) => void): this;
-  on(ev: 'error', fn: (e: VesperError) => void): this;
+  /** problems on the link (bad frames, resets): told, never thrown */
+  on(ev: 'protocolError', fn: (e: VesperError) => void): this;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
@@ -120,7 +121,7 @@ export class GuestSession extends EventEmitter {
       if (r.kind === 'heartbeat') this.beat();
       this.emit('record', r);
     });
-    c.on('protocolError', (e) => this.emit('error', e));
+    c.on('protocolError', (e) => this.emit('protocolError', e));
     c.once('close', (why) => {
       if (this.client === c) this.client = null;
       this.emit('disconnected', why);
@@ -144,7 +145,7 @@ export class GuestSession extends EventEmitter {
           await this.push(c, p);
           repushed.push(p.name);
         } catch (err) {
-          this.emit('error', VesperError.from(err));
+          this.emit('protocolError', VesperError.from(err));
         }
       }
     this.emit('connected', { hello: h, agentRestarted: restarted, repushed });

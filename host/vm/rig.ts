@@ -21,6 +21,7 @@ export interface VmRigOptions {
   testHelpers?: boolean;
   accel?: 'auto' | Accel;
   memoryMiB?: number;
+  vcpus?: number;
   onProgress?: (step: string, detail?: string) => void;
   uri?: string;
   /** define the agent's channel (default); false: a guest that has none until one is hot-plugged */
@@ -88,6 +89,7 @@ export class VmRig {
       initrd: this.image.initrd,
       cmdline: GUEST_KERNEL_CMDLINE,
       memoryMiB: this.opts.memoryMiB ?? 512,
+      vcpus: this.opts.vcpus ?? 1,
       consoleLog: this.consoleLog,
       channels: {
         ...(this.opts.agentChannel === false ? {} : { [AGENT_PORT]: this.agentSocket }),

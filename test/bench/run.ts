@@ -248,8 +248,9 @@ async function main(): Promise<void> {
     .option('--only <prefix>', 'run only benchmarks whose metrics start with this')
     .option('--trials <n>', 'SIGSEGV trials', '300')
     .option('--no-vm', 'skip the benchmarks that boot a guest')
+    .option('--vcpus <n>', 'vCPUs of the benchmark guest', '1')
     .parse(process.argv)
-    .opts<{ json?: string; only?: string; trials: string; vm: boolean }>();
+    .opts<{ json?: string; only?: string; trials: string; vm: boolean; vcpus: string }>();
   const why = whyNoKernelAccess();
   const m: Metrics = {};
   const want = (p: string) => !o.only || p.startsWith(o.only) || o.only.startsWith(p);
@@ -261,7 +262,7 @@ async function main(): Promise<void> {
     if (want('agent.records')) await recordThroughput(m);
     if (want('agent.exec')) await execExitRate(m);
     if (want('agent.idle') || want('agent.rss')) await idle(m);
-    if (o.vm && want('vm.')) await vmBench(m, { trials: 200, log: (s) => console.error(s) });
+    if (o.vm && want('vm.')) await vmBench(m, { trials: 200, vcpus: Number(o.vcpus), log: (s) => console.error(s) });
   }
   const t = new Table({ head: ['metric', 'value', 'target'] });
   for (const [k, v] of Object.entries(m)) t.push([k, String(v), TARGETS[k] ?? '']);

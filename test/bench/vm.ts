@@ -19,8 +19,9 @@ const nums = (line: string): number[] =>
     .map(Number)
     .filter((n) => Number.isFinite(n) && n > 0);
 
-export async function vmBench(m: Metrics, o: { trials: number; log: (s: string) => void }): Promise<void> {
-  const rig = new VmRig({ testHelpers: true, onProgress: (s, d) => o.log(`vm: ${s}${d ? `: ${d}` : ''}`) });
+export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; log: (s: string) => void }): Promise<void> {
+  const rig = new VmRig({ testHelpers: true, vcpus: o.vcpus, onProgress: (s, d) => o.log(`vm: ${s}${d ? `: ${d}` : ''}`) });
+  m['vm.vcpus'] = o.vcpus;
   let client: AgentClient | undefined;
   try {
     await rig.prepare();
