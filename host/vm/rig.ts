@@ -38,6 +38,18 @@ function bootId(): string {
   }
 }
 
+const accelCacheFile = (): string => join(projectRoot(), '.cache', 'accel.json');
+
+/** What booted on this host since it last started (the KVM probe is done once per host boot). */
+function cachedAccel(): Accel | null {
+  try {
+    const c = JSON.parse(readFileSync(accelCacheFile(), 'utf8')) as { bootId: string; accel: Accel };
+    return c.bootId === bootId() ? c.accel : null;
+  } catch {
+    return null;
+  }
+}
+
 export class VmRig {
   readonly name: string;
   readonly dir: string;
@@ -101,12 +113,12 @@ export class VmRig {
   /** Defines and starts the guest and returns a client whose handshake is done. */
   async boot(clientOpts: AgentClientOptions = {}): Promise<AgentClient> {
     const want = this.opts.accel ?? 'auto';
-    const cacheFile = join(projectRoot(), '.cache', 'accel.json');
+    const cacheFile = accelCacheFile();
     let accel: Accel = want === 'auto' ? 'tcg' : want;
     let tryKvm = want === 'kvm';
     if (want === 'auto' && existsSync('/dev/kvm')) {
-      const cached = existsSync(cacheFile) ? (JSON.parse(readFileSync(cacheFile, 'utf8')) as { bootId: string; accel: Accel }) : null;
-      if (cached?.bootId === bootId()) accel = cached.accel;
+      const cached = cachedAccel();
+      if (cached) accel = cached;
       else tryKvm = true;
     }
     if (tryKvm) {
@@ -130,9 +142,7 @@ export class VmRig {
   /** Defines and starts the guest without waiting for an agent (it may have no channel yet). */
   async startOnly(): Promise<void> {
     const want = this.opts.accel ?? 'auto';
-    const cacheFile = join(projectRoot(), '.cache', 'accel.json');
-    const cached = existsSync(cacheFile) ? (JSON.parse(readFileSync(cacheFile, 'utf8')) as { bootId: string; accel: Accel }) : null;
-    this.accel = want !== 'auto' ? want : cached?.bootId === bootId() ? cached.accel : 'tcg';
+    this.accel = want !== 'auto' ? want : (cachedAccel() ?? 'tcg');
     rmSync(this.consoleLog, { force: true });
     await this.hv.define(this.xml(this.accel));
     this.defined = true;
