@@ -14,6 +14,7 @@ export default defineConfig({
         test: {
           name: 'acceptance',
           include: ['test/acceptance/**/*.test.ts'],
+          globalSetup: ['test/global-libvirt.ts'],
           // Real kernels, real processes: one file at a time, generous per-test limits.
           fileParallelism: false,
           testTimeout: 120_000,
