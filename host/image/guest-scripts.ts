@@ -66,6 +66,10 @@ respawn() {
 (export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node ${AGENT_PATH} --transport virtio:${AGENT_PORT} --host-key ${HOST_KEY_PATH}) &
 respawn vesper-demo-svc /run/vesper-demo-svc.pid ${DEMO_SERVICE} &
 httpd -p 80 -h /srv/www
+# The i6300esb watchdog, fed by its own small process at normal priority (not by the agent):
+# it stops being fed only when userspace as a whole cannot run (a hang), not when the agent
+# alone dies, so its firing (reported by libvirt, action none) tells those two apart.
+[ -e /dev/watchdog ] && watchdog -t 1 -T 3 /dev/watchdog || say "no watchdog device"
 ${o.testHelpers ? `respawn vesper-fault /run/vesper-fault.pid ${FAULT_HELPER} &\n` : ''}
 # PID 1 must not exit. Waiting on a foreground child also reaps orphans as they die.
 while :; do sleep 3600; done

@@ -117,9 +117,13 @@ describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
     await session.attach({ name: 'heartbeat', params: { interval_ms: '500' } });
     await waitFor('heartbeats', () => records.some((r) => r.kind === 'heartbeat'), 20_000);
     const before = hbLost.length;
+    const evBefore = events.length;
     await rig.fault('hang 8');
     await waitFor('heartbeat loss', () => hbLost.length > before, 20_000);
     expect((await rig.hv.state(rig.name)).state).toMatch(/running/i);
+    // The guest's watchdog, fed by userspace, fired and libvirt reported it (action none).
+    const wd = await waitFor('watchdog event', () => events.slice(evBefore).find((e) => e.kind === 'watchdog'), 20_000);
+    expect(wd.action).toBe('none');
     await session.detach('heartbeat');
     await sleep(9000); // let the hang end before the next test
   });
