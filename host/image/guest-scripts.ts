@@ -94,7 +94,7 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *   crash            ok crash PID           a fresh process stores to address 0 (no respawn wait)
  *   panic-now        ok panic-now           then sysrq-c at once (for timing the panic)
  *   sigstorm N       ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them
- *   stat PID         ok stat TICKS HZ UPTIME  CPU time of a task, for the idle-CPU benchmark
+ *   stat PID         ok stat TICKS HZ UPTIME UTIME STIME  CPU time of a task (benchmarks)
  */
 export function faultHelperScript(): string {
   return `#!/bin/sh
@@ -247,7 +247,7 @@ while :; do
       if number "$arg" && read -r st 2> /dev/null < /proc/$arg/stat; then
         set -- \${st##*) }
         read -r up _ < /proc/uptime
-        reply "ok stat $((\${12} + \${13})) 100 $up"
+        reply "ok stat $((\${12} + \${13})) 100 $up \${12} \${13}"
       else reply "err stat no such task"; fi
       ;;
     hang)
