@@ -5,23 +5,13 @@ import { describe, expect, it } from 'vitest';
 import type { ManifestParam, ProbeManifest } from '../../guest-agent/modules/api.js';
 import { parseManifest } from '../../guest-agent/modules/manifest.js';
 import { parseParam, resolveParams } from '../../guest-agent/modules/params.js';
-import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { ErrorCode } from '../../proto/errors.js';
 import { VESPER_VERSION } from '../../proto/version.js';
+import { caught } from '../helpers/caught.js';
 
 const root = fileURLToPath(new URL('../../', import.meta.url));
 
 const param = (type: ManifestParam['type'], name = 'p', def = ''): ManifestParam => ({ name, type, default: def, description: '' });
-
-/** Runs fn, expecting a VesperError; returns it. */
-function caught(fn: () => unknown): VesperError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(VesperError);
-    return err as VesperError;
-  }
-  throw new Error('expected a VesperError, nothing was thrown');
-}
 
 describe('parseParam', () => {
   it('int: accepts optional minus and surrounding space, refuses anything else', () => {

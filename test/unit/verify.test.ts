@@ -7,8 +7,9 @@ import { TrustedKeys } from '../../guest-agent/modules/verify.js';
 import { loadHostKey, loadOrCreateHostKey, type HostKey } from '../../host/keys.js';
 import { signModule } from '../../host/probes/package.js';
 import type { pb } from '../../proto/codec.js';
-import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { ErrorCode } from '../../proto/errors.js';
 import { keyId, moduleDigest, signedBytes, SIGNATURE_DOMAIN } from '../../proto/module-digest.js';
+import { caught } from '../helpers/caught.js';
 
 let tmp: string;
 let hostKey: HostKey;
@@ -26,16 +27,6 @@ beforeAll(() => {
 afterAll(() => {
   rmSync(tmp, { recursive: true, force: true });
 });
-
-function caught(fn: () => unknown): VesperError {
-  try {
-    fn();
-  } catch (err) {
-    expect(err).toBeInstanceOf(VesperError);
-    return err as VesperError;
-  }
-  throw new Error('expected a VesperError, nothing was thrown');
-}
 
 function trustHost(): TrustedKeys {
   const t = new TrustedKeys();
