@@ -11,9 +11,10 @@ const src = join(root, 'proto/vesper.proto');
 const outDir = join(root, 'proto/gen');
 const js = join(outDir, 'vesper.js');
 const dts = join(outDir, 'vesper.d.ts');
+const json = join(outDir, 'vesper.json');
 mkdirSync(outDir, { recursive: true });
 
-if (existsSync(js) && existsSync(dts) && statSync(js).mtimeMs >= statSync(src).mtimeMs) process.exit(0);
+if ([js, dts, json].every((f) => existsSync(f) && statSync(f).mtimeMs >= statSync(src).mtimeMs)) process.exit(0);
 
 const bin = (name) => join(root, 'node_modules/.bin', name);
 execFileSync(
@@ -27,3 +28,5 @@ let code = readFileSync(js, 'utf8');
 code = code.replace(/import \* as \$protobuf from "protobufjs\/minimal";/, 'import $protobuf from "protobufjs/minimal.js";');
 writeFileSync(js, code);
 execFileSync(bin('pbts'), ['-o', dts, js], { stdio: 'inherit' });
+// The schema as data, for the agent's allocation-free record encoder (proto/fast-encode.ts).
+execFileSync(bin('pbjs'), ['-t', 'json', '-o', json, src], { stdio: 'inherit' });

@@ -8,6 +8,7 @@
 // goes out as a loss record of its own, so loss is always visible at the host.
 import '../../proto/pb.js';
 import { v1, type pb } from '../../proto/codec.js';
+import { FastEncoder } from '../../proto/fast-encode.js';
 
 const LOSS_RECORD_RESERVE = 96; // bytes kept free for the loss record itself
 
@@ -39,7 +40,7 @@ export class RecordRing {
   private lossLastNs = 0;
   droppedTotal = 0;
   lossRecords = 0;
-  private readonly writer = v1.Record;
+  private readonly writer = new FastEncoder('Record');
 
   constructor(
     readonly capacityRecords: number,
@@ -73,7 +74,10 @@ export class RecordRing {
     // While records are being dropped, the loss record goes in first, and only once there
     // is room for it and for this record: otherwise one loss would be told in pieces.
     if (this.pendingLoss > 0) {
-      if (this.count + 2 > this.capacityRecords || this.used + 2 * LOSS_RECORD_RESERVE + this.writer.encode(rec).len > this.capacityBytes)
+      if (
+        this.count + 2 > this.capacityRecords ||
+        this.used + 2 * LOSS_RECORD_RESERVE + this.writer.encode(rec).length > this.capacityBytes
+      )
         return this.drop(rec);
       if (!this.flushLoss()) return this.drop(rec);
     }
@@ -174,7 +178,7 @@ export class RecordRing {
   private store(rec: pb.IRecord, reserve: number): number {
     if (this.count >= this.capacityRecords - (reserve ? 1 : 0)) return 0;
     rec.seq = this.nextSeq;
-    const bytes = this.writer.encode(rec).finish();
+    const bytes = this.writer.encode(rec);
     const len = bytes.length;
     let at = this.writePos;
     let waste = 0;
