@@ -301,7 +301,14 @@ export class ProbeRuntime {
         this.s.traceBufferKb,
       );
       inst.trace = t;
-      inst.resources.push({ what: 'tracing instance', release: () => t.remove() });
+      inst.resources.push({
+        what: 'tracing instance',
+        release: async () => {
+          await t.remove();
+          // Events per page read tells how well reads batch under load.
+          this.s.log.info({ probe: inst.manifest.name, events: t.eventsRead, pages: t.pagesRead }, 'tracing instance removed');
+        },
+      });
     }
     return inst.trace;
   }
