@@ -6,6 +6,7 @@
 // schema (proto/gen/vesper.json) and writes straight into one reusable buffer. It follows
 // protobufjs's rules exactly (fields in id order, a field is written when it is present and
 // not null, zeros included), so its bytes are the same; a unit test holds it to that.
+import { varintLength, writeVarint } from './frame.js';
 import schema from './gen/vesper.json' with { type: 'json' };
 
 interface FieldJson {
@@ -47,15 +48,7 @@ class ScratchWriter {
 
   varint32(n: number): void {
     this.ensure(5);
-    const b = this.buf;
-    let p = this.pos;
-    n >>>= 0;
-    while (n > 127) {
-      b[p++] = (n & 127) | 128;
-      n >>>= 7;
-    }
-    b[p++] = n;
-    this.pos = p;
+    this.pos = writeVarint(this.buf, this.pos, n >>> 0);
   }
 
   /** Any integer of up to 64 bits given as a JS number (negative: two's complement, 10 bytes). */
@@ -107,17 +100,11 @@ class ScratchWriter {
       this.buf[at] = n;
       return;
     }
-    const extra = (n < 0x4000 ? 2 : n < 0x200000 ? 3 : n < 0x10000000 ? 4 : 5) - 1;
+    const extra = varintLength(n) - 1;
     this.ensure(extra);
     this.buf.copyWithin(at + 1 + extra, at + 1, this.pos);
     this.pos += extra;
-    let p = at;
-    let v = n;
-    while (v > 127) {
-      this.buf[p++] = (v & 127) | 128;
-      v >>>= 7;
-    }
-    this.buf[p] = v;
+    writeVarint(this.buf, at, n);
   }
 }
 
