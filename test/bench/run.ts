@@ -15,10 +15,10 @@ import { encodeBatchFrame } from '../../proto/batch.js';
 import { PROTOCOL_VERSION, encodeMessage, v1 } from '../../proto/codec.js';
 import { encodeFrame } from '../../proto/frame.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
+import { mono, pct, round, type Metrics } from './stats.js';
 import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
-type Metrics = Record<string, number | string>;
 const TARGETS: Record<string, string> = {
   'agent.sigsegv_to_host_ms.p99': '<= 5',
   'agent.records_per_s': '>= 50000',
@@ -32,13 +32,6 @@ const TARGETS: Record<string, string> = {
   'vm.records_lost': '0',
   'vm.agent_idle_cpu_pct': '< 1',
 };
-
-const mono = (): number => Number(process.hrtime.bigint());
-
-function pct(sorted: number[], p: number): number {
-  if (!sorted.length) return NaN;
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
-}
 
 function cpuTicks(pid: number): number {
   const f = readFileSync(`/proc/${pid}/stat`, 'utf8');
@@ -235,11 +228,6 @@ async function idle(m: Metrics): Promise<void> {
     m['agent.idle_cpu_pct'] = round((100 * used) / ((Date.now() - w0) / 1000), 3);
     m['agent.rss_mb'] = round(rssMb(a.pid), 1);
   });
-}
-
-function round(n: number, d: number): number {
-  const f = 10 ** d;
-  return Math.round(n * f) / f;
 }
 
 async function main(): Promise<void> {

@@ -5,14 +5,10 @@ import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.j
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
 import { VmRig } from '../../host/vm/rig.js';
 import { sleep, waitFor } from '../helpers/wait.js';
+import { mono, pct, round, type Metrics } from './stats.js';
 
-type Metrics = Record<string, number | string>;
-const mono = (): number => Number(process.hrtime.bigint());
-const pct = (xs: number[], p: number): number => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)]! : NaN;
-};
-const r3 = (n: number): number => Math.round(n * 1000) / 1000;
+const round3 = (n: number): number => round(n, 3);
+
 const nums = (line: string): number[] =>
   line
     .split(/\s+/)
@@ -37,7 +33,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     t0 = mono();
     await rig.hv.start(rig.name);
     client = await rig.connectAgent(120_000);
-    m['vm.boot_to_agent_s'] = r3((mono() - t0) / 1e9);
+    m['vm.boot_to_agent_s'] = round3((mono() - t0) / 1e9);
     const recs: AgentRecord[] = [];
     const seenAt = new Map<number, number>();
     client.on('record', (r) => {
@@ -51,8 +47,8 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
       rtt.push(await client.ping());
       await sleep(50);
     }
-    m['vm.channel_rtt_ms.p50'] = r3(pct(rtt, 50));
-    m['vm.channel_rtt_ms.p99'] = r3(pct(rtt, 99));
+    m['vm.channel_rtt_ms.p50'] = round3(pct(rtt, 50));
+    m['vm.channel_rtt_ms.p99'] = round3(pct(rtt, 99));
 
     await client.load(rig.module('signal'));
     await client.load(rig.module('process'), { params: { comms: 'vesper-exit' } });
@@ -73,8 +69,8 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
       segv.push(toHost(r, offsetNs));
       await sleep(20);
     }
-    m['vm.sigsegv_to_host_ms.p50'] = r3(pct(segv, 50));
-    m['vm.sigsegv_to_host_ms.p99'] = r3(pct(segv, 99));
+    m['vm.sigsegv_to_host_ms.p50'] = round3(pct(segv, 50));
+    m['vm.sigsegv_to_host_ms.p99'] = round3(pct(segv, 99));
     m['vm.sigsegv_trials'] = segv.length;
 
     const exit: number[] = [];
@@ -83,7 +79,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
       const r = await waitFor('exit', () => recs.find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === pid), 10_000, 1);
       exit.push(toHost(r, offsetNs));
     }
-    m['vm.exit_to_host_ms.p99'] = r3(pct(exit, 99));
+    m['vm.exit_to_host_ms.p99'] = round3(pct(exit, 99));
 
     const oom: number[] = [];
     for (let i = 0; i < 5; i++) {
@@ -93,7 +89,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
       oom.push(toHost(r, offsetNs));
       await sleep(500);
     }
-    m['vm.oom_to_host_ms.p99'] = r3(pct(oom, 99));
+    m['vm.oom_to_host_ms.p99'] = round3(pct(oom, 99));
 
     // Sustained guest -> host: a signal storm inside the guest, every record told or counted.
     await client.unload('signal');
@@ -116,7 +112,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     const [t1, hz, up1] = nums(await rig.fault(`stat ${pid}`));
     await sleep(10_000);
     const [t2, , up2] = nums(await rig.fault(`stat ${pid}`));
-    m['vm.agent_idle_cpu_pct'] = r3((100 * ((t2! - t1!) / hz!)) / (up2! - up1!));
+    m['vm.agent_idle_cpu_pct'] = round3((100 * ((t2! - t1!) / hz!)) / (up2! - up1!));
 
     // Panic: from the helper's answer (sent just before sysrq-c) to libvirt's crashed event.
     const panic: number[] = [];
@@ -133,7 +129,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
       await rig.hv.start(rig.name).catch(() => undefined);
       client = await rig.connectAgent(120_000);
     }
-    m['vm.panic_to_host_ms.p99'] = r3(pct(panic, 99));
+    m['vm.panic_to_host_ms.p99'] = round3(pct(panic, 99));
   } finally {
     client?.close();
     await rig.stop();
