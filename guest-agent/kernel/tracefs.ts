@@ -15,6 +15,11 @@ import { EventFormat, type FieldValue } from './event-format.js';
 import { walkPage } from './ring-page.js';
 
 const CANDIDATES = ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'];
+/** Reads closer together than this mean events are streaming, not trickling. */
+const LINGER_WHEN_WITHIN_MS = 5;
+/** A streaming read with fewer events than this waits LINGER_MS before the next one. */
+const LINGER_BELOW_EVENTS = 32;
+const LINGER_MS = 2;
 
 /** Finds a mounted tracefs, mounting it at /sys/kernel/tracing if that is empty and we may. */
 export function locateTracefs(explicit?: string): { path: string | null; why: string } {
@@ -298,6 +303,7 @@ export class TraceInstance {
     };
     return new Promise<void>((resolve) => {
       let errors = 0;
+      let lastData = 0;
       const step = (): void => {
         fs.read(fd, buf, 0, buf.length, null, (err, n) => {
           if (this.stopping) {
@@ -314,15 +320,23 @@ export class TraceInstance {
             setTimeout(step, 100);
             return;
           }
+          let events = 0;
           if (n > 0) {
             this.pagesRead++;
             try {
-              walkPage(buf, n, visitor);
+              events = walkPage(buf, n, visitor);
             } catch (e) {
               this.handler.readError(VesperError.from(e));
             }
           }
-          step();
+          // A read wakes on the first event, so a lone event is told at once. When events
+          // keep coming, each read would carry only a few of them and the wake-ups cost more
+          // than the events (badly so under TCG); then wait a little and take a fuller page.
+          const now = performance.now();
+          const dense = events > 0 && events < LINGER_BELOW_EVENTS && now - lastData < LINGER_WHEN_WITHIN_MS;
+          if (events > 0) lastData = now;
+          if (dense) setTimeout(step, LINGER_MS);
+          else step();
         });
       };
       step();

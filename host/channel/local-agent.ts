@@ -15,6 +15,8 @@ export interface LocalAgentOptions {
   ringMb?: number;
   traceBufferKb?: number;
   extraArgs?: string[];
+  /** Options for node itself, before the bundle (for example --cpu-prof). */
+  nodeArgs?: string[];
   /** where the agent's stderr goes (default: collected in memory, last 64 KiB) */
   stderr?: 'inherit' | 'collect';
   protect?: boolean;
@@ -44,6 +46,7 @@ export class LocalAgent {
     if (!existsSync(bundle)) throw new VesperError(ErrorCode.USAGE, 'the agent is not built: run npm run build');
     const o = this.opts;
     const args = [
+      ...(o.nodeArgs ?? []),
       bundle,
       '--transport',
       `unix:${this.socket}`,

@@ -93,7 +93,8 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *   reboot           ok reboot              then the guest reboots itself (reboot -f)
  *   crash            ok crash PID           a fresh process stores to address 0 (no respawn wait)
  *   panic-now        ok panic-now           then sysrq-c at once (for timing the panic)
- *   sigstorm N       ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them
+ *   sigstorm N [R]   ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them,
+ *                                          paced at R per second when R is given
  *   stat PID         ok stat TICKS HZ UPTIME UTIME STIME  CPU time of a task (benchmarks)
  */
 export function faultHelperScript(): string {
@@ -101,6 +102,19 @@ export function faultHelperScript(): string {
 # vesper-fault: test-only fault injector (see host/image/guest-scripts.ts for the protocol).
 CG=/sys/fs/cgroup/vesper-oom
 CR=$(printf '\\r')
+# Sends N SIGUSR1s to PID, paced at R per second (as fast as it can when R is 0): it sleeps
+# when ahead of the schedule instead of spinning, so a single-vCPU guest still runs the agent.
+SIGSTORM_JS='const [p, n, r] = process.argv.slice(1).map(Number);
+const nap = new Int32Array(new SharedArrayBuffer(4));
+const t0 = process.hrtime.bigint();
+for (let i = 0; i < n; i++) {
+  if (r > 0 && i % 64 === 0) {
+    const ahead = Number(t0 + BigInt(Math.round((i * 1e9) / r)) - process.hrtime.bigint()) / 1e6;
+    if (ahead > 1) Atomics.wait(nap, 0, 0, ahead);
+  }
+  process.kill(p, "SIGUSR1");
+}
+console.log(Number(process.hrtime.bigint() - t0) / 1e6);'
 
 port=
 for d in /sys/class/virtio-ports/*; do
@@ -234,14 +248,15 @@ while :; do
       echo c > /proc/sysrq-trigger
       ;;
     sigstorm)
-      if number "$arg"; then
+      rate=\${3:-0}
+      if number "$arg" && number "$rate"; then
         /bin/sh -c 'trap "" USR1; exec /bin/sleep 600' 3>&- 4>&- &
         t=$!
         idle 0.3
-        ms=$(/usr/bin/node -e 'const [p, n] = process.argv.slice(1).map(Number); const t0 = process.hrtime.bigint(); for (let i = 0; i < n; i++) process.kill(p, "SIGUSR1"); console.log(Number(process.hrtime.bigint() - t0) / 1e6);' "$t" "$arg" 3>&- 4>&-)
+        ms=$(/usr/bin/node -e "$SIGSTORM_JS" "$t" "$arg" "$rate" 3>&- 4>&-)
         reply "ok sigstorm $ms $t"
         kill -9 $t
-      else reply "err sigstorm usage: sigstorm COUNT"; fi
+      else reply "err sigstorm usage: sigstorm COUNT [PER_SECOND]"; fi
       ;;
     stat)
       if number "$arg" && read -r st 2> /dev/null < /proc/$arg/stat; then

@@ -236,7 +236,7 @@ async function main(): Promise<void> {
     .option('--only <prefix>', 'run only benchmarks whose metrics start with this')
     .option('--trials <n>', 'SIGSEGV trials', '300')
     .option('--no-vm', 'skip the benchmarks that boot a guest')
-    .option('--vcpus <n>', 'vCPUs of the benchmark guest', '1')
+    .option('--vcpus <n>', 'vCPUs of the benchmark guest (the host has 2 CPUs: one runs the storm generator, one the agent)', '2')
     .parse(process.argv)
     .opts<{ json?: string; only?: string; trials: string; vm: boolean; vcpus: string }>();
   const why = whyNoKernelAccess();
