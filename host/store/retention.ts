@@ -1,0 +1,124 @@
+// Retention: keeps the events table within an age and a size. The daemon calls prune() on a
+// timer, and a call must not hold the event loop (or the write lock other processes wait on)
+// for long: deletes go in chunks, each its own transaction, and one call deletes at most
+// `pruneBudgetRows` rows; `complete: false` tells the caller to come back soon.
+//
+// Size is measured as the database's live pages: (page_count - freelist_count) x page_size of
+// the main file, as SQLite sees it including committed WAL frames. The WAL file itself is not
+// counted: it is bounded separately (wal_autocheckpoint and journal_size_limit) and emptied by
+// the checkpoint at the end of prune.
+
+import type Database from 'better-sqlite3';
+
+export interface Retention {
+  /** delete events whose host time is older than this */
+  maxAgeMs?: number;
+  /** delete the oldest events while the live database is larger than this */
+  maxBytes?: number;
+  /** at most this many rows deleted per prune() call (default PRUNE_BUDGET_ROWS) */
+  pruneBudgetRows?: number;
+}
+
+export interface PruneResult {
+  deleted: number;
+  /** false when the call stopped at its budget with retention still exceeded */
+  complete: boolean;
+}
+
+export const PRUNE_BUDGET_ROWS = 20_000;
+/** rows per delete transaction: a few milliseconds of work */
+const CHUNK_ROWS = 1000;
+/** smallest size-driven chunk, so that a page-granular size does not crawl row by row */
+const MIN_SIZE_CHUNK_ROWS = 32;
+const WAL_LIMIT_BYTES = 32 * 1024 * 1024;
+
+export class RetentionPruner {
+  private readonly liveBytesStmt: Database.Statement<[], number>;
+  private readonly freePagesStmt: Database.Statement<[], number>;
+  private readonly idSpanStmt: Database.Statement<[], { lo: number | null; hi: number | null }>;
+  private readonly deleteOlderStmt: Database.Statement<[number, number]>;
+  private readonly anyOlderStmt: Database.Statement<[number], number>;
+  private readonly deleteOldestStmt: Database.Statement<[number]>;
+
+  constructor(
+    private readonly db: Database.Database,
+    private readonly retention: Retention,
+  ) {
+    // After a checkpoint that emptied the WAL, SQLite cuts the -wal file back to this size
+    // instead of leaving it at its high-water mark.
+    db.pragma(`journal_size_limit = ${WAL_LIMIT_BYTES}`);
+    this.liveBytesStmt = db
+      .prepare<[], number>(
+        'SELECT (p.page_count - f.freelist_count) * s.page_size FROM pragma_page_count() p, pragma_freelist_count() f, pragma_page_size() s',
+      )
+      .pluck();
+    this.freePagesStmt = db.prepare<[], number>('SELECT freelist_count FROM pragma_freelist_count()').pluck();
+    this.idSpanStmt = db.prepare('SELECT min(id) AS lo, max(id) AS hi FROM events');
+    this.deleteOlderStmt = db.prepare('DELETE FROM events WHERE id IN (SELECT id FROM events WHERE host_time_us < ? LIMIT ?)');
+    this.anyOlderStmt = db.prepare<[number], number>('SELECT 1 FROM events WHERE host_time_us < ? LIMIT 1').pluck();
+    this.deleteOldestStmt = db.prepare('DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)');
+  }
+
+  liveBytes(): number {
+    return this.liveBytesStmt.get() ?? 0;
+  }
+
+  prune(nowUs: number): PruneResult {
+    let budget = this.retention.pruneBudgetRows ?? PRUNE_BUDGET_ROWS;
+    let deleted = 0;
+    let complete = true;
+
+    const { maxAgeMs, maxBytes } = this.retention;
+    if (maxAgeMs !== undefined) {
+      const cutoffUs = nowUs - maxAgeMs * 1000;
+      while (budget > 0) {
+        const n = this.deleteOlderStmt.run(cutoffUs, Math.min(CHUNK_ROWS, budget)).changes;
+        deleted += n;
+        budget -= n;
+        if (n === 0) break;
+      }
+      if (budget === 0 && this.anyOlderStmt.get(cutoffUs) !== undefined) complete = false;
+    }
+
+    if (maxBytes !== undefined) {
+      let live = this.liveBytes();
+      while (live > maxBytes && budget > 0) {
+        const n = this.deleteOldestStmt.run(Math.min(this.sizeChunk(live, maxBytes), budget)).changes;
+        if (n === 0) break; // nothing left to delete; the schema alone is larger than maxBytes
+        deleted += n;
+        budget -= n;
+        live = this.liveBytes();
+      }
+      if (live > maxBytes && budget === 0) complete = false;
+    }
+
+    this.giveBackSpace(deleted > 0);
+    return { deleted, complete };
+  }
+
+  /**
+   * How many of the oldest rows to delete next: the excess divided by the average row size
+   * (max - min + 1 estimates the row count without a scan; ids skipped by refused duplicates
+   * make it high, so a chunk errs on the large side, which the CHUNK_ROWS cap bounds),
+   * within [MIN_SIZE_CHUNK_ROWS, CHUNK_ROWS].
+   */
+  private sizeChunk(live: number, maxBytes: number): number {
+    const { lo, hi } = this.idSpanStmt.get() ?? { lo: null, hi: null };
+    if (lo === null || hi === null) return MIN_SIZE_CHUNK_ROWS;
+    const bytesPerRow = live / (hi - lo + 1);
+    const rows = Math.ceil((live - maxBytes) / bytesPerRow);
+    return Math.min(CHUNK_ROWS, Math.max(MIN_SIZE_CHUNK_ROWS, rows));
+  }
+
+  /**
+   * Deleted rows only free pages inside the file. incremental_vacuum moves the free pages to
+   * the end and drops them; the PASSIVE checkpoint then copies the WAL into the main file,
+   * which is where the file actually shrinks. PASSIVE never waits for readers: if one is
+   * active, the shrink simply happens at a later checkpoint.
+   */
+  private giveBackSpace(deletedRows: boolean): void {
+    const freePages = this.freePagesStmt.get() ?? 0;
+    if (freePages > 0) this.db.pragma('incremental_vacuum');
+    if (deletedRows || freePages > 0) this.db.pragma('wal_checkpoint(PASSIVE)');
+  }
+}
