@@ -1,0 +1,261 @@
+// FenceThenStart: move a VM whose host (or whose instance) failed to a standby hypervisor,
+// without ever letting two instances run at once. In order, each step only after the one
+// before it succeeded:
+//
+//   locked     the fence lock on the VM (and on the name it will run under on the standby), so
+//              that of several managers that suspect the VM, one acts; the others get
+//              VSP_FENCE_LOCKED naming the holder
+//   fenced     destroy on the primary; a domain that is already shut off is fine
+//   confirmed  the primary's libvirt says 'shut off' (an injected waitStopped, e.g. libvirt's
+//              lifecycle events, then one state read; or polling the state), within
+//              confirmTimeoutMs
+//   defined    the primary's persistent XML, renamed if asked, defined on the standby
+//   started    started on the standby
+//
+// A primary whose libvirt cannot be reached is NOT a stopped primary: the host may be alive
+// behind a broken network and the VM with it, writing to the same disks. That fails with
+// VSP_FENCE_FAILED and nothing is started; an operator (or a power fence) must decide. The lock
+// is renewed (which also proves we still hold it) before defining and before starting, and
+// released at the end whatever happened.
+//
+// The standby must reach the VM's disks (shared storage): vesper moves the definition, not data.
+// Callers connect to the standby before calling (the runner does): fencing a VM that then
+// cannot be started anywhere would be an outage of our own making.
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ErrorCode, VesperError } from '../../proto/errors.js';
+import type { Hypervisor } from '../libvirt/hypervisor.js';
+import { describeHolder, type FenceLock, type Lease } from './fence-lock.js';
+import { silentLog, type ActionLog } from './log.js';
+import { destroyIfRunning } from './restart.js';
+
+export type FailoverStepName = 'locked' | 'fenced' | 'confirmed' | 'defined' | 'started';
+
+export interface FailoverStep {
+  step: FailoverStepName;
+  /** wall-clock time (Date.now()) when the step completed */
+  atMs: number;
+}
+
+export interface FailoverOptions {
+  vm: string;
+  primary: Hypervisor;
+  standby: Hypervisor;
+  /** the name on the standby (default: the same name); a new name gets a new UUID and MACs */
+  standbyName?: string;
+  lock: FenceLock;
+  /** who we are in the lock (e.g. "host-a/1234") */
+  owner: string;
+  /** how long the primary may take to report 'shut off' after the destroy */
+  confirmTimeoutMs: number;
+  /** how often to read the primary's state while confirming (default 200 ms) */
+  pollMs?: number;
+  /**
+   * Resolves once the domain has stopped on the primary (the daemon backs it with libvirt's
+   * lifecycle events); a rejection or the timeout fails the failover. The state is read once
+   * more after it resolves.
+   */
+  waitStopped?: (vm: string, timeoutMs: number) => Promise<void>;
+  /** lease length (default confirmTimeoutMs + 120 s: the libvirt calls after it are bounded too) */
+  leaseTtlMs?: number;
+  log?: ActionLog;
+}
+
+export interface FailoverResult {
+  vm: string;
+  standbyName: string;
+  /** false: the domain was already shut off on the primary */
+  destroyed: boolean;
+  steps: FailoverStep[];
+}
+
+/** A failover that stopped part way; `steps` says how far it got. */
+export class FailoverError extends VesperError {
+  readonly steps: FailoverStep[];
+  constructor(code: string, message: string, steps: FailoverStep[], options?: { cause?: unknown }) {
+    super(code, message, steps.map((s) => s.step).join(','), options);
+    this.name = 'FailoverError';
+    this.steps = steps;
+  }
+}
+
+export async function failover(o: FailoverOptions): Promise<FailoverResult> {
+  const log = o.log ?? silentLog;
+  const target = o.standbyName ?? o.vm;
+  const steps: FailoverStep[] = [];
+  const mark = (step: FailoverStepName): void => {
+    steps.push({ step, atMs: Date.now() });
+    log.info({ vm: o.vm, standbyName: target, step }, `failover: ${step}`);
+  };
+  const fail = (code: string, message: string, cause?: unknown): FailoverError =>
+    new FailoverError(code, `failover of ${o.vm}: ${message}`, steps, cause === undefined ? undefined : { cause });
+
+  if (!o.vm) throw fail(ErrorCode.USAGE, 'no VM name (a host event cannot be failed over)');
+  if (o.standbyName !== undefined) {
+    const problem = domainNameProblem(o.standbyName);
+    if (problem) throw fail(ErrorCode.USAGE, `standby name ${JSON.stringify(o.standbyName)} ${problem}`);
+  }
+  const ttl = o.leaseTtlMs ?? o.confirmTimeoutMs + 120_000;
+
+  // 1. the locks: the VM's, and the name it will run under (so the instance being brought up
+  //    cannot itself be fenced meanwhile: the seed's "block shots at yourself while you shoot").
+  const keys = [...new Set([o.vm, target])].sort();
+  const leases: Lease[] = [];
+  try {
+    for (const key of keys) {
+      let r;
+      try {
+        r = await o.lock.tryAcquire(key, o.owner, ttl);
+      } catch (err) {
+        throw fail(ErrorCode.FENCE_FAILED, `cannot take the fence lock: ${(err as Error).message}`, err);
+      }
+      if (!r.ok) {
+        throw fail(
+          ErrorCode.FENCE_LOCKED,
+          `fence lock on ${JSON.stringify(key)} is held by ${describeHolder(r.holder)} until ${new Date(r.expiresAt).toISOString()}; not fencing`,
+        );
+      }
+      leases.push(r.lease);
+    }
+    mark('locked');
+
+    // 2. fence
+    let destroyed: boolean;
+    try {
+      destroyed = (await destroyIfRunning(o.primary, o.vm)).destroyed;
+    } catch (err) {
+      throw fail(ErrorCode.FENCE_FAILED, fenceProblem(err), err);
+    }
+    mark('fenced');
+
+    // 3. confirm
+    await confirmShutOff(o, fail);
+    mark('confirmed');
+
+    // 4. define on the standby
+    await renewAll(o.lock, leases, fail);
+    let xml: string;
+    try {
+      xml = await o.primary.xml(o.vm);
+    } catch (err) {
+      throw fail(ErrorCode.ACTION_FAILED, `cannot read the definition from the primary: ${(err as Error).message}`, err);
+    }
+    let defined: string;
+    try {
+      defined = await o.standby.define(standbyXml(xml, o.standbyName));
+    } catch (err) {
+      throw fail(ErrorCode.ACTION_FAILED, `define ${target} on the standby: ${(err as Error).message}`, err);
+    }
+    mark('defined');
+
+    // 5. start there
+    await renewAll(o.lock, leases, fail);
+    try {
+      await o.standby.start(defined || target);
+    } catch (err) {
+      throw fail(ErrorCode.ACTION_FAILED, `start ${target} on the standby: ${(err as Error).message}`, err);
+    }
+    mark('started');
+    return { vm: o.vm, standbyName: target, destroyed, steps };
+  } finally {
+    for (const lease of leases.reverse()) {
+      await o.lock
+        .release(lease)
+        .catch((err: Error) => log.warn({ vm: o.vm, key: lease.key, err: err.message }, 'fence lock not released'));
+    }
+  }
+}
+
+function fenceProblem(err: unknown): string {
+  const e = VesperError.from(err);
+  if (e.code === ErrorCode.LIBVIRT_UNAVAILABLE)
+    return `the primary's libvirt cannot be reached (${e.message}); an unreachable host is not a stopped one, so nothing is started elsewhere`;
+  if (e.code === ErrorCode.DOMAIN_NOT_FOUND) return `the primary has no such domain (${e.message}); nothing to fence or move`;
+  return `destroy on the primary failed: ${e.message}`;
+}
+
+async function confirmShutOff(o: FailoverOptions, fail: (code: string, message: string, cause?: unknown) => FailoverError): Promise<void> {
+  const deadline = Date.now() + o.confirmTimeoutMs;
+  const remaining = (): number => Math.max(0, deadline - Date.now());
+  if (o.waitStopped) {
+    try {
+      await bounded(o.waitStopped(o.vm, remaining()), remaining(), 'waiting for the stop');
+    } catch (err) {
+      throw fail(ErrorCode.FENCE_FAILED, `stop not confirmed: ${(err as Error).message}`, err);
+    }
+  }
+  const pollMs = o.pollMs ?? 200;
+  let last = 'no answer yet';
+  for (;;) {
+    try {
+      const s = await bounded(o.primary.state(o.vm), remaining(), 'reading the state');
+      if (s.state === 'shut off') return;
+      last = `state ${s.state}${s.reason ? ` (${s.reason})` : ''}`;
+    } catch (err) {
+      last = (err as Error).message;
+    }
+    if (remaining() <= 0)
+      throw fail(
+        ErrorCode.FENCE_FAILED,
+        `the primary did not confirm 'shut off' within ${o.confirmTimeoutMs} ms (last: ${last}); nothing started`,
+      );
+    await sleep(Math.min(pollMs, remaining()));
+  }
+}
+
+async function renewAll(
+  lock: FenceLock,
+  leases: Lease[],
+  fail: (code: string, message: string, cause?: unknown) => FailoverError,
+): Promise<void> {
+  for (let i = 0; i < leases.length; i++) {
+    try {
+      leases[i] = await lock.renew(leases[i]!);
+    } catch (err) {
+      throw fail(ErrorCode.FENCE_LOCKED, `lost the fence lock before starting anything: ${(err as Error).message}`, err);
+    }
+  }
+}
+
+/** `p`, or a rejection once `ms` have passed (the call itself is left to finish on its own). */
+function bounded<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out ${what}`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * The definition to put on the standby. Live-only attributes go; with a new name, the UUID (also
+ * the one in <sysinfo>) and the interfaces' MAC addresses go too, so that libvirt generates new
+ * ones and the copy is a domain of its own (the original may be defined again on its host).
+ * Libvirt writes <name> as the domain's first child and never inside other elements.
+ */
+export function standbyXml(xml: string, newName?: string): string {
+  let out = xml.replace(/^(\s*<domain\b[^>]*?)\s+id=(['"])[^'"]*\2/, '$1');
+  if (newName === undefined) return out;
+  let renamed = false;
+  out = out.replace(/<name>[^<]*<\/name>/, () => {
+    renamed = true;
+    return `<name>${escapeXml(newName)}</name>`;
+  });
+  if (!renamed) throw new VesperError(ErrorCode.ACTION_FAILED, 'the domain XML has no <name>');
+  return out
+    .replace(/\n?[ \t]*<uuid>[^<]*<\/uuid>/g, '')
+    .replace(/\n?[ \t]*<entry name=(['"])uuid\1>[^<]*<\/entry>/g, '')
+    .replace(/\n?[ \t]*<mac address=(['"])[^'"]*\1\s*\/>/g, '');
+}
+
+function escapeXml(s: string): string {
+  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
+}
+
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+function domainNameProblem(name: string): string {
+  if (name === '') return 'is empty';
+  if (CONTROL.test(name)) return 'contains control characters';
+  if (name.includes('/')) return "contains '/', which libvirt refuses in a domain name";
+  return '';
+}

@@ -1,0 +1,388 @@
+// restart and FenceThenStart against an in-memory Hypervisor that records every call, in order,
+// into one log shared by the primary and the standby; the fence lock is the real one on a temp
+// directory. What matters is the order: the primary destroyed and confirmed 'shut off' strictly
+// before anything is defined or started on the standby, and nothing started at all when the
+// primary cannot be confirmed stopped or the lock is someone else's.
+import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { FailoverError, failover, standbyXml, type FailoverOptions } from '../../host/actions/failover.js';
+import { FenceLock } from '../../host/actions/fence-lock.js';
+import { restartDomain } from '../../host/actions/restart.js';
+import type { DeviceChangeOptions, DomainInfo, DomainStateName, Hypervisor } from '../../host/libvirt/hypervisor.js';
+import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { sleep } from '../helpers/wait.js';
+
+const XML = `<domain type='kvm'>
+  <name>db1</name>
+  <uuid>9037dd48-7fee-4393-ba03-fe8746808909</uuid>
+  <memory unit='KiB'>65536</memory>
+  <sysinfo type='smbios'>
+    <system>
+      <entry name='manufacturer'>vesper</entry>
+      <entry name='uuid'>9037dd48-7fee-4393-ba03-fe8746808909</entry>
+    </system>
+  </sysinfo>
+  <devices>
+    <interface type='network'>
+      <mac address='52:54:00:12:34:56'/>
+      <source network='default'/>
+    </interface>
+  </devices>
+</domain>
+`;
+
+interface Dom {
+  state: DomainStateName;
+  xml: string;
+}
+
+/** A hypervisor in memory. Every call goes into `calls` as "<label>.<method> <args>". */
+class FakeHypervisor implements Hypervisor {
+  readonly domains = new Map<string, Dom>();
+  /** libvirt down: every call rejects with VSP_LIBVIRT_UNAVAILABLE */
+  unreachable = false;
+  /** state() calls that still answer 'in shutdown' after a destroy (a slow QEMU exit) */
+  shutdownReads = 0;
+  /** answers state() with this instead (e.g. stuck 'running'); also after a destroy */
+  stuckState: DomainStateName | null = null;
+  /** delay of destroy(), ms */
+  destroyDelayMs = 0;
+
+  constructor(
+    readonly label: string,
+    readonly calls: string[],
+  ) {}
+
+  private note(call: string): void {
+    this.calls.push(`${this.label}.${call}`);
+    if (this.unreachable) throw new VesperError(ErrorCode.LIBVIRT_UNAVAILABLE, `${call}: Failed to connect socket`);
+  }
+
+  private dom(name: string): Dom {
+    const d = this.domains.get(name);
+    if (!d) throw new VesperError(ErrorCode.DOMAIN_NOT_FOUND, `Domain not found: ${name}`);
+    return d;
+  }
+
+  async listDomains(): Promise<DomainInfo[]> {
+    this.note('listDomains');
+    return [...this.domains].map(([name, d]) => ({ name, uuid: '', id: null, state: d.state }));
+  }
+  async define(xml: string): Promise<string> {
+    this.note('define');
+    const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1] ?? '';
+    const old = this.domains.get(name);
+    this.domains.set(name, { state: old?.state ?? 'shut off', xml });
+    return name;
+  }
+  async start(name: string): Promise<void> {
+    this.note(`start ${name}`);
+    const d = this.dom(name);
+    if (d.state === 'running') throw new VesperError(ErrorCode.LIBVIRT_CALL, 'Requested operation is not valid: domain is already running');
+    d.state = 'running';
+  }
+  async destroy(name: string): Promise<void> {
+    this.note(`destroy ${name}`);
+    if (this.destroyDelayMs) await sleep(this.destroyDelayMs);
+    const d = this.dom(name);
+    if (d.state === 'shut off') throw new VesperError(ErrorCode.LIBVIRT_CALL, 'Requested operation is not valid: domain is not running');
+    d.state = this.shutdownReads > 0 ? 'in shutdown' : 'shut off';
+  }
+  async shutdown(name: string): Promise<void> {
+    this.note(`shutdown ${name}`);
+  }
+  async undefine(name: string): Promise<void> {
+    this.note(`undefine ${name}`);
+    this.domains.delete(name);
+  }
+  async reboot(name: string): Promise<void> {
+    this.note(`reboot ${name}`);
+  }
+  async state(name: string): Promise<{ state: string; reason: string }> {
+    this.note(`state ${name}`);
+    const d = this.dom(name);
+    if (this.stuckState) return { state: this.stuckState, reason: 'unknown' };
+    if (d.state === 'in shutdown' && --this.shutdownReads <= 0) d.state = 'shut off';
+    const state = d.state;
+    this.calls[this.calls.length - 1] += ` -> ${state}`;
+    return { state, reason: state === 'shut off' ? 'destroyed' : 'booted' };
+  }
+  async xml(name: string): Promise<string> {
+    this.note(`xml ${name}`);
+    return this.dom(name).xml;
+  }
+  async attachDevice(name: string, _xml: string, _o: DeviceChangeOptions): Promise<void> {
+    this.note(`attachDevice ${name}`);
+  }
+  async detachDevice(name: string, _xml: string, _o: DeviceChangeOptions): Promise<void> {
+    this.note(`detachDevice ${name}`);
+  }
+  async close(): Promise<void> {}
+}
+
+let dir: string;
+let calls: string[];
+let primary: FakeHypervisor;
+let standby: FakeHypervisor;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'vesper-failover-'));
+  calls = [];
+  primary = new FakeHypervisor('primary', calls);
+  standby = new FakeHypervisor('standby', calls);
+  primary.domains.set('db1', { state: 'running', xml: XML });
+});
+afterEach(() => {
+  rmSync(dir, { recursive: true, force: true });
+});
+
+function opts(over: Partial<FailoverOptions> = {}): FailoverOptions {
+  return { vm: 'db1', primary, standby, lock: new FenceLock(dir), owner: 'manager-a', confirmTimeoutMs: 2000, pollMs: 10, ...over };
+}
+
+/** Index of the first call starting with `prefix`; fails the test when there is none. */
+function at(prefix: string): number {
+  const i = calls.findIndex((c) => c.startsWith(prefix));
+  expect(i, `${prefix} in ${JSON.stringify(calls)}`).toBeGreaterThanOrEqual(0);
+  return i;
+}
+
+const standbyCalls = (): string[] => calls.filter((c) => c.startsWith('standby.'));
+
+async function failed(p: Promise<unknown>): Promise<FailoverError> {
+  const err = await p.then(
+    () => null,
+    (e: unknown) => e,
+  );
+  expect(err).toBeInstanceOf(FailoverError);
+  return err as FailoverError;
+}
+
+describe('restartDomain', () => {
+  it('destroys, then starts', async () => {
+    const r = await restartDomain(primary, 'db1');
+    expect(r).toMatchObject({ vm: 'db1', destroyed: true, started: true });
+    expect(calls).toEqual(['primary.destroy db1', 'primary.start db1']);
+    expect(primary.domains.get('db1')!.state).toBe('running');
+  });
+
+  it('a domain that is already shut off is just started', async () => {
+    primary.domains.get('db1')!.state = 'shut off';
+    const r = await restartDomain(primary, 'db1');
+    expect(r).toMatchObject({ destroyed: false, stateBefore: 'shut off' });
+    expect(calls).toEqual(['primary.destroy db1', 'primary.state db1 -> shut off', 'primary.start db1']);
+  });
+
+  it('an unreachable libvirt or a missing domain is an error, and nothing is started', async () => {
+    primary.unreachable = true;
+    await expect(restartDomain(primary, 'db1')).rejects.toMatchObject({ code: ErrorCode.LIBVIRT_UNAVAILABLE });
+    primary.unreachable = false;
+    await expect(restartDomain(primary, 'nope')).rejects.toMatchObject({ code: ErrorCode.DOMAIN_NOT_FOUND });
+    expect(calls.some((c) => c.includes('start'))).toBe(false);
+  });
+});
+
+describe('failover (FenceThenStart)', () => {
+  it('fences and confirms on the primary strictly before defining and starting on the standby', async () => {
+    primary.shutdownReads = 3; // QEMU takes a few polls to go away
+    const r = await failover(opts({ standbyName: 'db1-b' }));
+    expect(r.steps.map((s) => s.step)).toEqual(['locked', 'fenced', 'confirmed', 'defined', 'started']);
+    for (let i = 1; i < r.steps.length; i++) expect(r.steps[i]!.atMs).toBeGreaterThanOrEqual(r.steps[i - 1]!.atMs);
+    expect(r).toMatchObject({ vm: 'db1', standbyName: 'db1-b', destroyed: true });
+
+    const destroy = at('primary.destroy db1');
+    const confirmed = at('primary.state db1 -> shut off');
+    const define = at('standby.define');
+    const start = at('standby.start db1-b');
+    expect(destroy).toBeLessThan(confirmed);
+    expect(confirmed).toBeLessThan(define);
+    expect(define).toBeLessThan(start);
+    // every state read before the confirmation said it was not yet shut off
+    expect(calls.slice(destroy + 1, confirmed).every((c) => c.startsWith('primary.state db1 -> in shutdown'))).toBe(true);
+    expect(calls.slice(0, confirmed).some((c) => c.startsWith('standby.'))).toBe(false);
+
+    const copy = standby.domains.get('db1-b')!;
+    expect(copy.state).toBe('running');
+    expect(copy.xml).toContain('<name>db1-b</name>');
+    expect(copy.xml).not.toContain('<uuid>');
+    expect(copy.xml).not.toContain("<entry name='uuid'>");
+    expect(copy.xml).not.toContain('<mac ');
+    expect(primary.domains.get('db1')!.state).toBe('shut off');
+    expect(readdirSync(dir)).toEqual([]); // both leases released
+  });
+
+  it('the same name on the standby keeps the identity (UUID, MAC)', async () => {
+    await failover(opts());
+    const copy = standby.domains.get('db1')!;
+    expect(copy.xml).toContain('<uuid>9037dd48-7fee-4393-ba03-fe8746808909</uuid>');
+    expect(copy.xml).toContain("<mac address='52:54:00:12:34:56'/>");
+    expect(at('primary.state db1 -> shut off')).toBeLessThan(at('standby.start db1'));
+  });
+
+  it('a primary already shut off counts as fenced once libvirt confirms it', async () => {
+    primary.domains.get('db1')!.state = 'shut off';
+    const r = await failover(opts());
+    expect(r.destroyed).toBe(false);
+    expect(standby.domains.get('db1')!.state).toBe('running');
+  });
+
+  it('an unreachable primary libvirt is not confirmation: VSP_FENCE_FAILED, nothing started', async () => {
+    primary.unreachable = true;
+    const err = await failed(failover(opts()));
+    expect(err.code).toBe(ErrorCode.FENCE_FAILED);
+    expect(err.message).toMatch(/cannot be reached/);
+    expect(err.steps.map((s) => s.step)).toEqual(['locked']);
+    expect(standbyCalls()).toEqual([]);
+    expect(readdirSync(dir)).toEqual([]); // the lock is released for whoever tries next
+  });
+
+  it('libvirt going away after the destroy: never confirmed, nothing started', async () => {
+    // the destroy goes through (QEMU still exiting), then libvirt is cut off
+    primary.shutdownReads = 1000;
+    const destroy = primary.destroy.bind(primary);
+    primary.destroy = async (name) => {
+      await destroy(name);
+      primary.unreachable = true;
+    };
+    const err = await failed(failover(opts({ confirmTimeoutMs: 300 })));
+    expect(err.code).toBe(ErrorCode.FENCE_FAILED);
+    expect(err.message).toMatch(/did not confirm 'shut off'/);
+    expect(standbyCalls()).toEqual([]);
+  });
+
+  it('a domain that never reports shut off: VSP_FENCE_FAILED at the confirm timeout, nothing started', async () => {
+    primary.stuckState = 'running';
+    const t0 = Date.now();
+    const err = await failed(failover(opts({ confirmTimeoutMs: 250 })));
+    expect(Date.now() - t0).toBeGreaterThanOrEqual(240);
+    expect(Date.now() - t0).toBeLessThan(2000);
+    expect(err.code).toBe(ErrorCode.FENCE_FAILED);
+    expect(err.message).toContain('state running');
+    expect(err.steps.map((s) => s.step)).toEqual(['locked', 'fenced']);
+    expect(standbyCalls()).toEqual([]);
+  });
+
+  it('an injected waitStopped confirms (then one state read); its failure stops the failover', async () => {
+    const waited: string[] = [];
+    await failover(
+      opts({
+        waitStopped: async (vm) => {
+          waited.push(vm);
+          calls.push('hook.stopped');
+        },
+      }),
+    );
+    expect(waited).toEqual(['db1']);
+    expect(at('primary.destroy')).toBeLessThan(at('hook.stopped'));
+    expect(at('hook.stopped')).toBeLessThan(at('primary.state db1 -> shut off'));
+    expect(at('primary.state db1 -> shut off')).toBeLessThan(at('standby.start'));
+
+    calls.length = 0;
+    primary.domains.get('db1')!.state = 'running';
+    standby.domains.clear();
+    const err = await failed(failover(opts({ waitStopped: () => Promise.reject(new Error('no Stopped event')) })));
+    expect(err.code).toBe(ErrorCode.FENCE_FAILED);
+    expect(err.message).toContain('no Stopped event');
+    expect(standbyCalls()).toEqual([]);
+
+    // a hook that never answers is bounded by the confirm timeout
+    const err2 = await failed(failover(opts({ confirmTimeoutMs: 200, waitStopped: () => new Promise(() => undefined) })));
+    expect(err2.code).toBe(ErrorCode.FENCE_FAILED);
+    expect(standbyCalls()).toEqual([]);
+  });
+
+  it('a lock held by another manager refuses, naming it, before anything is touched', async () => {
+    const other = new FenceLock(dir, { host: 'host-b' });
+    const held = await other.tryAcquire('db1', 'manager-b', 60_000);
+    expect(held.ok).toBe(true);
+    const err = await failed(failover(opts()));
+    expect(err.code).toBe(ErrorCode.FENCE_LOCKED);
+    expect(err.message).toContain('manager-b');
+    expect(err.message).toContain('host-b');
+    expect(calls).toEqual([]);
+  });
+
+  it('the name it will run under on the standby is locked too (no fencing of the instance being brought up)', async () => {
+    await new FenceLock(dir).tryAcquire('db1-b', 'manager-b', 60_000);
+    const err = await failed(failover(opts({ standbyName: 'db1-b' })));
+    expect(err.code).toBe(ErrorCode.FENCE_LOCKED);
+    expect(calls).toEqual([]);
+    expect(readdirSync(dir).sort()).toEqual(['db1-b.lock']); // ours (db1) given back
+  });
+
+  it('two managers failing over the same VM at once: exactly one proceeds', async () => {
+    primary.destroyDelayMs = 50; // keep the first one inside its lock while the second arrives
+    const results = await Promise.allSettled([
+      failover(opts({ owner: 'manager-a', lock: new FenceLock(dir, { host: 'a' }) })),
+      failover(opts({ owner: 'manager-b', lock: new FenceLock(dir, { host: 'b' }) })),
+    ]);
+    const ok = results.filter((r) => r.status === 'fulfilled');
+    const refused = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+    expect(ok).toHaveLength(1);
+    expect(refused).toHaveLength(1);
+    expect((refused[0]!.reason as VesperError).code).toBe(ErrorCode.FENCE_LOCKED);
+    expect(calls.filter((c) => c.startsWith('primary.destroy'))).toHaveLength(1);
+    expect(calls.filter((c) => c.startsWith('standby.start'))).toHaveLength(1);
+  });
+
+  it('a lease lost during the failover (expired, taken over) stops it before anything starts', async () => {
+    const err = await failed(
+      failover(
+        opts({
+          leaseTtlMs: 50,
+          // the confirmation takes longer than the lease; meanwhile another manager takes it over
+          waitStopped: async () => {
+            await sleep(80);
+            const r = await new FenceLock(dir).tryAcquire('db1', 'manager-b', 60_000);
+            expect(r.ok).toBe(true);
+          },
+        }),
+      ),
+    );
+    expect(err.code).toBe(ErrorCode.FENCE_LOCKED);
+    expect(err.steps.map((s) => s.step)).toEqual(['locked', 'fenced', 'confirmed']);
+    expect(standbyCalls()).toEqual([]);
+  });
+
+  it('no VM, or a bad standby name: refused before the lock', async () => {
+    expect((await failed(failover(opts({ vm: '' })))).code).toBe(ErrorCode.USAGE);
+    expect((await failed(failover(opts({ standbyName: 'a/b' })))).code).toBe(ErrorCode.USAGE);
+    expect(calls).toEqual([]);
+    expect(readdirSync(dir)).toEqual([]);
+  });
+
+  it('a standby that refuses the definition: ACTION_FAILED after the fence, nothing started', async () => {
+    standby.define = async () => {
+      calls.push('standby.define');
+      throw new VesperError(ErrorCode.LIBVIRT_CALL, "operation failed: domain 'db1' already exists with uuid 1234");
+    };
+    const err = await failed(failover(opts()));
+    expect(err.code).toBe(ErrorCode.ACTION_FAILED);
+    expect(err.steps.map((s) => s.step)).toEqual(['locked', 'fenced', 'confirmed']);
+    expect(calls.some((c) => c.startsWith('standby.start'))).toBe(false);
+  });
+});
+
+describe('standbyXml', () => {
+  it('keeps the definition for the same name, dropping only what is live-only', () => {
+    const live = XML.replace("<domain type='kvm'>", "<domain type='kvm' id='7'>");
+    expect(standbyXml(live)).toBe(XML);
+  });
+
+  it('renames (escaped), and drops UUIDs and MACs so libvirt makes new ones', () => {
+    const out = standbyXml(XML, 'db1 <copy> & co');
+    expect(out).toContain('<name>db1 &lt;copy&gt; &amp; co</name>');
+    expect(out).not.toMatch(/uuid/);
+    expect(out).not.toContain('52:54:00');
+    expect(out).toContain("<entry name='manufacturer'>vesper</entry>");
+    expect(out).toContain("<source network='default'/>");
+    expect(
+      out
+        .trimEnd()
+        .split('\n')
+        .some((l) => l.trim() === ''),
+    ).toBe(false); // no blank lines left behind
+  });
+});
