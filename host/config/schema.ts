@@ -1,0 +1,322 @@
+// The manager's configuration: what the YAML file may say (the zod schema, in the file's
+// snake_case, with every default), and what the rest of the host gets (Config, camelCase,
+// durations in ms and sizes in bytes). Checks that involve two keys at once (a filter's decision
+// and its action, reconnect_min against reconnect_max) are in crossCheck(), which runs on the raw
+// data so that they are reported even when some other key is wrong too.
+import { z } from 'zod';
+import { ACTION_NAMES, isLibvirtUri, parseAction } from '../actions/parse.js';
+import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
+
+export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
+export type StoreSync = 'full' | 'normal';
+
+/** What a filter rule decides; the same shape as the filter table's. */
+export type FilterDecision = { kind: 'notify' } | { kind: 'discard' } | { kind: 'action'; action: string; args: string[] };
+
+export interface FilterRuleConfig {
+  /** a libvirt domain name, '' for the host, or '*' */
+  vm: string;
+  /** plugin name or '*' */
+  plugin: string;
+  instance: number | '*';
+  /** event name or '*' */
+  event: string;
+  decision: FilterDecision;
+}
+
+export interface AttachProbeConfig {
+  name: string;
+  instances: number;
+  /** parameter values as the agent takes them (strings) */
+  params: Record<string, string>;
+}
+
+export interface AttachRuleConfig {
+  /** a domain name or '*' */
+  vm: string;
+  probes: AttachProbeConfig[];
+}
+
+export interface Config {
+  daemon: { socket: string; group: string; logLevel: LogLevel };
+  libvirt: { uri: string; channel: string };
+  store: {
+    path: string;
+    sync: StoreSync;
+    /** maxAge in ms, maxSize in bytes */
+    retention: { maxAge: number; maxSize: number };
+  };
+  /** all in ms */
+  channel: { keepalive: number; reconnectMin: number; reconnectMax: number };
+  actions: {
+    /** ms */
+    execTimeout: number;
+    /** at most `max` actions per VM per `per` ms */
+    rateLimit: { max: number; per: number };
+    fenceLockDir: string;
+    /** failover's standby libvirt URI when a filter's action names none */
+    standbyUri?: string;
+  };
+  filters: FilterRuleConfig[];
+  /** probes to attach to matching VMs when they are first seen */
+  attach: AttachRuleConfig[];
+}
+
+// ------------------------------------------------------------------ field types
+
+// eslint-disable-next-line no-control-regex
+const CONTROL = /[\u0000-\u001f\u007f]/;
+
+function text(what: string) {
+  return z
+    .string({ error: `must be ${what}` })
+    .min(1, { error: `must be ${what}, not empty` })
+    .refine((s) => !CONTROL.test(s), { error: 'must not contain control characters' });
+}
+
+function absolutePath(what: string) {
+  return z.string({ error: `must be ${what} (an absolute path)` }).refine((s) => s.startsWith('/') && !CONTROL.test(s), {
+    error: `must be ${what} (an absolute path, starting with /)`,
+  });
+}
+
+function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
+  return z.enum(values, { error: `must be one of ${values.join(', ')}` });
+}
+
+function duration(def: string, minMs = 1) {
+  return z
+    .string({ error: `must be ${DURATION_HINT}` })
+    .transform((s, ctx) => {
+      try {
+        const ms = parseDuration(s);
+        if (ms < minMs) {
+          ctx.addIssue({ code: 'custom', message: `must be at least ${minMs} ms, got ${JSON.stringify(s)}` });
+          return z.NEVER;
+        }
+        return ms;
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    })
+    .prefault(def);
+}
+
+function size(def: string) {
+  return z
+    .union([z.string(), z.number()], { error: `must be ${SIZE_HINT}` })
+    .transform((s, ctx) => {
+      try {
+        const bytes = parseSize(s);
+        if (bytes < 1) {
+          ctx.addIssue({ code: 'custom', message: `must be more than 0 bytes, got ${JSON.stringify(s)}` });
+          return z.NEVER;
+        }
+        return bytes;
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    })
+    .prefault(def);
+}
+
+function wholeNumber(what: string, min: number) {
+  return z
+    .number({ error: `must be ${what}` })
+    .int({ error: `must be ${what}` })
+    .min(min, { error: `must be ${what}` });
+}
+
+/** A mapping with exactly these keys. */
+function mapping<T extends z.core.$ZodLooseShape>(what: string, shape: T) {
+  return z.strictObject(shape, { error: `must be ${what} (keys: ${Object.keys(shape).join(', ')})` });
+}
+
+// ------------------------------------------------------------------ the file
+
+const filterSchema = mapping('a filter rule', {
+  vm: z
+    .string({ error: "must be a domain name, '' for the host, or '*'" })
+    .refine((s) => !CONTROL.test(s), { error: 'must not contain control characters' })
+    .prefault('*'),
+  plugin: text("a plugin name (signal, oom, libvirt, ...) or '*'"),
+  instance: z.union([z.literal('*'), wholeNumber('a whole number >= 0', 0)], { error: "must be '*' or a whole number >= 0" }).prefault('*'),
+  event: text("an event name or '*'"),
+  decision: oneOf(['notify', 'discard', 'action'] as const),
+  action: z.string({ error: `must be an action name: ${ACTION_NAMES.join(', ')}` }).optional(),
+  args: z.array(z.string({ error: 'must be a string (quote numbers)' }), { error: 'must be a list of strings' }).optional(),
+});
+
+const paramValue = z.union([z.string(), z.number(), z.boolean()], { error: 'must be a string, number or boolean' });
+
+const probeSchema = mapping('a probe', {
+  name: text('a probe name'),
+  instances: wholeNumber('a whole number >= 1', 1).prefault(1),
+  params: z.record(z.string(), paramValue, { error: 'must be a mapping of parameter names to values' }).prefault({}),
+});
+
+const attachSchema = mapping('an attach rule', {
+  vm: text("a domain name or '*'"),
+  probes: z.array(probeSchema, { error: 'must be a list of probes' }),
+});
+
+export const fileSchema = mapping('a mapping of sections', {
+  daemon: mapping('a mapping', {
+    socket: absolutePath('the API socket path').prefault('/run/vesper/vesperd.sock'),
+    group: text('a group name').prefault('vesper'),
+    log_level: oneOf(['info', 'debug', 'warn', 'error'] as const).prefault('info'),
+  }).prefault({}),
+  libvirt: mapping('a mapping', {
+    uri: z
+      .string({ error: 'must be a libvirt URI like qemu:///system' })
+      .refine(isLibvirtUri, { error: 'must be a libvirt URI like qemu:///system' })
+      .prefault('qemu:///system'),
+    channel: text('a virtio-serial port name').prefault('org.vesper.agent.0'),
+  }).prefault({}),
+  store: mapping('a mapping', {
+    path: absolutePath('the event database file').prefault('/var/lib/vesper/events.db'),
+    sync: oneOf(['full', 'normal'] as const).prefault('full'),
+    retention: mapping('a mapping', { max_age: duration('30d'), max_size: size('1GiB') }).prefault({}),
+  }).prefault({}),
+  channel: mapping('a mapping', {
+    keepalive: duration('1s'),
+    reconnect_min: duration('200ms'),
+    reconnect_max: duration('10s'),
+  }).prefault({}),
+  actions: mapping('a mapping', {
+    exec_timeout: duration('30s'),
+    rate_limit: mapping('a mapping', {
+      max: wholeNumber('a whole number >= 1', 1).prefault(3),
+      per: duration('10m'),
+    }).prefault({}),
+    fence_lock_dir: absolutePath('the fence lock directory').prefault('/var/lib/vesper/fence'),
+    standby_uri: z
+      .string({ error: 'must be a libvirt URI like qemu+ssh://standby/system' })
+      .refine(isLibvirtUri, { error: 'must be a libvirt URI like qemu+ssh://standby/system' })
+      .optional(),
+  }).prefault({}),
+  filters: z.array(filterSchema, { error: 'must be a list of filter rules' }).prefault([]),
+  attach: z.array(attachSchema, { error: 'must be a list of attach rules' }).prefault([]),
+});
+
+export type FileConfig = z.output<typeof fileSchema>;
+
+/** The file's (snake_case) form as the rest of the host wants it. */
+export function toConfig(f: FileConfig): Config {
+  return {
+    daemon: { socket: f.daemon.socket, group: f.daemon.group, logLevel: f.daemon.log_level },
+    libvirt: { uri: f.libvirt.uri, channel: f.libvirt.channel },
+    store: {
+      path: f.store.path,
+      sync: f.store.sync,
+      retention: { maxAge: f.store.retention.max_age, maxSize: f.store.retention.max_size },
+    },
+    channel: { keepalive: f.channel.keepalive, reconnectMin: f.channel.reconnect_min, reconnectMax: f.channel.reconnect_max },
+    actions: {
+      execTimeout: f.actions.exec_timeout,
+      rateLimit: { max: f.actions.rate_limit.max, per: f.actions.rate_limit.per },
+      fenceLockDir: f.actions.fence_lock_dir,
+      ...(f.actions.standby_uri !== undefined ? { standbyUri: f.actions.standby_uri } : {}),
+    },
+    filters: f.filters.map((r) => ({
+      vm: r.vm,
+      plugin: r.plugin,
+      instance: r.instance,
+      event: r.event,
+      decision: r.decision === 'action' ? { kind: 'action' as const, action: r.action ?? '', args: r.args ?? [] } : { kind: r.decision },
+    })),
+    attach: f.attach.map((a) => ({
+      vm: a.vm,
+      probes: a.probes.map((p) => ({
+        name: p.name,
+        instances: p.instances,
+        params: Object.fromEntries(Object.entries(p.params).map(([k, v]) => [k, String(v)])),
+      })),
+    })),
+  };
+}
+
+/** Every default: what an empty (or missing default) file gives. */
+export function defaultConfig(): Config {
+  return toConfig(fileSchema.parse({}));
+}
+
+// ------------------------------------------------------------------ checks across keys
+
+export interface Problem {
+  /** where, in the file's keys and list indexes */
+  path: (string | number)[];
+  message: string;
+  /** point at the key itself rather than its value (unknown keys) */
+  atKey?: boolean;
+}
+
+const isObj = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** Mistakes that need two keys to see, found on the raw file data (whatever else is wrong). */
+export function crossCheck(raw: unknown, suggest: (word: string, choices: readonly string[]) => string | null): Problem[] {
+  const out: Problem[] = [];
+  if (!isObj(raw)) return out;
+  const actions = isObj(raw.actions) ? raw.actions : {};
+  const defaultStandby = typeof actions.standby_uri === 'string';
+  const filters = Array.isArray(raw.filters) ? raw.filters : [];
+  filters.forEach((f: unknown, i) => {
+    if (!isObj(f)) return;
+    const at = (key: string): (string | number)[] => ['filters', i, key];
+    if (f.decision !== 'action') {
+      if (f.decision === 'notify' || f.decision === 'discard')
+        for (const key of ['action', 'args'] as const)
+          if (f[key] !== undefined)
+            out.push({ path: at(key), message: `only goes with decision: action (this rule's decision is ${f.decision})` });
+      return;
+    }
+    if (f.action === undefined) {
+      out.push({ path: at('action'), message: `missing: decision: action needs an action (${ACTION_NAMES.join(', ')})` });
+      return;
+    }
+    if (typeof f.action !== 'string') return; // the schema says so
+    const args = f.args === undefined ? [] : f.args;
+    if (!Array.isArray(args) || !args.every((a) => typeof a === 'string')) return; // the schema says so
+    if (!(ACTION_NAMES as readonly string[]).includes(f.action)) {
+      const near = suggest(f.action, ACTION_NAMES);
+      out.push({
+        path: at('action'),
+        message: `unknown action ${JSON.stringify(f.action)}${near ? ` (did you mean "${near}"?)` : ''}; allowed: ${ACTION_NAMES.join(', ')}`,
+      });
+      return;
+    }
+    let parsed;
+    try {
+      parsed = parseAction(f.action, args);
+    } catch (err) {
+      out.push({ path: f.args === undefined ? at('action') : at('args'), message: (err as Error).message });
+      return;
+    }
+    if (parsed.kind === 'failover' && parsed.standbyUri === undefined && !defaultStandby)
+      out.push({
+        path: f.args === undefined ? at('action') : at('args'),
+        message: 'failover needs a standby: --standby-uri URI in args, or actions.standby_uri',
+      });
+  });
+  const ch = isObj(raw.channel) ? raw.channel : {};
+  const min = durationOr(ch.reconnect_min, 200);
+  const max = durationOr(ch.reconnect_max, 10_000);
+  if (min !== null && max !== null && min > max)
+    out.push({
+      path: ch.reconnect_min !== undefined ? ['channel', 'reconnect_min'] : ['channel', 'reconnect_max'],
+      message: `reconnect_min (${min} ms) must not be longer than reconnect_max (${max} ms)`,
+    });
+  return out;
+}
+
+function durationOr(v: unknown, def: number): number | null {
+  if (v === undefined) return def;
+  if (typeof v !== 'string') return null;
+  try {
+    return parseDuration(v);
+  } catch {
+    return null;
+  }
+}
