@@ -45,13 +45,30 @@ export const ErrorCode = {
   LIBVIRT_UNAVAILABLE: 'VSP_LIBVIRT_UNAVAILABLE',
   DOMAIN_NOT_FOUND: 'VSP_DOMAIN_NOT_FOUND',
   LIBVIRT_CALL: 'VSP_LIBVIRT_CALL',
+  // the manager (host/daemon, host/notify, host/store, host/actions, host/config)
+  CONFIG_INVALID: 'VSP_CONFIG_INVALID',
+  STORE_FAILED: 'VSP_STORE_FAILED',
+  FILTER_INVALID: 'VSP_FILTER_INVALID',
+  PLUGIN_NOT_FOUND: 'VSP_PLUGIN_NOT_FOUND',
+  PARAM_UNKNOWN: 'VSP_PARAM_UNKNOWN',
+  VM_NOT_FOUND: 'VSP_VM_NOT_FOUND',
+  ACTION_FAILED: 'VSP_ACTION_FAILED',
+  ACTION_RATE_LIMITED: 'VSP_ACTION_RATE_LIMITED',
+  FENCE_FAILED: 'VSP_FENCE_FAILED',
+  FENCE_LOCKED: 'VSP_FENCE_LOCKED',
+  PERMISSION_DENIED: 'VSP_PERMISSION_DENIED',
+  DAEMON_UNREACHABLE: 'VSP_DAEMON_UNREACHABLE',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 
 /** Exit statuses for command-line tools, one place for the mapping. */
 export function exitStatusFor(code: string): number {
-  if (code === ErrorCode.USAGE) return 2;
+  if (code === ErrorCode.USAGE || code === ErrorCode.FILTER_INVALID || code === ErrorCode.PARAM_UNKNOWN) return 2;
+  if (code === ErrorCode.CONFIG_INVALID) return 78; // EX_CONFIG
+  if (code === ErrorCode.PERMISSION_DENIED) return 77; // EX_NOPERM
+  if (code === ErrorCode.DAEMON_UNREACHABLE) return 69; // EX_UNAVAILABLE
+  if (code === ErrorCode.VM_NOT_FOUND || code === ErrorCode.DOMAIN_NOT_FOUND || code === ErrorCode.PLUGIN_NOT_FOUND) return 3;
   if (code === ErrorCode.CONNECT_FAILED || code === ErrorCode.DISCONNECTED) return 69; // EX_UNAVAILABLE
   if (code.startsWith('VSP_PROBE_')) return 65; // EX_DATAERR
   if (code.startsWith('VSP_TRACEFS_') || code.startsWith('VSP_KPROBE_') || code.startsWith('VSP_PSI_')) return 72; // EX_OSFILE
