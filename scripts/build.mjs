@@ -1,5 +1,7 @@
 // Bundles what leaves the host: the guest agent (one file, copied into guests) and each
-// probe module (one ES module each, signed and pushed by the host at attach time).
+// probe module (one ES module each, signed and pushed by the host at attach time); and the
+// host's `vesper` command (CLI and daemon), whose npm dependencies stay in node_modules (two
+// of them are native addons).
 import { build } from 'esbuild';
 import { readdirSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -22,10 +24,18 @@ await build({
   minifyWhitespace: false,
 });
 
+await build({
+  ...common,
+  entryPoints: [join(root, 'host/cli/vesper.ts')],
+  outfile: join(out, 'host/vesper.mjs'),
+  packages: 'external',
+  banner: { js: '#!/usr/bin/env node' },
+});
+
 const probes = readdirSync(join(root, 'probes')).filter((d) => existsSync(join(root, 'probes', d, 'manifest.json')));
 await Promise.all(
   probes.map((name) =>
     build({ ...common, entryPoints: [join(root, 'probes', name, 'index.ts')], outfile: join(out, 'probes', `${name}.mjs`) }),
   ),
 );
-console.error(`built dist/guest-agent/vesper-agent.mjs and ${probes.length} probe modules: ${probes.join(', ')}`);
+console.error(`built dist/host/vesper.mjs, dist/guest-agent/vesper-agent.mjs and ${probes.length} probe modules: ${probes.join(', ')}`);

@@ -24,6 +24,16 @@ export interface GuestSessionOptions {
   heartbeatMisses?: number;
   /** how often to ping the agent (ms); see AgentClientOptions.keepaliveMs */
   keepaliveMs?: number;
+  /**
+   * Acknowledge records as soon as they are emitted (default). A manager that stores them
+   * turns this off and calls ack() once they are safe, so a crash loses nothing.
+   */
+  autoAck?: boolean;
+  /**
+   * What the host already holds of an agent run (`bootId/agentPid`), asked at every link, so
+   * that a restarted manager resumes from its store; without it, this session's memory.
+   */
+  heldFor?: (agentRun: string) => number;
 }
 
 export interface ConnectedInfo {
@@ -36,6 +46,8 @@ export interface ConnectedInfo {
 // eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
 export interface GuestSession {
   on(ev: 'record', fn: (r: AgentRecord) => void): this;
+  /** every record batch as it arrived, after the 'record' events for it */
+  on(ev: 'batch', fn: (rs: AgentRecord[], agentRun: string) => void): this;
   on(ev: 'connected', fn: (i: ConnectedInfo) => void): this;
   on(ev: 'disconnected', fn: (why: string) => void): this;
   on(ev: 'heartbeat-lost', fn: (i: { silentMs: number; intervalMs: number }) => void): this;
@@ -90,6 +102,16 @@ export class GuestSession extends EventEmitter {
     if (this.client && !this.client.isClosed) await this.client.unload(name);
   }
 
+  /** The agent run (`bootId/agentPid`) of the current or last link; '' before the first. */
+  get agentRun(): string {
+    return this.agentId;
+  }
+
+  /** Acknowledges records up to seq on the current link (with autoAck off). */
+  ack(seq: number): void {
+    if (this.client && !this.client.isClosed) this.client.ack(seq);
+  }
+
   stop(): void {
     this.stopped = true;
     if (this.retry) clearTimeout(this.retry);
@@ -106,7 +128,12 @@ export class GuestSession extends EventEmitter {
         handshakeTimeoutMs: 10_000,
         keepaliveMs: this.o.keepaliveMs ?? 1000,
         // Same agent as before: it resends after what we hold. A new one starts at 1.
-        resumeFor: (h) => (this.idOf(h) === this.agentId ? this.lastSeq : 0),
+        resumeFor: (h) => {
+          const run = this.idOf(h);
+          if (this.o.heldFor) return this.o.heldFor(run);
+          return run === this.agentId ? this.lastSeq : 0;
+        },
+        autoAck: this.o.autoAck ?? true,
       });
     } catch {
       this.retry = setTimeout(() => void this.connect(), this.backoff);
@@ -121,6 +148,7 @@ export class GuestSession extends EventEmitter {
       if (r.kind === 'heartbeat') this.beat();
       this.emit('record', r);
     });
+    c.on('batch', (rs: AgentRecord[]) => this.emit('batch', rs, this.agentId));
     c.on('protocolError', (e) => this.emit('protocolError', e));
     c.once('close', (why) => {
       if (this.client === c) this.client = null;

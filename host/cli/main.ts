@@ -1,0 +1,291 @@
+// `vesper`: the manager's command line, virsh-style verbs. Read commands take -o table|json;
+// logs and errors go to stderr, results to stdout; an error prints its stable code and sets
+// the exit status from proto/errors.ts. Every verb except `daemon` talks to vesperd's socket.
+import { Command, Option } from 'commander';
+import type { apipb } from '../../proto/api-codec.js';
+import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
+import { VESPER_VERSION } from '../../proto/version.js';
+import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
+import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
+
+const outputOption = (): Option => new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table');
+
+function socketOf(cmd: Command): string {
+  return (cmd.optsWithGlobals() as { socket?: string }).socket ?? process.env['VESPER_SOCKET'] ?? DEFAULT_SOCKET;
+}
+
+async function withClient<T>(cmd: Command, fn: (c: ApiClient) => Promise<T>): Promise<T> {
+  const c = await ApiClient.connect(socketOf(cmd));
+  try {
+    return await fn(c);
+  } finally {
+    c.close();
+  }
+}
+
+/** "k=v" words into a map; a word without "=" is a usage error. */
+export function keyValues(words: string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const w of words) {
+    const eq = w.indexOf('=');
+    if (eq <= 0) throw new VesperError(ErrorCode.USAGE, `expected NAME=VALUE, got ${JSON.stringify(w)}`);
+    out[w.slice(0, eq)] = w.slice(eq + 1);
+  }
+  return out;
+}
+
+/** --since: a duration back from now (90s, 15m, 2h, 7d) or a date; host time in µs. */
+export function sinceUs(text: string, now = Date.now()): number {
+  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
+  if (m) {
+    const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
+    return Math.round((now - Number(m[1]) * unit) * 1000);
+  }
+  const t = Date.parse(text);
+  if (Number.isNaN(t))
+    throw new VesperError(ErrorCode.USAGE, `--since: expected a duration (90s, 15m, 2h, 7d) or a date, got ${JSON.stringify(text)}`);
+  return t * 1000;
+}
+
+function positiveInt(what: string) {
+  return (v: string): number => {
+    const n = Number(v);
+    if (!Number.isInteger(n) || n < 0) throw new VesperError(ErrorCode.USAGE, `${what}: expected a whole number, got ${JSON.stringify(v)}`);
+    return n;
+  };
+}
+
+export function buildProgram(): Command {
+  const program = new Command('vesper')
+    .description('event-driven failure detection for virtual machines')
+    .version(VESPER_VERSION)
+    .option('--socket <path>', `vesperd's API socket (env VESPER_SOCKET; default ${DEFAULT_SOCKET})`)
+    .enablePositionalOptions() // `filter set ... action failover --standby-uri URI`: the action's own options
+    .showHelpAfterError()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  program.exitOverride();
+
+  program
+    .command('list')
+    .description('VMs vesperd knows, their link to the agent and attached probes')
+    .addOption(outputOption())
+    .action(async (o: Output, cmd: Command) => {
+      const r = await withClient(cmd, (c) => c.request({ list: {} }));
+      printVms(r.vms?.vms ?? [], o);
+    });
+
+  program
+    .command('status')
+    .description('one VM in detail: libvirt state, agent, link, probes, records')
+    .argument('<vm>')
+    .addOption(outputOption())
+    .action(async (vm: string, o: Output, cmd: Command) => {
+      const r = await withClient(cmd, (c) => c.request({ status: { vm } }));
+      printStatus(r.vm ?? {}, o);
+    });
+
+  program
+    .command('probes')
+    .description('probe modules vesperd can attach, with their events and parameters')
+    .addOption(outputOption())
+    .action(async (o: Output, cmd: Command) => {
+      const r = await withClient(cmd, (c) => c.request({ probes: {} }));
+      printProbes(r.probes?.probes ?? [], o);
+    });
+
+  program
+    .command('attach')
+    .description('attach probes to a VM (remembered: pushed again after a guest reboot or a vesperd restart)')
+    .argument('<vm>')
+    .argument('<probe...>')
+    .option('-p, --param <name=value>', 'a probe parameter (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('-n, --instances <n>', 'instances of each probe', positiveInt('--instances'))
+    .addOption(outputOption())
+    .action(async (vm: string, probes: string[], o: Output & { param: string[]; instances?: number }, cmd: Command) => {
+      const params = keyValues(o.param);
+      const r = await withClient(cmd, (c) => c.request({ attach: { vm, probes, params, instances: o.instances ?? 0 } }));
+      const attached = r.attached?.attached ?? [];
+      if (o.output === 'json') process.stdout.write(`${JSON.stringify(attached)}\n`);
+      else
+        for (const a of attached)
+          process.stdout.write(
+            `attached ${a.name} to ${vm} (${a.instances} instance${a.instances === 1 ? '' : 's'}${a.loaded ? ', loaded' : ', pushed when the agent connects'})\n`,
+          );
+    });
+
+  program
+    .command('detach')
+    .description('detach probes from a VM')
+    .argument('<vm>')
+    .argument('<probe...>')
+    .action(async (vm: string, probes: string[], _o: unknown, cmd: Command) => {
+      const r = await withClient(cmd, (c) => c.request({ detach: { vm, probes } }));
+      process.stdout.write(`${r.ok?.message ?? 'detached'}\n`);
+    });
+
+  const param = program.command('param').description("a plugin's parameters on a VM, set through the framework");
+  param
+    .command('get')
+    .argument('<vm>')
+    .argument('<plugin>')
+    .addOption(outputOption())
+    .action(async (vm: string, plugin: string, o: Output, cmd: Command) => {
+      const r = await withClient(cmd, (c) => c.request({ paramGet: { vm, plugin } }));
+      printParams(r.params?.params ?? {}, o);
+    });
+  param
+    .command('set')
+    .argument('<vm>')
+    .argument('<plugin>')
+    .argument('<name=value...>')
+    .option('-i, --instance <n>', 'one instance only (default: all)', positiveInt('--instance'))
+    .addOption(outputOption())
+    .action(async (vm: string, plugin: string, kv: string[], o: Output & { instance?: number }, cmd: Command) => {
+      const params = keyValues(kv);
+      const r = await withClient(cmd, (c) => c.request({ paramSet: { vm, plugin, instance: o.instance ?? -1, params } }));
+      printParams(r.params?.params ?? {}, o);
+    });
+
+  const filter = program
+    .command('filter')
+    .enablePositionalOptions()
+    .description('the filter table: per (plugin, instance, event), notify, discard or run an action');
+  filter
+    .command('list')
+    .addOption(outputOption())
+    .action(async (o: Output, cmd: Command) => {
+      const r = await withClient(cmd, (c) => c.request({ filterList: {} }));
+      printFilters(r.filters?.rules ?? [], o);
+    });
+  filter
+    .command('set')
+    .description("PLUGIN INSTANCE EVENT notify|discard|action NAME [ARG...]; '*' matches anything")
+    .argument('<plugin>')
+    .argument('<instance>')
+    .argument('<event>')
+    .argument('<decision>')
+    .argument('[action...]')
+    .option('--vm <vm>', 'only for this VM', '*')
+    .passThroughOptions()
+    .action(
+      async (plugin: string, instance: string, event: string, decision: string, action: string[], o: { vm: string }, cmd: Command) => {
+        const rule = ruleOf(o.vm, plugin, instance, event, decision, action);
+        await withClient(cmd, (c) => c.request({ filterSet: { rule } }));
+        process.stdout.write(`filter set: ${o.vm} ${plugin} ${instance} ${event} -> ${[decision, ...action].join(' ')}\n`);
+      },
+    );
+  filter
+    .command('clear')
+    .description('remove one rule (by its key) or, with --all, every rule')
+    .argument('[plugin]')
+    .argument('[instance]')
+    .argument('[event]')
+    .option('--vm <vm>', 'the rule is for this VM', '*')
+    .option('--all', 'remove every rule')
+    .action(
+      async (
+        plugin: string | undefined,
+        instance: string | undefined,
+        event: string | undefined,
+        o: { vm: string; all?: boolean },
+        cmd: Command,
+      ) => {
+        if (!o.all && (!plugin || !instance || !event))
+          throw new VesperError(ErrorCode.USAGE, 'filter clear needs PLUGIN INSTANCE EVENT, or --all');
+        const rule = o.all ? null : { vm: o.vm, plugin, instance, event };
+        const r = await withClient(cmd, (c) => c.request({ filterClear: { all: Boolean(o.all), rule } }));
+        process.stdout.write(`${r.ok?.message ?? 'cleared'}\n`);
+      },
+    );
+
+  program
+    .command('events')
+    .description('stored events, oldest first; -f keeps following new ones')
+    .option('-f, --follow', 'keep the stream open')
+    .option('--vm <vm>')
+    .option('--plugin <plugin>')
+    .option('--event <event>')
+    .option('--since <when>', 'a duration back from now (90s, 15m, 2h, 7d) or a date')
+    .option('--limit <n>', 'at most this many past events', positiveInt('--limit'))
+    .option('--all', 'include events the filter discarded')
+    .addOption(outputOption())
+    .action(
+      async (
+        o: Output & { follow?: boolean; vm?: string; plugin?: string; event?: string; since?: string; limit?: number; all?: boolean },
+        cmd: Command,
+      ) => {
+        const req: apipb.IRequest = {
+          events: {
+            vm: o.vm ?? '',
+            plugin: o.plugin ?? '',
+            event: o.event ?? '',
+            sinceUs: o.since ? sinceUs(o.since) : 0,
+            limit: o.limit ?? 0,
+            follow: Boolean(o.follow),
+            includeDiscarded: Boolean(o.all),
+          },
+        };
+        const c = await ApiClient.connect(socketOf(cmd));
+        await new Promise<void>((resolve, reject) => {
+          const stop = (): void => {
+            c.close();
+            resolve();
+          };
+          process.once('SIGINT', stop);
+          process.once('SIGTERM', stop);
+          process.stdout.once('error', stop); // a closed pipe (| head)
+          let header = true;
+          c.stream(req, (r) => {
+            if (r.error) {
+              c.close();
+              reject(VesperError.fromWire(r.error));
+              return;
+            }
+            const evs = r.events?.events ?? [];
+            if (r.events?.missed) process.stderr.write(`vesper: ${r.events.missed} events were missed (this reader was too slow)\n`);
+            if (evs.length) printEvents(evs, o, header);
+            if (evs.length) header = false;
+            if (r.done) stop();
+          });
+        });
+      },
+    );
+
+  program
+    .command('daemon')
+    .description('run vesperd in the foreground (what the systemd unit starts)')
+    .option('-c, --config <file>', 'YAML config file (default /etc/vesper/vesper.yaml if it exists)')
+    .action(async (o: { config?: string }) => {
+      const { runDaemon } = await import('../daemon/run.js');
+      await runDaemon({ configPath: o.config });
+    });
+
+  return program;
+}
+
+function ruleOf(vm: string, plugin: string, instance: string, event: string, decision: string, action: string[]): apipb.IFilterRule {
+  if (!['notify', 'discard', 'action'].includes(decision))
+    throw new VesperError(ErrorCode.FILTER_INVALID, `decision must be notify, discard or action, got ${JSON.stringify(decision)}`);
+  if (decision === 'action' && !action.length)
+    throw new VesperError(ErrorCode.FILTER_INVALID, 'action needs a name: exec PATH [ARG...], restart, or failover --standby-uri URI');
+  if (decision !== 'action' && action.length)
+    throw new VesperError(ErrorCode.FILTER_INVALID, `${decision} takes no arguments (got ${action.join(' ')})`);
+  return { vm, plugin, instance, event, decision, action: action[0] ?? '', args: action.slice(1) };
+}
+
+export async function main(argv = process.argv): Promise<void> {
+  const program = buildProgram();
+  try {
+    await program.parseAsync(argv);
+  } catch (err) {
+    const e = err as { code?: string; exitCode?: number };
+    if (typeof e.code === 'string' && e.code.startsWith('commander.')) {
+      // commander printed its message (or the help) already
+      process.exitCode = e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : exitStatusFor(ErrorCode.USAGE);
+      return;
+    }
+    const v = VesperError.from(err);
+    process.stderr.write(`vesper: ${v.code}: ${v.message}\n`);
+    process.exitCode = exitStatusFor(v.code);
+  }
+}

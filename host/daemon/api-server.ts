@@ -1,0 +1,246 @@
+// vesperd's local API: a unix socket that only root and the `vesper` group may open (the
+// kernel checks the socket file's mode and group at connect, so a refused user never reaches
+// us), ApiFrame requests in, replies out. Followers of the event stream get events as they
+// come, at the pace their socket takes them: a slow reader holds only its own cursor.
+import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
+import { createServer, type Server, type Socket } from 'node:net';
+import { dirname } from 'node:path';
+import type { Logger } from 'pino';
+import { ApiLink, errorReply, type apipb } from '../../proto/api-codec.js';
+import { ErrorCode, VesperError } from '../../proto/errors.js';
+import type { VesperEvent } from '../notify/event.js';
+
+export interface EventQuery {
+  vm?: string;
+  plugin?: string;
+  event?: string;
+  sinceUs?: number;
+  afterId?: number;
+  limit?: number;
+  includeDiscarded?: boolean;
+}
+
+/** A follower's feed: `pull` returns what is new, `onReadable` says when to pull. */
+export interface EventFeed {
+  pull(max: number): { events: VesperEvent[]; missed: number };
+  onReadable(cb: () => void): void;
+  close(): void;
+}
+
+/** What the API asks of the manager. */
+export interface ManagerApi {
+  listVms(): Promise<apipb.IVmSummary[]>;
+  vmStatus(vm: string): Promise<apipb.IVmDetail>;
+  probeCatalogue(): apipb.IProbeInfo[];
+  attach(vm: string, probes: string[], params: Record<string, string>, instances: number): Promise<apipb.IAttachedProbe[]>;
+  detach(vm: string, probes: string[]): Promise<void>;
+  paramGet(vm: string, plugin: string): Record<string, string>;
+  paramSet(vm: string, plugin: string, instance: number | null, params: Record<string, string>): Promise<void>;
+  filterList(): apipb.IFilterRule[];
+  filterSet(rule: apipb.IFilterRule): void;
+  filterClear(all: boolean, rule: apipb.IFilterRule | null): number;
+  queryEvents(q: EventQuery): VesperEvent[];
+  /** A feed of events published from now on that match q. */
+  follow(q: EventQuery): EventFeed;
+}
+
+/** A follower's socket buffer above this: stop pulling until it drains. */
+const FOLLOW_BACKLOG_BYTES = 1 << 20;
+const FOLLOW_BATCH = 1000;
+
+export function wireEvent(e: VesperEvent): apipb.IEvent {
+  return {
+    id: e.id ?? 0,
+    vm: e.vm,
+    plugin: e.plugin,
+    instance: e.instance,
+    event: e.event,
+    guestTimeUs: e.guestTimeUs ?? 0,
+    hostTimeUs: e.hostTimeUs,
+    agentRun: e.source?.agentRun ?? '',
+    seq: e.source?.seq ?? 0,
+    disposition: e.disposition ?? '',
+    payloadJson: JSON.stringify(e.payload),
+  };
+}
+
+/** The gid of a group by name, from /etc/group; null when there is no such group. */
+export function groupId(name: string): number | null {
+  try {
+    for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
+      const [n, , gid] = line.split(':');
+      if (n === name && gid !== undefined) return Number(gid);
+    }
+  } catch {
+    /* no /etc/group: no group */
+  }
+  return null;
+}
+
+export class ApiServer {
+  private server: Server | null = null;
+  private readonly links = new Set<ApiLink>();
+  requests = 0;
+
+  constructor(
+    private readonly m: ManagerApi,
+    private readonly o: { socket: string; group: string; log: Logger },
+  ) {}
+
+  async listen(): Promise<void> {
+    const { socket, group, log } = this.o;
+    mkdirSync(dirname(socket), { recursive: true, mode: 0o755 });
+    if (existsSync(socket)) unlinkSync(socket); // a stale socket of an earlier run
+    const server = createServer((s) => this.accept(s));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', reject);
+      server.listen(socket, () => resolve());
+    });
+    // Root and the group: mode 0660 with the group's gid. Without the group, root only.
+    const gid = groupId(group);
+    if (gid !== null) chownSync(socket, 0, gid);
+    chmodSync(socket, gid !== null ? 0o660 : 0o600);
+    if (gid === null) log.warn({ group }, 'no such group: the API socket is for root only');
+    this.server = server;
+    log.info({ socket, group: gid !== null ? group : null }, 'API listening');
+  }
+
+  async close(): Promise<void> {
+    for (const l of this.links) l.socket.destroy();
+    const s = this.server;
+    this.server = null;
+    if (s) await new Promise<void>((r) => s.close(() => r()));
+    try {
+      unlinkSync(this.o.socket);
+    } catch {
+      /* already gone */
+    }
+  }
+
+  private accept(s: Socket): void {
+    const link = new ApiLink(s);
+    this.links.add(link);
+    const feeds = new Map<number, EventFeed>();
+    link.on('close', () => {
+      this.links.delete(link);
+      for (const f of feeds.values()) f.close();
+    });
+    link.on('protocolError', (e) => {
+      this.o.log.warn({ err: e.message }, 'bad API frame; closing the connection');
+      s.destroy();
+    });
+    link.on('frame', (f) => {
+      const req = f.request;
+      if (!req) return;
+      this.requests++;
+      this.handle(link, f.id, req, feeds).catch((err: unknown) => link.send({ id: f.id, reply: errorReply(err) }));
+    });
+  }
+
+  private async handle(link: ApiLink, id: number, req: apipb.Request, feeds: Map<number, EventFeed>): Promise<void> {
+    const m = this.m;
+    const reply = (r: apipb.IReply): void => void link.send({ id, reply: { done: true, ...r } });
+    switch (req.body) {
+      case 'list':
+        return reply({ vms: { vms: await m.listVms() } });
+      case 'status':
+        return reply({ vm: await m.vmStatus(need(req.status?.vm, 'vm')) });
+      case 'probes':
+        return reply({ probes: { probes: m.probeCatalogue() } });
+      case 'attach': {
+        const a = req.attach!;
+        const attached = await m.attach(need(a.vm, 'vm'), a.probes ?? [], { ...(a.params ?? {}) }, a.instances ?? 0);
+        return reply({ attached: { attached } });
+      }
+      case 'detach': {
+        const d = req.detach!;
+        await m.detach(need(d.vm, 'vm'), d.probes ?? []);
+        return reply({ ok: { message: `detached ${(d.probes ?? []).join(', ')} from ${d.vm}` } });
+      }
+      case 'paramGet': {
+        const g = req.paramGet!;
+        return reply({ params: { vm: g.vm, plugin: g.plugin, params: m.paramGet(need(g.vm, 'vm'), need(g.plugin, 'plugin')) } });
+      }
+      case 'paramSet': {
+        const p = req.paramSet!;
+        const inst = (p.instance ?? -1) < 0 ? null : p.instance!;
+        await m.paramSet(need(p.vm, 'vm'), need(p.plugin, 'plugin'), inst, { ...(p.params ?? {}) });
+        return reply({ params: { vm: p.vm, plugin: p.plugin, params: m.paramGet(p.vm!, p.plugin!) } });
+      }
+      case 'filterList':
+        return reply({ filters: { rules: m.filterList() } });
+      case 'filterSet':
+        if (!req.filterSet?.rule) throw new VesperError(ErrorCode.USAGE, 'filter set needs a rule');
+        m.filterSet(req.filterSet.rule);
+        return reply({ filters: { rules: m.filterList() } });
+      case 'filterClear': {
+        const c = req.filterClear!;
+        const n = m.filterClear(Boolean(c.all), c.rule ?? null);
+        return reply({ ok: { message: `${n} rule${n === 1 ? '' : 's'} removed` } });
+      }
+      case 'events':
+        return this.events(link, id, req.events!, feeds);
+      case 'cancel': {
+        const rid = req.cancel?.requestId ?? 0;
+        feeds.get(rid)?.close();
+        feeds.delete(rid);
+        link.send({ id: rid, reply: { done: true, events: { events: [] } } });
+        return reply({ ok: { message: 'cancelled' } });
+      }
+      default:
+        throw new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `unknown request ${req.body ?? '(empty)'}`);
+    }
+  }
+
+  /** Past events from the store; with follow, then everything new, in order, none twice. */
+  private events(link: ApiLink, id: number, e: apipb.IEvents, feeds: Map<number, EventFeed>): void {
+    const q: EventQuery = {
+      vm: e.vm || undefined,
+      plugin: e.plugin || undefined,
+      event: e.event || undefined,
+      sinceUs: e.sinceUs || undefined,
+      afterId: e.afterId || undefined,
+      limit: e.limit || undefined,
+      includeDiscarded: Boolean(e.includeDiscarded),
+    };
+    // Subscribe before reading the store, so nothing published in between is missed; what the
+    // store already returned is skipped by id.
+    const feed = e.follow ? this.m.follow(q) : null;
+    const past = this.m.queryEvents(q);
+    let lastId = past.length ? (past[past.length - 1]!.id ?? 0) : 0;
+    for (let i = 0; i < past.length; i += FOLLOW_BATCH)
+      link.send({ id, reply: { done: false, events: { events: past.slice(i, i + FOLLOW_BATCH).map(wireEvent) } } });
+    if (!feed) {
+      link.send({ id, reply: { done: true, events: { events: [] } } });
+      return;
+    }
+    feeds.set(id, feed);
+    let waitingDrain = false;
+    const pump = (): void => {
+      if (link.closed || waitingDrain) return;
+      for (let rounds = 0; rounds < 100; rounds++) {
+        if (link.backlog > FOLLOW_BACKLOG_BYTES) {
+          waitingDrain = true;
+          link.socket.once('drain', () => {
+            waitingDrain = false;
+            pump();
+          });
+          return;
+        }
+        const { events, missed } = feed.pull(FOLLOW_BATCH);
+        const fresh = events.filter((x) => (x.id ?? 0) > lastId);
+        if (fresh.length) lastId = fresh[fresh.length - 1]!.id ?? lastId;
+        if (!fresh.length && !missed) return;
+        link.send({ id, reply: { done: false, events: { events: fresh.map(wireEvent), missed } } });
+      }
+      setImmediate(pump); // a flood: let other work run between rounds
+    };
+    feed.onReadable(pump);
+    pump();
+  }
+}
+
+function need(v: string | null | undefined, what: string): string {
+  if (!v) throw new VesperError(ErrorCode.USAGE, `missing ${what}`);
+  return v;
+}

@@ -1,0 +1,166 @@
+// One VM as vesperd keeps it: the session to its agent, the probes attached to it (remembered
+// in the store, so a guest reboot and a vesperd restart both end with the same probes and
+// parameters), its records through group commit into the framework, and the `channel` host
+// plugin's events (agent connected / lost, heartbeat lost / back).
+import type { Logger } from 'pino';
+import type { AgentRecord } from '../channel/agent-client.js';
+import { GuestSession, type AttachedProbe } from '../channel/guest-session.js';
+import type { HostKey } from '../keys.js';
+import type { VesperEvent } from '../notify/event.js';
+import { readProbeBundle, signModule } from '../probes/package.js';
+import { ErrorCode, VesperError } from '../../proto/errors.js';
+import type { IngestBatcher } from './ingest.js';
+import { eventOfRecord } from './record-event.js';
+
+export interface GuestLinkDeps {
+  key: HostKey;
+  batcher: IngestBatcher;
+  /** what the store holds of an agent run: the agent resends after it */
+  heldFor: (vm: string, agentRun: string) => number;
+  /** host-side events (the channel plugin) go through the same framework */
+  hostEvent: (ev: VesperEvent) => void;
+  log: Logger;
+  keepaliveMs?: number;
+  minBackoffMs?: number;
+  maxBackoffMs?: number;
+}
+
+export type LinkState = 'connecting' | 'connected' | 'stopped';
+
+export class GuestLink {
+  readonly session: GuestSession;
+  state: LinkState = 'connecting';
+  heartbeatLost = false;
+  recordsReceived = 0;
+  recordsLost = 0;
+  private modules = new Map<string, ReturnType<typeof signModule>>();
+
+  constructor(
+    readonly vm: string,
+    readonly socket: string,
+    private readonly d: GuestLinkDeps,
+  ) {
+    this.session = new GuestSession({
+      socket,
+      module: (name) => this.module(name),
+      autoAck: false,
+      heldFor: (run) => d.heldFor(vm, run),
+      keepaliveMs: d.keepaliveMs ?? 1000,
+      minBackoffMs: d.minBackoffMs ?? 200,
+      maxBackoffMs: d.maxBackoffMs ?? 10_000,
+    });
+    const s = this.session;
+    s.on('batch', (rs, run) => this.onBatch(rs, run));
+    s.on('connected', (i) => {
+      this.state = 'connected';
+      this.channelEvent('agent-connected', {
+        agentRestarted: i.agentRestarted,
+        repushed: i.repushed,
+        bootId: i.hello.bootId,
+        agentPid: i.hello.agentPid,
+        agentVersion: i.hello.agentVersion,
+        kernel: i.hello.kernelRelease,
+      });
+      d.log.info({ vm, repushed: i.repushed, agentRestarted: i.agentRestarted }, 'agent connected');
+    });
+    s.on('disconnected', (why) => {
+      if (this.state === 'stopped') return;
+      this.state = 'connecting';
+      // Channel silence alone says "agent lost", never "guest dead" (libvirt and the
+      // heartbeat decide that).
+      this.channelEvent('agent-lost', { why });
+      d.log.info({ vm, why }, 'agent link lost');
+    });
+    s.on('heartbeat-lost', (i) => {
+      this.heartbeatLost = true;
+      this.channelEvent('heartbeat-lost', i);
+    });
+    s.on('heartbeat-back', (i) => {
+      this.heartbeatLost = false;
+      this.channelEvent('heartbeat-back', i);
+    });
+    s.on('protocolError', (e) => d.log.warn({ vm, code: e.code, err: e.message }, 'channel problem'));
+  }
+
+  start(): void {
+    this.session.start();
+  }
+
+  stop(): void {
+    this.state = 'stopped';
+    this.session.stop();
+  }
+
+  get attached(): Map<string, AttachedProbe> {
+    return this.session.attached;
+  }
+
+  /** Loaded in the running agent right now (by name). */
+  loadedNow(): Set<string> {
+    const c = this.session.client;
+    return new Set(c && !c.isClosed ? [...c.probes.values()].map((p) => p.name) : []);
+  }
+
+  /** Attaches (or re-attaches with new parameters) a probe; pushed now if the agent is there. */
+  async attach(p: AttachedProbe): Promise<void> {
+    if (this.session.attached.has(p.name) && this.loadedNow().has(p.name)) await this.session.detach(p.name);
+    await this.session.attach(p);
+  }
+
+  async detach(name: string): Promise<void> {
+    if (!this.session.attached.has(name)) throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `probe ${name} is not attached to ${this.vm}`);
+    await this.session.detach(name);
+  }
+
+  /** Changes parameters of a loaded probe in place (every instance, or one). */
+  async setParams(name: string, instance: number | null, params: Record<string, string>): Promise<void> {
+    const c = this.session.client;
+    if (!c || c.isClosed) return; // remembered by the caller; pushed with the probe at the next link
+    const handles = [...c.probes.values()].filter((p) => p.name === name && (instance === null || p.instance === instance));
+    for (const h of handles) await c.setParams(h.handle, params);
+  }
+
+  private module(name: string): ReturnType<typeof signModule> {
+    let m = this.modules.get(name);
+    if (!m) {
+      m = signModule(readProbeBundle(name), this.d.key);
+      this.modules.set(name, m);
+    }
+    return m;
+  }
+
+  private onBatch(rs: AgentRecord[], run: string): void {
+    const now = Date.now() * 1000;
+    const events = new Array<VesperEvent>(rs.length);
+    for (let i = 0; i < rs.length; i++) {
+      const r = rs[i]!;
+      if (r.kind === 'loss') this.recordsLost += Number(r.raw.loss?.count ?? 0);
+      events[i] = eventOfRecord(this.vm, run, r, now);
+    }
+    this.recordsReceived += rs.length;
+    const last = rs[rs.length - 1]!.seq;
+    this.d.batcher.push(events, (err) => {
+      // Not stored: no ack, and a new link, so that the agent sends them again from what the
+      // store holds (on this link the client already counts them as received).
+      if (err) {
+        this.d.log.error({ vm: this.vm, err: err.message }, 'records not stored; not acknowledged, relinking');
+        this.session.client?.close();
+        return;
+      }
+      this.session.ack(last);
+    });
+  }
+
+  private channelEvent(event: string, payload: object): void {
+    this.d.hostEvent({
+      vm: this.vm,
+      plugin: 'channel',
+      instance: 0,
+      event,
+      guestTimeUs: null,
+      hostTimeUs: Date.now() * 1000,
+      source: null,
+      payload: { ...payload },
+    });
+  }
+}

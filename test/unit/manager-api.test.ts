@@ -1,0 +1,230 @@
+// The manager's API over a real unix socket: the CLI's client, vesperd's server, a manager
+// behind it made of the real queue (the store and libvirt are the acceptance test's).
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import pino from 'pino';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { ApiClient } from '../../host/cli/api-client.js';
+import { buildProgram, keyValues, sinceUs } from '../../host/cli/main.js';
+import { eventJson, summaryOf } from '../../host/cli/output.js';
+import { ApiServer, type EventQuery, type ManagerApi } from '../../host/daemon/api-server.js';
+import type { VesperEvent } from '../../host/notify/event.js';
+import { EventQueue } from '../../host/notify/queue.js';
+import type { apipb } from '../../proto/api-codec.js';
+import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { waitFor } from '../helpers/wait.js';
+
+function ev(id: number, vm = 'web1'): VesperEvent {
+  return {
+    id,
+    vm,
+    plugin: 'signal',
+    instance: 0,
+    event: 'signal',
+    guestTimeUs: 1_000 + id,
+    hostTimeUs: 2_000 + id,
+    source: { agentRun: 'boot/1', seq: id },
+    payload: { signal: { sig: 11, target: { pid: 7, comm: 'demo' } } },
+    disposition: 'notify',
+  };
+}
+
+/** A manager whose events live in an array and a real EventQueue. */
+class ArrayManager implements ManagerApi {
+  readonly stored: VesperEvent[] = [];
+  readonly queue = new EventQueue({ capacity: 64 });
+  attachCalls: Array<{ vm: string; probes: string[] }> = [];
+  listVms(): Promise<apipb.IVmSummary[]> {
+    return Promise.resolve([{ name: 'web1', state: 'running', link: 'connected', probes: ['signal'] }]);
+  }
+  vmStatus(vm: string): Promise<apipb.IVmDetail> {
+    if (vm !== 'web1') return Promise.reject(new VesperError(ErrorCode.VM_NOT_FOUND, `no VM named ${vm}`));
+    return Promise.resolve({ summary: { name: vm } });
+  }
+  probeCatalogue(): apipb.IProbeInfo[] {
+    return [];
+  }
+  attach(vm: string, probes: string[]): Promise<apipb.IAttachedProbe[]> {
+    this.attachCalls.push({ vm, probes });
+    return Promise.resolve(probes.map((name) => ({ name, instances: 1, loaded: true })));
+  }
+  detach(): Promise<void> {
+    return Promise.resolve();
+  }
+  paramGet(): Record<string, string> {
+    return { signals: 'SEGV' };
+  }
+  paramSet(): Promise<void> {
+    return Promise.resolve();
+  }
+  filterList(): apipb.IFilterRule[] {
+    return [];
+  }
+  filterSet(): void {}
+  filterClear(): number {
+    return 0;
+  }
+  queryEvents(q: EventQuery): VesperEvent[] {
+    return this.stored.filter((e) => (!q.vm || e.vm === q.vm) && (e.id ?? 0) > (q.afterId ?? 0));
+  }
+  follow(q: EventQuery) {
+    const sub = this.queue.subscribe({ match: (e) => !q.vm || e.vm === q.vm });
+    return { pull: (max: number) => sub.take(max), onReadable: (cb: () => void) => sub.onReadable(cb), close: () => sub.close() };
+  }
+  publish(e: VesperEvent): void {
+    this.stored.push(e);
+    this.queue.publish(e);
+  }
+}
+
+describe('the manager API over a unix socket', () => {
+  let dir: string;
+  let m: ArrayManager;
+  let server: ApiServer;
+  let socket: string;
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'vesper-api-'));
+    socket = join(dir, 'run', 'vesperd.sock');
+    m = new ArrayManager();
+    server = new ApiServer(m, { socket, group: 'no-such-group-vesper-test', log: pino({ level: 'silent' }) });
+    await server.listen();
+  });
+  afterEach(async () => {
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('answers requests and turns manager errors into coded replies', async () => {
+    const c = await ApiClient.connect(socket);
+    try {
+      const r = await c.request({ list: {} });
+      expect(r.vms?.vms?.[0]?.name).toBe('web1');
+      const a = await c.request({ attach: { vm: 'web1', probes: ['signal', 'oom'] } });
+      expect(a.attached?.attached?.map((x) => x.name)).toEqual(['signal', 'oom']);
+      expect(m.attachCalls).toEqual([{ vm: 'web1', probes: ['signal', 'oom'] }]);
+      const err = await c.request({ status: { vm: 'nope' } }).catch((e: VesperError) => e);
+      expect(err).toBeInstanceOf(VesperError);
+      expect((err as VesperError).code).toBe(ErrorCode.VM_NOT_FOUND);
+      const usage = await c.request({ status: {} }).catch((e: VesperError) => e);
+      expect((usage as VesperError).code).toBe(ErrorCode.USAGE);
+    } finally {
+      c.close();
+    }
+  });
+
+  it('without the group, the socket is for root only (mode 0600)', () => {
+    expect(statSync(socket).mode & 0o777).toBe(0o600);
+  });
+
+  it('a missing daemon and a refused socket are told apart by code', async () => {
+    const gone = await ApiClient.connect(join(dir, 'none.sock')).catch((e: VesperError) => e);
+    expect((gone as VesperError).code).toBe(ErrorCode.DAEMON_UNREACHABLE);
+  });
+
+  it('follows: past events, then new ones in order, none twice', async () => {
+    m.publish(ev(1));
+    m.publish(ev(2));
+    const c = await ApiClient.connect(socket);
+    const got: number[] = [];
+    try {
+      c.stream({ events: { follow: true } }, (r) => {
+        for (const e of r.events?.events ?? []) got.push(Number(e.id));
+      });
+      await waitFor('past events', () => got.length >= 2, 5000);
+      m.publish(ev(3));
+      m.publish(ev(4, 'other'));
+      m.publish(ev(5));
+      await waitFor('new events', () => got.length >= 5, 5000);
+      expect(got).toEqual([1, 2, 3, 4, 5]);
+    } finally {
+      c.close();
+    }
+  });
+
+  it('a follower that falls behind the queue is told how many it missed', async () => {
+    const c = await ApiClient.connect(socket);
+    let missed = 0;
+    let seen = 0;
+    try {
+      c.stream({ events: { follow: true } }, (r) => {
+        missed += Number(r.events?.missed ?? 0);
+        seen += r.events?.events?.length ?? 0;
+      });
+      await waitFor('subscribed', () => m.queue.subscribers === 1, 5000);
+      // 200 events in one turn into a queue of 64: the follower keeps the newest 64.
+      for (let i = 1; i <= 200; i++) m.publish(ev(i));
+      await waitFor('delivered', () => seen + missed >= 200, 5000);
+      expect(missed).toBe(136);
+      expect(seen).toBe(64);
+    } finally {
+      c.close();
+    }
+  });
+});
+
+describe('CLI argument helpers', () => {
+  it('has the virsh-style verbs, and an action keeps its own options', async () => {
+    const p = buildProgram();
+    expect(p.commands.map((c) => c.name()).sort()).toEqual([
+      'attach',
+      'daemon',
+      'detach',
+      'events',
+      'filter',
+      'list',
+      'param',
+      'probes',
+      'status',
+    ]);
+    // No daemon here: the verb fails to connect, after parsing the action's arguments as words.
+    const sock = join(tmpdir(), `vesper-none-${process.pid}.sock`);
+    const err = await p
+      .parseAsync([
+        'node',
+        'vesper',
+        '--socket',
+        sock,
+        'filter',
+        'set',
+        '--vm',
+        'db1',
+        'libvirt',
+        '*',
+        'crashed',
+        'action',
+        'failover',
+        '--standby-uri',
+        'qemu+ssh://b/system',
+      ])
+      .catch((e: VesperError) => e);
+    expect((err as VesperError).code).toBe(ErrorCode.DAEMON_UNREACHABLE);
+  });
+
+  it('parses NAME=VALUE words and refuses others', () => {
+    expect(keyValues(['a=1', 'b=x=y', 'c='])).toEqual({ a: '1', b: 'x=y', c: '' });
+    expect(() => keyValues(['novalue'])).toThrow(/NAME=VALUE/);
+    expect(() => keyValues(['=1'])).toThrow(/NAME=VALUE/);
+  });
+
+  it('reads --since as a duration back or a date', () => {
+    const now = Date.parse('2026-11-22T10:00:00Z');
+    expect(sinceUs('90s', now)).toBe((now - 90_000) * 1000);
+    expect(sinceUs('2h', now)).toBe((now - 7_200_000) * 1000);
+    expect(sinceUs('2026-11-21T00:00:00Z', now)).toBe(Date.parse('2026-11-21T00:00:00Z') * 1000);
+    expect(() => sinceUs('yesterday-ish', now)).toThrow(/duration/);
+  });
+
+  it('prints an event as JSON with its payload parsed, and a one-line summary', () => {
+    const j = eventJson({
+      id: 3,
+      vm: 'web1',
+      plugin: 'signal',
+      event: 'signal',
+      payloadJson: '{"signal":{"sig":11,"target":{"comm":"demo"}},"monoNs":5}',
+    });
+    expect(j['payload']).toEqual({ signal: { sig: 11, target: { comm: 'demo' } }, monoNs: 5 });
+    expect(summaryOf(j)).toBe('signal.sig=11 signal.target.comm=demo');
+  });
+});
