@@ -25,6 +25,8 @@ export interface GuestLinkDeps {
   maxBackoffMs?: number;
 }
 
+const ACK_EVERY_MS = 20;
+
 export type LinkState = 'connecting' | 'connected' | 'stopped';
 
 export class GuestLink {
@@ -34,6 +36,10 @@ export class GuestLink {
   recordsReceived = 0;
   recordsLost = 0;
   private modules = new Map<string, ReturnType<typeof signModule>>();
+  /** highest stored sequence number not yet acknowledged, and the timer that will */
+  private ackSeq = 0;
+  private ackRun = '';
+  private ackTimer: NodeJS.Timeout | null = null;
 
   constructor(
     readonly vm: string,
@@ -88,6 +94,8 @@ export class GuestLink {
 
   stop(): void {
     this.state = 'stopped';
+    if (this.ackTimer) clearTimeout(this.ackTimer);
+    this.ackTimer = null;
     this.session.stop();
   }
 
@@ -147,8 +155,25 @@ export class GuestLink {
         this.session.client?.close();
         return;
       }
-      this.session.ack(last);
+      this.ackSoon(run, last);
     });
+  }
+
+  /**
+   * Acks are coalesced: at most one per link every ACK_EVERY_MS. The agent keeps what is not
+   * yet acknowledged, so a later ack costs ring space, never records; a busy guest sending a
+   * frame per event would otherwise get an ack frame per event back.
+   */
+  private ackSoon(run: string, seq: number): void {
+    // Sequence numbers belong to one agent run; a new run (guest reboot, agent restart) starts
+    // at 1 again, and an older run's number must never reach it.
+    if (run !== this.ackRun) [this.ackRun, this.ackSeq] = [run, 0];
+    this.ackSeq = Math.max(this.ackSeq, seq);
+    if (this.ackTimer) return;
+    this.ackTimer = setTimeout(() => {
+      this.ackTimer = null;
+      if (this.session.agentRun === this.ackRun) this.session.ack(this.ackSeq);
+    }, ACK_EVERY_MS);
   }
 
   private channelEvent(event: string, payload: object): void {

@@ -16,6 +16,7 @@ import { PROTOCOL_VERSION, encodeMessage, v1 } from '../../proto/codec.js';
 import { encodeFrame } from '../../proto/frame.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { mono, pct, round, type Metrics } from './stats.js';
+import { managerBench } from './manager.js';
 import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -29,6 +30,11 @@ const TARGETS: Record<string, string> = {
   'vm.oom_to_host_ms.p99': '<= 100',
   'vm.panic_to_host_ms.p99': '<= 100',
   'vm.records_per_s': '>= 20000',
+  'manager.ingest_records_per_s': '>= 200000',
+  'manager.sessions': '1000',
+  'manager.sessions_cpu_pct': '< 100',
+  'manager.event_to_subscriber_ms.p99': '<= 50',
+  'manager.kill9_records_lost': '0',
   'vm.records_lost': '0',
   'vm.agent_idle_cpu_pct': '< 1',
 };
@@ -243,6 +249,7 @@ async function main(): Promise<void> {
   const m: Metrics = {};
   const want = (p: string) => !o.only || p.startsWith(o.only) || o.only.startsWith(p);
   if (want('host.decode')) hostDecode(m);
+  if (want('manager.')) await managerBench(m, { kernel: !why, want, log: (s) => console.error(s) });
   if (why) {
     console.error(`agent benchmarks skipped: ${why}`);
   } else {
