@@ -1,12 +1,12 @@
 // The main job, end to end on the embedded default: a local libvirtd, a small guest built
-// here, the agent inside it reached over virtio-serial, probes pushed from the host, real
-// failures caused inside the guest, and what the host was told, with libvirt's own events.
-import Table from 'cli-table3';
-import type { AgentRecord } from '../channel/agent-client.js';
-import { GuestSession } from '../channel/guest-session.js';
-import type { LibvirtEvent } from '../libvirt/events.js';
+// here with the agent inside, vesperd watching it over the virtio-serial channel, probes
+// attached with the `vesper` CLI, real failures caused inside the guest, and what vesperd
+// told its subscribers (`vesper events -f`), libvirt's own events among them.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { projectRoot } from '../probes/package.js';
 import { VmRig } from '../vm/rig.js';
-import { describeRecord } from './describe.js';
 
 const log = (msg: string): void => void process.stderr.write(`vesper demo: ${msg}\n`);
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -17,29 +17,40 @@ async function main(): Promise<void> {
     process.exitCode = 77;
     return;
   }
+  const root = projectRoot();
+  const cli = join(root, 'dist/host/vesper.mjs');
+  const dir = mkdtempSync('/tmp/vesper-demo-');
+  const socket = join(dir, 'vesperd.sock');
+  const vesper = (...args: string[]): string => execFileSync(process.execPath, [cli, '--socket', socket, ...args], { encoding: 'utf8' });
   const rig = new VmRig({ name: 'vesper-demo', testHelpers: true, onProgress: (s, d) => log(`${s}${d ? `: ${d}` : ''}`) });
-  const rows: Array<[string, string, string]> = [];
-  const seen = new Map<number, number>();
-  let session: GuestSession | undefined;
+  let daemon: ChildProcess | undefined;
+  let follower: ChildProcess | undefined;
   try {
     await rig.prepare();
-    rig.events.on('event', (e: LibvirtEvent) => {
-      if (e.domain === rig.name && e.kind !== 'other')
-        rows.push([new Date().toISOString().slice(11, 23), 'libvirt', `${e.kind}: ${e.event ?? e.detail ?? ''} ${e.reason ?? ''}`.trim()]);
-    });
     (await rig.boot()).close();
-    log(`guest ${rig.name} is up under ${rig.accel.toUpperCase()}`);
-    session = new GuestSession({ socket: rig.agentSocket, module: (n) => rig.module(n) });
-    session.on('record', (r: AgentRecord) => {
-      seen.set(r.seq, Date.now());
-      rows.push([new Date().toISOString().slice(11, 23), `${r.probe}/${r.event}`, describeRecord(r)]);
+    log(`guest ${rig.name} is up under ${rig.accel.toUpperCase()}; starting vesperd`);
+    writeFileSync(
+      join(dir, 'vesper.yaml'),
+      `daemon:\n  socket: ${socket}\n  log_level: warn\nstore:\n  path: ${join(dir, 'events.db')}\nactions:\n  fence_lock_dir: ${join(dir, 'fence')}\n`,
+    );
+    daemon = spawn(process.execPath, [cli, 'daemon', '--config', join(dir, 'vesper.yaml')], {
+      stdio: ['ignore', 'ignore', 'inherit'],
+      env: { ...process.env, VESPER_KEY_DIR: rig.key.dir },
     });
-    session.start();
-    const c = await session.waitConnected(60_000);
-    log(`agent ${c.hello.agentVersion} in kernel ${c.hello.kernelRelease}; attaching signal, process, oom`);
-    await session.attach({ name: 'signal' });
-    await session.attach({ name: 'process', params: { comms: 'vesper-demo-svc,vesper-exit,tail' } });
-    await session.attach({ name: 'oom' });
+    for (let i = 0; i < 120; i++) {
+      await sleep(500);
+      try {
+        if (JSON.parse(vesper('status', rig.name, '-o', 'json')).link === 'connected') break;
+      } catch {
+        /* vesperd still starting */
+      }
+    }
+    log('vesper attach: signal, process, oom');
+    process.stdout.write(vesper('attach', rig.name, 'signal', 'oom'));
+    process.stdout.write(vesper('attach', rig.name, 'process', '--param', 'comms=vesper-demo-svc,vesper-exit,tail'));
+    log('vesper events -f:');
+    follower = spawn(process.execPath, [cli, '--socket', socket, 'events', '-f', '--vm', rig.name], { stdio: ['ignore', 'inherit', 'inherit'] });
+    await sleep(1000);
     for (const [what, cmd] of [
       ['the demo service really segfaults', 'segv'],
       ['an administrator SIGTERMs it', 'term'],
@@ -49,15 +60,18 @@ async function main(): Promise<void> {
     ] as const) {
       log(`fault: ${what}`);
       await rig.fault(cmd).catch((e: Error) => log(`  ${e.message}`));
-      await sleep(cmd === 'panic' ? 3000 : 1600);
+      await sleep(cmd === 'panic' ? 4000 : 2000);
     }
-    const t = new Table({ head: ['host time', 'source', 'what happened'] });
-    for (const r of rows) t.push(r);
-    console.log(t.toString());
+    follower.kill();
+    log('vesper status:');
+    process.stdout.write(vesper('list'));
   } finally {
-    session?.stop();
+    follower?.kill();
+    daemon?.kill('SIGTERM');
+    await sleep(1000);
     await rig.stop();
-    log('guest stopped and undefined');
+    rmSync(dir, { recursive: true, force: true });
+    log('vesperd stopped; guest stopped and undefined');
   }
 }
 
