@@ -111,7 +111,12 @@ export class GuestLink {
 
   /** Attaches (or re-attaches with new parameters) a probe; pushed now if the agent is there. */
   async attach(p: AttachedProbe): Promise<void> {
-    if (this.session.attached.has(p.name) && this.loadedNow().has(p.name)) await this.session.detach(p.name);
+    // Loaded already (attached before, or left in the agent by an earlier vesperd): replaced,
+    // so the parameters asked for now are the ones that run.
+    if (this.loadedNow().has(p.name)) {
+      this.session.attached.set(p.name, p);
+      await this.session.detach(p.name);
+    }
     await this.session.attach(p);
   }
 
