@@ -10,6 +10,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
 import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../../host/vm/rig.js';
+import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = process.getuid?.() !== 0 ? 'needs root (libvirtd, QEMU, groups)' : process.arch !== 'x64' ? 'needs an x86-64 host' : '';
@@ -32,12 +33,6 @@ interface Run {
   stdout: string;
   stderr: string;
 }
-
-const nums = (line: string): number[] =>
-  line
-    .split(/\s+/)
-    .map(Number)
-    .filter((n) => Number.isInteger(n) && n > 0);
 
 describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
   let rig: VmRig;
@@ -108,6 +103,15 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       () => false,
     );
   const store = (): Database.Database => new Database(storePath, { readonly: true, fileMustExist: true });
+  /** `vesper events -f -o json` for the VM's signal events, as a process of its own. */
+  const followSignals = (): { lines: EventLine[]; stop: () => void } => {
+    const p = spawn(process.execPath, [VESPER, '--socket', socket, 'events', '-f', '-o', 'json', '--vm', rig.name, '--plugin', 'signal'], {
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    const lines: EventLine[] = [];
+    createInterface({ input: p.stdout! }).on('line', (l) => lines.push(JSON.parse(l) as EventLine));
+    return { lines, stop: () => p.kill() };
+  };
 
   beforeAll(async () => {
     rig = new VmRig({ testHelpers: true, onProgress: (s, d) => console.warn(`vm rig: ${s}${d ? `: ${d}` : ''}`) });
@@ -166,19 +170,11 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
   it('attach on a running VM, a real fault, and `events -f -o json` shows it', async () => {
     const a = await vesper(['attach', rig.name, 'signal', 'process', '--param', 'comms=vesper-demo-svc']);
     expect(a.code, a.stderr).toBe(0);
-    const follower = spawn(
-      process.execPath,
-      [VESPER, '--socket', socket, 'events', '-f', '-o', 'json', '--vm', rig.name, '--plugin', 'signal'],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    const lines: EventLine[] = [];
-    createInterface({ input: follower.stdout! }).on('line', (l) => lines.push(JSON.parse(l) as EventLine));
+    const { lines, stop } = followSignals();
     try {
       await sleep(1000);
       const before = lines.length;
-      const [pid] = nums(await rig.fault('segv'));
+      const [pid] = numbersIn(await rig.fault('segv'));
       const ev = await waitFor(
         'the SIGSEGV in events -f',
         () => lines.slice(before).find((e) => e.payload.signal?.sig === 11 && e.payload.signal.target.pid === pid),
@@ -190,7 +186,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       expect(ev.disposition).toBe('notify');
       expect(ev.seq).toBeGreaterThan(0);
     } finally {
-      follower.kill();
+      stop();
     }
     const st = await json<{ attached: Array<{ name: string; loaded: boolean; params: Record<string, string> }> }>(['status', rig.name]);
     expect(st.attached.map((p) => [p.name, p.loaded])).toEqual(
@@ -204,19 +200,11 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
   it('filter set … discard makes the same fault silent, and the store still has it, marked', async () => {
     const set = await vesper(['filter', 'set', '--vm', rig.name, 'signal', '*', 'signal', 'discard']);
     expect(set.code, set.stderr).toBe(0);
-    const follower = spawn(
-      process.execPath,
-      [VESPER, '--socket', socket, 'events', '-f', '-o', 'json', '--vm', rig.name, '--plugin', 'signal'],
-      {
-        stdio: ['ignore', 'pipe', 'ignore'],
-      },
-    );
-    const lines: string[] = [];
-    createInterface({ input: follower.stdout! }).on('line', (l) => lines.push(l));
+    const { lines, stop } = followSignals();
     try {
       await sleep(1500);
       const before = lines.length;
-      const [pid] = nums(await rig.fault('segv'));
+      const [pid] = numbersIn(await rig.fault('segv'));
       // The record reaches the store (discarded) within a few seconds; the follower sees nothing.
       const db = store();
       try {
@@ -244,7 +232,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
         .map((l) => JSON.parse(l) as EventLine);
       expect(stored.some((e) => e.disposition === 'discard' && e.payload.signal?.target.pid === pid)).toBe(true);
     } finally {
-      follower.kill();
+      stop();
       await vesper(['filter', 'clear', '--vm', rig.name, 'signal', '*', 'signal']);
     }
     const rules = await json<unknown[]>(['filter', 'list']);
@@ -258,7 +246,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     const set = await vesper(['filter', 'set', '--vm', rig.name, 'signal', '*', 'signal', 'action', 'exec', script]);
     expect(set.code, set.stderr).toBe(0);
     try {
-      const [pid] = nums(await rig.fault('segv'));
+      const [pid] = numbersIn(await rig.fault('segv'));
       await waitFor('the action ran', () => existsSync(`${out}.stdin`) && readFileSync(`${out}.stdin`, 'utf8').includes('\n'), 30_000);
       const env = readFileSync(`${out}.env`, 'utf8');
       expect(env).toContain(`VESPER_VM=${rig.name}`);
@@ -360,7 +348,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     await stopDaemon('SIGKILL');
     await sleep(1500);
     await startDaemon();
-    const target = nums(await storm).at(-1); // the answer is: ok sigstorm MS PID
+    const target = numbersIn(await storm).at(-1); // the answer is: ok sigstorm MS PID
     const db = store();
     try {
       const count = (): number =>

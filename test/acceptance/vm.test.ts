@@ -6,16 +6,11 @@ import type { AgentRecord } from '../../host/channel/agent-client.js';
 import { GuestSession, type ConnectedInfo } from '../../host/channel/guest-session.js';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
 import { VmRig } from '../../host/vm/rig.js';
+import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = process.getuid?.() !== 0 ? 'needs root (libvirtd, QEMU, apt)' : process.arch !== 'x64' ? 'needs an x86-64 host' : '';
 if (why) console.warn(`SKIP VM tests: ${why}`);
-
-const nums = (line: string): number[] =>
-  line
-    .split(/\s+/)
-    .map(Number)
-    .filter((n) => Number.isInteger(n) && n > 0);
 
 describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
   let rig: VmRig;
@@ -64,7 +59,7 @@ describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
       params: { spec: '__send_signal_locked sig=%di:s32', filter: 'sig == 15', label: 'send_sigterm' },
     });
 
-    const segv = nums(await rig.fault('segv'));
+    const segv = numbersIn(await rig.fault('segv'));
     const svc = segv[0]!;
     const s = await waitFor(
       'SIGSEGV of the demo service',
@@ -80,7 +75,7 @@ describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
     expect(ex.raw.exit?.signal).toBe(11);
 
     await sleep(1500); // the guest's init restarts the demo service
-    const [sender, target] = nums(await rig.fault('term'));
+    const [sender, target] = numbersIn(await rig.fault('term'));
     const t = await waitFor(
       'SIGTERM record',
       find((r) => r.kind === 'signal' && r.raw.signal?.sig === 15 && r.raw.signal?.target?.pid === target),
@@ -94,7 +89,7 @@ describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
     );
     expect(k.raw.kprobe?.symbol).toBe('__send_signal_locked');
 
-    const [code3] = nums(await rig.fault('exit 3'));
+    const [code3] = numbersIn(await rig.fault('exit 3'));
     const e3 = await waitFor(
       'exit code 3',
       find((r) => r.kind === 'exit' && r.raw.exit?.task?.pid === code3),
@@ -102,7 +97,7 @@ describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
     );
     expect(e3.raw.exit).toMatchObject({ exitCode: 3, codeKnown: true });
 
-    const [hog] = nums(await rig.fault('oom'));
+    const [hog] = numbersIn(await rig.fault('oom'));
     const o = await waitFor(
       'OOM record',
       find((r) => r.kind === 'oom' && r.raw.oom?.victim?.pid === hog),

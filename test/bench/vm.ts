@@ -4,16 +4,13 @@
 import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
 import { VmRig } from '../../host/vm/rig.js';
+import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
+
+const numbersWith = (line: string): number[] => numbersIn(line, true);
 import { mono, pct, round, type Metrics } from './stats.js';
 
 const round3 = (n: number): number => round(n, 3);
-
-const nums = (line: string): number[] =>
-  line
-    .split(/\s+/)
-    .map(Number)
-    .filter((n) => Number.isFinite(n) && n > 0);
 
 export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; log: (s: string) => void }): Promise<void> {
   const rig = new VmRig({ testHelpers: true, vcpus: o.vcpus, onProgress: (s, d) => o.log(`vm: ${s}${d ? `: ${d}` : ''}`) });
@@ -59,7 +56,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     let { offsetNs } = await client.clockOffset(20);
     for (let i = 0; i < o.trials; i++) {
       if (i % 50 === 49) offsetNs = (await client.clockOffset(20)).offsetNs; // guest clocks drift
-      const [pid] = nums(await rig.fault('crash'));
+      const [pid] = numbersWith(await rig.fault('crash'));
       const r = await waitFor(
         'SIGSEGV',
         () => recs.find((x) => x.kind === 'signal' && x.raw.signal?.sig === 11 && x.raw.signal?.target?.pid === pid),
@@ -75,7 +72,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
 
     const exit: number[] = [];
     for (let i = 0; i < 50; i++) {
-      const [pid] = nums(await rig.fault('exit 3'));
+      const [pid] = numbersWith(await rig.fault('exit 3'));
       const r = await waitFor('exit', () => recs.find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === pid), 10_000, 1);
       exit.push(toHost(r, offsetNs));
     }
@@ -84,7 +81,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     const oom: number[] = [];
     for (let i = 0; i < 5; i++) {
       offsetNs = (await client.clockOffset(20)).offsetNs;
-      const [pid] = nums(await rig.fault('oom'));
+      const [pid] = numbersWith(await rig.fault('oom'));
       const r = await waitFor('OOM', () => recs.find((x) => x.kind === 'oom' && x.raw.oom?.victim?.pid === pid), 60_000, 1);
       oom.push(toHost(r, offsetNs));
       await sleep(500);
@@ -108,7 +105,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     for (const rate of [10_000, 15_000, 20_000, 25_000, 30_000, 40_000, 50_000, 70_000]) {
       recs.length = 0;
       const n = rate * 3;
-      const [genMs] = nums(await rig.fault(`sigstorm ${n} ${rate}`, 120_000));
+      const [genMs] = numbersWith(await rig.fault(`sigstorm ${n} ${rate}`, 120_000));
       await waitFor('storm drained', () => told() + lost() >= n, 60_000).catch(() => undefined);
       let firstAt = Infinity;
       let lastAt = -Infinity;
@@ -139,9 +136,9 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     // Idle agent CPU inside the guest (its own /proc), with the probes above attached.
     await sleep(2000);
     const pid = client.hello.agentPid;
-    const [t1, hz, up1] = nums(await rig.fault(`stat ${pid}`));
+    const [t1, hz, up1] = numbersWith(await rig.fault(`stat ${pid}`));
     await sleep(10_000);
-    const [t2, , up2] = nums(await rig.fault(`stat ${pid}`));
+    const [t2, , up2] = numbersWith(await rig.fault(`stat ${pid}`));
     m['vm.agent_idle_cpu_pct'] = round3((100 * ((t2! - t1!) / hz!)) / (up2! - up1!));
 
     // Panic: from the helper's answer (sent just before sysrq-c) to libvirt's crashed event.
