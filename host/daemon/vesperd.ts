@@ -116,7 +116,8 @@ export class Vesperd implements ManagerApi {
 
   async start(): Promise<void> {
     const c = this.o.config;
-    // Filters: the config's first, then what was set at run time (stored) on top.
+    // Filters: the config's first, then what was set at run time (stored) on top. A stored
+    // rule keeps the whole FilterRule as its decision column (see filterSet).
     for (const f of c.filters) this.filters.set(f as FilterRule);
     for (const f of this.store.listFilters()) this.filters.set(f.decision as FilterRule);
     this.hv = this.o.hypervisor ?? (await UnraidHypervisor.connect(c.libvirt.uri));
@@ -337,7 +338,7 @@ export class Vesperd implements ManagerApi {
   }
 
   private summary(v: VmEntry): apipb.IVmSummary {
-    const st = this.store.vmStats?.(v.name);
+    const st = this.store.vmStats(v.name);
     return {
       name: v.name,
       state: v.state,
