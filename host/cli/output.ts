@@ -181,7 +181,7 @@ export function summaryOf(j: Record<string, unknown>): string {
   const parts: string[] = [];
   const walk = (o: Record<string, unknown>, prefix: string, depth: number): void => {
     for (const [k, v] of Object.entries(o)) {
-      if (k === 'monoNs' || v === null || v === '' || parts.length >= 8) continue;
+      if (k === 'monoNs' || v === null || v === '' || parts.length >= 12) continue;
       if (typeof v === 'object' && !Array.isArray(v) && depth < 2) walk(v as Record<string, unknown>, `${prefix}${k}.`, depth + 1);
       else if (typeof v !== 'object') parts.push(`${prefix}${k}=${String(v)}`);
     }
