@@ -108,10 +108,24 @@ export class EventStore {
        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
     );
     const insert = this.insert;
+    const raiseRun = db.prepare<[string, string, number]>(
+      'INSERT INTO runs (vm, agent_run, high_seq) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET high_seq = max(high_seq, excluded.high_seq)',
+    );
     this.insertBatch = db.transaction((events: readonly VesperEvent[], ids: number[]) => {
+      // The batch's highest seq per run: a batch nearly always holds one run, so one upsert.
+      let runVm = '';
+      let run: string | null = null;
+      let high = 0;
       for (let i = 0; i < events.length; i++) {
         const e = events[i] as VesperEvent;
         const src = e.source;
+        if (src !== null) {
+          if (src.agentRun !== run || e.vm !== runVm) {
+            if (run !== null) raiseRun.run(runVm, run, high);
+            [runVm, run, high] = [e.vm, src.agentRun, 0];
+          }
+          if (src.seq > high) high = src.seq;
+        }
         const r = insert.run(
           e.vm,
           e.plugin,
@@ -126,8 +140,9 @@ export class EventStore {
         );
         ids[i] = r.changes === 0 ? 0 : (r.lastInsertRowid as number);
       }
+      if (run !== null) raiseRun.run(runVm, run, high);
     });
-    this.highestSeqStmt = db.prepare<[string, string], number | null>('SELECT max(seq) FROM events WHERE vm = ? AND agent_run = ?').pluck();
+    this.highestSeqStmt = db.prepare<[string, string], number | null>('SELECT high_seq FROM runs WHERE vm = ? AND agent_run = ?').pluck();
     this.countSeqsStmt = db.prepare(
       `SELECT count(*) AS count, count(DISTINCT seq) AS "distinct", coalesce(min(seq), 0) AS min, coalesce(max(seq), 0) AS max
        FROM events WHERE vm = ? AND agent_run = ?`,

@@ -56,7 +56,21 @@ CREATE TABLE meta (
 );
 `;
 
-const MIGRATIONS: readonly string[] = [V1];
+// What the manager tells a reconnecting agent it already holds must not shrink when retention
+// deletes a run's newest rows (the agent would resend what was pruned), so the highest
+// sequence number of every agent run is kept on its own, one row a run.
+const V2 = `
+CREATE TABLE runs (
+  vm TEXT NOT NULL,
+  agent_run TEXT NOT NULL,
+  high_seq INTEGER NOT NULL,
+  PRIMARY KEY (vm, agent_run)
+) WITHOUT ROWID;
+INSERT INTO runs (vm, agent_run, high_seq)
+  SELECT vm, agent_run, max(seq) FROM events WHERE agent_run IS NOT NULL GROUP BY vm, agent_run;
+`;
+
+const MIGRATIONS: readonly string[] = [V1, V2];
 
 /** The version this code writes and reads. */
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -183,6 +183,16 @@ describe('EventStore persistence and sequence numbers', () => {
     expect(s.highestSeq('vm-b', 'r')).toBe(99);
   });
 
+  it('still knows what an agent run sent after retention deleted its rows', () => {
+    const s = open('events.db', { retention: { maxAgeMs: 1000 } });
+    s.append(guestBatch('vm-a', 'r', 1, 7));
+    expect(s.prune(T0_US + 1e9).deleted).toBe(7);
+    expect(s.countSeqs('vm-a', 'r').count).toBe(0);
+    // A reconnecting agent is told 7, so it does not send the pruned records again.
+    expect(s.highestSeq('vm-a', 'r')).toBe(7);
+    expect(s.highestSeq('vm-a', 'other')).toBe(0);
+  });
+
   it('never hands out an id twice, even after every event was pruned', () => {
     const s = open('events.db', { retention: { maxAgeMs: 1000 } });
     const before = ids(s.append(guestBatch('vm-a', 'r', 1, 3)).stored);
