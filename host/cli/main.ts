@@ -5,6 +5,7 @@ import { Command, Option } from 'commander';
 import type { apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
 import { VESPER_VERSION } from '../../proto/version.js';
+import { parseDuration } from '../config/units.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
 
@@ -36,10 +37,10 @@ export function keyValues(words: string[]): Record<string, string> {
 
 /** --since: a duration back from now (90s, 15m, 2h, 7d) or a date; host time in µs. */
 export function sinceUs(text: string, now = Date.now()): number {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/.exec(text.trim());
-  if (m) {
-    const unit = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 }[m[2] as 'ms' | 's' | 'm' | 'h' | 'd'];
-    return Math.round((now - Number(m[1]) * unit) * 1000);
+  try {
+    return (now - parseDuration(text)) * 1000; // the config file's durations (90s, 1h30m, 7d)
+  } catch {
+    /* not a duration: a date? */
   }
   const t = Date.parse(text);
   if (Number.isNaN(t))
