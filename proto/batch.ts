@@ -29,3 +29,115 @@ export function encodeBatchFrame(records: readonly Uint8Array[]): Buffer {
   out.writeUInt32LE(crc32(out.subarray(payloadAt, pos)), crcAt);
   return out;
 }
+
+function readVarint(buf: Uint8Array, pos: number, end: number): [value: number, next: number] | null {
+  let value = 0;
+  for (let shift = 0; shift < 35 && pos < end; shift += 7) {
+    const b = buf[pos++] as number;
+    value += (b & 0x7f) * 2 ** shift;
+    if ((b & 0x80) === 0) return [value, pos];
+  }
+  return null;
+}
+
+/**
+ * The reverse of encodeBatchFrame: the bytes of each record of a Frame payload that holds a
+ * batch and nothing else, as views into `payload`, so that the manager can keep a record
+ * exactly as the agent sent it without encoding it again. null when the payload is anything
+ * else (another message, a batch with other fields, or malformed); the caller then decodes it
+ * the ordinary way, which also reports what is wrong with it.
+ */
+export function splitBatchFrame(payload: Uint8Array): Uint8Array[] | null {
+  if (payload.length < 2 || payload[0] !== TAG_FRAME_BATCH) return null;
+  const len = readVarint(payload, 1, payload.length);
+  if (len === null || len[1] + len[0] !== payload.length) return null;
+  const out: Uint8Array[] = [];
+  let pos = len[1];
+  while (pos < payload.length) {
+    if (payload[pos] !== TAG_BATCH_RECORD) return null;
+    const r = readVarint(payload, pos + 1, payload.length);
+    if (r === null || r[1] + r[0] > payload.length) return null;
+    out.push(payload.subarray(r[1], r[1] + r[0]));
+    pos = r[1] + r[0];
+  }
+  return out;
+}
+
+/** Record.payload's oneof, by field number (vesper.proto, message Record). */
+const RECORD_KINDS: Record<number, string> = {
+  10: 'signal',
+  11: 'oom',
+  12: 'exec',
+  13: 'exit',
+  14: 'fork',
+  15: 'psi',
+  16: 'kprobe',
+  17: 'heartbeat',
+  18: 'loss',
+  19: 'probeFault',
+  20: 'generic',
+};
+
+export interface RecordHeader {
+  seq: number;
+  monoNs: number;
+  wallNs: number;
+  handle: number;
+  eventId: number;
+  /** the payload oneof's name ('signal', 'exit', ...); null when the record has none */
+  kind: string | null;
+}
+
+/**
+ * A record's header fields without decoding its payload (which is most of its bytes and every
+ * object a full decode would allocate). 64-bit numbers come out exactly as protobufjs gives them
+ * with Long disabled (low + high * 2^32). null for anything but a well-formed record with known
+ * wire types: the caller then decodes it fully, which reports what is wrong.
+ */
+export function readRecordHeader(b: Uint8Array): RecordHeader | null {
+  const h: RecordHeader = { seq: 0, monoNs: 0, wallNs: 0, handle: 0, eventId: 0, kind: null };
+  const end = b.length;
+  let pos = 0;
+  while (pos < end) {
+    const t = readVarint(b, pos, end);
+    if (t === null) return null;
+    const [tag, afterTag] = t;
+    pos = afterTag;
+    const field = Math.floor(tag / 8);
+    const wire = tag & 7;
+    if (wire === 0) {
+      // varint as two 32-bit halves
+      let lo = 0;
+      let hi = 0;
+      let i = 0;
+      let byte = 0;
+      for (; i < 10; i++) {
+        if (pos >= end) return null;
+        byte = b[pos++] as number;
+        if (i < 4) lo |= (byte & 0x7f) << (7 * i);
+        else if (i === 4) {
+          lo |= (byte & 0x0f) << 28;
+          hi |= (byte & 0x7f) >>> 4;
+        } else hi |= (byte & 0x7f) << (7 * i - 32);
+        if ((byte & 0x80) === 0) break;
+      }
+      if (i === 10) return null;
+      const value = (lo >>> 0) + (hi >>> 0) * 4294967296;
+      // other varint fields (from a newer agent) are skipped, as a full decode skips them
+      if (field === 1) h.seq = value;
+      else if (field === 2) h.monoNs = value;
+      else if (field === 3) h.wallNs = value;
+      else if (field === 4) h.handle = lo >>> 0;
+      else if (field === 5) h.eventId = lo >>> 0;
+    } else if (wire === 2) {
+      if (field <= 5) return null;
+      const len = readVarint(b, pos, end);
+      if (len === null || len[1] + len[0] > end) return null;
+      pos = len[1] + len[0];
+      h.kind = RECORD_KINDS[field] ?? h.kind;
+    } else if (wire === 1 && field > 5) pos += 8;
+    else if (wire === 5 && field > 5) pos += 4;
+    else return null;
+  }
+  return pos === end ? h : null;
+}

@@ -6,7 +6,8 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, type pb } from '../../proto/codec.js';
+import { readRecordHeader, splitBatchFrame, type RecordHeader } from '../../proto/batch.js';
+import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, v1, type pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 import { VESPER_VERSION } from '../../proto/version.js';
@@ -22,18 +23,40 @@ export interface ProbeInfo {
 
 export type RecordKind = 'signal' | 'oom' | 'exec' | 'exit' | 'fork' | 'psi' | 'kprobe' | 'heartbeat' | 'loss' | 'probeFault' | 'generic';
 
-export interface AgentRecord {
-  seq: number;
-  monoNs: number;
-  wallNs: number;
-  handle: number;
-  /** probe name, or "agent" for the agent's own records (loss, probe faults) */
-  probe: string;
-  instance: number;
-  /** event name from the probe's manifest ("loss" / "probe_fault" for the agent's own) */
-  event: string;
-  kind: RecordKind;
-  raw: pb.Record;
+/**
+ * One record from the agent, typed with its probe's names. Its full decode (`raw`, the payload's
+ * objects and strings) is made only when read: the manager's ingest path needs the header and
+ * the bytes, not the payload.
+ */
+export class AgentRecord {
+  #raw: pb.Record | null;
+
+  constructor(
+    readonly seq: number,
+    readonly monoNs: number,
+    readonly wallNs: number,
+    readonly handle: number,
+    /** probe name, or "agent" for the agent's own records (loss, probe faults) */
+    readonly probe: string,
+    readonly instance: number,
+    /** event name from the probe's manifest ("loss" / "probe_fault" for the agent's own) */
+    readonly event: string,
+    readonly kind: RecordKind,
+    /** the record exactly as the agent sent it (an encoded vesper.v1.Record) */
+    readonly bytes: Uint8Array,
+    raw: pb.Record | null,
+  ) {
+    this.#raw = raw;
+  }
+
+  get raw(): pb.Record {
+    return (this.#raw ??= v1.Record.decode(this.bytes));
+  }
+
+  /** the decoded record if something decoded it already, else null */
+  get rawIfDecoded(): pb.Record | null {
+    return this.#raw;
+  }
 }
 
 export interface AgentClientOptions {
@@ -304,6 +327,33 @@ export class AgentClient extends EventEmitter {
   }
 
   private onFrame(payload: Buffer): void {
+    // Record batches, nearly every frame: each record is decoded from its own bytes, which
+    // are kept (copied once, out of the decoder's buffer) for the store.
+    const parts = splitBatchFrame(payload);
+    if (parts !== null) {
+      const own = Buffer.from(payload);
+      const heads: Head[] = [];
+      for (const p of parts) {
+        const at = p.byteOffset - payload.byteOffset;
+        const bytes = own.subarray(at, at + p.length);
+        const h = readRecordHeader(bytes);
+        if (h !== null) {
+          heads.push({ h, raw: null, bytes });
+          continue;
+        }
+        try {
+          const raw = v1.Record.decode(bytes);
+          heads.push({ h: headerOf(raw), raw, bytes });
+        } catch (err) {
+          this.emit(
+            'protocolError',
+            new VesperError(ErrorCode.MESSAGE_DECODE, `undecodable record: ${(err as Error).message}`, '', { cause: err }),
+          );
+        }
+      }
+      this.onBatch(heads);
+      return;
+    }
     let f: pb.Frame;
     try {
       f = decodeMessage(payload);
@@ -313,7 +363,13 @@ export class AgentClient extends EventEmitter {
     }
     switch (f.body) {
       case 'batch':
-        this.onBatch((f.batch!.records ?? []) as pb.Record[]);
+        this.onBatch(
+          ((f.batch!.records ?? []) as pb.Record[]).map((raw) => ({
+            h: headerOf(raw),
+            raw,
+            bytes: v1.Record.encode(raw).finish(),
+          })),
+        );
         return;
       case 'hello': {
         const h = f.hello! as pb.Hello;
@@ -360,10 +416,11 @@ export class AgentClient extends EventEmitter {
     }
   }
 
-  private onBatch(records: pb.Record[]): void {
+  private onBatch(records: Head[]): void {
     const out: AgentRecord[] = [];
-    for (const raw of records) {
-      const seq = raw.seq;
+    for (let i = 0; i < records.length; i++) {
+      const r = records[i]!;
+      const seq = r.h.seq;
       if (seq <= this.lastSeq) {
         this.duplicates++;
         continue;
@@ -377,7 +434,7 @@ export class AgentClient extends EventEmitter {
       }
       this.lastSeq = seq;
       this.recordsReceived++;
-      out.push(this.typed(raw));
+      out.push(this.typed(r));
     }
     if (!out.length) return;
     if (this.listenerCount('record')) for (const r of out) this.emit('record', r);
@@ -385,33 +442,36 @@ export class AgentClient extends EventEmitter {
     if (this.opts.autoAck) this.ack();
   }
 
-  private typed(raw: pb.Record): AgentRecord {
-    const kind = (raw.payload ?? 'generic') as RecordKind;
-    if (raw.handle === 0)
-      return {
-        seq: raw.seq,
-        monoNs: raw.monoNs,
-        wallNs: raw.wallNs,
-        handle: 0,
-        probe: 'agent',
-        instance: 0,
-        event: kind === 'loss' ? 'loss' : 'probe_fault',
-        kind,
-        raw,
-      };
-    const p = this.probes.get(raw.handle);
-    return {
-      seq: raw.seq,
-      monoNs: raw.monoNs,
-      wallNs: raw.wallNs,
-      handle: raw.handle,
-      probe: p?.name ?? `handle-${raw.handle}`,
-      instance: p?.instance ?? 0,
-      event: p?.events.get(raw.eventId) ?? `event-${raw.eventId}`,
+  private typed({ h, raw, bytes }: Head): AgentRecord {
+    const kind = (h.kind ?? 'generic') as RecordKind;
+    if (h.handle === 0)
+      return new AgentRecord(h.seq, h.monoNs, h.wallNs, 0, 'agent', 0, kind === 'loss' ? 'loss' : 'probe_fault', kind, bytes, raw);
+    const p = this.probes.get(h.handle);
+    return new AgentRecord(
+      h.seq,
+      h.monoNs,
+      h.wallNs,
+      h.handle,
+      p?.name ?? `handle-${h.handle}`,
+      p?.instance ?? 0,
+      p?.events.get(h.eventId) ?? `event-${h.eventId}`,
       kind,
+      bytes,
       raw,
-    };
+    );
   }
+}
+
+/** A decoded record's header (field by field: protobufjs keeps defaults on the prototype). */
+function headerOf(raw: pb.Record): RecordHeader {
+  return { seq: raw.seq, monoNs: raw.monoNs, wallNs: raw.wallNs, handle: raw.handle, eventId: raw.eventId, kind: raw.payload ?? null };
+}
+
+/** A received record before it is typed: its header, its decode if made, its bytes. */
+interface Head {
+  h: RecordHeader;
+  raw: pb.Record | null;
+  bytes: Uint8Array;
 }
 
 function kv(o: Record<string, string> | undefined): pb.IParamValue[] {
