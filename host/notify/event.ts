@@ -27,6 +27,11 @@ export interface VesperEvent {
   source: { agentRun: string; seq: number } | null;
   /** The event's fields, JSON-serialisable. */
   payload: Record<string, unknown>;
+  /**
+   * For guest records: the record as the agent sent it (an encoded vesper.v1.Record), from
+   * which payload is decoded. The store keeps these bytes rather than the payload's JSON.
+   */
+  record?: Uint8Array;
   /** Set by the framework's filter. */
   disposition?: Disposition;
 }

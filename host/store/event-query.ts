@@ -1,10 +1,16 @@
 // Reading events back: the filters a subscriber, the CLI or a test can combine. Each combination
 // of filters is one SQL text, prepared once and kept, so a subscriber polling with the same
 // shape of query does not re-parse SQL.
+//
+// A query for one VM reads the by-VM index (events_by_vm, see schema.ts) bucket by bucket in
+// id order, then the newest rows the index does not hold yet, so it never scans other VMs'
+// events beyond those. Host times never decrease along ids (the store keeps them so), which
+// turns a time range into an id range.
 
 import type Database from 'better-sqlite3';
 import type { VesperEvent } from '../notify/event.js';
 import { EVENT_COLUMNS, eventFromRow, type EventRow } from './event-row.js';
+import { bucketOf } from './schema.js';
 
 export interface EventQuery {
   vm?: string;
@@ -32,37 +38,126 @@ function effectiveLimit(limit: number | undefined): number {
   return Math.min(MAX_QUERY_LIMIT, Math.max(0, Math.floor(limit)));
 }
 
+const E_COLUMNS = EVENT_COLUMNS.split(', ')
+  .map((c) => `e.${c}`)
+  .join(', ');
+
+/** The row conditions of a query other than its VM, for table alias `e`. */
+function rowFilters(q: EventQuery): { where: string[]; params: unknown[] } {
+  const where: string[] = [];
+  const params: unknown[] = [];
+  const filter = (sql: string, value: unknown): void => {
+    where.push(sql);
+    params.push(value);
+  };
+  if (q.plugin !== undefined) filter('e.plugin = ?', q.plugin);
+  if (q.event !== undefined) filter('e.event = ?', q.event);
+  if (q.sinceUs !== undefined) filter('e.host_time_us >= ?', q.sinceUs);
+  if (q.untilUs !== undefined) filter('e.host_time_us < ?', q.untilUs);
+  // IS NOT, not !=: a row stored without a disposition (NULL) is not a discarded one.
+  if (q.includeDiscarded !== true) where.push("e.disposition IS NOT 'discard'");
+  return { where, params };
+}
+
 export class EventQueryRunner {
   private readonly statements = new Map<string, Database.Statement<unknown[], EventRow>>();
+  private readonly firstIdAtStmt: Database.Statement<[number], number>;
+  private readonly idSpanStmt: Database.Statement<[], { lo: number | null; hi: number | null }>;
 
-  constructor(private readonly db: Database.Database) {}
+  constructor(private readonly db: Database.Database) {
+    this.firstIdAtStmt = db
+      .prepare<[number], number>('SELECT id FROM events WHERE host_time_us >= ? ORDER BY host_time_us, id LIMIT 1')
+      .pluck();
+    this.idSpanStmt = db.prepare('SELECT min(id) AS lo, max(id) AS hi FROM events');
+  }
 
-  run(q: EventQuery): VesperEvent[] {
-    const where: string[] = [];
-    const params: unknown[] = [];
-    const filter = (sql: string, value: unknown): void => {
-      where.push(sql);
-      params.push(value);
-    };
-    if (q.vm !== undefined) filter('vm = ?', q.vm);
-    if (q.plugin !== undefined) filter('plugin = ?', q.plugin);
-    if (q.event !== undefined) filter('event = ?', q.event);
-    if (q.sinceUs !== undefined) filter('host_time_us >= ?', q.sinceUs);
-    if (q.untilUs !== undefined) filter('host_time_us < ?', q.untilUs);
-    if (q.afterId !== undefined) filter('id > ?', q.afterId);
-    // IS NOT, not !=: a row stored without a disposition (NULL) is not a discarded one.
-    if (q.includeDiscarded !== true) where.push("disposition IS NOT 'discard'");
-    params.push(effectiveLimit(q.limit));
+  /** `indexedThrough`: every event up to this id is in events_by_vm. */
+  run(q: EventQuery, indexedThrough: number): VesperEvent[] {
+    const limit = effectiveLimit(q.limit);
+    if (limit === 0) return [];
+    if (q.vm === undefined) return this.scan(q, limit);
+    return this.forVm(q, q.vm, limit, indexedThrough);
+  }
 
-    const sql =
-      `SELECT ${EVENT_COLUMNS} FROM events` +
-      (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
-      ` ORDER BY id ${q.order === 'desc' ? 'DESC' : 'ASC'} LIMIT ?`;
+  private prepared(sql: string): Database.Statement<unknown[], EventRow> {
     let stmt = this.statements.get(sql);
     if (stmt === undefined) {
       stmt = this.db.prepare<unknown[], EventRow>(sql);
       this.statements.set(sql, stmt);
     }
-    return stmt.all(...params).map(eventFromRow);
+    return stmt;
+  }
+
+  private scan(q: EventQuery, limit: number): VesperEvent[] {
+    const { where, params } = rowFilters(q);
+    if (q.afterId !== undefined) {
+      where.push('e.id > ?');
+      params.push(q.afterId);
+    }
+    const sql =
+      `SELECT ${E_COLUMNS} FROM events e` +
+      (where.length > 0 ? ` WHERE ${where.join(' AND ')}` : '') +
+      ` ORDER BY e.id ${q.order === 'desc' ? 'DESC' : 'ASC'} LIMIT ?`;
+    return this.prepared(sql)
+      .all(...params, limit)
+      .map(eventFromRow);
+  }
+
+  /** ids in (lo, hi): lo exclusive, hi exclusive, from the query's cursor and time range */
+  private idRange(q: EventQuery): { lo: number; hi: number } | null {
+    const span = this.idSpanStmt.get();
+    if (span === undefined || span.lo === null || span.hi === null) return null;
+    let lo = Math.max(span.lo - 1, q.afterId ?? -Infinity);
+    let hi = span.hi + 1;
+    if (q.sinceUs !== undefined) {
+      const first = this.firstIdAtStmt.get(q.sinceUs);
+      if (first === undefined) return null;
+      lo = Math.max(lo, first - 1);
+    }
+    if (q.untilUs !== undefined) {
+      const first = this.firstIdAtStmt.get(q.untilUs);
+      if (first !== undefined) hi = Math.min(hi, first);
+    }
+    return lo + 1 < hi ? { lo, hi } : null;
+  }
+
+  private forVm(q: EventQuery, vm: string, limit: number, indexedThrough: number): VesperEvent[] {
+    const range = this.idRange(q);
+    if (range === null) return [];
+    const desc = q.order === 'desc';
+    const dir = desc ? 'DESC' : 'ASC';
+    const { where, params } = rowFilters(q);
+    const extra = where.length > 0 ? ` AND ${where.join(' AND ')}` : '';
+    const bucketSql =
+      `SELECT ${E_COLUMNS} FROM events_by_vm v JOIN events e ON e.id = v.id` +
+      ` WHERE v.bucket = ? AND v.vm = ? AND v.id > ? AND v.id < ?${extra} ORDER BY v.id ${dir} LIMIT ?`;
+    const tailSql = `SELECT ${E_COLUMNS} FROM events e WHERE e.id > ? AND e.id < ? AND e.vm = ?${extra} ORDER BY e.id ${dir} LIMIT ?`;
+    const bucketStmt = this.prepared(bucketSql);
+    const tailStmt = this.prepared(tailSql);
+
+    const rows: EventRow[] = [];
+    const indexedHi = Math.min(range.hi, indexedThrough + 1);
+    const fromBuckets = (): void => {
+      if (range.lo + 1 >= indexedHi) return;
+      const first = bucketOf(range.lo + 1);
+      const last = bucketOf(indexedHi - 1);
+      for (let i = 0; i <= last - first && rows.length < limit; i++) {
+        const b = desc ? last - i : first + i;
+        for (const r of bucketStmt.all(b, vm, range.lo, indexedHi, ...params, limit - rows.length)) rows.push(r);
+      }
+    };
+    const fromTail = (): void => {
+      const lo = Math.max(range.lo, indexedThrough);
+      if (lo + 1 >= range.hi || rows.length >= limit) return;
+      for (const r of tailStmt.all(lo, range.hi, vm, ...params, limit - rows.length)) rows.push(r);
+    };
+    if (desc) {
+      fromTail();
+      fromBuckets();
+    } else {
+      fromBuckets();
+      fromTail();
+    }
+    return rows.map(eventFromRow);
   }
 }

@@ -18,9 +18,9 @@ import {
   type FilterRule,
 } from './daemon-state.js';
 import { EventQueryRunner, type EventQuery } from './event-query.js';
-import { payloadJson } from './event-row.js';
+import { payloadColumn } from './event-row.js';
 import { RetentionPruner, type PruneResult, type Retention } from './retention.js';
-import { migrate } from './schema.js';
+import { bucketOf, INDEXED_THROUGH_KEY, migrate, VM_BUCKET_SHIFT } from './schema.js';
 import { storeError } from './store-error.js';
 
 export type { Attachment, AttachmentSpec, FilterKey, FilterRule } from './daemon-state.js';
@@ -66,7 +66,13 @@ export interface StoreStats {
   newestUs: number | null;
 }
 
-type InsertParams = [string, string, number, string, number | null, number, string | null, number | null, string | null, string];
+/** rows per multi-row INSERT: one call into SQLite for this many events */
+const INSERT_ROWS = 32;
+const COLUMNS_PER_ROW = 10;
+/** the by-VM index is brought up to date when this many rows wait for it... */
+const INDEX_EVERY_ROWS = 8192;
+/** ...or when the oldest has waited this long */
+const INDEX_EVERY_MS = 250;
 
 const DIRECTORY_MODE = 0o750;
 
@@ -84,18 +90,33 @@ function checkOptions(path: string, opts: EventStoreOptions): void {
 }
 
 export class EventStore {
-  private readonly insert: Database.Statement<InsertParams>;
-  /** fills ids[i] with the new row id of events[i], or 0 for a duplicate (row ids start at 1) */
-  private readonly insertBatch: Database.Transaction<(events: readonly VesperEvent[], ids: number[]) => void>;
-  private readonly highestSeqStmt: Database.Statement<[string, string], number | null>;
+  private readonly insertOne: Database.Statement<unknown[]>;
+  private readonly insertMany: Database.Statement<unknown[]>;
+  private readonly insertBatch: Database.Transaction<(events: readonly VesperEvent[], firstId: number) => void>;
+  private readonly indexPass: Database.Transaction<(from: number, through: number, raised: Map<string, Set<string>>) => void>;
+  private readonly runHighStmt: Database.Statement<[string, string], number | null>;
+  private readonly tailHighStmt: Database.Statement<[number, string, string], number | null>;
   private readonly countSeqsStmt: Database.Statement<[string, string], SeqCount>;
   private readonly statsStmt: Database.Statement<[], VmStats>;
-  private readonly vmStatsStmt: Database.Statement<[string], VmStats>;
+  private readonly vmBucketStatsStmt: Database.Statement<[number, string, number], VmStats>;
+  private readonly vmTailStatsStmt: Database.Statement<[number, string], VmStats>;
+  private readonly firstBucketStmt: Database.Statement<[], number | null>;
   private readonly queries: EventQueryRunner;
   private readonly pruner: RetentionPruner;
   private readonly attachments: AttachmentTable;
   private readonly filters: FilterTable;
   private readonly meta: MetaTable;
+  /** the next event's id: ids are given here, so a batch's ids are known before its commit */
+  private nextId: number;
+  /** host time of the newest event: later events never get an earlier one */
+  private lastHostUs: number;
+  /** every event up to this id is in events_by_vm and runs */
+  private indexedThrough: number;
+  private indexedAtMs = Date.now();
+  /** highest seq stored per VM and agent run, as far as it was asked or written */
+  private readonly highs = new Map<string, Map<string, number>>();
+  /** per VM, the runs whose highest seq went up since the last index pass (which saves them) */
+  private raisedRuns = new Map<string, Set<string>>();
 
   private constructor(
     private readonly db: Database.Database,
@@ -103,59 +124,106 @@ export class EventStore {
     readonly path: string,
     opts: EventStoreOptions,
   ) {
-    this.insert = db.prepare<InsertParams>(
-      `INSERT INTO events (vm, plugin, instance, event, guest_time_us, host_time_us, agent_run, seq, disposition, payload)
-       VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING`,
+    const insertSql = (rows: number): string =>
+      `INSERT INTO events (id, vm, plugin, instance, event, guest_time_us, host_time_us, agent_run, seq, disposition, payload) VALUES ` +
+      Array.from({ length: rows }, () => '(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)').join(', ');
+    this.insertOne = db.prepare(insertSql(1));
+    this.insertMany = db.prepare(insertSql(INSERT_ROWS));
+    const [one, many] = [this.insertOne, this.insertMany];
+    this.insertBatch = db.transaction((events: readonly VesperEvent[], firstId: number) => {
+      const n = events.length;
+      const row = new Array<unknown>((COLUMNS_PER_ROW + 1) * INSERT_ROWS);
+      let i = 0;
+      const put = (e: VesperEvent, at: number): void => {
+        const src = e.source;
+        row[at] = firstId + i;
+        row[at + 1] = e.vm;
+        row[at + 2] = e.plugin;
+        row[at + 3] = e.instance;
+        row[at + 4] = e.event;
+        row[at + 5] = e.guestTimeUs;
+        row[at + 6] = e.hostTimeUs;
+        row[at + 7] = src === null ? null : src.agentRun;
+        row[at + 8] = src === null ? null : src.seq;
+        row[at + 9] = e.disposition ?? null;
+        row[at + 10] = payloadColumn(e);
+      };
+      while (n - i >= INSERT_ROWS) {
+        for (let k = 0; k < INSERT_ROWS; k++, i++) put(events[i] as VesperEvent, k * (COLUMNS_PER_ROW + 1));
+        many.run(row);
+      }
+      const single = new Array<unknown>(COLUMNS_PER_ROW + 1);
+      for (; i < n; i++) {
+        const e = events[i] as VesperEvent;
+        const src = e.source;
+        single[0] = firstId + i;
+        single[1] = e.vm;
+        single[2] = e.plugin;
+        single[3] = e.instance;
+        single[4] = e.event;
+        single[5] = e.guestTimeUs;
+        single[6] = e.hostTimeUs;
+        single[7] = src === null ? null : src.agentRun;
+        single[8] = src === null ? null : src.seq;
+        single[9] = e.disposition ?? null;
+        single[10] = payloadColumn(e);
+        one.run(single);
+      }
+    });
+    const indexVm = db.prepare<[number, number]>(
+      `INSERT INTO events_by_vm (bucket, vm, id) SELECT id >> ${VM_BUCKET_SHIFT}, vm, id FROM events WHERE id > ? AND id <= ? ORDER BY 1, 2, 3`,
     );
-    const insert = this.insert;
     const raiseRun = db.prepare<[string, string, number]>(
       'INSERT INTO runs (vm, agent_run, high_seq) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET high_seq = max(high_seq, excluded.high_seq)',
     );
-    this.insertBatch = db.transaction((events: readonly VesperEvent[], ids: number[]) => {
-      // The batch's highest seq per run: a batch nearly always holds one run, so one upsert.
-      let runVm = '';
-      let run: string | null = null;
-      let high = 0;
-      for (let i = 0; i < events.length; i++) {
-        const e = events[i] as VesperEvent;
-        const src = e.source;
-        if (src !== null) {
-          if (src.agentRun !== run || e.vm !== runVm) {
-            if (run !== null) raiseRun.run(runVm, run, high);
-            [runVm, run, high] = [e.vm, src.agentRun, 0];
-          }
-          if (src.seq > high) high = src.seq;
-        }
-        const r = insert.run(
-          e.vm,
-          e.plugin,
-          e.instance,
-          e.event,
-          e.guestTimeUs,
-          e.hostTimeUs,
-          src === null ? null : src.agentRun,
-          src === null ? null : src.seq,
-          e.disposition ?? null,
-          payloadJson(e.payload),
-        );
-        ids[i] = r.changes === 0 ? 0 : (r.lastInsertRowid as number);
-      }
-      if (run !== null) raiseRun.run(runVm, run, high);
+    const setIndexed = db.prepare<[string]>(
+      `INSERT INTO meta (key, value) VALUES ('${INDEXED_THROUGH_KEY}', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
+    );
+    this.indexPass = db.transaction((from: number, through: number, raised: Map<string, Set<string>>) => {
+      indexVm.run(from, through);
+      for (const [vm, runs] of raised) for (const run of runs) raiseRun.run(vm, run, this.highs.get(vm)?.get(run) ?? 0);
+      setIndexed.run(String(through));
     });
-    this.highestSeqStmt = db.prepare<[string, string], number | null>('SELECT high_seq FROM runs WHERE vm = ? AND agent_run = ?').pluck();
+    this.runHighStmt = db.prepare<[string, string], number | null>('SELECT high_seq FROM runs WHERE vm = ? AND agent_run = ?').pluck();
+    this.tailHighStmt = db
+      .prepare<[number, string, string], number | null>('SELECT max(seq) FROM events WHERE id > ? AND vm = ? AND agent_run = ?')
+      .pluck();
     this.countSeqsStmt = db.prepare(
       `SELECT count(*) AS count, count(DISTINCT seq) AS "distinct", coalesce(min(seq), 0) AS min, coalesce(max(seq), 0) AS max
        FROM events WHERE vm = ? AND agent_run = ?`,
     );
     this.statsStmt = db.prepare('SELECT count(*) AS events, min(host_time_us) AS oldestUs, max(host_time_us) AS newestUs FROM events');
-    this.vmStatsStmt = db.prepare(
-      'SELECT count(*) AS events, min(host_time_us) AS oldestUs, max(host_time_us) AS newestUs FROM events WHERE vm = ?',
+    this.vmBucketStatsStmt = db.prepare(
+      `SELECT count(*) AS events, min(e.host_time_us) AS oldestUs, max(e.host_time_us) AS newestUs
+       FROM events_by_vm v JOIN events e ON e.id = v.id WHERE v.bucket = ? AND v.vm = ? AND v.id <= ?`,
     );
+    this.vmTailStatsStmt = db.prepare(
+      'SELECT count(*) AS events, min(host_time_us) AS oldestUs, max(host_time_us) AS newestUs FROM events WHERE id > ? AND vm = ?',
+    );
+    this.firstBucketStmt = db.prepare<[], number | null>('SELECT min(bucket) FROM events_by_vm').pluck();
     this.queries = new EventQueryRunner(db);
     this.pruner = new RetentionPruner(db, opts.retention ?? {});
     this.attachments = new AttachmentTable(db);
     this.filters = new FilterTable(db);
     this.meta = new MetaTable(db);
+    this.nextId = this.idAfterLast();
+    this.lastHostUs = (db.prepare('SELECT max(host_time_us) FROM events').pluck().get() as number | null) ?? 0;
+    this.indexedThrough = Number(this.meta.get(INDEXED_THROUGH_KEY) ?? 0);
+    // Rows a killed writer left unindexed: their runs come from the rows themselves (this
+    // process has not seen them), then the pass indexes them.
+    db.prepare<[number]>(
+      `INSERT INTO runs (vm, agent_run, high_seq)
+       SELECT vm, agent_run, max(seq) FROM events WHERE id > ? AND agent_run IS NOT NULL GROUP BY vm, agent_run
+       ON CONFLICT DO UPDATE SET high_seq = max(high_seq, excluded.high_seq)`,
+    ).run(this.indexedThrough);
+    this.indexTail();
+  }
+
+  /** AUTOINCREMENT keeps the largest id ever given (in sqlite_sequence), even once deleted. */
+  private idAfterLast(): number {
+    const seq = this.db.prepare("SELECT seq FROM sqlite_sequence WHERE name = 'events'").pluck().get() as number | undefined;
+    const max = this.db.prepare('SELECT max(id) FROM events').pluck().get() as number | null;
+    return Math.max(seq ?? 0, max ?? 0) + 1;
   }
 
   /**
@@ -189,47 +257,119 @@ export class EventStore {
     }
   }
 
-  /** Stores new events in one transaction; a record already stored is counted, not stored again. */
+  /**
+   * Stores new events in one transaction; a record already stored is counted, not stored again.
+   * Records of one agent run come in sequence order (the agent sends them so, and resends from
+   * what the store said it holds), so one at or below the run's highest stored seq is a resend.
+   * Host times never go backwards along ids: an event is given at least the host time of the
+   * one before it.
+   */
   append(events: readonly VesperEvent[]): AppendResult {
-    const ids = new Array<number>(events.length);
+    const fresh: VesperEvent[] = [];
+    /** per VM, the seqs this batch raises, kept apart until it is committed */
+    const raised = new Map<string, Map<string, number>>();
+    let duplicates = 0;
+    let lastHostUs = this.lastHostUs;
+    // consecutive events nearly always share a VM: look its maps up once per run of them
+    let vm: string | null = null;
+    let mine = new Map<string, number>();
     try {
-      this.insertBatch.immediate(events, ids);
+      for (let i = 0; i < events.length; i++) {
+        const e = events[i] as VesperEvent;
+        const src = e.source;
+        if (src !== null) {
+          if (e.vm !== vm) {
+            vm = e.vm;
+            const m = raised.get(vm);
+            if (m === undefined) raised.set(vm, (mine = new Map()));
+            else mine = m;
+          }
+          const high = mine.get(src.agentRun) ?? this.knownHigh(vm, src.agentRun);
+          if (src.seq <= high) {
+            duplicates++;
+            continue;
+          }
+          mine.set(src.agentRun, src.seq);
+        }
+        if (e.hostTimeUs < lastHostUs) e.hostTimeUs = lastHostUs;
+        else lastHostUs = e.hostTimeUs;
+        fresh.push(e);
+      }
+      if (fresh.length > 0) this.insertBatch.immediate(fresh, this.nextId);
     } catch (err) {
       throw storeError(this.path, `appending ${events.length} events`, err);
     }
-    // ids are given out only now that the batch is committed: a rolled-back batch leaves the
-    // caller's events untouched.
-    const stored: VesperEvent[] = [];
-    let duplicates = 0;
-    for (let i = 0; i < events.length; i++) {
-      const id = ids[i] as number;
-      const e = events[i] as VesperEvent;
-      if (id === 0) {
-        duplicates++;
-      } else {
-        e.id = id;
-        stored.push(e);
+    // ids and highs change only now that the batch is committed: a rolled-back batch leaves the
+    // caller's events and the store's memory untouched.
+    for (let i = 0; i < fresh.length; i++) (fresh[i] as VesperEvent).id = this.nextId + i;
+    this.nextId += fresh.length;
+    this.lastHostUs = lastHostUs;
+    for (const [vmName, seqs] of raised) {
+      const known = this.runsOf(vmName);
+      let dirty = this.raisedRuns.get(vmName);
+      if (dirty === undefined) this.raisedRuns.set(vmName, (dirty = new Set()));
+      for (const [run, seq] of seqs) {
+        known.set(run, seq);
+        dirty.add(run);
       }
     }
-    return { stored, duplicates };
+    if (this.nextId - 1 - this.indexedThrough >= INDEX_EVERY_ROWS || Date.now() - this.indexedAtMs >= INDEX_EVERY_MS) {
+      this.indexTail();
+    }
+    return { stored: fresh, duplicates };
+  }
+
+  /**
+   * Brings events_by_vm and runs up to the newest row. Failing here loses nothing: the rows
+   * stay in the unindexed tail, which queries scan, and the next pass takes them.
+   */
+  private indexTail(): void {
+    this.indexedAtMs = Date.now();
+    const through = this.nextId - 1;
+    if (through <= this.indexedThrough) return;
+    try {
+      this.indexPass.immediate(this.indexedThrough, through, this.raisedRuns);
+      this.indexedThrough = through;
+      this.raisedRuns = new Map();
+    } catch {
+      // kept in the tail; see above
+    }
+  }
+
+  /** The highest seq stored for a run: remembered, or the runs table and the unindexed tail. */
+  private knownHigh(vm: string, agentRun: string): number {
+    const runs = this.runsOf(vm);
+    let high = runs.get(agentRun);
+    if (high === undefined) {
+      high = Math.max(this.runHighStmt.get(vm, agentRun) ?? 0, this.tailHighStmt.get(this.indexedThrough, vm, agentRun) ?? 0);
+      runs.set(agentRun, high);
+    }
+    return high;
+  }
+
+  private runsOf(vm: string): Map<string, number> {
+    let runs = this.highs.get(vm);
+    if (runs === undefined) this.highs.set(vm, (runs = new Map()));
+    return runs;
   }
 
   query(q: EventQuery = {}): VesperEvent[] {
-    return this.guard('querying events', () => this.queries.run(q));
+    return this.guard('querying events', () => this.queries.run(q, this.indexedThrough));
   }
 
   /** The highest seq stored for this agent run of this VM; 0 if none. */
   highestSeq(vm: string, agentRun: string): number {
-    return this.guard('reading the highest seq', () => this.highestSeqStmt.get(vm, agentRun) ?? 0);
+    return this.guard('reading the highest seq', () => this.knownHigh(vm, agentRun));
   }
 
+  /** Counts one run's stored rows: a scan of the whole table, for tests and diagnostics. */
   countSeqs(vm: string, agentRun: string): SeqCount {
     return this.guard('counting seqs', () => this.countSeqsStmt.get(vm, agentRun) as SeqCount);
   }
 
   /** Applies the retention given to open(); see retention.ts for the bounds of one call. */
   prune(nowUs: number = Date.now() * 1000): PruneResult {
-    return this.guard('pruning', () => this.pruner.prune(nowUs));
+    return this.guard('pruning', () => this.pruner.prune(nowUs, this.nextId));
   }
 
   stats(): StoreStats {
@@ -241,7 +381,20 @@ export class EventStore {
 
   /** Events stored for one VM (discarded ones included) and their host-time span. */
   vmStats(vm: string): VmStats {
-    return this.guard('reading VM stats', () => this.vmStatsStmt.get(vm) ?? { events: 0, oldestUs: null, newestUs: null });
+    return this.guard('reading VM stats', () => {
+      const all: VmStats = { events: 0, oldestUs: null, newestUs: null };
+      const add = (s: VmStats | undefined): void => {
+        if (s === undefined || s.events === 0) return;
+        all.events += s.events;
+        if (all.oldestUs === null || (s.oldestUs !== null && s.oldestUs < all.oldestUs)) all.oldestUs = s.oldestUs;
+        if (all.newestUs === null || (s.newestUs !== null && s.newestUs > all.newestUs)) all.newestUs = s.newestUs;
+      };
+      const lo = this.firstBucketStmt.get() ?? null;
+      if (lo !== null)
+        for (let b = lo; b <= bucketOf(this.indexedThrough); b++) add(this.vmBucketStatsStmt.get(b, vm, this.indexedThrough));
+      add(this.vmTailStatsStmt.get(this.indexedThrough, vm));
+      return all;
+    });
   }
 
   saveAttachment(vm: string, probe: string, spec: AttachmentSpec): void {
@@ -291,6 +444,7 @@ export class EventStore {
     this.guard('closing', () => {
       // keeps the planner's statistics current for the next open; cheap when nothing changed
       try {
+        this.indexTail();
         this.db.pragma('optimize');
       } finally {
         this.db.close();

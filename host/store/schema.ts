@@ -70,7 +70,39 @@ INSERT INTO runs (vm, agent_run, high_seq)
   SELECT vm, agent_run, max(seq) FROM events WHERE agent_run IS NOT NULL GROUP BY vm, agent_run;
 `;
 
-const MIGRATIONS: readonly string[] = [V1, V2];
+/** ids per bucket of the by-VM index: 2^VM_BUCKET_SHIFT */
+export const VM_BUCKET_SHIFT = 14;
+/** The bucket of an id in events_by_vm (SQL: id >> VM_BUCKET_SHIFT; ids outgrow JS's 32-bit shifts). */
+export function bucketOf(id: number): number {
+  return Math.floor(id / 2 ** VM_BUCKET_SHIFT);
+}
+/** meta key: every event up to this id is in events_by_vm and runs */
+export const INDEXED_THROUGH_KEY = 'store.indexed_through';
+
+// Ingest at the rate of many guests at once: the events table is only appended to (by id, plus
+// the host-time index, which also grows at its end). Per-row indexes keyed by VM, or by VM,
+// agent run and seq, put every insert at a different place in a large B-tree: measured with
+// 1,000 VMs interleaved, they cut appends from ~260,000 to ~20,000-50,000 rows/s. So:
+// - duplicates are recognised in memory (the store keeps each run's highest seq; see runs);
+// - the by-VM index is its own table, filled from the newest rows in sorted passes every
+//   fraction of a second rather than row by row. Its key starts with a bucket of ids
+//   (id >> VM_BUCKET_SHIFT), so a pass writes into the newest bucket only. Rows after
+//   INDEXED_THROUGH_KEY (a fraction of a second of them) are found by scanning.
+const V3 = `
+DROP INDEX events_by_source;
+DROP INDEX events_by_vm_time;
+CREATE TABLE events_by_vm (
+  bucket INTEGER NOT NULL,
+  vm TEXT NOT NULL,
+  id INTEGER NOT NULL,
+  PRIMARY KEY (bucket, vm, id)
+) WITHOUT ROWID;
+INSERT INTO events_by_vm (bucket, vm, id) SELECT id >> ${VM_BUCKET_SHIFT}, vm, id FROM events ORDER BY 1, 2, 3;
+INSERT INTO meta (key, value) SELECT '${INDEXED_THROUGH_KEY}', coalesce(max(id), 0) FROM events WHERE true
+  ON CONFLICT (key) DO UPDATE SET value = excluded.value;
+`;
+
+export const MIGRATIONS: readonly string[] = [V1, V2, V3];
 
 /** The version this code writes and reads. */
 export const SCHEMA_VERSION = MIGRATIONS.length;

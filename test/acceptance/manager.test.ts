@@ -5,12 +5,13 @@ import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import Database from 'better-sqlite3';
+import type Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
 import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../../host/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
+import { openStoreForSql } from '../helpers/store-sql.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = process.getuid?.() !== 0 ? 'needs root (libvirtd, QEMU, groups)' : process.arch !== 'x64' ? 'needs an x86-64 host' : '';
@@ -102,7 +103,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       (s) => s.link === 'connected',
       () => false,
     );
-  const store = (): Database.Database => new Database(storePath, { readonly: true, fileMustExist: true });
+  const store = (): Database.Database => openStoreForSql(storePath);
   /** `vesper events -f -o json` for the VM's signal events, as a process of its own. */
   const followSignals = (): { lines: EventLine[]; stop: () => void } => {
     const p = spawn(process.execPath, [VESPER, '--socket', socket, 'events', '-f', '-o', 'json', '--vm', rig.name, '--plugin', 'signal'], {
@@ -212,7 +213,9 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
           'the discarded event in the store',
           () =>
             db
-              .prepare("SELECT disposition, payload FROM events WHERE vm = ? AND plugin = 'signal' ORDER BY id DESC LIMIT 5")
+              .prepare(
+                "SELECT disposition, payload_json(payload) AS payload FROM events WHERE vm = ? AND plugin = 'signal' ORDER BY id DESC LIMIT 5",
+              )
               .all(rig.name)
               .some((r) => {
                 const row = r as { disposition: string; payload: string };
@@ -355,7 +358,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
         (
           db
             .prepare(
-              "SELECT count(*) AS n FROM events WHERE vm = ? AND plugin = 'signal' AND json_extract(payload, '$.signal.target.pid') = ?",
+              "SELECT count(*) AS n FROM events WHERE vm = ? AND plugin = 'signal' AND json_extract(payload_json(payload), '$.signal.target.pid') = ?",
             )
             .get(rig.name, target) as { n: number }
         ).n;

@@ -225,9 +225,9 @@ describe('EventStore persistence and sequence numbers', () => {
     const st = s.stats();
     expect(st).toMatchObject({ events: 3, oldestUs: T0_US + 2000, newestUs: T0_US + 7000 });
     expect(st.bytes).toBeGreaterThan(0);
-    s.append([guestEvent('vm-b', 'r', 1, { disposition: 'discard' })]);
+    s.append([guestEvent('vm-b', 'r', 1, { disposition: 'discard', hostTimeUs: T0_US + 8000 })]);
     expect(s.vmStats('vm-a')).toEqual({ events: 3, oldestUs: T0_US + 2000, newestUs: T0_US + 7000 });
-    expect(s.vmStats('vm-b')).toEqual({ events: 1, oldestUs: T0_US + 1000, newestUs: T0_US + 1000 });
+    expect(s.vmStats('vm-b')).toEqual({ events: 1, oldestUs: T0_US + 8000, newestUs: T0_US + 8000 });
     expect(s.vmStats('nope')).toEqual({ events: 0, oldestUs: null, newestUs: null });
   });
 });
@@ -282,10 +282,10 @@ describe('EventStore retention', () => {
   it('deletes events older than maxAgeMs and keeps the rest', () => {
     const s = open('events.db', { retention: { maxAgeMs: 4_500 } });
     const nowUs = T0_US + 10_000_000;
-    // host times now - 0 s, now - 1 s, ... now - 9 s
-    s.append(Array.from({ length: 10 }, (_, k) => guestEvent('vm-a', 'r', k + 1, { hostTimeUs: nowUs - k * 1_000_000 })));
+    // host times now - 9 s, now - 8 s, ... now - 0 s
+    s.append(Array.from({ length: 10 }, (_, k) => guestEvent('vm-a', 'r', k + 1, { hostTimeUs: nowUs - (9 - k) * 1_000_000 })));
     expect(s.prune(nowUs)).toEqual({ deleted: 5, complete: true });
-    expect(s.query().map((e) => e.source?.seq)).toEqual([1, 2, 3, 4, 5]);
+    expect(s.query().map((e) => e.source?.seq)).toEqual([6, 7, 8, 9, 10]);
     expect(s.prune(nowUs).deleted).toBe(0);
   });
 
