@@ -1,7 +1,10 @@
 // Simulated guests for the manager benchmark, all in this one process: each listens on a unix
 // socket and speaks the real agent protocol (hello, hello_ack, ping/pong, record batches with
 // sequence numbers), sending RATE signal records a second stamped with the wall clock.
-// argv: DIR COUNT RATE. Tells the parent (IPC) once every socket listens.
+// argv: DIR COUNT RATE [BURST]. Tells the parent (IPC) once every socket listens.
+// With RATE 0 and BURST, each guest instead sends BURST records as one storm, as fast as the
+// link takes them (a real agent's ring draining after a burst of kernel events), in frames of
+// 512 records encoded before the link comes up, and tells the parent 'sent' when it has.
 import { createServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { encodeBatchFrame } from '../../proto/batch.js';
@@ -11,6 +14,39 @@ import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 const [dir, countText, rateText] = process.argv.slice(2) as [string, string, string];
 const count = Number(countText);
 const perTick = Math.max(1, Math.round(Number(rateText) / 100)); // ticks of 10 ms
+const burst = Number(process.argv[5] ?? 0);
+const BURST_FRAME_RECORDS = 512;
+
+function burstFrames(): Buffer[] {
+  const frames: Buffer[] = [];
+  let seq = 1;
+  while (seq <= burst) {
+    const recs: Uint8Array[] = [];
+    for (let k = 0; k < BURST_FRAME_RECORDS && seq <= burst; k++, seq++)
+      recs.push(
+        v1.Record.encode({
+          seq,
+          monoNs: 1e9 + seq,
+          wallNs: 1.7e18 + seq * 1000,
+          handle: 1,
+          eventId: 1,
+          signal: { sig: 10, code: 0, result: 1, group: true, target: { pid: 1234, comm: 'sleep' }, sender: { pid: 999, comm: 'bench' } },
+        }).finish(),
+      );
+    frames.push(encodeBatchFrame(recs));
+  }
+  return frames;
+}
+const frames = burst > 0 ? burstFrames() : [];
+
+function sendBurst(s: Socket): void {
+  let i = 0;
+  const more = (): void => {
+    while (i < frames.length) if (!s.write(frames[i++] as Buffer)) return void s.once('drain', more);
+    process.send?.('sent');
+  };
+  more();
+}
 
 interface Sim {
   socket: Socket | null;
@@ -35,7 +71,8 @@ for (let i = 0; i < count; i++) {
         const f = decodeMessage(payload);
         if (f.helloAck) {
           sim.seq = Number(f.helloAck.ackedSeq ?? 0);
-          sim.ready = true;
+          sim.ready = burst === 0;
+          if (burst > 0 && sim.seq === 0) sendBurst(s);
         } else if (f.ping)
           send({
             reqId: f.reqId,
@@ -63,21 +100,22 @@ for (let i = 0; i < count; i++) {
   });
 }
 
-setInterval(() => {
-  for (const sim of sims) {
-    if (!sim.socket || !sim.ready) continue;
-    const recs: Uint8Array[] = [];
-    for (let k = 0; k < perTick; k++)
-      recs.push(
-        v1.Record.encode({
-          seq: ++sim.seq,
-          monoNs: Math.round(performance.now() * 1e6),
-          wallNs: wallNs(),
-          handle: 1,
-          eventId: 1,
-          signal: { sig: 11, code: 1, target: { pid: 100, comm: 'demo' }, sender: { pid: 100, comm: 'demo' }, senderIsKernel: true },
-        }).finish(),
-      );
-    sim.socket.write(encodeBatchFrame(recs));
-  }
-}, 10);
+if (burst === 0)
+  setInterval(() => {
+    for (const sim of sims) {
+      if (!sim.socket || !sim.ready) continue;
+      const recs: Uint8Array[] = [];
+      for (let k = 0; k < perTick; k++)
+        recs.push(
+          v1.Record.encode({
+            seq: ++sim.seq,
+            monoNs: Math.round(performance.now() * 1e6),
+            wallNs: wallNs(),
+            handle: 1,
+            eventId: 1,
+            signal: { sig: 11, code: 1, target: { pid: 100, comm: 'demo' }, sender: { pid: 100, comm: 'demo' }, senderIsKernel: true },
+          }).finish(),
+        );
+      sim.socket.write(encodeBatchFrame(recs));
+    }
+  }, 10);
