@@ -30,14 +30,21 @@ export function encodeBatchFrame(records: readonly Uint8Array[]): Buffer {
   return out;
 }
 
-function readVarint(buf: Uint8Array, pos: number, end: number): [value: number, next: number] | null {
+/** where the last readVarint stopped (a module variable: no tuple per call on the ingest path) */
+let varintNext = 0;
+
+/** A varint of up to 35 bits at pos, or -1; sets varintNext to the byte after it. */
+function readVarint(buf: Uint8Array, pos: number, end: number): number {
   let value = 0;
   for (let shift = 0; shift < 35 && pos < end; shift += 7) {
     const b = buf[pos++] as number;
     value += (b & 0x7f) * 2 ** shift;
-    if ((b & 0x80) === 0) return [value, pos];
+    if ((b & 0x80) === 0) {
+      varintNext = pos;
+      return value;
+    }
   }
-  return null;
+  return -1;
 }
 
 /**
@@ -50,15 +57,15 @@ function readVarint(buf: Uint8Array, pos: number, end: number): [value: number, 
 export function splitBatchFrame(payload: Uint8Array): Uint8Array[] | null {
   if (payload.length < 2 || payload[0] !== TAG_FRAME_BATCH) return null;
   const len = readVarint(payload, 1, payload.length);
-  if (len === null || len[1] + len[0] !== payload.length) return null;
+  if (len < 0 || varintNext + len !== payload.length) return null;
   const out: Uint8Array[] = [];
-  let pos = len[1];
+  let pos = varintNext;
   while (pos < payload.length) {
     if (payload[pos] !== TAG_BATCH_RECORD) return null;
-    const r = readVarint(payload, pos + 1, payload.length);
-    if (r === null || r[1] + r[0] > payload.length) return null;
-    out.push(payload.subarray(r[1], r[1] + r[0]));
-    pos = r[1] + r[0];
+    const n = readVarint(payload, pos + 1, payload.length);
+    if (n < 0 || varintNext + n > payload.length) return null;
+    out.push(payload.subarray(varintNext, varintNext + n));
+    pos = varintNext + n;
   }
   return out;
 }
@@ -99,10 +106,9 @@ export function readRecordHeader(b: Uint8Array): RecordHeader | null {
   const end = b.length;
   let pos = 0;
   while (pos < end) {
-    const t = readVarint(b, pos, end);
-    if (t === null) return null;
-    const [tag, afterTag] = t;
-    pos = afterTag;
+    const tag = readVarint(b, pos, end);
+    if (tag < 0) return null;
+    pos = varintNext;
     const field = Math.floor(tag / 8);
     const wire = tag & 7;
     if (wire === 0) {
@@ -132,8 +138,8 @@ export function readRecordHeader(b: Uint8Array): RecordHeader | null {
     } else if (wire === 2) {
       if (field <= 5) return null;
       const len = readVarint(b, pos, end);
-      if (len === null || len[1] + len[0] > end) return null;
-      pos = len[1] + len[0];
+      if (len < 0 || varintNext + len > end) return null;
+      pos = varintNext + len;
       h.kind = RECORD_KINDS[field] ?? h.kind;
     } else if (wire === 1 && field > 5) pos += 8;
     else if (wire === 5 && field > 5) pos += 4;

@@ -49,7 +49,9 @@ async function main(): Promise<void> {
     process.stdout.write(vesper('attach', rig.name, 'signal', 'oom'));
     process.stdout.write(vesper('attach', rig.name, 'process', '--param', 'comms=vesper-demo-svc,vesper-exit,tail'));
     log('vesper events -f:');
-    follower = spawn(process.execPath, [cli, '--socket', socket, 'events', '-f', '--vm', rig.name], { stdio: ['ignore', 'inherit', 'inherit'] });
+    follower = spawn(process.execPath, [cli, '--socket', socket, 'events', '-f', '--vm', rig.name], {
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
     await sleep(1000);
     for (const [what, cmd] of [
       ['the demo service really segfaults', 'segv'],

@@ -2,15 +2,15 @@
 // of filters is one SQL text, prepared once and kept, so a subscriber polling with the same
 // shape of query does not re-parse SQL.
 //
-// A query for one VM reads the by-VM index (events_by_vm, see schema.ts) bucket by bucket in
-// id order, then the newest rows the index does not hold yet, so it never scans other VMs'
-// events beyond those. Host times never decrease along ids (the store keeps them so), which
+// A query for one VM reads the VM's ids from the by-VM index (vm-index.ts) bucket by bucket in
+// id order and fetches those rows, then scans the newest rows the index does not hold yet, so
+// it never reads other VMs' events beyond those. Host times never decrease along ids (the store keeps them so), which
 // turns a time range into an id range.
 
 import type Database from 'better-sqlite3';
 import type { VesperEvent } from '../notify/event.js';
 import { EVENT_COLUMNS, eventFromRow, type EventRow } from './event-row.js';
-import { bucketOf } from './schema.js';
+import type { VmIndex } from './vm-index.js';
 
 export interface EventQuery {
   vm?: string;
@@ -31,6 +31,8 @@ export interface EventQuery {
 }
 
 export const DEFAULT_QUERY_LIMIT = 1000;
+/** ids fetched per statement when reading one VM's events */
+const ID_CHUNK = 512;
 export const MAX_QUERY_LIMIT = 100_000;
 
 function effectiveLimit(limit: number | undefined): number {
@@ -71,12 +73,12 @@ export class EventQueryRunner {
     this.idSpanStmt = db.prepare('SELECT min(id) AS lo, max(id) AS hi FROM events');
   }
 
-  /** `indexedThrough`: every event up to this id is in events_by_vm. */
-  run(q: EventQuery, indexedThrough: number): VesperEvent[] {
+  /** `indexedThrough`: every event up to this id is in `index`. */
+  run(q: EventQuery, index: VmIndex, indexedThrough: number): VesperEvent[] {
     const limit = effectiveLimit(q.limit);
     if (limit === 0) return [];
     if (q.vm === undefined) return this.scan(q, limit);
-    return this.forVm(q, q.vm, limit, indexedThrough);
+    return this.forVm(q, q.vm, limit, index, indexedThrough);
   }
 
   private prepared(sql: string): Database.Statement<unknown[], EventRow> {
@@ -121,29 +123,28 @@ export class EventQueryRunner {
     return lo + 1 < hi ? { lo, hi } : null;
   }
 
-  private forVm(q: EventQuery, vm: string, limit: number, indexedThrough: number): VesperEvent[] {
+  private forVm(q: EventQuery, vm: string, limit: number, index: VmIndex, indexedThrough: number): VesperEvent[] {
     const range = this.idRange(q);
     if (range === null) return [];
     const desc = q.order === 'desc';
     const dir = desc ? 'DESC' : 'ASC';
     const { where, params } = rowFilters(q);
     const extra = where.length > 0 ? ` AND ${where.join(' AND ')}` : '';
-    const bucketSql =
-      `SELECT ${E_COLUMNS} FROM events_by_vm v JOIN events e ON e.id = v.id` +
-      ` WHERE v.bucket = ? AND v.vm = ? AND v.id > ? AND v.id < ?${extra} ORDER BY v.id ${dir} LIMIT ?`;
-    const tailSql = `SELECT ${E_COLUMNS} FROM events e WHERE e.id > ? AND e.id < ? AND e.vm = ?${extra} ORDER BY e.id ${dir} LIMIT ?`;
-    const bucketStmt = this.prepared(bucketSql);
-    const tailStmt = this.prepared(tailSql);
+    const byIdsStmt = this.prepared(
+      `SELECT ${E_COLUMNS} FROM events e WHERE e.id IN (SELECT value FROM json_each(?))${extra} ORDER BY e.id ${dir} LIMIT ?`,
+    );
+    const tailStmt = this.prepared(
+      `SELECT ${E_COLUMNS} FROM events e WHERE e.id > ? AND e.id < ? AND e.vm = ?${extra} ORDER BY e.id ${dir} LIMIT ?`,
+    );
 
     const rows: EventRow[] = [];
-    const indexedHi = Math.min(range.hi, indexedThrough + 1);
-    const fromBuckets = (): void => {
-      if (range.lo + 1 >= indexedHi) return;
-      const first = bucketOf(range.lo + 1);
-      const last = bucketOf(indexedHi - 1);
-      for (let i = 0; i <= last - first && rows.length < limit; i++) {
-        const b = desc ? last - i : first + i;
-        for (const r of bucketStmt.all(b, vm, range.lo, indexedHi, ...params, limit - rows.length)) rows.push(r);
+    const fromIndex = (): void => {
+      for (const ids of index.idsOf(vm, range.lo, Math.min(range.hi, indexedThrough + 1), desc)) {
+        for (let at = 0; at < ids.length && rows.length < limit; at += ID_CHUNK) {
+          const chunk = JSON.stringify(ids.slice(at, at + ID_CHUNK));
+          for (const r of byIdsStmt.all(chunk, ...params, limit - rows.length)) rows.push(r);
+        }
+        if (rows.length >= limit) return;
       }
     };
     const fromTail = (): void => {
@@ -153,9 +154,9 @@ export class EventQueryRunner {
     };
     if (desc) {
       fromTail();
-      fromBuckets();
+      fromIndex();
     } else {
-      fromBuckets();
+      fromIndex();
       fromTail();
     }
     return rows.map(eventFromRow);

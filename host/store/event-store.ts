@@ -20,7 +20,8 @@ import {
 import { EventQueryRunner, type EventQuery } from './event-query.js';
 import { payloadColumn } from './event-row.js';
 import { RetentionPruner, type PruneResult, type Retention } from './retention.js';
-import { bucketOf, INDEXED_THROUGH_KEY, migrate, VM_BUCKET_SHIFT } from './schema.js';
+import { INDEXED_THROUGH_KEY, migrate } from './schema.js';
+import { VmIndex } from './vm-index.js';
 import { storeError } from './store-error.js';
 
 export type { Attachment, AttachmentSpec, FilterKey, FilterRule } from './daemon-state.js';
@@ -35,6 +36,8 @@ export interface EventStoreOptions {
    */
   sync?: 'normal' | 'full';
   retention?: Retention;
+  /** the by-VM index takes the newest rows at least this often (default INDEX_EVERY_MS) */
+  indexEveryMs?: number;
 }
 
 export interface AppendResult {
@@ -70,9 +73,9 @@ export interface StoreStats {
 const INSERT_ROWS = 32;
 const COLUMNS_PER_ROW = 10;
 /** the by-VM index is brought up to date when this many rows wait for it... */
-const INDEX_EVERY_ROWS = 8192;
+const INDEX_EVERY_ROWS = 65_536;
 /** ...or when the oldest has waited this long */
-const INDEX_EVERY_MS = 250;
+export const INDEX_EVERY_MS = 1000;
 
 const DIRECTORY_MODE = 0o750;
 
@@ -87,20 +90,23 @@ function checkOptions(path: string, opts: EventStoreOptions): void {
     if (value !== undefined && !(Number.isFinite(value) && value > 0))
       bad(`retention.${name} must be a positive number, not ${String(value)}`);
   }
+  if (opts.indexEveryMs !== undefined && !(Number.isFinite(opts.indexEveryMs) && opts.indexEveryMs > 0))
+    bad(`indexEveryMs must be a positive number, not ${String(opts.indexEveryMs)}`);
 }
 
 export class EventStore {
   private readonly insertOne: Database.Statement<unknown[]>;
   private readonly insertMany: Database.Statement<unknown[]>;
   private readonly insertBatch: Database.Transaction<(events: readonly VesperEvent[], firstId: number) => void>;
-  private readonly indexPass: Database.Transaction<(from: number, through: number, raised: Map<string, Set<string>>) => void>;
+  private readonly indexPass: Database.Transaction<(through: number, raised: Map<string, Set<string>>) => void>;
+  private readonly vmIndex: VmIndex;
   private readonly runHighStmt: Database.Statement<[string, string], number | null>;
   private readonly tailHighStmt: Database.Statement<[number, string, string], number | null>;
   private readonly countSeqsStmt: Database.Statement<[string, string], SeqCount>;
   private readonly statsStmt: Database.Statement<[], VmStats>;
-  private readonly vmBucketStatsStmt: Database.Statement<[number, string, number], VmStats>;
+  private readonly hostTimeOfStmt: Database.Statement<[number], number>;
+  private readonly oldestIdStmt: Database.Statement<[], number | null>;
   private readonly vmTailStatsStmt: Database.Statement<[number, string], VmStats>;
-  private readonly firstBucketStmt: Database.Statement<[], number | null>;
   private readonly queries: EventQueryRunner;
   private readonly pruner: RetentionPruner;
   private readonly attachments: AttachmentTable;
@@ -110,9 +116,10 @@ export class EventStore {
   private nextId: number;
   /** host time of the newest event: later events never get an earlier one */
   private lastHostUs: number;
-  /** every event up to this id is in events_by_vm and runs */
+  /** every event up to this id is in vm_ids and runs */
   private indexedThrough: number;
   private indexedAtMs = Date.now();
+  private readonly indexEveryMs: number;
   /** highest seq stored per VM and agent run, as far as it was asked or written */
   private readonly highs = new Map<string, Map<string, number>>();
   /** per VM, the runs whose highest seq went up since the last index pass (which saves them) */
@@ -170,17 +177,16 @@ export class EventStore {
         one.run(single);
       }
     });
-    const indexVm = db.prepare<[number, number]>(
-      `INSERT INTO events_by_vm (bucket, vm, id) SELECT id >> ${VM_BUCKET_SHIFT}, vm, id FROM events WHERE id > ? AND id <= ? ORDER BY 1, 2, 3`,
-    );
+    this.vmIndex = new VmIndex(db);
+    const vmIndex = this.vmIndex;
     const raiseRun = db.prepare<[string, string, number]>(
       'INSERT INTO runs (vm, agent_run, high_seq) VALUES (?, ?, ?) ON CONFLICT DO UPDATE SET high_seq = max(high_seq, excluded.high_seq)',
     );
     const setIndexed = db.prepare<[string]>(
       `INSERT INTO meta (key, value) VALUES ('${INDEXED_THROUGH_KEY}', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
     );
-    this.indexPass = db.transaction((from: number, through: number, raised: Map<string, Set<string>>) => {
-      indexVm.run(from, through);
+    this.indexPass = db.transaction((through: number, raised: Map<string, Set<string>>) => {
+      vmIndex.write();
       for (const [vm, runs] of raised) for (const run of runs) raiseRun.run(vm, run, this.highs.get(vm)?.get(run) ?? 0);
       setIndexed.run(String(through));
     });
@@ -193,19 +199,17 @@ export class EventStore {
        FROM events WHERE vm = ? AND agent_run = ?`,
     );
     this.statsStmt = db.prepare('SELECT count(*) AS events, min(host_time_us) AS oldestUs, max(host_time_us) AS newestUs FROM events');
-    this.vmBucketStatsStmt = db.prepare(
-      `SELECT count(*) AS events, min(e.host_time_us) AS oldestUs, max(e.host_time_us) AS newestUs
-       FROM events_by_vm v JOIN events e ON e.id = v.id WHERE v.bucket = ? AND v.vm = ? AND v.id <= ?`,
-    );
+    this.hostTimeOfStmt = db.prepare<[number], number>('SELECT host_time_us FROM events WHERE id = ?').pluck();
+    this.oldestIdStmt = db.prepare<[], number | null>('SELECT min(id) FROM events').pluck();
     this.vmTailStatsStmt = db.prepare(
       'SELECT count(*) AS events, min(host_time_us) AS oldestUs, max(host_time_us) AS newestUs FROM events WHERE id > ? AND vm = ?',
     );
-    this.firstBucketStmt = db.prepare<[], number | null>('SELECT min(bucket) FROM events_by_vm').pluck();
     this.queries = new EventQueryRunner(db);
     this.pruner = new RetentionPruner(db, opts.retention ?? {});
     this.attachments = new AttachmentTable(db);
     this.filters = new FilterTable(db);
     this.meta = new MetaTable(db);
+    this.indexEveryMs = opts.indexEveryMs ?? INDEX_EVERY_MS;
     this.nextId = this.idAfterLast();
     this.lastHostUs = (db.prepare('SELECT max(host_time_us) FROM events').pluck().get() as number | null) ?? 0;
     this.indexedThrough = Number(this.meta.get(INDEXED_THROUGH_KEY) ?? 0);
@@ -216,6 +220,10 @@ export class EventStore {
        SELECT vm, agent_run, max(seq) FROM events WHERE id > ? AND agent_run IS NOT NULL GROUP BY vm, agent_run
        ON CONFLICT DO UPDATE SET high_seq = max(high_seq, excluded.high_seq)`,
     ).run(this.indexedThrough);
+    for (const row of db
+      .prepare<[number], { id: number; vm: string }>('SELECT id, vm FROM events WHERE id > ? ORDER BY id')
+      .iterate(this.indexedThrough))
+      this.vmIndex.note(row.vm, row.id);
     this.indexTail();
   }
 
@@ -301,7 +309,11 @@ export class EventStore {
     }
     // ids and highs change only now that the batch is committed: a rolled-back batch leaves the
     // caller's events and the store's memory untouched.
-    for (let i = 0; i < fresh.length; i++) (fresh[i] as VesperEvent).id = this.nextId + i;
+    for (let i = 0; i < fresh.length; i++) {
+      const e = fresh[i] as VesperEvent;
+      e.id = this.nextId + i;
+      this.vmIndex.note(e.vm, e.id);
+    }
     this.nextId += fresh.length;
     this.lastHostUs = lastHostUs;
     for (const [vmName, seqs] of raised) {
@@ -313,14 +325,14 @@ export class EventStore {
         dirty.add(run);
       }
     }
-    if (this.nextId - 1 - this.indexedThrough >= INDEX_EVERY_ROWS || Date.now() - this.indexedAtMs >= INDEX_EVERY_MS) {
+    if (this.nextId - 1 - this.indexedThrough >= INDEX_EVERY_ROWS || Date.now() - this.indexedAtMs >= this.indexEveryMs) {
       this.indexTail();
     }
     return { stored: fresh, duplicates };
   }
 
   /**
-   * Brings events_by_vm and runs up to the newest row. Failing here loses nothing: the rows
+   * Brings vm_ids and runs up to the newest row. Failing here loses nothing: the rows
    * stay in the unindexed tail, which queries scan, and the next pass takes them.
    */
   private indexTail(): void {
@@ -328,9 +340,10 @@ export class EventStore {
     const through = this.nextId - 1;
     if (through <= this.indexedThrough) return;
     try {
-      this.indexPass.immediate(this.indexedThrough, through, this.raisedRuns);
+      this.indexPass.immediate(through, this.raisedRuns);
       this.indexedThrough = through;
       this.raisedRuns = new Map();
+      this.vmIndex.clearPending();
     } catch {
       // kept in the tail; see above
     }
@@ -354,7 +367,7 @@ export class EventStore {
   }
 
   query(q: EventQuery = {}): VesperEvent[] {
-    return this.guard('querying events', () => this.queries.run(q, this.indexedThrough));
+    return this.guard('querying events', () => this.queries.run(q, this.vmIndex, this.indexedThrough));
   }
 
   /** The highest seq stored for this agent run of this VM; 0 if none. */
@@ -369,7 +382,7 @@ export class EventStore {
 
   /** Applies the retention given to open(); see retention.ts for the bounds of one call. */
   prune(nowUs: number = Date.now() * 1000): PruneResult {
-    return this.guard('pruning', () => this.pruner.prune(nowUs, this.nextId));
+    return this.guard('pruning', () => this.pruner.prune(nowUs, this.nextId, this.vmIndex));
   }
 
   stats(): StoreStats {
@@ -389,9 +402,21 @@ export class EventStore {
         if (all.oldestUs === null || (s.oldestUs !== null && s.oldestUs < all.oldestUs)) all.oldestUs = s.oldestUs;
         if (all.newestUs === null || (s.newestUs !== null && s.newestUs > all.newestUs)) all.newestUs = s.newestUs;
       };
-      const lo = this.firstBucketStmt.get() ?? null;
-      if (lo !== null)
-        for (let b = lo; b <= bucketOf(this.indexedThrough); b++) add(this.vmBucketStatsStmt.get(b, vm, this.indexedThrough));
+      // Retention deletes the oldest events first, so the table holds every id from its oldest
+      // on: an indexed id at or above it is an event.
+      const oldest = this.oldestIdStmt.get() ?? null;
+      if (oldest !== null) {
+        let count = 0;
+        let first = 0;
+        let last = 0;
+        for (const ids of this.vmIndex.idsOf(vm, oldest - 1, this.indexedThrough + 1, false)) {
+          count += ids.length;
+          if (first === 0) first = ids[0] as number;
+          last = ids[ids.length - 1] as number;
+        }
+        if (count > 0)
+          add({ events: count, oldestUs: this.hostTimeOfStmt.get(first) ?? null, newestUs: this.hostTimeOfStmt.get(last) ?? null });
+      }
       add(this.vmTailStatsStmt.get(this.indexedThrough, vm));
       return all;
     });

@@ -9,7 +9,7 @@
 // the checkpoint at the end of prune.
 
 import type Database from 'better-sqlite3';
-import { bucketOf } from './schema.js';
+import type { VmIndex } from './vm-index.js';
 
 export interface Retention {
   /** delete events whose host time is older than this */
@@ -41,7 +41,6 @@ export class RetentionPruner {
   private readonly anyOlderStmt: Database.Statement<[number], number>;
   private readonly deleteOldestStmt: Database.Statement<[number]>;
   private readonly oldestIdStmt: Database.Statement<[], number | null>;
-  private readonly dropBucketsStmt: Database.Statement<[number]>;
 
   constructor(
     private readonly db: Database.Database,
@@ -61,7 +60,6 @@ export class RetentionPruner {
     this.anyOlderStmt = db.prepare<[number], number>('SELECT 1 FROM events WHERE host_time_us < ? LIMIT 1').pluck();
     this.deleteOldestStmt = db.prepare('DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)');
     this.oldestIdStmt = db.prepare<[], number | null>('SELECT min(id) FROM events').pluck();
-    this.dropBucketsStmt = db.prepare('DELETE FROM events_by_vm WHERE bucket < ?');
   }
 
   liveBytes(): number {
@@ -69,7 +67,7 @@ export class RetentionPruner {
   }
 
   /** `nextId`: the id the next event will get (so: every id below it may have been used). */
-  prune(nowUs: number, nextId: number): PruneResult {
+  prune(nowUs: number, nextId: number, vmIndex: VmIndex): PruneResult {
     let budget = this.retention.pruneBudgetRows ?? PRUNE_BUDGET_ROWS;
     let deleted = 0;
     let complete = true;
@@ -101,7 +99,7 @@ export class RetentionPruner {
     // The by-VM index loses whole buckets older than the oldest event left. Entries of deleted
     // events in the bucket the oldest is in stay until that bucket goes; queries join them to
     // nothing.
-    if (deleted > 0) this.dropBucketsStmt.run(bucketOf(this.oldestIdStmt.get() ?? nextId));
+    if (deleted > 0) vmIndex.dropBelow(this.oldestIdStmt.get() ?? nextId);
     this.giveBackSpace(deleted > 0);
     return { deleted, complete };
   }

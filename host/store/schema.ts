@@ -4,6 +4,7 @@
 
 import type Database from 'better-sqlite3';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { VM_INDEX_SCHEMA, VmIndex } from './vm-index.js';
 
 const V1 = `
 CREATE TABLE events (
@@ -70,39 +71,36 @@ INSERT INTO runs (vm, agent_run, high_seq)
   SELECT vm, agent_run, max(seq) FROM events WHERE agent_run IS NOT NULL GROUP BY vm, agent_run;
 `;
 
-/** ids per bucket of the by-VM index: 2^VM_BUCKET_SHIFT */
-export const VM_BUCKET_SHIFT = 14;
-/** The bucket of an id in events_by_vm (SQL: id >> VM_BUCKET_SHIFT; ids outgrow JS's 32-bit shifts). */
-export function bucketOf(id: number): number {
-  return Math.floor(id / 2 ** VM_BUCKET_SHIFT);
-}
-/** meta key: every event up to this id is in events_by_vm and runs */
+/** meta key: every event up to this id is in vm_ids and runs */
 export const INDEXED_THROUGH_KEY = 'store.indexed_through';
 
 // Ingest at the rate of many guests at once: the events table is only appended to (by id, plus
 // the host-time index, which also grows at its end). Per-row indexes keyed by VM, or by VM,
 // agent run and seq, put every insert at a different place in a large B-tree: measured with
-// 1,000 VMs interleaved, they cut appends from ~260,000 to ~20,000-50,000 rows/s. So:
-// - duplicates are recognised in memory (the store keeps each run's highest seq; see runs);
-// - the by-VM index is its own table, filled from the newest rows in sorted passes every
-//   fraction of a second rather than row by row. Its key starts with a bucket of ids
-//   (id >> VM_BUCKET_SHIFT), so a pass writes into the newest bucket only. Rows after
-//   INDEXED_THROUGH_KEY (a fraction of a second of them) are found by scanning.
-const V3 = `
-DROP INDEX events_by_source;
-DROP INDEX events_by_vm_time;
-CREATE TABLE events_by_vm (
-  bucket INTEGER NOT NULL,
-  vm TEXT NOT NULL,
-  id INTEGER NOT NULL,
-  PRIMARY KEY (bucket, vm, id)
-) WITHOUT ROWID;
-INSERT INTO events_by_vm (bucket, vm, id) SELECT id >> ${VM_BUCKET_SHIFT}, vm, id FROM events ORDER BY 1, 2, 3;
-INSERT INTO meta (key, value) SELECT '${INDEXED_THROUGH_KEY}', coalesce(max(id), 0) FROM events WHERE true
-  ON CONFLICT (key) DO UPDATE SET value = excluded.value;
-`;
+// 1,000 VMs interleaved, they cut appends from ~260,000 to ~20,000-50,000 rows/s. So
+// duplicates are recognised in memory (the store keeps each run's highest seq; see runs), and
+// the by-VM index is vm_ids (vm-index.ts), written in passes.
+function v3(db: Database.Database): void {
+  db.exec(`
+    DROP INDEX events_by_source;
+    DROP INDEX events_by_vm_time;
+    ${VM_INDEX_SCHEMA}
+  `);
+  const index = new VmIndex(db);
+  let last = 0;
+  for (const row of db.prepare('SELECT id, vm FROM events ORDER BY id').iterate() as IterableIterator<{ id: number; vm: string }>) {
+    index.note(row.vm, row.id);
+    last = row.id;
+  }
+  index.write();
+  db.prepare('INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value').run(
+    INDEXED_THROUGH_KEY,
+    String(last),
+  );
+}
 
-export const MIGRATIONS: readonly string[] = [V1, V2, V3];
+/** Step n takes a file from version n to n + 1: SQL, or code where SQL alone cannot. */
+export const MIGRATIONS: ReadonlyArray<string | ((db: Database.Database) => void)> = [V1, V2, v3];
 
 /** The version this code writes and reads. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
@@ -137,7 +135,9 @@ export function migrate(db: Database.Database, path: string): void {
     const current = userVersion(db);
     refuseNewer(path, current);
     for (let v = current; v < SCHEMA_VERSION; v++) {
-      db.exec(MIGRATIONS[v] as string);
+      const step = MIGRATIONS[v] as string | ((db: Database.Database) => void);
+      if (typeof step === 'string') db.exec(step);
+      else step(db);
     }
     db.pragma(`user_version = ${SCHEMA_VERSION}`);
   }).immediate();

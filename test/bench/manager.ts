@@ -1,8 +1,8 @@
 // Manager benchmarks: vesperd's ingest path (decode, filter, store, deliver), many guests at
 // once (simulated agents in one child process speaking the real protocol over real unix
 // sockets), and SIGKILL of the ingest process while a real host-mode agent streams.
-import { fork, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -18,6 +18,14 @@ import { sleep, waitFor } from '../helpers/wait.js';
 import { mono, pct, round, type Metrics } from './stats.js';
 
 const SIM = join(import.meta.dirname, 'sim-agents.ts');
+const TICKS_PER_S = Number(spawnSync('getconf', ['CLK_TCK']).stdout.toString().trim()) || 100;
+
+/** CPU ticks (user + system) of one thread of a process, from /proc. */
+function threadTicks(pid: number, tid: number): number {
+  const f = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return Number(rest[11]) + Number(rest[12]);
+}
 
 /** A manager core as vesperd builds it: framework, store, queue, one subscriber draining. */
 function managerCore(dir: string) {
@@ -121,18 +129,24 @@ async function sessions(m: Metrics, n: number, rate: number, seconds: number): P
     await sleep(2000); // settle
     measuring = true;
     const cpu0 = process.cpuUsage();
+    const main0 = threadTicks(process.pid, process.pid);
+    const sim0 = sim.pid === undefined ? 0 : threadTicks(sim.pid, sim.pid);
     const w0 = mono();
     const ev0 = core.framework.counters().ingested;
     const commits0 = core.batcher.commits;
     await sleep(seconds * 1000);
     const cpu = process.cpuUsage(cpu0);
     const wall = (mono() - w0) / 1e9;
+    const mainPct = (100 * (threadTicks(process.pid, process.pid) - main0)) / TICKS_PER_S / wall;
+    const simPct = sim.pid === undefined ? NaN : (100 * (threadTicks(sim.pid, sim.pid) - sim0)) / TICKS_PER_S / wall;
     measuring = false;
     const events = core.framework.counters().ingested - ev0;
     m['manager.sessions'] = links.filter((l) => l.state === 'connected').length;
     m['manager.sessions_events_per_s'] = Math.round(events / wall);
     m['manager.sessions_commits_per_s'] = Math.round((core.batcher.commits - commits0) / wall);
     m['manager.sessions_cpu_pct'] = round((100 * (cpu.user + cpu.system)) / 1e6 / wall, 1);
+    m['manager.sessions_main_thread_cpu_pct'] = round(mainPct, 1);
+    m['manager.sessions_sim_cpu_pct'] = round(simPct, 1);
     m['manager.event_to_subscriber_ms.p50'] = round(pct(lat, 50), 3);
     m['manager.event_to_subscriber_ms.p99'] = round(pct(lat, 99), 3);
   } finally {
