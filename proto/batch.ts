@@ -47,6 +47,11 @@ function readVarint(buf: Uint8Array, pos: number, end: number): number {
   return -1;
 }
 
+/** Whether a Frame payload starts with a batch (then splitBatchFrame may take it apart). */
+export function isBatchFrame(payload: Uint8Array): boolean {
+  return payload.length >= 2 && payload[0] === TAG_FRAME_BATCH;
+}
+
 /**
  * The reverse of encodeBatchFrame: the bytes of each record of a Frame payload that holds a
  * batch and nothing else, as views into `payload`, so that the manager can keep a record

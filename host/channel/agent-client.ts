@@ -6,7 +6,7 @@
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { readRecordHeader, splitBatchFrame, type RecordHeader } from '../../proto/batch.js';
+import { isBatchFrame, readRecordHeader, splitBatchFrame, type RecordHeader } from '../../proto/batch.js';
 import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, v1, type pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
@@ -133,10 +133,14 @@ export class AgentClient extends EventEmitter {
       keepaliveMs: opts.keepaliveMs ?? 0,
     };
     if (this.opts.keepaliveMs > 0) {
-      const k = setInterval(
-        () => this.send({ reqId: 0, ping: { nonce: 0, sentMonoNs: Number(process.hrtime.bigint()) } }),
-        this.opts.keepaliveMs,
-      );
+      // A link that carried frames since the last tick needs no ping: the agent is there and
+      // knows the host is.
+      let framesAtTick = -1;
+      const k = setInterval(() => {
+        if (this.decoder.framesOk === framesAtTick)
+          this.send({ reqId: 0, ping: { nonce: 0, sentMonoNs: Number(process.hrtime.bigint()) } });
+        framesAtTick = this.decoder.framesOk;
+      }, this.opts.keepaliveMs);
       k.unref();
       this.once('close', () => clearInterval(k));
     }
@@ -363,30 +367,30 @@ export class AgentClient extends EventEmitter {
   private onFrame(payload: Buffer): void {
     // Record batches, nearly every frame: each record is decoded from its own bytes, which
     // are kept (copied once, out of the decoder's buffer) for the store.
-    const parts = splitBatchFrame(payload);
-    if (parts !== null) {
+    if (isBatchFrame(payload)) {
       const own = Buffer.from(payload);
-      const heads: Head[] = [];
-      for (const p of parts) {
-        const at = p.byteOffset - payload.byteOffset;
-        const bytes = own.subarray(at, at + p.length);
-        const h = readRecordHeader(bytes);
-        if (h !== null) {
-          heads.push({ h, raw: null, bytes });
-          continue;
+      const parts = splitBatchFrame(own);
+      if (parts !== null) {
+        const out: AgentRecord[] = [];
+        for (const bytes of parts) {
+          const h = readRecordHeader(bytes);
+          if (h !== null) {
+            this.received(out, h, null, bytes);
+            continue;
+          }
+          try {
+            const raw = v1.Record.decode(bytes);
+            this.received(out, headerOf(raw), raw, bytes);
+          } catch (err) {
+            this.emit(
+              'protocolError',
+              new VesperError(ErrorCode.MESSAGE_DECODE, `undecodable record: ${(err as Error).message}`, '', { cause: err }),
+            );
+          }
         }
-        try {
-          const raw = v1.Record.decode(bytes);
-          heads.push({ h: headerOf(raw), raw, bytes });
-        } catch (err) {
-          this.emit(
-            'protocolError',
-            new VesperError(ErrorCode.MESSAGE_DECODE, `undecodable record: ${(err as Error).message}`, '', { cause: err }),
-          );
-        }
+        this.deliver(out);
+        return;
       }
-      this.onBatch(heads);
-      return;
     }
     let f: pb.Frame;
     try {
@@ -399,13 +403,11 @@ export class AgentClient extends EventEmitter {
     }
     switch (f.body) {
       case 'batch':
-        this.onBatch(
-          ((f.batch!.records ?? []) as pb.Record[]).map((raw) => ({
-            h: headerOf(raw),
-            raw,
-            bytes: v1.Record.encode(raw).finish(),
-          })),
-        );
+        {
+          const out: AgentRecord[] = [];
+          for (const raw of (f.batch!.records ?? []) as pb.Record[]) this.received(out, headerOf(raw), raw, v1.Record.encode(raw).finish());
+          this.deliver(out);
+        }
         return;
       case 'hello': {
         const h = f.hello! as pb.Hello;
@@ -452,33 +454,31 @@ export class AgentClient extends EventEmitter {
     }
   }
 
-  private onBatch(records: Head[]): void {
-    const out: AgentRecord[] = [];
-    for (let i = 0; i < records.length; i++) {
-      const r = records[i]!;
-      const seq = r.h.seq;
-      if (seq <= this.lastSeq) {
-        this.duplicates++;
-        continue;
-      }
-      if (seq !== this.lastSeq + 1) {
-        this.gaps++;
-        this.emit(
-          'protocolError',
-          new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `sequence gap: expected ${this.lastSeq + 1}, got ${seq}`),
-        );
-      }
-      this.lastSeq = seq;
-      this.recordsReceived++;
-      out.push(this.typed(r));
+  /** One received record: dropped if already held, else typed and added to `out`. */
+  private received(out: AgentRecord[], h: RecordHeader, raw: pb.Record | null, bytes: Uint8Array): void {
+    const seq = h.seq;
+    if (seq <= this.lastSeq) {
+      this.duplicates++;
+      return;
     }
+    if (seq !== this.lastSeq + 1) {
+      this.gaps++;
+      this.emit('protocolError', new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `sequence gap: expected ${this.lastSeq + 1}, got ${seq}`));
+    }
+    this.lastSeq = seq;
+    this.recordsReceived++;
+    out.push(this.typed(h, raw, bytes));
+  }
+
+  /** The records of one frame, to listeners. */
+  private deliver(out: AgentRecord[]): void {
     if (!out.length) return;
     if (this.listenerCount('record')) for (const r of out) this.emit('record', r);
     this.emit('batch', out);
     if (this.opts.autoAck) this.ack();
   }
 
-  private typed({ h, raw, bytes }: Head): AgentRecord {
+  private typed(h: RecordHeader, raw: pb.Record | null, bytes: Uint8Array): AgentRecord {
     const kind = (h.kind ?? 'generic') as RecordKind;
     if (h.handle === 0)
       return new AgentRecord(h.seq, h.monoNs, h.wallNs, 0, 'agent', 0, kind === 'loss' ? 'loss' : 'probe_fault', kind, bytes, raw);
@@ -501,13 +501,6 @@ export class AgentClient extends EventEmitter {
 /** A decoded record's header (field by field: protobufjs keeps defaults on the prototype). */
 function headerOf(raw: pb.Record): RecordHeader {
   return { seq: raw.seq, monoNs: raw.monoNs, wallNs: raw.wallNs, handle: raw.handle, eventId: raw.eventId, kind: raw.payload ?? null };
-}
-
-/** A received record before it is typed: its header, its decode if made, its bytes. */
-interface Head {
-  h: RecordHeader;
-  raw: pb.Record | null;
-  bytes: Uint8Array;
 }
 
 function kv(o: Record<string, string> | undefined): pb.IParamValue[] {

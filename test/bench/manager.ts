@@ -105,7 +105,7 @@ async function ingest(m: Metrics): Promise<void> {
 }
 
 /** N simulated guests at R events/s each, one GuestLink per guest, as vesperd keeps them. */
-async function sessions(m: Metrics, n: number, rate: number, seconds: number): Promise<void> {
+export async function sessions(m: Metrics, n: number, rate: number, seconds: number): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vesper-bench-sess-'));
   const core = managerCore(dir);
   const sim = forkSims(dir, [String(n), String(rate)]);
@@ -146,6 +146,7 @@ async function sessions(m: Metrics, n: number, rate: number, seconds: number): P
     m['manager.sessions_commits_per_s'] = Math.round((core.batcher.commits - commits0) / wall);
     m['manager.sessions_cpu_pct'] = round((100 * (cpu.user + cpu.system)) / 1e6 / wall, 1);
     m['manager.sessions_main_thread_cpu_pct'] = round(mainPct, 1);
+    m['manager.sessions_system_cpu_pct'] = round((100 * cpu.system) / 1e6 / wall, 1);
     m['manager.sessions_sim_cpu_pct'] = round(simPct, 1);
     m['manager.event_to_subscriber_ms.p50'] = round(pct(lat, 50), 3);
     m['manager.event_to_subscriber_ms.p99'] = round(pct(lat, 99), 3);

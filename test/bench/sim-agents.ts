@@ -13,7 +13,9 @@ import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 
 const [dir, countText, rateText] = process.argv.slice(2) as [string, string, string];
 const count = Number(countText);
-const perTick = Math.max(1, Math.round(Number(rateText) / 100)); // ticks of 10 ms
+// ticks of 10 ms, or longer below 100 records/s: one record per tick then
+const tickMs = Math.max(10, Math.round(1000 / Math.max(1, Number(rateText))));
+const perTick = Math.max(1, Math.round((Number(rateText) * tickMs) / 1000));
 const burst = Number(process.argv[5] ?? 0);
 const BURST_FRAME_RECORDS = 512;
 
@@ -118,4 +120,4 @@ if (burst === 0)
         );
       sim.socket.write(encodeBatchFrame(recs));
     }
-  }, 10);
+  }, tickMs);
