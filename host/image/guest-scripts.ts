@@ -49,9 +49,14 @@ i=0
 while [ $i -lt 50 ] && ! grep -qsx ${AGENT_PORT} /sys/class/virtio-ports/*/name; do sleep 0.1; i=$((i + 1)); done
 
 # respawn NAME PIDFILE CMD...: runs CMD forever, 1 s apart. The pid file is how the fault
-# helper finds its targets.
+# helper finds its targets. While the hold file next to it (/run/NAME.hold for /run/NAME.pid)
+# exists, a dead CMD stays dead: the fault helper's *-svc faults create it so that a polling
+# monitor (Pacemaker's, every 10 s) can see the service down, as it would a service that does
+# not come back. A forgotten hold must not keep the guest broken, so it lapses after 10 min.
+mkfifo /run/vesper-respawn.idle
 respawn() {
   name=$1 pidfile=$2
+  hold=\${pidfile%.pid}.hold
   shift 2
   while :; do
     say "$name starting"
@@ -60,6 +65,15 @@ respawn() {
     wait $!
     say "$name exited with status $?, restarting in 1 s"
     sleep 1
+    held=0
+    while [ -e "$hold" ] && [ $held -lt 3000 ]; do
+      [ $held -eq 0 ] && say "$name held down while $hold exists"
+      # A timed read on a FIFO nobody writes waits without forking sleep 5 times a second,
+      # which would flood the exec events the tests watch.
+      if [ -p /run/vesper-respawn.idle ]; then read -r -t 0.2 _ <> /run/vesper-respawn.idle; else sleep 0.2; fi
+      held=$((held + 1))
+    done
+    [ $held -gt 0 ] && say "$name was held down for $((held / 5)) s, restarting"
   done
 }
 
@@ -96,11 +110,28 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *   sigstorm N [R]   ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them,
  *                                          paced at R per second when R is given
  *   stat PID         ok stat TICKS HZ UPTIME UTIME STIME  CPU time of a task (benchmarks)
+ *   svc [TAG]        ok svc PID [TAG]       the demo service runs (cheap: builtins only, no fork)
+ *                    err svc down [TAG]     it does not (dead, a zombie, or between restarts);
+ *                                           TAG is echoed so a caller can tell its own answer
+ *                                           from a late one meant for a client that gave up
+ * The *-svc faults leave the demo service DOWN: they create /run/vesper-demo-svc.hold, which
+ * keeps init from restarting it (for up to 10 min) until release-svc.
+ *   segv-svc         ok segv-svc PID        as segv (a real SIGSEGV), held down
+ *   oom-svc          ok oom-svc SVC HOG     the demo service and a tail /dev/zero hog share a
+ *                                           fresh cgroup (memory.max 32M, memory.oom.group 1):
+ *                                           the kernel OOM-kills the whole group, the service
+ *                                           with it (answered before the kill), held down
+ *   svc-events       ok svc-events KEY N... memory.events of the oom-svc group, flattened
+ *                                           (e.g. "... oom 1 oom_kill 3 oom_group_kill 1")
+ *   release-svc      ok release-svc         removes the hold (init restarts the service within
+ *                                           1 s) and the oom-svc group; a no-op otherwise
  */
 export function faultHelperScript(): string {
   return `#!/bin/sh
 # vesper-fault: test-only fault injector (see host/image/guest-scripts.ts for the protocol).
 CG=/sys/fs/cgroup/vesper-oom
+SVC_CG=/sys/fs/cgroup/vesper-svc
+HOLD=/run/vesper-demo-svc.hold
 CR=$(printf '\\r')
 # Sends N SIGUSR1s to PID, paced at R per second (as fast as it can when R is 0): it sleeps
 # when ahead of the schedule instead of spinning, so a single-vCPU guest still runs the agent.
@@ -160,6 +191,65 @@ demo_ready() {
 }
 
 number() { case $1 in '' | *[!0-9]*) return 1 ;; esac; }
+
+# Sets $svc to the demo service's pid when it runs, else empties it. Builtins only, so that a
+# monitor asking every few seconds costs the guest no fork and the tests see no exec. The pid
+# file outlives the process: a zombie, a reused pid or init's child between fork and exec is
+# not the service.
+svc_alive() {
+  svc= comm= st=
+  read -r svc 2> /dev/null < /run/vesper-demo-svc.pid
+  if number "$svc"; then
+    read -r comm 2> /dev/null < /proc/$svc/comm
+    read -r st 2> /dev/null < /proc/$svc/stat
+    st=\${st##*) }
+    case $comm:$st in vesper-demo-svc:[!ZX]*) return 0 ;; esac
+  fi
+  svc=
+  return 1
+}
+
+# Empties and removes the oom-svc group. A demo service still alive in it goes back to the root
+# group first (only the OOM killer is meant to take it down); the rest (the hog) is killed.
+# Bounded: 5 s for the group to empty.
+svc_cg_clean() {
+  [ -d $SVC_CG ] || return 0
+  svc_alive && echo "$svc" 2> /dev/null > /sys/fs/cgroup/cgroup.procs
+  if ! echo 1 2> /dev/null > $SVC_CG/cgroup.kill; then
+    while read -r p; do kill -KILL "$p"; done 2> /dev/null < $SVC_CG/cgroup.procs
+  fi
+  i=0 pop=
+  while [ $i -lt 50 ]; do
+    pop=
+    while read -r k v; do [ "$k" = populated ] && pop=$v; done 2> /dev/null < $SVC_CG/cgroup.events
+    [ "$pop" = 0 ] && break
+    idle 0.1
+    i=$((i + 1))
+  done
+  # Reaps the hog; only once it is surely dead, since wait would block on a live one.
+  [ -n "$svchog" ] && [ "$pop" = 0 ] && wait "$svchog" 2> /dev/null
+  svchog=
+  rmdir $SVC_CG 2> /dev/null || echo "vesper-fault: cannot remove $SVC_CG" > /dev/console
+}
+
+# Answers and leaves: unlike oom, it does not wait for the kill, so that svc queries (a
+# monitor's) are answered while the group dies. The next release-svc or oom-svc reaps the hog.
+do_oom_svc() {
+  svc_cg_clean
+  if [ -e $HOLD ] && ! svc_alive; then reply "err oom-svc demo service is held down (release-svc first)"; return; fi
+  if ! demo_ready; then reply "err oom-svc demo service not running"; return; fi
+  : > $HOLD
+  if ! { mkdir $SVC_CG && echo 32M > $SVC_CG/memory.max && echo 1 > $SVC_CG/memory.oom.group && echo "$demo" > $SVC_CG/cgroup.procs; } 2> /dev/null; then
+    svc_cg_clean
+    rm -f $HOLD
+    reply "err oom-svc cannot set up $SVC_CG"
+    return
+  fi
+  [ -e $SVC_CG/memory.swap.max ] && echo 0 > $SVC_CG/memory.swap.max
+  /bin/sh -c "echo \\$\\$ > $SVC_CG/cgroup.procs && exec /usr/bin/tail /dev/zero" < /dev/null 3>&- 4>&- &
+  svchog=$!
+  reply "ok oom-svc $demo $svchog"
+}
 
 do_oom() {
   rmdir $CG 2> /dev/null
@@ -267,6 +357,35 @@ while :; do
       ;;
     hang)
       if number "$arg"; then do_hang "$arg"; else reply "err hang usage: hang SECONDS"; fi
+      ;;
+    svc)
+      if svc_alive; then reply "ok svc $svc\${arg:+ $arg}"; else reply "err svc down\${arg:+ $arg}"; fi
+      ;;
+    segv-svc)
+      # demo_ready first: a service held down would keep it waiting 5 s for nothing, and one in
+      # its respawn pause must not find the hold already there.
+      if [ -e $HOLD ] && ! svc_alive; then
+        reply "err segv-svc demo service is held down (release-svc first)"
+      elif demo_ready; then
+        : > $HOLD
+        if kill -USR1 "$demo"; then reply "ok segv-svc $demo"; else
+          rm -f $HOLD
+          reply "err segv-svc cannot signal $demo"
+        fi
+      else reply "err segv-svc demo service not running"; fi
+      ;;
+    oom-svc) do_oom_svc ;;
+    svc-events)
+      if [ -r $SVC_CG/memory.events ]; then
+        ev=
+        while read -r k v; do ev="$ev $k $v"; done < $SVC_CG/memory.events
+        reply "ok svc-events$ev"
+      else reply "err svc-events no oom-svc group"; fi
+      ;;
+    release-svc)
+      svc_cg_clean
+      rm -f $HOLD
+      reply "ok release-svc"
       ;;
     kill-agent)
       p=

@@ -93,6 +93,11 @@ export class VmRig {
     this.events.start();
   }
 
+  /** The domain XML this rig defines (also what a cluster manager's VirtualDomain is given). */
+  domainXml(accel: Accel = this.accel): string {
+    return this.xml(accel);
+  }
+
   private xml(accel: Accel): string {
     return guestDomainXml({
       name: this.name,
