@@ -26,6 +26,7 @@ export declare namespace apipb {
   type IVmDetail = A.api.v1.IVmDetail;
   type IAttachedProbe = A.api.v1.IAttachedProbe;
   type IProbeInfo = A.api.v1.IProbeInfo;
+  type IHostEvent = A.api.v1.IHostEvent;
 }
 
 /** API messages are small; a follower's event batch is capped well below this. */

@@ -58,6 +58,10 @@ export const ErrorCode = {
   FENCE_LOCKED: 'VSP_FENCE_LOCKED',
   PERMISSION_DENIED: 'VSP_PERMISSION_DENIED',
   DAEMON_UNREACHABLE: 'VSP_DAEMON_UNREACHABLE',
+  // Pacemaker (host/actions/pacemaker.ts): its tools missing or its cluster not reachable here;
+  // a VM, resource or node that Pacemaker does not know by the name vesper gave
+  PACEMAKER_UNAVAILABLE: 'VSP_PACEMAKER_UNAVAILABLE',
+  PACEMAKER_MAPPING: 'VSP_PACEMAKER_MAPPING',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -65,9 +69,9 @@ export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 /** Exit statuses for command-line tools, one place for the mapping. */
 export function exitStatusFor(code: string): number {
   if (code === ErrorCode.USAGE || code === ErrorCode.FILTER_INVALID || code === ErrorCode.PARAM_UNKNOWN) return 2;
-  if (code === ErrorCode.CONFIG_INVALID) return 78; // EX_CONFIG
+  if (code === ErrorCode.CONFIG_INVALID || code === ErrorCode.PACEMAKER_MAPPING) return 78; // EX_CONFIG
   if (code === ErrorCode.PERMISSION_DENIED) return 77; // EX_NOPERM
-  if (code === ErrorCode.DAEMON_UNREACHABLE) return 69; // EX_UNAVAILABLE
+  if (code === ErrorCode.DAEMON_UNREACHABLE || code === ErrorCode.PACEMAKER_UNAVAILABLE) return 69; // EX_UNAVAILABLE
   if (code === ErrorCode.VM_NOT_FOUND || code === ErrorCode.DOMAIN_NOT_FOUND || code === ErrorCode.PLUGIN_NOT_FOUND) return 3;
   if (code === ErrorCode.CONNECT_FAILED || code === ErrorCode.DISCONNECTED) return 69; // EX_UNAVAILABLE
   if (code.startsWith('VSP_PROBE_')) return 65; // EX_DATAERR

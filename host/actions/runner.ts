@@ -1,13 +1,15 @@
-// ActionRunner: where the filter's `action` decisions become exec / restart / failover.
+// ActionRunner: where the filter's `action` decisions become exec / restart / failover /
+// pacemaker-fail / pacemaker-attr.
 //
 // run() is called on the ingest path, so it only parses, checks and queues; it never throws and
 // never waits. Per VM, actions run one at a time in arrival order (two actions on one domain at
 // once — a restart racing a failover — would fight over it); different VMs run in parallel.
-// A restart or failover that arrives while an identical one is running or waiting for the same
+// Anything but exec that arrives while an identical action is running or waiting for the same
 // VM is coalesced into it: a dying VM raises several events (libvirt's, the heartbeat's, the
-// probes') that all mean the same thing, and restarting it once per event would be wrong. exec
-// is not coalesced: each event is the script's input. Whatever is admitted counts against the
-// per-VM rate limit. Every outcome — done, failed, refused, coalesced — goes to onResult.
+// probes') that all mean the same thing, and restarting it — or failing its Pacemaker resource,
+// which adds to its fail-count each time — once per event would be wrong. exec is not
+// coalesced: each event is the script's input. Whatever is admitted counts against the per-VM
+// rate limit. Every outcome — done, failed, refused, coalesced — goes to onResult.
 import { hostname } from 'node:os';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { Hypervisor } from '../libvirt/hypervisor.js';
@@ -16,12 +18,13 @@ import { runExec } from './exec.js';
 import { FailoverError, failover } from './failover.js';
 import type { FenceLock } from './fence-lock.js';
 import { silentLog, type ActionLog } from './log.js';
+import { PacemakerActions, noResourceMessage } from './pacemaker.js';
 import { parseAction, type ParsedAction } from './parse.js';
 import type { ActionRateLimiter } from './rate-limit.js';
 import { restartDomain } from './restart.js';
 
 export interface ActionResult {
-  /** the action name as the filter gave it ('exec', 'restart', 'failover', or an unknown one) */
+  /** the action name as the filter gave it ('exec', 'restart', 'failover', 'pacemaker-fail', ..., or an unknown one) */
   action: string;
   ok: boolean;
   /** why it failed or was refused */
@@ -51,6 +54,8 @@ export interface ActionRunnerOptions {
   actionTimeoutMs?: number;
   /** working directory of exec'd programs (default the daemon's) */
   execCwd?: string;
+  /** pacemaker-fail and pacemaker-attr (default: no VM mapping, crm_node -n for the node) */
+  pacemaker?: PacemakerActions;
 }
 
 interface Job {
@@ -73,10 +78,12 @@ export class ActionRunner {
   private idleWaiters: Array<() => void> = [];
   private readonly log: ActionLog;
   private readonly owner: string;
+  private readonly pacemaker: PacemakerActions;
 
   constructor(private readonly o: ActionRunnerOptions) {
     this.log = o.log ?? silentLog;
     this.owner = o.owner ?? `${hostname()}/${process.pid}`;
+    this.pacemaker = o.pacemaker ?? new PacemakerActions(undefined, this.log);
   }
 
   /** Starts (or queues) an action for an event. Never throws; the outcome goes to onResult. */
@@ -109,8 +116,14 @@ export class ActionRunner {
       return;
     }
     const vm = ev.vm;
-    if (parsed.kind !== 'exec' && !vm) {
+    // A node attribute is about this host, so the host's own events may set it too.
+    if (parsed.kind !== 'exec' && parsed.kind !== 'pacemaker-attr' && !vm) {
       this.report(ev, action, new VesperError(ErrorCode.ACTION_FAILED, `${action} needs a VM; this event is the host's own`), { args });
+      return;
+    }
+    // Before the rate limit: a mapping mistake must not use up the VM's actions.
+    if (parsed.kind === 'pacemaker-fail' && parsed.resource === undefined && this.pacemaker.resourceOf(vm) === undefined) {
+      this.report(ev, action, new VesperError(ErrorCode.PACEMAKER_MAPPING, noResourceMessage(vm)), { args });
       return;
     }
     if (parsed.kind === 'failover' && !parsed.standbyUri && !this.o.standbyUri) {
@@ -246,6 +259,10 @@ export class ActionRunner {
         });
         return { error: null, detail: { standbyUri, standbyName: r.standbyName, destroyed: r.destroyed, steps: r.steps } };
       }
+      case 'pacemaker-fail':
+        return this.pacemaker.fail(vm, { resource: p.resource, node: p.node });
+      case 'pacemaker-attr':
+        return this.pacemaker.setAttribute(vm, { name: p.name, value: p.value, node: p.node });
     }
   }
 
@@ -277,6 +294,8 @@ export class ActionRunner {
 function sameAction(a: ParsedAction, b: ParsedAction): boolean {
   if (a.kind !== b.kind) return false;
   if (a.kind === 'failover' && b.kind === 'failover') return a.standbyUri === b.standbyUri && a.standbyName === b.standbyName;
+  if (a.kind === 'pacemaker-fail' && b.kind === 'pacemaker-fail') return a.resource === b.resource && a.node === b.node;
+  if (a.kind === 'pacemaker-attr' && b.kind === 'pacemaker-attr') return a.name === b.name && a.value === b.value && a.node === b.node;
   return a.kind === 'restart';
 }
 

@@ -4,8 +4,10 @@
 import { Command, Option } from 'commander';
 import type { apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
+import { ACTION_NAMES, ACTION_USAGE } from '../actions/parse.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import { parseDuration } from '../config/units.js';
+import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
 
@@ -252,6 +254,47 @@ export function buildProgram(): Command {
       },
     );
 
+  // Not for people: Pacemaker's alert agent (host/pacemaker/alert-agent.sh) runs it as
+  // hacluster, with the alert in CRM_alert_* variables. Its default socket is the alert socket,
+  // which hacluster may use; --socket or VESPER_SOCKET point it elsewhere.
+  program
+    .command('alert-pacemaker', { hidden: true })
+    .description("send the Pacemaker alert in this environment's CRM_alert_* variables to vesperd (what the alert agent runs)")
+    .option('--timeout <duration>', 'give up after this long, connecting included', '5s')
+    .option('--dry-run', 'print the event instead of sending it')
+    .action(async (o: { timeout: string; dryRun?: boolean }, cmd: Command) => {
+      let ms: number;
+      try {
+        ms = parseDuration(o.timeout);
+      } catch (err) {
+        throw new VesperError(ErrorCode.USAGE, `--timeout: ${(err as Error).message}`);
+      }
+      const { event, payload } = alertEvent(process.env);
+      if (o.dryRun) {
+        process.stdout.write(`${JSON.stringify({ plugin: 'pacemaker', vm: '', event, payload })}\n`);
+        return;
+      }
+      const socket = (cmd.optsWithGlobals() as { socket?: string }).socket ?? process.env['VESPER_SOCKET'] ?? DEFAULT_ALERT_SOCKET;
+      const started = Date.now();
+      const c = await ApiClient.connect(socket, ms);
+      let timer: NodeJS.Timeout | undefined;
+      try {
+        const r = await Promise.race([
+          c.request({ hostEvent: { plugin: 'pacemaker', vm: '', event, payloadJson: JSON.stringify(payload) } }),
+          new Promise<never>((_, reject) => {
+            timer = setTimeout(
+              () => reject(new VesperError(ErrorCode.REQUEST_TIMEOUT, `vesperd did not take the alert within ${ms} ms`)),
+              Math.max(1, ms - (Date.now() - started)),
+            );
+          }),
+        ]);
+        process.stdout.write(`${r.ok?.message ?? 'sent'}\n`);
+      } finally {
+        clearTimeout(timer);
+        c.close();
+      }
+    });
+
   program
     .command('daemon')
     .description('run vesperd in the foreground (what the systemd unit starts)')
@@ -268,7 +311,7 @@ function ruleOf(vm: string, plugin: string, instance: string, event: string, dec
   if (!['notify', 'discard', 'action'].includes(decision))
     throw new VesperError(ErrorCode.FILTER_INVALID, `decision must be notify, discard or action, got ${JSON.stringify(decision)}`);
   if (decision === 'action' && !action.length)
-    throw new VesperError(ErrorCode.FILTER_INVALID, 'action needs a name: exec PATH [ARG...], restart, or failover --standby-uri URI');
+    throw new VesperError(ErrorCode.FILTER_INVALID, `action needs a name: ${ACTION_NAMES.map((n) => ACTION_USAGE[n]).join(' | ')}`);
   if (decision !== 'action' && action.length)
     throw new VesperError(ErrorCode.FILTER_INVALID, `${decision} takes no arguments (got ${action.join(' ')})`);
   return { vm, plugin, instance, event, decision, action: action[0] ?? '', args: action.slice(1) };

@@ -108,9 +108,10 @@ export function knownKeysAt(schema: z.ZodType, path: readonly (string | number)[
   };
   for (const seg of path) {
     s = unwrap(s);
-    const def = (s as { def?: { type?: string; shape?: Record<string, unknown>; element?: unknown } }).def;
+    const def = (s as { def?: { type?: string; shape?: Record<string, unknown>; element?: unknown; valueType?: unknown } }).def;
     if (def?.type === 'object' && typeof seg === 'string') s = def.shape?.[seg];
     else if (def?.type === 'array' && typeof seg === 'number') s = def.element;
+    else if (def?.type === 'record' && typeof seg === 'string') s = def.valueType;
     else return [];
   }
   const def = (unwrap(s) as { def?: { type?: string; shape?: Record<string, unknown> } }).def;
@@ -144,6 +145,12 @@ export function problemsOfIssues(issues: readonly z.core.$ZodIssue[], raw: unkno
           message: `unknown key${near ? ` (did you mean "${near}"?)` : ''}; allowed here: ${known.join(', ')}`,
         });
       }
+      continue;
+    }
+    if (iss.code === 'invalid_key') {
+      // A mapping's key (a VM name under pacemaker.vms): the key's own complaint, at the key.
+      const key = path[path.length - 1];
+      out.push({ path, atKey: true, message: `${iss.issues[0]?.message ?? iss.message}, got ${shown(String(key))}` });
       continue;
     }
     const value = valueAt(raw, path);

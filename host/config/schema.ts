@@ -4,7 +4,19 @@
 // and its action, reconnect_min against reconnect_max) are in crossCheck(), which runs on the raw
 // data so that they are reported even when some other key is wrong too.
 import { z } from 'zod';
-import { ACTION_NAMES, isLibvirtUri, parseAction } from '../actions/parse.js';
+import {
+  ACTION_NAMES,
+  PACEMAKER_ATTRIBUTE_HINT,
+  PACEMAKER_NODE_HINT,
+  PACEMAKER_RESOURCE_HINT,
+  actionProblemForVm,
+  isLibvirtUri,
+  isPacemakerAttribute,
+  isPacemakerNode,
+  isPacemakerResource,
+  parseAction,
+} from '../actions/parse.js';
+import { DEFAULT_ALERT_SOCKET } from '../pacemaker/alert-event.js';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
 
 export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
@@ -37,6 +49,21 @@ export interface AttachRuleConfig {
   probes: AttachProbeConfig[];
 }
 
+export interface PacemakerConfig {
+  /** VM (libvirt domain name) → its Pacemaker resource and, optionally, node */
+  vms: Record<string, { resource: string; node?: string }>;
+  /** this host's Pacemaker node name; undefined: `crm_node -n` */
+  node?: string;
+  /** pacemaker-attr's default attribute */
+  healthAttribute: string;
+  /** ms one run of a Pacemaker tool may take */
+  toolsTimeout: number;
+  /** the socket Pacemaker's alert agent reports to (HostEvent requests only) */
+  alertSocket: string;
+  /** the group that may use it: Pacemaker's, whose user runs alert agents */
+  alertGroup: string;
+}
+
 export interface Config {
   daemon: { socket: string; group: string; logLevel: LogLevel };
   libvirt: { uri: string; channel: string };
@@ -60,6 +87,8 @@ export interface Config {
   filters: FilterRuleConfig[];
   /** probes to attach to matching VMs when they are first seen */
   attach: AttachRuleConfig[];
+  /** present when the file has a pacemaker section: alerts are taken, mapped VMs get the plugin */
+  pacemaker?: PacemakerConfig;
 }
 
 // ------------------------------------------------------------------ field types
@@ -149,6 +178,30 @@ const filterSchema = mapping('a filter rule', {
   args: z.array(z.string({ error: 'must be a string (quote numbers)' }), { error: 'must be a list of strings' }).optional(),
 });
 
+function pacemakerName(what: string, test: (s: string) => boolean, hint: string) {
+  return z.string({ error: `must be ${what}` }).refine(test, { error: `must be ${what} (${hint})` });
+}
+
+const pacemakerVmSchema = mapping("a VM's Pacemaker resource", {
+  resource: pacemakerName('a Pacemaker resource id', isPacemakerResource, PACEMAKER_RESOURCE_HINT),
+  node: pacemakerName('a Pacemaker node name', isPacemakerNode, PACEMAKER_NODE_HINT).optional(),
+});
+
+const pacemakerSchema = mapping('a mapping', {
+  vms: z
+    .record(
+      z.string().refine((s) => s !== '' && s !== '*' && !CONTROL.test(s), { error: "must be a VM's libvirt domain name" }),
+      pacemakerVmSchema,
+      { error: 'must be a mapping of VM names to { resource, node }' },
+    )
+    .prefault({}),
+  node: pacemakerName('a Pacemaker node name', isPacemakerNode, PACEMAKER_NODE_HINT).optional(),
+  health_attribute: pacemakerName('a node attribute name', isPacemakerAttribute, PACEMAKER_ATTRIBUTE_HINT).prefault('vesper-health'),
+  tools_timeout: duration('10s'),
+  alert_socket: absolutePath("the alert agent's socket path").prefault(DEFAULT_ALERT_SOCKET),
+  alert_group: text('a group name').prefault('haclient'),
+});
+
 const paramValue = z.union([z.string(), z.number(), z.boolean()], { error: 'must be a string, number or boolean' });
 
 const probeSchema = mapping('a probe', {
@@ -199,6 +252,7 @@ export const fileSchema = mapping('a mapping of sections', {
   }).prefault({}),
   filters: z.array(filterSchema, { error: 'must be a list of filter rules' }).prefault([]),
   attach: z.array(attachSchema, { error: 'must be a list of attach rules' }).prefault([]),
+  pacemaker: pacemakerSchema.optional(),
 });
 
 export type FileConfig = z.output<typeof fileSchema>;
@@ -235,6 +289,20 @@ export function toConfig(f: FileConfig): Config {
         params: Object.fromEntries(Object.entries(p.params).map(([k, v]) => [k, String(v)])),
       })),
     })),
+    ...(f.pacemaker ? { pacemaker: toPacemakerConfig(f.pacemaker) } : {}),
+  };
+}
+
+function toPacemakerConfig(p: NonNullable<FileConfig['pacemaker']>): PacemakerConfig {
+  return {
+    vms: Object.fromEntries(
+      Object.entries(p.vms).map(([vm, m]) => [vm, { resource: m.resource, ...(m.node !== undefined ? { node: m.node } : {}) }]),
+    ),
+    ...(p.node !== undefined ? { node: p.node } : {}),
+    healthAttribute: p.health_attribute,
+    toolsTimeout: p.tools_timeout,
+    alertSocket: p.alert_socket,
+    alertGroup: p.alert_group,
   };
 }
 
@@ -261,6 +329,21 @@ export function crossCheck(raw: unknown, suggest: (word: string, choices: readon
   if (!isObj(raw)) return out;
   const actions = isObj(raw.actions) ? raw.actions : {};
   const defaultStandby = typeof actions.standby_uri === 'string';
+  const pcmk = isObj(raw.pacemaker) ? raw.pacemaker : {};
+  const pcmkVms = isObj(pcmk.vms) ? pcmk.vms : {};
+  // An alert names a resource, and the resource's VM gets the event: one VM per resource.
+  const owner = new Map<string, string>();
+  for (const [vm, m] of Object.entries(pcmkVms)) {
+    if (!isObj(m) || typeof m.resource !== 'string') continue;
+    const first = owner.get(m.resource);
+    if (first !== undefined)
+      out.push({
+        path: ['pacemaker', 'vms', vm, 'resource'],
+        message: `resource ${m.resource} is already ${first}'s; a resource belongs to one VM (its alerts become that VM's events)`,
+      });
+    else owner.set(m.resource, vm);
+  }
+  const mapped = (vm: string): boolean => Object.hasOwn(pcmkVms, vm);
   const filters = Array.isArray(raw.filters) ? raw.filters : [];
   filters.forEach((f: unknown, i) => {
     if (!isObj(f)) return;
@@ -299,6 +382,8 @@ export function crossCheck(raw: unknown, suggest: (word: string, choices: readon
         path: f.args === undefined ? at('action') : at('args'),
         message: 'failover needs a standby: --standby-uri URI in args, or actions.standby_uri',
       });
+    const vmProblem = actionProblemForVm(parsed, typeof f.vm === 'string' ? f.vm : '*', mapped);
+    if (vmProblem) out.push({ path: f.vm === '' ? at('vm') : f.args === undefined ? at('action') : at('args'), message: vmProblem });
   });
   const ch = isObj(raw.channel) ? raw.channel : {};
   const min = durationOr(ch.reconnect_min, 200);

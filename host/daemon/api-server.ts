@@ -2,6 +2,11 @@
 // kernel checks the socket file's mode and group at connect, so a refused user never reaches
 // us), ApiFrame requests in, replies out. Followers of the event stream get events as they
 // come, at the pace their socket takes them: a slow reader holds only its own cursor.
+//
+// The same server, with `only`, is the Pacemaker alert socket: its group is Pacemaker's
+// (haclient, whose user hacluster runs alert agents) and it takes HostEvent requests and
+// nothing else, so the cluster's user can report alerts without the vesper group's power to
+// set filters that run programs as root.
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
@@ -42,6 +47,19 @@ export interface ManagerApi {
   queryEvents(q: EventQuery): VesperEvent[];
   /** A feed of events published from now on that match q. */
   follow(q: EventQuery): EventFeed;
+  /** A host plugin's event from outside (Pacemaker's alerts); resolves once stored, with what became of it. */
+  submitHostEvent(e: apipb.IHostEvent): Promise<string>;
+}
+
+export interface ApiServerOptions {
+  socket: string;
+  /** the group that may connect (mode 0660); without such a group, root only (0600) */
+  group: string;
+  log: Logger;
+  /** the only requests this socket takes (Request body names, e.g. 'hostEvent'); default all */
+  only?: readonly string[];
+  /** the mode of the socket's directory when this server creates it (default 0755, less the umask) */
+  dirMode?: number;
 }
 
 /** A follower's socket buffer above this: stop pulling until it drains. */
@@ -84,12 +102,17 @@ export class ApiServer {
 
   constructor(
     private readonly m: ManagerApi,
-    private readonly o: { socket: string; group: string; log: Logger },
+    private readonly o: ApiServerOptions,
   ) {}
 
   async listen(): Promise<void> {
     const { socket, group, log } = this.o;
-    mkdirSync(dirname(socket), { recursive: true, mode: 0o755 });
+    const dir = dirname(socket);
+    const created = !existsSync(dir);
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    // vesperd's umask (0007 under systemd) would keep others — hacluster — from reaching a
+    // socket in a directory of its own making.
+    if (created && this.o.dirMode !== undefined) chmodSync(dir, this.o.dirMode);
     if (existsSync(socket)) unlinkSync(socket); // a stale socket of an earlier run
     const server = createServer((s) => this.accept(s));
     await new Promise<void>((resolve, reject) => {
@@ -102,7 +125,7 @@ export class ApiServer {
     chmodSync(socket, gid !== null ? 0o660 : 0o600);
     if (gid === null) log.warn({ group }, 'no such group: the API socket is for root only');
     this.server = server;
-    log.info({ socket, group: gid !== null ? group : null }, 'API listening');
+    log.info({ socket, group: gid !== null ? group : null, only: this.o.only ?? null }, 'API listening');
   }
 
   async close(): Promise<void> {
@@ -140,6 +163,11 @@ export class ApiServer {
   private async handle(link: ApiLink, id: number, req: apipb.Request, feeds: Map<number, EventFeed>): Promise<void> {
     const m = this.m;
     const reply = (r: apipb.IReply): void => void link.send({ id, reply: { done: true, ...r } });
+    if (this.o.only && !this.o.only.includes(req.body ?? ''))
+      throw new VesperError(
+        ErrorCode.PERMISSION_DENIED,
+        `${this.o.socket} takes only ${this.o.only.join(', ')} requests, not ${req.body ?? '(empty)'}; the vesper CLI's socket takes the others`,
+      );
     switch (req.body) {
       case 'list':
         return reply({ vms: { vms: await m.listVms() } });
@@ -180,6 +208,9 @@ export class ApiServer {
       }
       case 'events':
         return this.events(link, id, req.events!, feeds);
+      case 'hostEvent':
+        if (!req.hostEvent) throw new VesperError(ErrorCode.USAGE, 'a host event needs its fields');
+        return reply({ ok: { message: await m.submitHostEvent(req.hostEvent) } });
       case 'cancel': {
         const rid = req.cancel?.requestId ?? 0;
         feeds.get(rid)?.close();

@@ -1,12 +1,15 @@
 // vesperd: the manager. It finds every libvirt domain with the vesper channel and keeps one
 // GuestLink per running one; turns libvirt's own events into events of the `libvirt` plugin;
 // puts every event through the notification framework (filter, durable store, subscribers,
-// actions); remembers attachments and filters in the store; and serves the local API.
+// actions); remembers attachments and filters in the store; and serves the local API. With a
+// pacemaker section in the config it also takes Pacemaker's alerts (events of the `pacemaker`
+// plugin) on a socket of their own.
 import type { Logger } from 'pino';
 import { hostname } from 'node:os';
 import type { apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { parseAction } from '../actions/parse.js';
+import { PacemakerActions, DEFAULT_PACEMAKER_SETTINGS } from '../actions/pacemaker.js';
+import { actionProblemForVm, parseAction } from '../actions/parse.js';
 import { ActionRunner } from '../actions/runner.js';
 import { FenceLock } from '../actions/fence-lock.js';
 import { ActionRateLimiter } from '../actions/rate-limit.js';
@@ -20,10 +23,11 @@ import { UnraidHypervisor } from '../libvirt/unraid.js';
 import type { VesperEvent } from '../notify/event.js';
 import { FilterTable, type FilterRule } from '../notify/filter.js';
 import { NotificationFramework } from '../notify/framework.js';
-import { HOST_PLUGINS, hostPluginSpec } from '../notify/host-plugins.js';
+import { HOST_PLUGINS, PACEMAKER_PLUGIN, hostPluginSpec } from '../notify/host-plugins.js';
 import { paramTypeOfManifest } from '../notify/params.js';
 import { EventQueue } from '../notify/queue.js';
 import { PluginRegistry } from '../notify/registry.js';
+import { eventOfHostRequest, resourceIndex } from '../pacemaker/alert-event.js';
 import { probeNames, readProbeBundle } from '../probes/package.js';
 import { EventStore } from '../store/event-store.js';
 import { ApiServer, type EventFeed, type EventQuery, type ManagerApi } from './api-server.js';
@@ -62,7 +66,12 @@ export class Vesperd implements ManagerApi {
   private readonly others = new Map<string, Promise<Hypervisor>>();
   private libvirtEvents: LibvirtEvents | null = null;
   private api: ApiServer | null = null;
+  /** Pacemaker's alert agent's socket (HostEvent only), when the config has a pacemaker section */
+  private alertApi: ApiServer | null = null;
   private actions: ActionRunner;
+  private readonly pacemaker: PacemakerActions;
+  /** Pacemaker resource → VM, for alerts */
+  private readonly resourceVm: Map<string, string>;
   private key: HostKey;
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
@@ -78,12 +87,21 @@ export class Vesperd implements ManagerApi {
       retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize },
     });
     this.queue = new EventQueue();
+    const pc = c.pacemaker;
+    this.pacemaker = new PacemakerActions(
+      pc
+        ? { vms: pc.vms, node: pc.node, healthAttribute: pc.healthAttribute, toolsTimeoutMs: pc.toolsTimeout }
+        : DEFAULT_PACEMAKER_SETTINGS,
+      this.log,
+    );
+    this.resourceVm = resourceIndex(pc?.vms ?? {});
     this.actions = new ActionRunner({
       hypervisorFor: (uri?: string) => this.hypervisorFor(uri),
       standbyUri: c.actions.standbyUri,
       lock: new FenceLock(c.actions.fenceLockDir),
       limiter: new ActionRateLimiter({ max: c.actions.rateLimit.max, windowMs: c.actions.rateLimit.per }),
       execTimeoutMs: c.actions.execTimeout,
+      pacemaker: this.pacemaker,
       owner: `${hostname()}/${process.pid}`,
       log: this.log,
       onResult: (ev, r) =>
@@ -131,6 +149,18 @@ export class Vesperd implements ManagerApi {
     await this.rescan();
     this.api = new ApiServer(this, { socket: c.daemon.socket, group: c.daemon.group, log: this.log });
     await this.api.listen();
+    if (c.pacemaker) {
+      // The host gets node, fencing and attribute alerts, and those of unmapped resources.
+      this.registry.register(hostPluginSpec(PACEMAKER_PLUGIN, ''));
+      this.alertApi = new ApiServer(this, {
+        socket: c.pacemaker.alertSocket,
+        group: c.pacemaker.alertGroup,
+        log: this.log,
+        only: ['hostEvent'],
+        dirMode: 0o755,
+      });
+      await this.alertApi.listen();
+    }
     // Domains defined or started while we watch come as libvirt events; this slow rescan only
     // catches what events cannot tell (a channel added to a definition).
     this.timers.push(setInterval(() => void this.rescan(), 30_000));
@@ -143,6 +173,7 @@ export class Vesperd implements ManagerApi {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
     await this.api?.close();
+    await this.alertApi?.close();
     for (const v of this.vms.values()) v.link?.stop();
     this.batcher.flush();
     await this.libvirtEvents?.stop();
@@ -205,6 +236,8 @@ export class Vesperd implements ManagerApi {
             ),
           ),
         );
+      if (this.o.config.pacemaker && Object.hasOwn(this.o.config.pacemaker.vms, d.name))
+        v.handles.set(PACEMAKER_PLUGIN.name, this.registry.register(hostPluginSpec(PACEMAKER_PLUGIN, d.name)));
     }
     v.state = d.state;
     const running = d.state === 'running' || d.state === 'paused' || d.state === 'idle';
@@ -462,11 +495,14 @@ export class Vesperd implements ManagerApi {
     const rule = ruleOfWire(w);
     // An action that could never run is refused now, not when the failure comes.
     if (rule.decision.kind === 'action') {
+      let parsed;
       try {
-        parseAction(rule.decision.action, rule.decision.args);
+        parsed = parseAction(rule.decision.action, rule.decision.args);
       } catch (err) {
         throw new VesperError(ErrorCode.FILTER_INVALID, (err as Error).message);
       }
+      const problem = actionProblemForVm(parsed, rule.vm, (vm) => this.pacemaker.resourceOf(vm) !== undefined);
+      if (problem) throw new VesperError(ErrorCode.FILTER_INVALID, problem);
     }
     this.filters.set(rule);
     this.store.saveFilter({ vm: rule.vm, plugin: rule.plugin, instance: String(rule.instance), event: rule.event, decision: rule });
@@ -481,6 +517,18 @@ export class Vesperd implements ManagerApi {
     const k = ruleOfWire({ ...w, decision: 'notify' });
     this.store.deleteFilter({ vm: k.vm, plugin: k.plugin, instance: String(k.instance), event: k.event });
     return this.filters.clear(k);
+  }
+
+  /** Pacemaker's alerts (via `vesper alert-pacemaker`): stored before the reply, so a caller that got it can query the event. */
+  submitHostEvent(w: apipb.IHostEvent): Promise<string> {
+    const ev = eventOfHostRequest(w, this.resourceVm, Date.now() * 1000);
+    this.log.debug({ vm: ev.vm, plugin: ev.plugin, event: ev.event }, 'host event from outside');
+    return new Promise((resolve, reject) =>
+      this.batcher.push([ev], (err) => {
+        if (err) reject(new VesperError(ErrorCode.STORE_FAILED, `${ev.plugin} ${ev.event} not stored: ${err.message}`, '', { cause: err }));
+        else resolve(`${ev.plugin} ${ev.event} for ${ev.vm || 'the host'}`);
+      }),
+    );
   }
 
   queryEvents(q: EventQuery): VesperEvent[] {

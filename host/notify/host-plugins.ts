@@ -1,6 +1,7 @@
 // The host-side plugins, as data: what the manager itself observes about each VM and feeds
-// into the framework next to the guest's probes. The daemon registers both for every VM it
-// manages (instance 0), wiring setParams to the code that does the work.
+// into the framework next to the guest's probes. The daemon registers libvirt and channel for
+// every VM it manages (instance 0), wiring setParams to the code that does the work, and
+// pacemaker where the config maps a VM to a Pacemaker resource.
 import type { PluginEvent, PluginParam, PluginSpec } from './registry.js';
 
 export interface HostPluginDescription {
@@ -48,6 +49,34 @@ export const CHANNEL_PLUGIN: HostPluginDescription = {
     { name: 'reconnect_min', type: 'duration', default: '200', description: 'first delay before reconnecting' },
     { name: 'reconnect_max', type: 'duration', default: '5000', description: 'longest delay between reconnect attempts' },
   ],
+};
+
+/**
+ * Pacemaker's alerts (host/pacemaker/alert-agent.sh → `vesper alert-pacemaker` → vesperd). Not
+ * in HOST_PLUGINS: the daemon registers it only where the config maps a VM to a resource, and
+ * for the host, which gets node, fencing and attribute alerts and those of unmapped resources.
+ */
+export const PACEMAKER_PLUGIN: HostPluginDescription = {
+  name: 'pacemaker',
+  description: "Pacemaker's alerts: its operations on the VM's resource, node membership, fencing, node attributes",
+  events: [
+    {
+      name: 'resource-failed',
+      description: 'an operation on the resource failed or gave an unexpected result (payload: task, rc, status)',
+    },
+    { name: 'resource-started', description: 'Pacemaker started the resource (payload: node, execTime)' },
+    { name: 'resource-stopped', description: 'Pacemaker stopped the resource' },
+    {
+      name: 'resource-op',
+      description: 'any other operation result: monitor, promote, migrate, a cancelled operation (payload: task, rc)',
+    },
+    { name: 'node-lost', description: 'a cluster node left the membership (payload: node)' },
+    { name: 'node-joined', description: 'a cluster node joined the membership (payload: node)' },
+    { name: 'fencing', description: 'a fencing operation ended (payload: node, task, rc, desc)' },
+    { name: 'attribute', description: 'a node attribute changed (payload: attributeName, attributeValue)' },
+    { name: 'other', description: 'an alert of a kind vesper does not name (payload: the raw fields)' },
+  ],
+  params: [],
 };
 
 export const HOST_PLUGINS: readonly HostPluginDescription[] = [LIBVIRT_PLUGIN, CHANNEL_PLUGIN];

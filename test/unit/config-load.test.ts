@@ -253,7 +253,7 @@ describe('mistakes', () => {
     expect(err.message.split('\n')).toEqual([
       'vesper.yaml:2:3: daemon.loglevel: unknown key (did you mean "log_level"?); allowed here: socket, group, log_level',
       'vesper.yaml:4:3: libvirt.url: unknown key (did you mean "uri"?); allowed here: uri, channel',
-      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach',
+      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker',
       'vesper.yaml:8:5: filters[0].decision: missing: must be one of notify, discard, action',
       'vesper.yaml:10:5: filters[0].decison: unknown key (did you mean "decision"?); allowed here: vm, plugin, instance, event, decision, action, args',
     ]);
@@ -282,11 +282,11 @@ describe('mistakes', () => {
       ].join('\n'),
     );
     expect(err.message.split('\n')).toEqual([
-      'vesper.yaml:2:54: filters[0].action: unknown action "restrat" (did you mean "restart"?); allowed: exec, restart, failover',
+      'vesper.yaml:2:54: filters[0].action: unknown action "restrat" (did you mean "restart"?); allowed: exec, restart, failover, pacemaker-fail, pacemaker-attr',
       'vesper.yaml:3:70: filters[1].args: failover needs a standby: --standby-uri URI in args, or actions.standby_uri',
       'vesper.yaml:4:69: filters[2].args: restart takes no arguments, got ["--now"]',
       "vesper.yaml:5:54: filters[3].action: only goes with decision: action (this rule's decision is notify)",
-      'vesper.yaml:6:5: filters[4].action: missing: decision: action needs an action (exec, restart, failover)',
+      'vesper.yaml:6:5: filters[4].action: missing: decision: action needs an action (exec, restart, failover, pacemaker-fail, pacemaker-attr)',
       'vesper.yaml:7:66: filters[5].args: exec: "relative/x.sh" is a relative path; give an absolute path (or a bare name looked up in PATH)',
       'vesper.yaml:8:75: filters[6].args[1]: must be a string (quote numbers), got 3',
     ]);
@@ -314,8 +314,129 @@ describe('mistakes', () => {
       'vesper.yaml:4:3: store.path: must be the event database file (an absolute path), got null (an empty value)',
     ]);
     expect(mistakes('- a\n- b\n').message).toBe(
-      'vesper.yaml:1:1: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach)',
+      'vesper.yaml:1:1: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker)',
     );
+  });
+});
+
+describe('the pacemaker section', () => {
+  it('is absent unless the file has it; `pacemaker: {}` is every default', () => {
+    expect(parseConfig('', 'x').pacemaker).toBeUndefined();
+    expect(parseConfig('pacemaker: {}\n', 'x').pacemaker).toEqual({
+      vms: {},
+      healthAttribute: 'vesper-health',
+      toolsTimeout: 10_000,
+      alertSocket: '/run/vesper-pacemaker/alert.sock',
+      alertGroup: 'haclient',
+    });
+  });
+
+  it('takes the VM mapping and every key', () => {
+    const c = parseConfig(
+      [
+        'pacemaker:',
+        '  vms:',
+        '    web1: { resource: vm-web1, node: node1 }',
+        '    db-1.example: { resource: _vm.db:1 }',
+        '  node: node2',
+        "  health_attribute: '#health-vesper'",
+        '  tools_timeout: 2500ms',
+        '  alert_socket: /run/x/alert.sock',
+        '  alert_group: cluster',
+        'filters:',
+        '  - { vm: web1, plugin: channel, event: heartbeat-lost, decision: action, action: pacemaker-fail }',
+        "  - { vm: '', plugin: '*', event: '*', decision: action, action: pacemaker-attr, args: [--value, '0'] }",
+        "  - { vm: '*', plugin: libvirt, event: crashed, decision: action, action: pacemaker-fail }",
+        '  - { vm: db9, plugin: libvirt, event: crashed, decision: action, action: pacemaker-fail, args: [--resource, vm-db9] }',
+        '',
+      ].join('\n'),
+      'x',
+    );
+    expect(c.pacemaker).toEqual({
+      vms: { web1: { resource: 'vm-web1', node: 'node1' }, 'db-1.example': { resource: '_vm.db:1' } },
+      node: 'node2',
+      healthAttribute: '#health-vesper',
+      toolsTimeout: 2500,
+      alertSocket: '/run/x/alert.sock',
+      alertGroup: 'cluster',
+    });
+    expect(c.filters.map((f) => f.decision)).toEqual([
+      { kind: 'action', action: 'pacemaker-fail', args: [] },
+      { kind: 'action', action: 'pacemaker-attr', args: ['--value', '0'] },
+      { kind: 'action', action: 'pacemaker-fail', args: [] },
+      { kind: 'action', action: 'pacemaker-fail', args: ['--resource', 'vm-db9'] },
+    ]);
+  });
+
+  it('every mistake, one line each, at its place', () => {
+    const err = mistakes(
+      [
+        /*  1 */ 'pacemaker:',
+        /*  2 */ '  vms:',
+        /*  3 */ '    web1: vm-web1',
+        /*  4 */ "    web2: { resource: '-x', nodes: n1 }",
+        /*  5 */ "    '*': { resource: a }",
+        /*  6 */ '    db1: { node: n1 }',
+        /*  7 */ '    db2: { resource: vm-db2, node: a b }',
+        /*  8 */ "  node: '-N'",
+        /*  9 */ "  health_attribute: 'a b'",
+        /* 10 */ '  tools_timeout: 0s',
+        /* 11 */ '  alert_socket: run/alert.sock',
+        /* 12 */ "  alert_group: ''",
+        /* 13 */ '  alert: yes',
+        '',
+      ].join('\n'),
+    );
+    expect(err.message.split('\n')).toEqual([
+      'vesper.yaml:3:11: pacemaker.vms.web1: must be a VM\'s Pacemaker resource (keys: resource, node), got "vm-web1"',
+      `vesper.yaml:4:23: pacemaker.vms.web2.resource: must be a Pacemaker resource id (letters, digits, '_', '.', ':', '-'; a letter or '_' first), got "-x"`,
+      'vesper.yaml:4:29: pacemaker.vms.web2.nodes: unknown key (did you mean "node"?); allowed here: resource, node',
+      'vesper.yaml:5:5: pacemaker.vms.*: must be a VM\'s libvirt domain name, got "*"',
+      'vesper.yaml:6:10: pacemaker.vms.db1.resource: missing: must be a Pacemaker resource id',
+      `vesper.yaml:7:36: pacemaker.vms.db2.node: must be a Pacemaker node name (letters, digits, '_', '.', '-'; not '-' first), got "a b"`,
+      `vesper.yaml:8:9: pacemaker.node: must be a Pacemaker node name (letters, digits, '_', '.', '-'; not '-' first), got "-N"`,
+      `vesper.yaml:9:21: pacemaker.health_attribute: must be a node attribute name (letters, digits, '_', '.', ':', '#', '-'; not '-' first), got "a b"`,
+      'vesper.yaml:10:18: pacemaker.tools_timeout: must be at least 1 ms, got "0s"',
+      'vesper.yaml:11:17: pacemaker.alert_socket: must be the alert agent\'s socket path (an absolute path, starting with /), got "run/alert.sock"',
+      'vesper.yaml:12:16: pacemaker.alert_group: must be a group name, not empty, got ""',
+      'vesper.yaml:13:3: pacemaker.alert: unknown key; allowed here: vms, node, health_attribute, tools_timeout, alert_socket, alert_group',
+    ]);
+    expect(mistakes('pacemaker: [web1]\n').message).toBe(
+      'vesper.yaml:1:12: pacemaker: must be a mapping (keys: vms, node, health_attribute, tools_timeout, alert_socket, alert_group), got a list',
+    );
+    expect(mistakes('pacemaker:\n  vms: [web1]\n').message).toBe(
+      'vesper.yaml:2:8: pacemaker.vms: must be a mapping of VM names to { resource, node }, got a list',
+    );
+  });
+
+  it('one resource for two VMs is a mistake: its alerts could go to either', () => {
+    expect(mistakes('pacemaker:\n  vms:\n    web1: { resource: vm-web }\n    web2: { resource: vm-web }\n').message).toBe(
+      "vesper.yaml:4:23: pacemaker.vms.web2.resource: resource vm-web is already web1's; a resource belongs to one VM (its alerts become that VM's events)",
+    );
+  });
+
+  it('filters whose pacemaker actions could never run', () => {
+    const err = mistakes(
+      [
+        'pacemaker:',
+        '  vms:',
+        '    web1: { resource: vm-web1 }',
+        'filters:',
+        '  - { vm: db1, plugin: libvirt, event: crashed, decision: action, action: pacemaker-fail }',
+        "  - { vm: '', plugin: '*', event: '*', decision: action, action: pacemaker-fail, args: [--resource, x] }",
+        '  - { plugin: a, event: b, decision: action, action: pacemaker-fail, args: [--resource, -x] }',
+        '  - { plugin: a, event: b, decision: action, action: pacemaker-attr, args: [--value] }',
+        '  - { plugin: a, event: b, decision: action, action: pacemaker-fial }',
+        '',
+      ].join('\n'),
+    );
+    expect(err.message.split('\n')).toEqual([
+      'vesper.yaml:5:75: filters[0].action: pacemaker-fail needs the resource of db1: --resource RSC in args, or pacemaker.vms.db1.resource in the config',
+      "vesper.yaml:6:11: filters[1].vm: pacemaker-fail needs a VM; a rule for the host ('') cannot use it (pacemaker-attr can)",
+      `vesper.yaml:7:76: filters[2].args: pacemaker-fail: --resource "-x" is not a Pacemaker resource id (letters, digits, '_', '.', ':', '-'; a letter or '_' first)`,
+      'vesper.yaml:8:76: filters[3].args: pacemaker-attr: --value needs a value',
+      'vesper.yaml:9:54: filters[4].action: unknown action "pacemaker-fial" (did you mean "pacemaker-fail"?); allowed: exec, restart, failover, pacemaker-fail, pacemaker-attr',
+    ]);
   });
 });
 
@@ -366,6 +487,13 @@ describe('the example file', () => {
       'standby_uri:',
       'filters:',
       'attach:',
+      'pacemaker:',
+      'vms:',
+      'node:',
+      'health_attribute:',
+      'tools_timeout:',
+      'alert_socket:',
+      'alert_group:',
     ])
       expect(text, key).toContain(key);
   });
@@ -377,7 +505,7 @@ describe('the example file', () => {
     let inBlock = false;
     for (const line of lines) {
       if (line === 'filters: []' || line === 'attach: []') continue;
-      if (/^#(filters|attach|standby_uri):/.test(line) || /^ {2}#standby_uri:/.test(line)) {
+      if (/^#(filters|attach|pacemaker|standby_uri):/.test(line) || /^ {2}#standby_uri:/.test(line)) {
         inBlock = !line.startsWith('  ');
         out.push(line.replace('#', ''));
         continue;
@@ -390,10 +518,19 @@ describe('the example file', () => {
       out.push(line);
     }
     const c = parseConfig(out.join('\n'), EXAMPLE);
-    expect(c.filters).toHaveLength(3);
+    expect(c.filters).toHaveLength(4);
     expect(c.filters[1]!.decision).toMatchObject({ kind: 'action', action: 'failover' });
+    expect(c.filters[3]!.decision).toMatchObject({ kind: 'action', action: 'pacemaker-fail' });
     expect(c.attach[0]!.probes.map((p) => p.name)).toEqual(['signal', 'oom', 'heartbeat']);
     expect(c.actions.standbyUri).toBe('qemu+ssh://standby.example/system');
+    expect(c.pacemaker).toEqual({
+      vms: { web1: { resource: 'vm-web1' }, db1: { resource: 'vm-db1', node: 'node1' } },
+      node: 'node1',
+      healthAttribute: 'vesper-health',
+      toolsTimeout: 10_000,
+      alertSocket: '/run/vesper-pacemaker/alert.sock',
+      alertGroup: 'haclient',
+    });
   });
 });
 

@@ -4,7 +4,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ApiClient } from '../../host/cli/api-client.js';
 import { buildProgram, keyValues, sinceUs } from '../../host/cli/main.js';
 import { eventJson, summaryOf } from '../../host/cli/output.js';
@@ -75,6 +75,11 @@ class ArrayManager implements ManagerApi {
   publish(e: VesperEvent): void {
     this.stored.push(e);
     this.queue.publish(e);
+  }
+  readonly hostEvents: apipb.IHostEvent[] = [];
+  submitHostEvent(e: apipb.IHostEvent): Promise<string> {
+    this.hostEvents.push(e);
+    return Promise.resolve(`${e.plugin} ${e.event} for the host`);
   }
 }
 
@@ -164,10 +169,124 @@ describe('the manager API over a unix socket', () => {
   });
 });
 
+describe('the Pacemaker alert socket', () => {
+  let dir: string;
+  let m: ArrayManager;
+  let server: ApiServer;
+  let socket: string;
+  const alertEnv = {
+    CRM_alert_kind: 'resource',
+    CRM_alert_version: '2.1.5',
+    CRM_alert_node: 'node1',
+    CRM_alert_rsc: 'vm-web1',
+    CRM_alert_task: 'monitor',
+    CRM_alert_interval: '10000',
+    CRM_alert_rc: '7',
+    CRM_alert_target_rc: '0',
+    CRM_alert_status: '0',
+    CRM_alert_desc: 'not running',
+    CRM_alert_timestamp_epoch: '1795000000',
+    CRM_alert_timestamp_usec: '123456',
+  };
+
+  beforeEach(async () => {
+    dir = mkdtempSync(join(tmpdir(), 'vesper-alert-api-'));
+    socket = join(dir, 'alert', 'alert.sock');
+    m = new ArrayManager();
+    server = new ApiServer(m, {
+      socket,
+      group: 'no-such-group-vesper-test',
+      log: pino({ level: 'silent' }),
+      only: ['hostEvent'],
+      dirMode: 0o755,
+    });
+    await server.listen();
+    for (const [k, v] of Object.entries(alertEnv)) process.env[k] = v;
+  });
+  afterEach(async () => {
+    for (const k of Object.keys(alertEnv)) delete process.env[k];
+    vi.restoreAllMocks();
+    await server.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('takes host events and refuses every other request with VSP_PERMISSION_DENIED', async () => {
+    expect(statSync(join(dir, 'alert')).mode & 0o777).toBe(0o755);
+    const c = await ApiClient.connect(socket);
+    try {
+      const r = await c.request({ hostEvent: { plugin: 'pacemaker', event: 'node-lost', payloadJson: '{"kind":"node"}' } });
+      expect(r.ok?.message).toBe('pacemaker node-lost for the host');
+      for (const req of [
+        { list: {} },
+        { filterSet: { rule: { plugin: 'a', event: 'b', decision: 'action', action: 'exec', args: ['/bin/sh'] } } },
+      ]) {
+        const err = await c.request(req).catch((e: VesperError) => e);
+        expect((err as VesperError).code).toBe(ErrorCode.PERMISSION_DENIED);
+        expect((err as VesperError).message).toContain('takes only hostEvent requests');
+      }
+      expect(m.hostEvents).toHaveLength(1);
+    } finally {
+      c.close();
+    }
+  });
+
+  it('`vesper alert-pacemaker` sends the alert of its environment and prints what became of it', async () => {
+    const out = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'alert-pacemaker']);
+    expect(m.hostEvents).toHaveLength(1);
+    const e = m.hostEvents[0]!;
+    expect([e.plugin, e.vm, e.event]).toEqual(['pacemaker', '', 'resource-failed']);
+    expect(JSON.parse(e.payloadJson!)).toMatchObject({
+      kind: 'resource',
+      rsc: 'vm-web1',
+      node: 'node1',
+      task: 'monitor',
+      interval: 10_000,
+      rc: 7,
+      targetRc: 0,
+      status: 0,
+      pacemakerTimeUs: 1_795_000_000_123_456,
+    });
+    expect(out).toHaveBeenCalledWith('pacemaker resource-failed for the host\n');
+  });
+
+  it('--dry-run prints the event instead; without an alert in the environment it is a usage error', async () => {
+    const out = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    await buildProgram().parseAsync(['node', 'vesper', '--socket', join(dir, 'none.sock'), 'alert-pacemaker', '--dry-run']);
+    const printed = JSON.parse(String(out.mock.calls[0]![0])) as { event: string; payload: Record<string, unknown> };
+    expect(printed.event).toBe('resource-failed');
+    expect(printed.payload['rsc']).toBe('vm-web1');
+    expect(m.hostEvents).toHaveLength(0);
+    delete process.env['CRM_alert_kind'];
+    const err = await buildProgram()
+      .parseAsync(['node', 'vesper', '--socket', socket, 'alert-pacemaker'])
+      .catch((x: VesperError) => x);
+    expect((err as VesperError).code).toBe(ErrorCode.USAGE);
+    expect((err as VesperError).message).toContain('CRM_alert_kind');
+  });
+
+  it('a vesperd that does not answer in time is VSP_REQUEST_TIMEOUT, not a hang', async () => {
+    const slow = new ArrayManager();
+    slow.submitHostEvent = () => new Promise<string>(() => undefined);
+    const s2 = join(dir, 'slow.sock');
+    const server2 = new ApiServer(slow, { socket: s2, group: 'no-such-group-vesper-test', log: pino({ level: 'silent' }) });
+    await server2.listen();
+    try {
+      const err = await buildProgram()
+        .parseAsync(['node', 'vesper', '--socket', s2, 'alert-pacemaker', '--timeout', '200ms'])
+        .catch((x: VesperError) => x);
+      expect((err as VesperError).code).toBe(ErrorCode.REQUEST_TIMEOUT);
+    } finally {
+      await server2.close();
+    }
+  });
+});
+
 describe('CLI argument helpers', () => {
   it('has the virsh-style verbs, and an action keeps its own options', async () => {
     const p = buildProgram();
     expect(p.commands.map((c) => c.name()).sort()).toEqual([
+      'alert-pacemaker',
       'attach',
       'daemon',
       'detach',
