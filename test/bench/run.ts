@@ -17,6 +17,7 @@ import { encodeFrame } from '../../proto/frame.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { mono, pct, round, type Metrics } from './stats.js';
 import { managerBench } from './manager.js';
+import { raceBench } from './race.js';
 import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -37,6 +38,12 @@ const TARGETS: Record<string, string> = {
   'manager.kill9_records_lost': '0',
   'vm.records_lost': '0',
   'vm.agent_idle_cpu_pct': '< 1',
+  'race.sigsegv.vesper.detect_s.p50': '<= 0.5',
+  'race.oom.vesper.detect_s.p50': '<= 0.5',
+  'race.panic.vesper.detect_s.p50': '<= 0.5',
+  'race.sigsegv.speedup': '>= 10',
+  'race.oom.speedup': '>= 10',
+  'race.panic.speedup': '>= 10',
 };
 
 function cpuTicks(pid: number): number {
@@ -242,9 +249,10 @@ async function main(): Promise<void> {
     .option('--only <prefix>', 'run only benchmarks whose metrics start with this')
     .option('--trials <n>', 'SIGSEGV trials', '300')
     .option('--no-vm', 'skip the benchmarks that boot a guest')
+    .option('--race-trials <n>', 'trials per failure and mode in the Pacemaker race', '5')
     .option('--vcpus <n>', 'vCPUs of the benchmark guest (the host has 2 CPUs: one runs the storm generator, one the agent)', '2')
     .parse(process.argv)
-    .opts<{ json?: string; only?: string; trials: string; vm: boolean; vcpus: string }>();
+    .opts<{ json?: string; only?: string; trials: string; vm: boolean; vcpus: string; raceTrials: string }>();
   const why = whyNoKernelAccess();
   const m: Metrics = {};
   const want = (p: string) => !o.only || p.startsWith(o.only) || o.only.startsWith(p);
@@ -258,6 +266,7 @@ async function main(): Promise<void> {
     if (want('agent.exec')) await execExitRate(m);
     if (want('agent.idle') || want('agent.rss')) await idle(m);
     if (o.vm && want('vm.')) await vmBench(m, { trials: 200, vcpus: Number(o.vcpus), log: (s) => console.error(s) });
+    if (o.vm && want('race.')) await raceBench(m, { trials: Number(o.raceTrials), want, log: (s) => console.error(s) });
   }
   const t = new Table({ head: ['metric', 'value', 'target'] });
   for (const [k, v] of Object.entries(m)) t.push([k, String(v), TARGETS[k] ?? '']);

@@ -1,0 +1,185 @@
+// The test guest as a Pacemaker resource, the way people run VMs under Pacemaker today
+// (ocf:heartbeat:VirtualDomain, a 10 s monitor with a monitor script that checks the guest's
+// demo service), with vesperd beside it: vesperd watches the guest, can tell Pacemaker
+// (pacemaker-fail, pacemaker-attr), and hears Pacemaker's alerts back through vesper's alert
+// agent. Real Corosync, Pacemaker, libvirtd, guest and vesperd; for the Pacemaker acceptance
+// test and the race benchmark.
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { execFile } from 'node:child_process';
+import { PacemakerRig } from '../../host/pacemaker/rig.js';
+import { virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../../host/pacemaker/virtual-domain.js';
+import { projectRoot } from '../../host/probes/package.js';
+import { VmRig } from '../../host/vm/rig.js';
+import { VesperdProcess, type EventLine } from './vesperd-process.js';
+import { waitFor } from './wait.js';
+
+export const NODE = 'node1';
+const ALERT_AGENT = join(projectRoot(), 'host/pacemaker/alert-agent.sh');
+
+export interface PacemakerVmOptions {
+  onProgress?: (line: string) => void;
+  /** monitor interval of the VirtualDomain resource (default 10 s, as commonly configured) */
+  monitorIntervalS?: number;
+}
+
+export class PacemakerVm {
+  pcmk!: PacemakerRig;
+  rig!: VmRig;
+  vesperd!: VesperdProcess;
+  readonly dir: string;
+  readonly resource: string;
+  /** every event vesperd stores, as `vesper events -f -o json` prints it, from the start */
+  events: EventLine[] = [];
+  private stopFollow: (() => void) | null = null;
+  private readonly say: (line: string) => void;
+
+  private constructor(private readonly o: PacemakerVmOptions) {
+    this.say = o.onProgress ?? (() => undefined);
+    this.dir = mkdtempSync('/tmp/vesper-pcmk-vm-');
+    // hacluster runs the alert agent: it must reach the alert socket below.
+    chmodSync(this.dir, 0o755);
+    this.resource = 'vm-guest';
+  }
+
+  /**
+   * Pacemaker (one node), the guest image, vesperd with a pacemaker section, vesper's alert
+   * agent registered, and the guest started by Pacemaker (not by the rig: VirtualDomain creates
+   * the domain itself). On failure everything started so far is stopped again.
+   */
+  static async start(o: PacemakerVmOptions = {}): Promise<PacemakerVm> {
+    const s = new PacemakerVm(o);
+    try {
+      await s.setUp();
+      return s;
+    } catch (err) {
+      await s.stop();
+      throw err;
+    }
+  }
+
+  private async setUp(): Promise<void> {
+    this.say('pacemaker: starting one node');
+    this.pcmk = await PacemakerRig.start({ nodes: 1, onProgress: (l) => this.say(`pacemaker: ${l}`) });
+    this.rig = new VmRig({ testHelpers: true, onProgress: (s, d) => this.say(`vm rig: ${s}${d ? `: ${d}` : ''}`) });
+    await this.rig.prepare();
+    const files = writeVirtualDomainFiles(this.rig, join(this.dir, 'domain'));
+
+    const socket = join(this.dir, 'run', 'vesperd.sock');
+    const alertSocket = join(this.dir, 'alert', 'alert.sock');
+    const configPath = join(this.dir, 'vesper.yaml');
+    mkdirSync(join(this.dir, 'fence'));
+    writeFileSync(
+      configPath,
+      [
+        'daemon:',
+        `  socket: ${socket}`,
+        '  log_level: info',
+        'store:',
+        `  path: ${join(this.dir, 'events.db')}`,
+        'channel:',
+        '  keepalive: 1s',
+        '  reconnect_min: 100ms',
+        '  reconnect_max: 1s',
+        'actions:',
+        '  rate_limit: { max: 30, per: 10m }',
+        `  fence_lock_dir: ${join(this.dir, 'fence')}`,
+        'pacemaker:',
+        `  node: ${NODE}`,
+        '  vms:',
+        `    ${this.rig.name}: { resource: ${this.resource}, node: ${NODE} }`,
+        `  alert_socket: ${alertSocket}`,
+        '  alert_group: haclient',
+        '',
+      ].join('\n'),
+    );
+    this.vesperd = new VesperdProcess(configPath, socket);
+    this.say('vesperd: starting');
+    await this.vesperd.start();
+    const f = this.vesperd.follow();
+    this.events = f.lines;
+    this.stopFollow = f.stop;
+
+    this.say('pacemaker: registering vesper alert agent');
+    await this.pcmk.check(NODE, 'cibadmin', [
+      '--create',
+      '--scope',
+      'configuration',
+      '--xml-text',
+      `<alerts><alert id="vesper" path="${ALERT_AGENT}">` +
+        '<meta_attributes id="vesper-meta">' +
+        '<nvpair id="vesper-meta-ts" name="timestamp-format" value="%Y-%m-%d %H:%M:%S.%06N"/>' +
+        '<nvpair id="vesper-meta-timeout" name="timeout" value="10s"/></meta_attributes>' +
+        '<instance_attributes id="vesper-attrs">' +
+        `<nvpair id="vesper-attrs-socket" name="VESPER_SOCKET" value="${alertSocket}"/>` +
+        `<nvpair id="vesper-attrs-node" name="VESPER_NODE" value="${process.execPath}"/>` +
+        '</instance_attributes></alert></alerts>',
+    ]);
+
+    this.say(`pacemaker: creating ${this.resource} (VirtualDomain, monitor every ${this.o.monitorIntervalS ?? 10} s)`);
+    await this.pcmk.createPrimitive(
+      virtualDomainPrimitiveXml({
+        id: this.resource,
+        configXml: files.configXml,
+        monitorScript: files.monitorScript,
+        monitorIntervalS: this.o.monitorIntervalS ?? 10,
+      }),
+    );
+    await this.waitRunning(240_000);
+    this.say('vesperd: waiting for the link to the guest agent');
+    await this.waitLinked(120_000);
+  }
+
+  /** The resource runs (its start includes the guest's boot and the demo service answering). */
+  async waitRunning(timeoutMs: number): Promise<void> {
+    await waitFor(`${this.resource} running`, async () => (await this.pcmk.resourceState(this.resource)).running, timeoutMs, 250);
+  }
+
+  async waitStopped(timeoutMs: number): Promise<void> {
+    await waitFor(`${this.resource} stopped`, async () => !(await this.pcmk.resourceState(this.resource)).running, timeoutMs, 250);
+  }
+
+  /** vesperd's link to the guest agent is up and every attached probe is loaded in it. */
+  async waitLinked(timeoutMs: number): Promise<void> {
+    await waitFor(
+      'vesperd linked to the guest, probes loaded',
+      async () => {
+        try {
+          const s = await this.vesperd.json<{ link: string; attached: Array<{ loaded: boolean }> }>(['status', this.rig.name]);
+          return s.link === 'connected' && s.attached.every((p) => p.loaded);
+        } catch {
+          return false;
+        }
+      },
+      timeoutMs,
+      250,
+    );
+  }
+
+  /** Events of one plugin for the guest that vesperd stored after `afterId`. */
+  eventsOf(plugin: string, afterId = 0): EventLine[] {
+    return this.events.filter((e) => e.plugin === plugin && e.id > afterId && (e.vm === this.rig.name || plugin === 'pacemaker'));
+  }
+
+  /** The id of the newest event seen so far: a cursor for "after this point". */
+  get lastId(): number {
+    return this.events.reduce((m, e) => Math.max(m, e.id), 0);
+  }
+
+  async stop(): Promise<void> {
+    this.stopFollow?.();
+    this.stopFollow = null;
+    // Pacemaker created the domain, so the rig will not destroy it: the resource goes first,
+    // and virsh makes sure whatever is left is gone.
+    if (this.pcmk) {
+      await this.pcmk.deleteResource(this.resource).catch((err: Error) => this.say(`pacemaker: deleting ${this.resource}: ${err.message}`));
+      await this.pcmk.stop().catch((err: Error) => this.say(`pacemaker: stop: ${err.message}`));
+    }
+    if (this.rig) {
+      await new Promise<void>((r) => execFile('virsh', ['-c', 'qemu:///system', 'destroy', this.rig.name], () => r()));
+      await this.rig.stop().catch(() => undefined);
+    }
+    await this.vesperd?.killAll();
+    rmSync(this.dir, { recursive: true, force: true });
+  }
+}
