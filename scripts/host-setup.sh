@@ -12,6 +12,8 @@
 # Everything is checked first and only done when missing, so a second run changes nothing.
 # Progress goes to stderr.
 set -euo pipefail
+# shellcheck source=lib/debs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/debs.sh"
 
 URI=qemu:///system
 DEBS=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
@@ -42,20 +44,15 @@ pid_of() {
 }
 
 install_debs() {
-  local missing=() p
-  for p in "${DEBS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
+  local missing
+  mapfile -t missing < <(missing_debs "${DEBS[@]}")
   if ((${#missing[@]} == 0)); then
     log "packages: all present"
     return
   fi
   log "packages: installing ${missing[*]}"
-  # The lock timeout lets this wait (bounded) for another apt run instead of failing at once.
   # Exit 100 (apt's own failure status) tells callers "could not install", e.g. no network.
-  if ! { apt-get -o DPkg::Lock::Timeout=300 update -qq >&2 &&
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
-      "${missing[@]}" >&2; }; then
+  if ! apt_install "${missing[@]}"; then
     log "error: could not install ${missing[*]}"
     exit 100
   fi

@@ -47,6 +47,8 @@
 # - A fresh CIB is seeded before each start with stonith-enabled=false and dc-deadtime=2s: without
 #   the latter a node waits ~20 s for a DC before electing itself.
 set -euo pipefail
+# shellcheck source=lib/debs.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib/debs.sh"
 
 DEBS=(corosync pacemaker pacemaker-cli-utils resource-agents iproute2 util-linux)
 STATE=/run/vesper-pcmk-rig # namespaces, per-node state; gone after stop (not /run/vesper-pacemaker: vesperd's)
@@ -74,10 +76,8 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (namespaces, bind moun
 # ---------------------------------------------------------------- install
 
 install_debs() {
-  local missing=() p
-  for p in "${DEBS[@]}"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-  done
+  local missing
+  mapfile -t missing < <(missing_debs "${DEBS[@]}")
   if ((${#missing[@]} == 0)); then
     log "packages: all present"
     return
@@ -97,10 +97,7 @@ install_debs() {
   printf '#!/bin/sh\n# scripts/pacemaker-rig.sh: no services start during its apt-get install\nexit 101\n' >"$policy"
   chmod 0755 "$policy"
   local rc=0
-  # The lock timeout waits (bounded) for another apt run instead of failing at once.
-  apt-get -o DPkg::Lock::Timeout=300 update -qq >&2 &&
-    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends \
-      "${missing[@]}" >&2 || rc=$?
+  apt_install "${missing[@]}" || rc=$?
   restore_policy "$policy" "$saved"
   trap - EXIT
   if ((rc != 0)); then
@@ -469,6 +466,22 @@ do_start() {
 
 # ---------------------------------------------------------------- stop
 
+# stop_on_every_node NAME TIMEOUT: TERM to NAME on every node at once, then waits for each.
+stop_on_every_node() {
+  local name=$1 timeout=$2 n pid
+  for n in $(nodes); do
+    pid=$(live_pid "$STATE/$n/$name.pid" "$name")
+    if [ -n "$pid" ]; then
+      log "stopping $name on $n (pid $pid)"
+      kill -TERM "$pid" 2>/dev/null || true # it may have just exited
+    fi
+  done
+  for n in $(nodes); do
+    pid=$(live_pid "$STATE/$n/$name.pid" "$name")
+    [ -z "$pid" ] || wait_gone "$pid" "$timeout" || log "$name on $n did not exit within $timeout s"
+  done
+}
+
 do_stop() {
   need_root
   if [ ! -d "$STATE" ]; then
@@ -477,28 +490,8 @@ do_stop() {
   fi
   local n pid
   # Pacemaker first (it stops its resources on the way out), then corosync underneath it.
-  for n in $(nodes); do
-    pid=$(live_pid "$STATE/$n/pacemakerd.pid" pacemakerd)
-    if [ -n "$pid" ]; then
-      log "stopping pacemakerd on $n (pid $pid)"
-      kill -TERM "$pid" 2>/dev/null || true # it may have just exited
-    fi
-  done
-  for n in $(nodes); do
-    pid=$(live_pid "$STATE/$n/pacemakerd.pid" pacemakerd)
-    [ -z "$pid" ] || wait_gone "$pid" "$PCMK_STOP_TIMEOUT" || log "pacemakerd on $n did not exit within $PCMK_STOP_TIMEOUT s"
-  done
-  for n in $(nodes); do
-    pid=$(live_pid "$STATE/$n/corosync.pid" corosync)
-    if [ -n "$pid" ]; then
-      log "stopping corosync on $n (pid $pid)"
-      kill -TERM "$pid" 2>/dev/null || true # it may have just exited
-    fi
-  done
-  for n in $(nodes); do
-    pid=$(live_pid "$STATE/$n/corosync.pid" corosync)
-    [ -z "$pid" ] || wait_gone "$pid" "$COROSYNC_STOP_TIMEOUT" || log "corosync on $n did not exit within $COROSYNC_STOP_TIMEOUT s"
-  done
+  stop_on_every_node pacemakerd "$PCMK_STOP_TIMEOUT"
+  stop_on_every_node corosync "$COROSYNC_STOP_TIMEOUT"
   # Whatever is left in a node's namespaces (a hung subdaemon, an agent) is killed outright.
   local left
   for n in $(nodes); do
