@@ -11,12 +11,14 @@
 // from the moment the host sent the fault command, on the host's clock, which is Pacemaker's.
 import { PacemakerVm } from '../helpers/pacemaker-vm.js';
 import type { EventLine } from '../helpers/vesperd-process.js';
-import { waitFor } from '../helpers/wait.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 import { round, type Metrics } from './stats.js';
 
 export const FAILURES = ['sigsegv', 'oom', 'panic'] as const;
 type Failure = (typeof FAILURES)[number];
 type Mode = 'pacemaker_only' | 'vesper';
+
+const MONITOR_INTERVAL_S = 10;
 
 const FAULT: Record<Failure, string> = { sigsegv: 'segv-svc', oom: 'oom-svc', panic: 'panic-now' };
 
@@ -42,7 +44,7 @@ function pacemakerTimeUs(e: EventLine): number {
 }
 
 export async function raceBench(m: Metrics, o: { trials: number; want: (p: string) => boolean; log: (s: string) => void }): Promise<void> {
-  const s = await PacemakerVm.start({ onProgress: o.log });
+  const s = await PacemakerVm.start({ onProgress: o.log, monitorIntervalS: MONITOR_INTERVAL_S });
   try {
     const vm = s.rig.name;
     await s.vesperd.ok(['attach', vm, 'signal', '--param', 'comms=vesper-demo-svc']);
@@ -66,6 +68,9 @@ export async function raceBench(m: Metrics, o: { trials: number; want: (p: strin
           await s.waitRunning(240_000);
           await waitFor('the demo service answers', async () => /^ok svc/.test(await s.rig.fault('svc').catch(() => '')), 120_000, 500);
           await s.waitLinked(120_000);
+          // A fault comes at any point of the monitor's cycle, not just after a start (when the
+          // next monitor is a full interval away): wait a random part of the interval first.
+          await sleep(Math.random() * MONITOR_INTERVAL_S * 1000);
           const from = s.lastId;
           const t0Us = Date.now() * 1000;
           await s.rig.fault(FAULT[failure]);
