@@ -118,7 +118,7 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  * keeps init from restarting it (for up to 10 min) until release-svc.
  *   segv-svc         ok segv-svc PID        as segv (a real SIGSEGV), held down
  *   oom-svc          ok oom-svc SVC HOG     the demo service and a tail /dev/zero hog share a
- *                                           fresh cgroup (memory.max 32M, memory.oom.group 1):
+ *                                           fresh cgroup (memory.max 4M, memory.oom.group 1):
  *                                           the kernel OOM-kills the whole group, the service
  *                                           with it (answered before the kill), held down
  *   svc-events       ok svc-events KEY N... memory.events of the oom-svc group, flattened
@@ -239,7 +239,10 @@ do_oom_svc() {
   if [ -e $HOLD ] && ! svc_alive; then reply "err oom-svc demo service is held down (release-svc first)"; return; fi
   if ! demo_ready; then reply "err oom-svc demo service not running"; return; fi
   : > $HOLD
-  if ! { mkdir $SVC_CG && echo 32M > $SVC_CG/memory.max && echo 1 > $SVC_CG/memory.oom.group && echo "$demo" > $SVC_CG/cgroup.procs; } 2> /dev/null; then
+  # 4M: the hog reaches it soon even under TCG, so the OOM kill follows the command closely
+  # enough for the Pacemaker race to time from the command (with 32M the race timed the OOM
+  # 0.4 s slower than the SIGSEGV: the time the hog took to fill it).
+  if ! { mkdir $SVC_CG && echo 4M > $SVC_CG/memory.max && echo 1 > $SVC_CG/memory.oom.group && echo "$demo" > $SVC_CG/cgroup.procs; } 2> /dev/null; then
     svc_cg_clean
     rm -f $HOLD
     reply "err oom-svc cannot set up $SVC_CG"
