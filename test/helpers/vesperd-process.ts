@@ -25,6 +25,8 @@ export interface EventLine {
   event: string;
   guestTimeUs: number | null;
   hostTimeUs: number;
+  agentRun: string | null;
+  seq: number | null;
   disposition: string;
   payload: Record<string, unknown> | null;
 }
