@@ -39,7 +39,9 @@ function fake(name: string, body = 'exit 0'): void {
   const p = join(bin, name);
   writeFileSync(
     p,
-    `#!/bin/sh\n{ printf '%s' "\${0##*/}"; for a; do printf ' [%s]' "$a"; done; printf ' LC_ALL=%s\\n' "$LC_ALL"; } >> '${calls}'\n${body}\n`,
+    // The line is built first and written with one printf: fakes run in parallel (two VMs' actions),
+    // and a line written piece by piece could interleave with another's.
+    `#!/bin/sh\nline="\${0##*/}"; for a; do line="$line [$a]"; done\nprintf '%s LC_ALL=%s\\n' "$line" "$LC_ALL" >> '${calls}'\n${body}\n`,
   );
   chmodSync(p, 0o755);
 }
@@ -271,7 +273,8 @@ describe('ActionRunner: pacemaker-fail', () => {
     h.runner.run(event('web1'), 'pacemaker-fail', ['--resource', 'vm-gone']);
     h.runner.run(event('web2'), 'pacemaker-fail', ['--node', 'nodeX']);
     await h.runner.idle();
-    const [a, b] = h.results.map((x) => x.r);
+    // Two VMs' actions run in parallel: their results may come in either order.
+    const [a, b] = ['web1', 'web2'].map((vm) => h.results.find((x) => x.ev.vm === vm)?.r);
     expect(a!.error!.code).toBe(ErrorCode.PACEMAKER_MAPPING);
     expect(a!.error!.message).toContain(
       "Pacemaker does not know resource vm-gone on node node1 (crm_resource exited with status 105: crm_resource: Resource 'vm-gone' not found",
