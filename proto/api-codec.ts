@@ -27,6 +27,7 @@ export declare namespace apipb {
   type IAttachedProbe = A.api.v1.IAttachedProbe;
   type IProbeInfo = A.api.v1.IProbeInfo;
   type IHostEvent = A.api.v1.IHostEvent;
+  type IAnalyze = A.api.v1.IAnalyze;
 }
 
 /** API messages are small; a follower's event batch is capped well below this. */

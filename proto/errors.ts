@@ -62,6 +62,8 @@ export const ErrorCode = {
   // a VM, resource or node that Pacemaker does not know by the name vesper gave
   PACEMAKER_UNAVAILABLE: 'VSP_PACEMAKER_UNAVAILABLE',
   PACEMAKER_MAPPING: 'VSP_PACEMAKER_MAPPING',
+  // analysis (host/analysis): `vesper analyze --last` found nothing failure-like for the VM
+  ANALYSIS_NO_FAILURE: 'VSP_ANALYSIS_NO_FAILURE',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -72,7 +74,13 @@ export function exitStatusFor(code: string): number {
   if (code === ErrorCode.CONFIG_INVALID || code === ErrorCode.PACEMAKER_MAPPING) return 78; // EX_CONFIG
   if (code === ErrorCode.PERMISSION_DENIED) return 77; // EX_NOPERM
   if (code === ErrorCode.DAEMON_UNREACHABLE || code === ErrorCode.PACEMAKER_UNAVAILABLE) return 69; // EX_UNAVAILABLE
-  if (code === ErrorCode.VM_NOT_FOUND || code === ErrorCode.DOMAIN_NOT_FOUND || code === ErrorCode.PLUGIN_NOT_FOUND) return 3;
+  if (
+    code === ErrorCode.VM_NOT_FOUND ||
+    code === ErrorCode.DOMAIN_NOT_FOUND ||
+    code === ErrorCode.PLUGIN_NOT_FOUND ||
+    code === ErrorCode.ANALYSIS_NO_FAILURE
+  )
+    return 3;
   if (code === ErrorCode.CONNECT_FAILED || code === ErrorCode.DISCONNECTED) return 69; // EX_UNAVAILABLE
   if (code.startsWith('VSP_PROBE_')) return 65; // EX_DATAERR
   if (code.startsWith('VSP_TRACEFS_') || code.startsWith('VSP_KPROBE_') || code.startsWith('VSP_PSI_')) return 72; // EX_OSFILE

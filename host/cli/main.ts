@@ -7,6 +7,9 @@ import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
 import { ACTION_NAMES, ACTION_USAGE } from '../actions/parse.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import { parseDuration } from '../config/units.js';
+import { renderHtml } from '../analysis/report-html.js';
+import { analysisText } from '../analysis/text.js';
+import type { Analysis } from '../analysis/types.js';
 import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
@@ -37,8 +40,8 @@ export function keyValues(words: string[]): Record<string, string> {
   return out;
 }
 
-/** --since: a duration back from now (90s, 15m, 2h, 7d) or a date; host time in µs. */
-export function sinceUs(text: string, now = Date.now()): number {
+/** --since (and --at): a duration back from now (90s, 15m, 2h, 7d) or a date; host time in µs. */
+export function sinceUs(text: string, now = Date.now(), option = '--since'): number {
   try {
     return (now - parseDuration(text)) * 1000; // the config file's durations (90s, 1h30m, 7d)
   } catch {
@@ -46,8 +49,17 @@ export function sinceUs(text: string, now = Date.now()): number {
   }
   const t = Date.parse(text);
   if (Number.isNaN(t))
-    throw new VesperError(ErrorCode.USAGE, `--since: expected a duration (90s, 15m, 2h, 7d) or a date, got ${JSON.stringify(text)}`);
+    throw new VesperError(ErrorCode.USAGE, `${option}: expected a duration (90s, 15m, 2h, 7d) or a date, got ${JSON.stringify(text)}`);
   return t * 1000;
+}
+
+/** --window: a duration, in µs. */
+export function windowUs(text: string): number {
+  try {
+    return parseDuration(text) * 1000;
+  } catch (err) {
+    throw new VesperError(ErrorCode.USAGE, `--window: ${(err as Error).message}`);
+  }
 }
 
 function positiveInt(what: string) {
@@ -253,6 +265,39 @@ export function buildProgram(): Command {
         });
       },
     );
+
+  program
+    .command('analyze')
+    .description('what happened to a VM around a failure: verdicts with the events they rest on, then the timeline')
+    .argument('<vm>')
+    .option('--at <when>', 'a failure near this time: a date (2026-11-22T10:31:00Z) or a duration back from now (10m)')
+    .option('--last', 'the most recent failure-like event stored for the VM (the default)')
+    .option('--window <duration>', 'how far before the failure to look; a quarter of it after', '2m')
+    .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json', 'html']).default('text'))
+    .action(async (vm: string, o: { at?: string; last?: boolean; window: string; output: 'text' | 'json' | 'html' }, cmd: Command) => {
+      if (o.at !== undefined && o.last) throw new VesperError(ErrorCode.USAGE, 'give --at TIME or --last, not both');
+      const req: apipb.IRequest = {
+        analyze: {
+          vm,
+          atUs: o.at !== undefined ? sinceUs(o.at, Date.now(), '--at') : 0,
+          last: o.at === undefined,
+          windowUs: windowUs(o.window),
+        },
+      };
+      const r = await withClient(cmd, (c) => c.request(req));
+      const json = r.analysis?.json ?? '';
+      if (o.output === 'json') {
+        process.stdout.write(`${json}\n`);
+        return;
+      }
+      let a: Analysis;
+      try {
+        a = JSON.parse(json) as Analysis;
+      } catch (err) {
+        throw new VesperError(ErrorCode.MESSAGE_DECODE, `vesperd's analysis is not JSON: ${(err as Error).message}`);
+      }
+      process.stdout.write(o.output === 'html' ? renderHtml(a) : analysisText(a));
+    });
 
   // Not for people: Pacemaker's alert agent (host/pacemaker/alert-agent.sh) runs it as
   // hacluster, with the alert in CRM_alert_* variables. Its default socket is the alert socket,

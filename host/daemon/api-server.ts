@@ -49,6 +49,8 @@ export interface ManagerApi {
   follow(q: EventQuery): EventFeed;
   /** A host plugin's event from outside (Pacemaker's alerts); resolves once stored, with what became of it. */
   submitHostEvent(e: apipb.IHostEvent): Promise<string>;
+  /** The failure analysis of one VM (host/analysis), as JSON text that fits one reply. */
+  analyze(req: apipb.IAnalyze): Promise<string>;
 }
 
 export interface ApiServerOptions {
@@ -208,6 +210,9 @@ export class ApiServer {
       }
       case 'events':
         return this.events(link, id, req.events!, feeds);
+      case 'analyze':
+        if (!req.analyze) throw new VesperError(ErrorCode.USAGE, 'analyze needs a VM');
+        return reply({ analysis: { json: await m.analyze(req.analyze) } });
       case 'hostEvent':
         if (!req.hostEvent) throw new VesperError(ErrorCode.USAGE, 'a host event needs its fields');
         return reply({ ok: { message: await m.submitHostEvent(req.hostEvent) } });

@@ -6,9 +6,10 @@
 // plugin) on a socket of their own.
 import type { Logger } from 'pino';
 import { hostname } from 'node:os';
-import type { apipb } from '../../proto/api-codec.js';
+import { API_MAX_FRAME_BYTES, type apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { PacemakerActions, DEFAULT_PACEMAKER_SETTINGS } from '../actions/pacemaker.js';
+import { analysisJson, analyzeFromStore } from '../analysis/analyze.js';
 import { actionProblemForVm, parseAction } from '../actions/parse.js';
 import { ActionRunner } from '../actions/runner.js';
 import { FenceLock } from '../actions/fence-lock.js';
@@ -531,6 +532,35 @@ export class Vesperd implements ManagerApi {
     );
   }
 
+  /**
+   * The analysis of a VM's failure window: the store's own query (the one `vesper events` uses)
+   * reads the window once; a VM gone from libvirt is still analysed from what the store holds.
+   */
+  async analyze(req: apipb.IAnalyze): Promise<string> {
+    const vm = req.vm ?? '';
+    this.batcher.flush(); // what was received is part of the answer
+    try {
+      const a = analyzeFromStore(this.store, {
+        vm,
+        atUs: Number(req.atUs ?? 0),
+        last: Boolean(req.last),
+        windowUs: Number(req.windowUs ?? 0),
+      });
+      if (a.eventCount === 0 && !this.vms.has(vm) && this.store.vmStats(vm).events === 0) throw unknownVm(vm);
+      // Room for the frame's own fields next to the text.
+      return analysisJson(a, API_MAX_FRAME_BYTES - 64 * 1024);
+    } catch (err) {
+      if (
+        err instanceof VesperError &&
+        err.code === ErrorCode.ANALYSIS_NO_FAILURE &&
+        !this.vms.has(vm) &&
+        this.store.vmStats(vm).events === 0
+      )
+        throw unknownVm(vm);
+      throw err;
+    }
+  }
+
   queryEvents(q: EventQuery): VesperEvent[] {
     this.batcher.flush(); // what was received is visible
     return this.store.query({ ...q, limit: q.limit ?? 1000, order: 'asc' });
@@ -550,6 +580,10 @@ export class Vesperd implements ManagerApi {
       close: () => sub.close(),
     };
   }
+}
+
+function unknownVm(vm: string): VesperError {
+  return new VesperError(ErrorCode.VM_NOT_FOUND, `no VM named ${vm}: libvirt does not have it and the store holds no events for it`);
 }
 
 function ruleOfWire(w: apipb.IFilterRule): FilterRule {

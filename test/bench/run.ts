@@ -16,6 +16,7 @@ import { PROTOCOL_VERSION, encodeMessage, v1 } from '../../proto/codec.js';
 import { encodeFrame } from '../../proto/frame.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { mono, pct, round, type Metrics } from './stats.js';
+import { analyzeBench } from './analyze.js';
 import { managerBench } from './manager.js';
 import { raceBench } from './race.js';
 import { vmBench } from './vm.js';
@@ -44,6 +45,7 @@ const TARGETS: Record<string, string> = {
   'race.sigsegv.speedup': '>= 10',
   'race.oom.speedup': '>= 10',
   'race.panic.speedup': '>= 10',
+  'analyze.ms.p50': '< 200',
 };
 
 function cpuTicks(pid: number): number {
@@ -258,6 +260,7 @@ async function main(): Promise<void> {
   const want = (p: string) => !o.only || p.startsWith(o.only) || o.only.startsWith(p);
   if (want('host.decode')) hostDecode(m);
   if (want('manager.')) await managerBench(m, { kernel: !why, want, log: (s) => console.error(s) });
+  if (want('analyze.')) await analyzeBench(m, { log: (s) => console.error(s) });
   if (why) {
     console.error(`agent benchmarks skipped: ${why}`);
   } else {

@@ -11,8 +11,10 @@ import { eventJson, summaryOf } from '../../host/cli/output.js';
 import { ApiServer, type EventQuery, type ManagerApi } from '../../host/daemon/api-server.js';
 import type { VesperEvent } from '../../host/notify/event.js';
 import { EventQueue } from '../../host/notify/queue.js';
+import { analyzeFromStore } from '../../host/analysis/analyze.js';
 import type { apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { memorySource } from '../helpers/memory-events.js';
 import { waitFor } from '../helpers/wait.js';
 
 function ev(id: number, vm = 'web1'): VesperEvent {
@@ -76,6 +78,14 @@ class ArrayManager implements ManagerApi {
     this.stored.push(e);
     this.queue.publish(e);
   }
+  analyze(req: apipb.IAnalyze): Promise<string> {
+    try {
+      const a = analyzeFromStore(memorySource(this.stored), { vm: req.vm ?? '', atUs: Number(req.atUs ?? 0), last: Boolean(req.last) });
+      return Promise.resolve(JSON.stringify(a));
+    } catch (err) {
+      return Promise.reject(err);
+    }
+  }
   readonly hostEvents: apipb.IHostEvent[] = [];
   submitHostEvent(e: apipb.IHostEvent): Promise<string> {
     this.hostEvents.push(e);
@@ -117,6 +127,37 @@ describe('the manager API over a unix socket', () => {
     } finally {
       c.close();
     }
+  });
+
+  it('`vesper analyze` asks vesperd and prints the analysis as JSON or as text, verdicts first', async () => {
+    const demo = { pid: 7, comm: 'demo' };
+    m.publish({ ...ev(1), payload: { signal: { sig: 11, code: 1, result: 0, senderIsKernel: true, target: demo, sender: demo } } });
+    const out = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'analyze', 'web1', '--last', '-o', 'json']);
+    const a = JSON.parse(String(out.mock.calls[0]![0])) as { vm: string; anchor: { eventId: number }; verdicts: Array<{ kind: string }> };
+    expect(a.vm).toBe('web1');
+    expect(a.anchor.eventId).toBe(1);
+    expect(a.verdicts[0]?.kind).toBe('app-crash');
+    out.mockClear();
+    await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'analyze', 'web1']);
+    const text = String(out.mock.calls[0]![0]);
+    expect(text.indexOf('VERDICTS')).toBeLessThan(text.indexOf('TIMELINE'));
+    expect(text).toContain('1. app-crash (service, confident)');
+    out.mockClear();
+    await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'analyze', 'web1', '-o', 'html']);
+    expect(String(out.mock.calls[0]![0])).toMatch(/^<!DOCTYPE html>/i);
+    const none = await buildProgram()
+      .parseAsync(['node', 'vesper', '--socket', socket, 'analyze', 'db9', '--last'])
+      .catch((x: VesperError) => x);
+    expect((none as VesperError).code).toBe(ErrorCode.ANALYSIS_NO_FAILURE);
+    const both = await buildProgram()
+      .parseAsync(['node', 'vesper', '--socket', socket, 'analyze', 'web1', '--last', '--at', '5m'])
+      .catch((x: VesperError) => x);
+    expect((both as VesperError).code).toBe(ErrorCode.USAGE);
+    const badWindow = await buildProgram()
+      .parseAsync(['node', 'vesper', '--socket', socket, 'analyze', 'web1', '--window', 'soon'])
+      .catch((x: VesperError) => x);
+    expect((badWindow as VesperError).code).toBe(ErrorCode.USAGE);
   });
 
   it('without the group, the socket is for root only (mode 0600)', () => {
@@ -287,6 +328,7 @@ describe('CLI argument helpers', () => {
     const p = buildProgram();
     expect(p.commands.map((c) => c.name()).sort()).toEqual([
       'alert-pacemaker',
+      'analyze',
       'attach',
       'daemon',
       'detach',
