@@ -23,12 +23,8 @@ usage() {
 }
 
 install_debs() {
-  local missing
-  mapfile -t missing < <(missing_debs "${DEBS[@]}")
-  if ((${#missing[@]} == 0)); then
-    log "packages: all present"
-    return
-  fi
+  need_debs "${DEBS[@]}" || return 0
+  local missing=("${MISSING[@]}")
   if [ "$(id -u)" != 0 ]; then
     log "error: ${missing[*]} missing and installing needs root"
     exit 1

@@ -44,12 +44,8 @@ pid_of() {
 }
 
 install_debs() {
-  local missing
-  mapfile -t missing < <(missing_debs "${DEBS[@]}")
-  if ((${#missing[@]} == 0)); then
-    log "packages: all present"
-    return
-  fi
+  need_debs "${DEBS[@]}" || return 0
+  local missing=("${MISSING[@]}")
   log "packages: installing ${missing[*]}"
   # Exit 100 (apt's own failure status) tells callers "could not install", e.g. no network.
   if ! apt_install "${missing[@]}"; then

@@ -76,12 +76,8 @@ need_root() { [ "$(id -u)" = 0 ] || die "must run as root (namespaces, bind moun
 # ---------------------------------------------------------------- install
 
 install_debs() {
-  local missing
-  mapfile -t missing < <(missing_debs "${DEBS[@]}")
-  if ((${#missing[@]} == 0)); then
-    log "packages: all present"
-    return
-  fi
+  need_debs "${DEBS[@]}" || return 0
+  local missing=("${MISSING[@]}")
   log "packages: installing ${missing[*]}"
   # Without systemd the maintainer scripts fall back to invoke-rc.d, which would start corosync
   # (with the stock config) and pacemaker; policy-rc.d exit 101 forbids that. An existing
