@@ -201,7 +201,11 @@ function panics(w: Window, out: Draft[]): void {
     // What the crash silenced, and a watchdog that fired as the kernel died.
     for (const k of [...CHANNEL_SILENCE, 'libvirt/stopped', 'libvirt/watchdog'])
       w.claim(d, w.near(k, first.timeUs - 10 * S, last.timeUs + 60 * S));
-    const oom = w.near('oom/oom_kill', first.timeUs - 10 * S, first.timeUs, true);
+    // Only an OOM of the whole guest can have brought the kernel down (panic_on_oom); one held
+    // to a cgroup's limit (CONSTRAINT_MEMCG) is that cgroup's business, and gets its own verdict.
+    const oom = w
+      .near('oom/oom_kill', first.timeUs - 10 * S, first.timeUs, true)
+      .filter((p) => str(obj(p.ev.payload['oom'])['constraint']) !== 'CONSTRAINT_MEMCG');
     if (oom.length) {
       d.details['oomBefore'] = oom.map((p) => task(obj(p.ev.payload['oom'])['victim']));
       d.summary += ` The OOM killer ran just before (${(d.details['oomBefore'] as string[]).join(', ')}): memory exhaustion may have led to it.`;

@@ -124,6 +124,31 @@ describe('classification', () => {
     expect(v.summary).toContain('panicked');
   });
 
+  it('a panic after an OOM held to a cgroup: two verdicts, the OOM with its SIGKILL; a global OOM joins the panic', () => {
+    // Seen in the demo: an OOM in /vesper-oom 2 s before an unrelated panic was taken as the
+    // panic's cause, which left its SIGKILL unexplained (an uncertain app-killed).
+    const s = new Scenario();
+    const hog = { pid: 194, comm: 'tail' };
+    const kill = s.signal(30_000, 9, hog, hog, { code: 128 });
+    const oom = s.oom(30_000, hog);
+    const ex = s.exit(30_050, hog, { signal: 9 });
+    const panicked = s.libvirt(32_000, 'panicked', { event: 'Crashed', reason: 'Panicked' });
+    const a = around(s.done(), panicked);
+    const panic = a.verdicts.find((v) => v.kind === 'guest-panic')!;
+    expect(panic.details?.['oomBefore']).toBeUndefined();
+    expect(panic.evidence).not.toContain(oom.id);
+    const o = a.verdicts.find((v) => v.kind === 'oom')!;
+    expect(o.evidence).toEqual(expect.arrayContaining(ids(oom, kill, ex)));
+    expect(a.verdicts.map((v) => v.kind).sort()).toEqual(['guest-panic', 'oom']);
+
+    const g = new Scenario();
+    const globalOom = g.oom(30_000, { pid: 5, comm: 'java' }, { memcg: '', constraint: 'CONSTRAINT_NONE' });
+    const p2 = g.libvirt(31_000, 'panicked', { event: 'Crashed', reason: 'Panicked' });
+    const v2 = around(g.done(), p2).verdicts.find((v) => v.kind === 'guest-panic')!;
+    expect(v2.evidence).toContain(globalOom.id);
+    expect(v2.details?.['oomBefore']).toEqual(['5 (java)']);
+  });
+
   it('a hang: the watchdog fired and heartbeats stopped while the domain ran', () => {
     const s = new Scenario();
     s.heartbeats(0, 30_000);
