@@ -67,6 +67,8 @@ async function main(): Promise<void> {
     follower.kill();
     log('vesper status:');
     process.stdout.write(vesper('list'));
+    log(`vesper analyze ${rig.name} --last: what happened last, and why`);
+    process.stdout.write(vesper('analyze', rig.name, '--last'));
   } finally {
     follower?.kill();
     daemon?.kill('SIGTERM');
