@@ -104,6 +104,9 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *   panic            ok panic               then sysrq-c
  *   hang SECONDS     ok hang SECONDS        then a SCHED_FIFO 99 busy loop freezes userspace
  *   kill-agent       ok kill-agent PID      then SIGKILL to the agent (init restarts it)
+ *   stop-agent S     ok stop-agent PID      the agent is SIGSTOPped for S seconds, then SIGCONT:
+ *                                           its heartbeats stop and nothing else shows (thin
+ *                                           evidence for the analysis)
  *   reboot           ok reboot              then the guest reboots itself (reboot -f)
  *   crash            ok crash PID           a fresh process stores to address 0 (no respawn wait)
  *   panic-now        ok panic-now           then sysrq-c at once (for timing the panic)
@@ -397,6 +400,17 @@ while :; do
         reply "ok kill-agent $p"
         kill -KILL "$p"
       else reply "err kill-agent agent not running"; fi
+      ;;
+    stop-agent)
+      p=
+      read -r p 2> /dev/null < /run/vesper-agent.pid
+      if ! number "$arg"; then reply "err stop-agent usage: stop-agent SECONDS"
+      elif [ -n "$p" ] && [ -d /proc/$p ]; then
+        kill -STOP "$p"
+        reply "ok stop-agent $p"
+        # In the background, so that the helper keeps answering while the agent is stopped.
+        (sleep "$arg"; kill -CONT "$p") < /dev/null > /dev/null 2>&1 &
+      else reply "err stop-agent agent not running"; fi
       ;;
     *) reply "err $cmd unknown command" ;;
   esac

@@ -219,6 +219,25 @@ describe.skipIf(Boolean(why))('vesper analyze with a real guest', () => {
     await waitFor('probes loaded in the new agent', linkUp, 60_000, 500);
   });
 
+  // Before the hang: a hang's verdict takes heartbeat gaps up to 30 s after it as its own.
+  it('thin evidence: only a heartbeat gap (the agent stopped for 8 s) gives a verdict marked uncertain', async () => {
+    await waitFor('link before stopping the agent', linkUp, 60_000, 500);
+    const before = Math.max(0, ...(await analysis()).timeline.map((e) => e.id));
+    await rig.fault('stop-agent 8');
+    const { a, v } = await verdictFor(
+      'a verdict on the new heartbeat gap',
+      (v, a) =>
+        (a.anchor.eventId ?? 0) > before &&
+        a.timeline.some((e) => e.id === a.anchor.eventId && e.plugin === 'channel' && e.event === 'heartbeat-lost') &&
+        v.evidence.includes(a.anchor.eventId!),
+      60_000,
+    );
+    expect(v.confidence, v.summary).toBe('uncertain');
+    // Nothing but the channel's own events rests under it: no kernel record, no libvirt event.
+    expect(evidenceOf(a, v).every((e) => e.plugin === 'channel')).toBe(true);
+    await waitFor('link after the agent runs again', linkUp, 60_000, 500);
+  });
+
   it('a userspace hang: guest-hang of the whole guest, the watchdog and the heartbeat gap as evidence', async () => {
     await rig.fault('hang 12');
     // Until the heartbeats are back: the verdict then has the whole silence (most of the 12 s).
