@@ -2,6 +2,7 @@ import { Command, InvalidArgumentError } from 'commander';
 import { ErrorCode, VesperError, exitStatusFor } from '../proto/errors.js';
 import { VESPER_VERSION } from '../proto/version.js';
 import { Agent } from './agent.js';
+import { relay } from './channel/relay.js';
 import { parseTransport } from './channel/transports.js';
 import { createLogger } from './log.js';
 import { TrustedKeys } from './modules/verify.js';
@@ -78,4 +79,31 @@ export async function run(argv: string[]): Promise<void> {
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+/** `vesper-agent relay`: joins stdin/stdout (an SSH exec channel) to the agent's unix socket. */
+export async function runRelay(argv: string[]): Promise<number> {
+  const program = new Command('vesper-agent relay')
+    .description("joins stdin/stdout (an SSH exec channel) to the agent daemon's unix socket")
+    .requiredOption('-s, --socket <path>', "the agent daemon's socket (its --transport unix:PATH)")
+    .option('--spawn', 'start the agent, detached, when nobody listens on the socket (targets without systemd)')
+    .option('-k, --host-key <path>', "with --spawn: the host's public key for the agent")
+    .option('--log <path>', "with --spawn: the agent's log file")
+    .option('--pid-file <path>', "with --spawn: where the started agent's pid is kept")
+    .option('--wait-ms <n>', 'how long to wait for the socket', int(0), 15_000)
+    .showHelpAfterError();
+  program.parse(argv.filter((_, i) => i !== 2));
+  const o = program.opts<{ socket: string; spawn?: boolean; hostKey?: string; log?: string; pidFile?: string; waitMs: number }>();
+  // stdout is the frame stream: every word of the relay's own goes to stderr.
+  const say = (m: string): void => void process.stderr.write(`vesper-agent relay: ${m}\n`);
+  if (o.spawn && (!o.hostKey || !o.log || !o.pidFile)) {
+    say('--spawn needs --host-key, --log and --pid-file');
+    return 2;
+  }
+  return relay({
+    socket: o.socket,
+    waitMs: o.waitMs,
+    spawn: o.spawn ? { hostKey: o.hostKey!, logFile: o.log!, pidFile: o.pidFile! } : undefined,
+    log: say,
+  });
 }

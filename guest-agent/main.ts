@@ -4,11 +4,16 @@
 // larger than Node's default of 4. Node sizes the pool from UV_THREADPOOL_SIZE before any
 // user code runs (its module loader already uses the pool), so when the variable is not
 // set the agent starts itself again with it: once, with the same arguments and stdio.
+// `vesper-agent relay` (guest-agent/channel/relay.ts) is what an SSH exec channel runs.
 import { spawn } from 'node:child_process';
 
 const POOL = 64;
 
-if (!process.env.UV_THREADPOOL_SIZE) {
+if (process.argv[2] === 'relay') {
+  // The relay only moves bytes: no pool, no second process.
+  const { runRelay } = await import('./cli.js');
+  process.exitCode = await runRelay(process.argv);
+} else if (!process.env.UV_THREADPOOL_SIZE) {
   const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
     stdio: 'inherit',
     env: { ...process.env, UV_THREADPOOL_SIZE: String(POOL) },

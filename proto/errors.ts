@@ -64,6 +64,18 @@ export const ErrorCode = {
   PACEMAKER_MAPPING: 'VSP_PACEMAKER_MAPPING',
   // analysis (host/analysis): `vesper analyze --last` found nothing failure-like for the VM
   ANALYSIS_NO_FAILURE: 'VSP_ANALYSIS_NO_FAILURE',
+  // SSH (host/ssh): the host unreachable, silent past the bound, our credentials refused, its
+  // key not on file or not the one on file, the link gone mid-way, a remote command failed
+  SSH_CONNECT: 'VSP_SSH_CONNECT',
+  SSH_TIMEOUT: 'VSP_SSH_TIMEOUT',
+  SSH_AUTH: 'VSP_SSH_AUTH',
+  SSH_HOSTKEY_UNKNOWN: 'VSP_SSH_HOSTKEY_UNKNOWN',
+  SSH_HOSTKEY_CHANGED: 'VSP_SSH_HOSTKEY_CHANGED',
+  SSH_DISCONNECTED: 'VSP_SSH_DISCONNECTED',
+  SSH_REMOTE_FAILED: 'VSP_SSH_REMOTE_FAILED',
+  // the agent on an SSH target (vesper agent install/uninstall/status)
+  AGENT_NOT_INSTALLED: 'VSP_AGENT_NOT_INSTALLED',
+  AGENT_NOT_ANSWERING: 'VSP_AGENT_NOT_ANSWERING',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -72,7 +84,11 @@ export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
 export function exitStatusFor(code: string): number {
   if (code === ErrorCode.USAGE || code === ErrorCode.FILTER_INVALID || code === ErrorCode.PARAM_UNKNOWN) return 2;
   if (code === ErrorCode.CONFIG_INVALID || code === ErrorCode.PACEMAKER_MAPPING) return 78; // EX_CONFIG
-  if (code === ErrorCode.PERMISSION_DENIED) return 77; // EX_NOPERM
+  if (code === ErrorCode.PERMISSION_DENIED || code === ErrorCode.SSH_AUTH) return 77; // EX_NOPERM
+  if (code === ErrorCode.SSH_HOSTKEY_UNKNOWN || code === ErrorCode.SSH_HOSTKEY_CHANGED) return 76; // EX_PROTOCOL
+  if (code === ErrorCode.SSH_CONNECT || code === ErrorCode.SSH_TIMEOUT || code === ErrorCode.SSH_DISCONNECTED) return 69; // EX_UNAVAILABLE
+  if (code === ErrorCode.AGENT_NOT_INSTALLED) return 3;
+  if (code === ErrorCode.AGENT_NOT_ANSWERING) return 69;
   if (code === ErrorCode.DAEMON_UNREACHABLE || code === ErrorCode.PACEMAKER_UNAVAILABLE) return 69; // EX_UNAVAILABLE
   if (
     code === ErrorCode.VM_NOT_FOUND ||

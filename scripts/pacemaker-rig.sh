@@ -80,22 +80,10 @@ install_debs() {
   local missing=("${MISSING[@]}")
   log "packages: installing ${missing[*]}"
   # Without systemd the maintainer scripts fall back to invoke-rc.d, which would start corosync
-  # (with the stock config) and pacemaker; policy-rc.d exit 101 forbids that. An existing
-  # policy-rc.d (Docker images ship one) is put back afterwards, byte for byte.
-  local policy=/usr/sbin/policy-rc.d saved='' before
+  # (with the stock config) and pacemaker; apt_install_no_services forbids that.
+  local before rc=0
   before=$(cluster_pids)
-  if [ -e "$policy" ]; then
-    saved=$(mktemp "$policy.vesper-XXXXXX")
-    cp -p "$policy" "$saved"
-  fi
-  # shellcheck disable=SC2064 # expand now: the trap must restore this exact state
-  trap "restore_policy '$policy' '$saved'" EXIT
-  printf '#!/bin/sh\n# scripts/pacemaker-rig.sh: no services start during its apt-get install\nexit 101\n' >"$policy"
-  chmod 0755 "$policy"
-  local rc=0
-  apt_install "${missing[@]}" || rc=$?
-  restore_policy "$policy" "$saved"
-  trap - EXIT
+  apt_install_no_services "${missing[@]}" || rc=$?
   if ((rc != 0)); then
     log "error: could not install ${missing[*]} (apt-get exit $rc)"
     exit 100
@@ -109,15 +97,6 @@ install_debs() {
     wait_gone "$pid" 10 || kill -KILL "$pid" 2>/dev/null || true
   done
   log "packages: installed"
-}
-
-restore_policy() {
-  local policy=$1 saved=$2
-  if [ -n "$saved" ]; then
-    [ -e "$saved" ] && mv -f "$saved" "$policy"
-  else
-    rm -f "$policy"
-  fi
 }
 
 # ---------------------------------------------------------------- helpers

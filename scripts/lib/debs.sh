@@ -25,3 +25,32 @@ need_debs() {
     return 1
   fi
 }
+
+# apt_install_no_services PKG...: apt_install, but no package may start its service (without
+# systemd, maintainer scripts fall back to invoke-rc.d, which would). /usr/sbin/policy-rc.d
+# exit 101 forbids it; an existing policy-rc.d (Docker images ship one) is put back afterwards,
+# byte for byte, whatever happens.
+apt_install_no_services() {
+  local policy=/usr/sbin/policy-rc.d saved='' rc=0
+  if [ -e "$policy" ]; then
+    saved=$(mktemp "$policy.vesper-XXXXXX")
+    cp -p "$policy" "$saved"
+  fi
+  # shellcheck disable=SC2064 # expand now: the trap must restore this exact state
+  trap "_restore_policy '$policy' '$saved'" EXIT
+  printf '#!/bin/sh\n# vesper set-up: no services start during its apt-get install\nexit 101\n' >"$policy"
+  chmod 0755 "$policy"
+  apt_install "$@" || rc=$?
+  _restore_policy "$policy" "$saved"
+  trap - EXIT
+  return "$rc"
+}
+
+_restore_policy() {
+  local policy=$1 saved=$2
+  if [ -n "$saved" ]; then
+    [ -e "$saved" ] && mv -f "$saved" "$policy"
+  else
+    rm -f "$policy"
+  fi
+}
