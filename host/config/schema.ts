@@ -17,6 +17,7 @@ import {
   parseAction,
 } from '../actions/parse.js';
 import { DEFAULT_ALERT_SOCKET } from '../pacemaker/alert-event.js';
+import { parseSshTarget } from '../ssh/target.js';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
 
 export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
@@ -64,6 +65,34 @@ export interface PacemakerConfig {
   alertGroup: string;
 }
 
+/** One VM reached over SSH: where, with what, and where its agent lives there. */
+export interface SshTargetConfig {
+  /** `user@host[:port]` as written (parseSshTarget reads it) */
+  target: string;
+  /** private key file; without key and passwordEnv, root's ~/.ssh keys and ssh-agent */
+  key?: string;
+  /** known_hosts to check the host key against (default ~/.ssh/known_hosts) */
+  knownHosts?: string;
+  /** a pinned `SHA256:…` host key fingerprint, checked instead of known_hosts */
+  fingerprint?: string;
+  /** the environment variable holding the password (never the password itself) */
+  passwordEnv?: string;
+  /** the agent's files on the target (AgentLayout.prefix) */
+  prefix: string;
+  /** the agent daemon's socket, pid file and log on the target (AgentLayout.runDir) */
+  runDir: string;
+}
+
+export interface SshConfig {
+  /** VM name → its target */
+  targets: Record<string, SshTargetConfig>;
+  /** ms for TCP connect, SSH handshake and authentication */
+  connectTimeout: number;
+  /** ms between SSH-level keepalives; the connection is dropped after keepaliveCountMax unanswered */
+  keepalive: number;
+  keepaliveCountMax: number;
+}
+
 export interface Config {
   daemon: { socket: string; group: string; logLevel: LogLevel };
   libvirt: { uri: string; channel: string };
@@ -89,6 +118,8 @@ export interface Config {
   attach: AttachRuleConfig[];
   /** present when the file has a pacemaker section: alerts are taken, mapped VMs get the plugin */
   pacemaker?: PacemakerConfig;
+  /** VMs reached over SSH (no virtio channel needed); none by default */
+  ssh: SshConfig;
 }
 
 // ------------------------------------------------------------------ field types
@@ -202,6 +233,51 @@ const pacemakerSchema = mapping('a mapping', {
   alert_group: text('a group name').prefault('haclient'),
 });
 
+const sshTargetSchema = mapping('an SSH target', {
+  target: z.string({ error: 'must be an SSH target user@host[:port]' }).refine(
+    (s) => {
+      try {
+        parseSshTarget(s);
+        return !CONTROL.test(s);
+      } catch {
+        return false;
+      }
+    },
+    { error: 'must be an SSH target user@host[:port] (port 1-65535)' },
+  ),
+  key: absolutePath('the private key file').optional(),
+  known_hosts: absolutePath('a known_hosts file').optional(),
+  fingerprint: z
+    .string({ error: 'must be a host key fingerprint SHA256:… (as ssh-keygen -lf prints it)' })
+    .refine((s) => /^SHA256:[A-Za-z0-9+/]{43}=?$/.test(s), {
+      error: 'must be a host key fingerprint SHA256:… (as ssh-keygen -lf prints it: 43 base64 characters)',
+    })
+    .optional(),
+  // Refused in crossCheck, which never repeats the value: a password must not be in the file.
+  password: z.unknown().optional(),
+  password_env: z
+    .string({ error: 'must be an environment variable name' })
+    .refine((s) => /^[A-Za-z_][A-Za-z0-9_]*$/.test(s), { error: 'must be an environment variable name (letters, digits, _)' })
+    .optional(),
+  prefix: absolutePath("the agent's directory on the target").prefault('/opt/vesper-agent'),
+  run_dir: absolutePath("the agent's run directory on the target").prefault('/run/vesper-agent'),
+});
+
+const sshSchema = mapping('a mapping', {
+  targets: z
+    .record(
+      z.string().refine((s) => /^[A-Za-z0-9_.+-][A-Za-z0-9_.+:-]*$/.test(s) && s !== '*', {
+        error: 'must be a VM name (letters, digits and . _ + - :)',
+      }),
+      sshTargetSchema,
+      { error: 'must be a mapping of VM names to { target, key, known_hosts, fingerprint, ... }' },
+    )
+    .prefault({}),
+  connect_timeout: duration('15s', 100),
+  keepalive: duration('5s', 100),
+  keepalive_count_max: wholeNumber('a whole number >= 1', 1).prefault(3),
+});
+
 const paramValue = z.union([z.string(), z.number(), z.boolean()], { error: 'must be a string, number or boolean' });
 
 const probeSchema = mapping('a probe', {
@@ -253,6 +329,7 @@ export const fileSchema = mapping('a mapping of sections', {
   filters: z.array(filterSchema, { error: 'must be a list of filter rules' }).prefault([]),
   attach: z.array(attachSchema, { error: 'must be a list of attach rules' }).prefault([]),
   pacemaker: pacemakerSchema.optional(),
+  ssh: sshSchema.prefault({}),
 });
 
 export type FileConfig = z.output<typeof fileSchema>;
@@ -290,6 +367,29 @@ export function toConfig(f: FileConfig): Config {
       })),
     })),
     ...(f.pacemaker ? { pacemaker: toPacemakerConfig(f.pacemaker) } : {}),
+    ssh: toSshConfig(f.ssh),
+  };
+}
+
+function toSshConfig(s: FileConfig['ssh']): SshConfig {
+  return {
+    targets: Object.fromEntries(
+      Object.entries(s.targets).map(([vm, t]) => [
+        vm,
+        {
+          target: t.target,
+          ...(t.key !== undefined ? { key: t.key } : {}),
+          ...(t.known_hosts !== undefined ? { knownHosts: t.known_hosts } : {}),
+          ...(t.fingerprint !== undefined ? { fingerprint: t.fingerprint } : {}),
+          ...(t.password_env !== undefined ? { passwordEnv: t.password_env } : {}),
+          prefix: t.prefix,
+          runDir: t.run_dir,
+        },
+      ]),
+    ),
+    connectTimeout: s.connect_timeout,
+    keepalive: s.keepalive,
+    keepaliveCountMax: s.keepalive_count_max,
   };
 }
 
@@ -385,6 +485,15 @@ export function crossCheck(raw: unknown, suggest: (word: string, choices: readon
     const vmProblem = actionProblemForVm(parsed, typeof f.vm === 'string' ? f.vm : '*', mapped);
     if (vmProblem) out.push({ path: f.vm === '' ? at('vm') : f.args === undefined ? at('action') : at('args'), message: vmProblem });
   });
+  const ssh = isObj(raw.ssh) ? raw.ssh : {};
+  const targets = isObj(ssh.targets) ? ssh.targets : {};
+  for (const [vm, t] of Object.entries(targets))
+    if (isObj(t) && t.password !== undefined)
+      out.push({
+        path: ['ssh', 'targets', vm, 'password'],
+        atKey: true,
+        message: 'a password does not belong in the config file: put it in an environment variable and name that in password_env',
+      });
   const ch = isObj(raw.channel) ? raw.channel : {};
   const min = durationOr(ch.reconnect_min, 200);
   const max = durationOr(ch.reconnect_max, 10_000);

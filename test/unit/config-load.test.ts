@@ -20,6 +20,7 @@ const DEFAULTS: Config = {
   actions: { execTimeout: 30_000, rateLimit: { max: 3, per: 600_000 }, fenceLockDir: '/var/lib/vesper/fence' },
   filters: [],
   attach: [],
+  ssh: { targets: {}, connectTimeout: 15_000, keepalive: 5000, keepaliveCountMax: 3 },
 };
 
 /** The VesperError parseConfig throws for `text`. */
@@ -175,6 +176,7 @@ attach:
           ],
         },
       ],
+      ssh: DEFAULTS.ssh,
     });
   });
 
@@ -253,7 +255,7 @@ describe('mistakes', () => {
     expect(err.message.split('\n')).toEqual([
       'vesper.yaml:2:3: daemon.loglevel: unknown key (did you mean "log_level"?); allowed here: socket, group, log_level',
       'vesper.yaml:4:3: libvirt.url: unknown key (did you mean "uri"?); allowed here: uri, channel',
-      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker',
+      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh',
       'vesper.yaml:8:5: filters[0].decision: missing: must be one of notify, discard, action',
       'vesper.yaml:10:5: filters[0].decison: unknown key (did you mean "decision"?); allowed here: vm, plugin, instance, event, decision, action, args',
     ]);
@@ -314,7 +316,7 @@ describe('mistakes', () => {
       'vesper.yaml:4:3: store.path: must be the event database file (an absolute path), got null (an empty value)',
     ]);
     expect(mistakes('- a\n- b\n').message).toBe(
-      'vesper.yaml:1:1: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker)',
+      'vesper.yaml:1:1: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh)',
     );
   });
 });
@@ -494,6 +496,17 @@ describe('the example file', () => {
       'tools_timeout:',
       'alert_socket:',
       'alert_group:',
+      'ssh:',
+      'connect_timeout:',
+      'keepalive_count_max:',
+      'targets:',
+      'target:',
+      'key:',
+      'known_hosts:',
+      'fingerprint:',
+      'password_env:',
+      'prefix:',
+      'run_dir:',
     ])
       expect(text, key).toContain(key);
   });
@@ -504,7 +517,12 @@ describe('the example file', () => {
     const out: string[] = [];
     let inBlock = false;
     for (const line of lines) {
-      if (line === 'filters: []' || line === 'attach: []') continue;
+      if (line === 'filters: []' || line === 'attach: []' || line === '  targets: {}') continue;
+      if (line === '#  targets:') {
+        inBlock = true;
+        out.push(line.slice(1));
+        continue;
+      }
       if (/^#(filters|attach|pacemaker|standby_uri):/.test(line) || /^ {2}#standby_uri:/.test(line)) {
         inBlock = !line.startsWith('  ');
         out.push(line.replace('#', ''));
@@ -531,6 +549,69 @@ describe('the example file', () => {
       alertSocket: '/run/vesper-pacemaker/alert.sock',
       alertGroup: 'haclient',
     });
+    expect(c.ssh.targets).toEqual({
+      web3: {
+        target: 'root@web3.example:22',
+        key: '/etc/vesper/ssh/id_ed25519',
+        knownHosts: '/etc/vesper/ssh/known_hosts',
+        prefix: '/opt/vesper-agent',
+        runDir: '/run/vesper-agent',
+      },
+      db3: {
+        target: 'vesper@10.0.0.7',
+        fingerprint: 'SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s',
+        passwordEnv: 'VESPER_DB3_PASSWORD',
+        prefix: '/opt/vesper-agent',
+        runDir: '/run/vesper-agent',
+      },
+    });
+  });
+});
+
+describe('the ssh section', () => {
+  it('targets with their defaults, camelCase', () => {
+    const c = parseConfig('ssh:\n  keepalive: 2s\n  targets:\n    web1: { target: root@127.0.0.1:2222, key: /k, known_hosts: /kh }\n', 'x');
+    expect(c.ssh).toEqual({
+      targets: {
+        web1: { target: 'root@127.0.0.1:2222', key: '/k', knownHosts: '/kh', prefix: '/opt/vesper-agent', runDir: '/run/vesper-agent' },
+      },
+      connectTimeout: 15_000,
+      keepalive: 2000,
+      keepaliveCountMax: 3,
+    });
+  });
+
+  it('every mistake, one line each, at its place; a password is refused without being repeated', () => {
+    const err = mistakes(
+      [
+        /*  1 */ 'ssh:',
+        /*  2 */ '  connect_timeout: 10',
+        /*  3 */ '  keepalive_count_max: 0',
+        /*  4 */ '  targets:',
+        /*  5 */ '    web1: { target: root@h:99999 }',
+        /*  6 */ '    web2: { target: root@h, key: id_rsa, known_host: /kh }',
+        /*  7 */ '    web3: { target: root@h, fingerprint: MD5:aa }',
+        /*  8 */ '    web4: { target: root@h, password: hunter2 }',
+        /*  9 */ "    web5: { target: root@h, password_env: 'MY PW', prefix: opt }",
+        /* 10 */ '    web6: { key: /k }',
+        /* 11 */ "    '*': { target: root@h }",
+        '',
+      ].join('\n'),
+    );
+    expect(err.message.split('\n')).toEqual([
+      'vesper.yaml:2:20: ssh.connect_timeout: must be a duration like 500ms, 10s, 5m, 2h, 30d or 1h30m, got 10',
+      'vesper.yaml:3:24: ssh.keepalive_count_max: must be a whole number >= 1, got 0',
+      'vesper.yaml:5:21: ssh.targets.web1.target: must be an SSH target user@host[:port] (port 1-65535), got "root@h:99999"',
+      'vesper.yaml:6:34: ssh.targets.web2.key: must be the private key file (an absolute path, starting with /), got "id_rsa"',
+      'vesper.yaml:6:42: ssh.targets.web2.known_host: unknown key (did you mean "known_hosts"?); allowed here: target, key, known_hosts, fingerprint, password, password_env, prefix, run_dir',
+      'vesper.yaml:7:42: ssh.targets.web3.fingerprint: must be a host key fingerprint SHA256:… (as ssh-keygen -lf prints it: 43 base64 characters), got "MD5:aa"',
+      'vesper.yaml:8:29: ssh.targets.web4.password: a password does not belong in the config file: put it in an environment variable and name that in password_env',
+      'vesper.yaml:9:43: ssh.targets.web5.password_env: must be an environment variable name (letters, digits, _), got "MY PW"',
+      'vesper.yaml:9:60: ssh.targets.web5.prefix: must be the agent\'s directory on the target (an absolute path, starting with /), got "opt"',
+      'vesper.yaml:10:11: ssh.targets.web6.target: missing: must be an SSH target user@host[:port]',
+      'vesper.yaml:11:5: ssh.targets.*: must be a VM name (letters, digits and . _ + - :), got "*"',
+    ]);
+    expect(err.message).not.toContain('hunter2');
   });
 });
 
