@@ -23,11 +23,12 @@ export function printVms(vms: apipb.IVmSummary[], o: Output): void {
   if (o.output === 'json') return out(`${JSON.stringify(vms.map(vmJson))}\n`);
   out(
     table(
-      ['VM', 'STATE', 'LINK', 'PROBES', 'EVENTS', 'LAST EVENT'],
+      ['VM', 'STATE', 'LINK', 'VIA', 'PROBES', 'EVENTS', 'LAST EVENT'],
       vms.map((v) => [
         v.name ?? '',
         v.state ?? '',
         v.link ?? '',
+        v.transport === 'ssh' ? `ssh ${v.target ?? ''}` : v.transport || '-',
         (v.probes ?? []).join(',') || '-',
         Number(v.events ?? 0),
         timeOf(v.lastEventUs),
@@ -44,6 +45,8 @@ function vmJson(v: apipb.IVmSummary): {
   probes: string[];
   events: number;
   lastEventUs: number | null;
+  transport: string;
+  target: string | null;
 } {
   return {
     name: v.name ?? '',
@@ -53,6 +56,8 @@ function vmJson(v: apipb.IVmSummary): {
     probes: v.probes ?? [],
     events: Number(v.events ?? 0),
     lastEventUs: Number(v.lastEventUs ?? 0) || null,
+    transport: v.transport || 'none',
+    target: v.target || null,
   };
 }
 
@@ -73,6 +78,9 @@ export function printStatus(d: apipb.IVmDetail, o: Output): void {
     recordsReceived: Number(d.recordsReceived ?? 0),
     recordsLost: Number(d.recordsLost ?? 0),
     channelSocket: d.channelSocket || null,
+    linkErrorCode: d.linkErrorCode || null,
+    linkError: d.linkError || null,
+    hostKey: d.hostKey || null,
     attached,
   };
   if (o.output === 'json') return out(`${JSON.stringify(j)}\n`);
@@ -80,7 +88,13 @@ export function printStatus(d: apipb.IVmDetail, o: Output): void {
     ['VM', String(j.name)],
     ['state', String(j.state)],
     ['link', String(j.link)],
-    ['channel', j.channelSocket ?? '(none)'],
+    ...(j.transport === 'ssh'
+      ? ([
+          ['via', `ssh ${j.target ?? ''}`],
+          ['host key', j.hostKey ?? '-'],
+        ] as Array<[string, string]>)
+      : ([['channel', j.channelSocket ?? '(none)']] as Array<[string, string]>)),
+    ...(j.linkErrorCode ? ([['link error', `${j.linkErrorCode}: ${j.linkError ?? ''}`]] as Array<[string, string]>) : []),
     ['agent', j.agentVersion ? `${j.agentVersion} pid ${j.agentPid} on ${j.kernel}` : '-'],
     ['heartbeat', j.heartbeatLost ? 'LOST' : 'ok'],
     ['records', `${j.recordsReceived} received, ${j.recordsLost} lost in the guest`],
