@@ -19,6 +19,7 @@ import { mono, pct, round, type Metrics } from './stats.js';
 import { analyzeBench } from './analyze.js';
 import { managerBench } from './manager.js';
 import { raceBench } from './race.js';
+import { splitBrainBench } from './splitbrain.js';
 import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -46,6 +47,9 @@ const TARGETS: Record<string, string> = {
   'race.oom.speedup': '>= 10',
   'race.panic.speedup': '>= 10',
   'analyze.ms.p50': '< 200',
+  'splitbrain.trials': '>= 100',
+  'splitbrain.double_starts': '0',
+  'splitbrain.starts_before_fence': '0',
 };
 
 function cpuTicks(pid: number): number {
@@ -252,9 +256,10 @@ async function main(): Promise<void> {
     .option('--trials <n>', 'SIGSEGV trials', '300')
     .option('--no-vm', 'skip the benchmarks that boot a guest')
     .option('--race-trials <n>', 'trials per failure and mode in the Pacemaker race', '5')
+    .option('--splitbrain-trials <n>', 'trials of two managers failing over the same VM at once', '100')
     .option('--vcpus <n>', 'vCPUs of the benchmark guest (the host has 2 CPUs: one runs the storm generator, one the agent)', '2')
     .parse(process.argv)
-    .opts<{ json?: string; only?: string; trials: string; vm: boolean; vcpus: string; raceTrials: string }>();
+    .opts<{ json?: string; only?: string; trials: string; vm: boolean; vcpus: string; raceTrials: string; splitbrainTrials: string }>();
   const why = whyNoKernelAccess();
   const m: Metrics = {};
   const want = (p: string) => !o.only || p.startsWith(o.only) || o.only.startsWith(p);
@@ -270,6 +275,7 @@ async function main(): Promise<void> {
     if (want('agent.idle') || want('agent.rss')) await idle(m);
     if (o.vm && want('vm.')) await vmBench(m, { trials: 200, vcpus: Number(o.vcpus), log: (s) => console.error(s) });
     if (o.vm && want('race.')) await raceBench(m, { trials: Number(o.raceTrials), want, log: (s) => console.error(s) });
+    if (o.vm && want('splitbrain.')) await splitBrainBench(m, { trials: Number(o.splitbrainTrials), log: (s) => console.error(s) });
   }
   const t = new Table({ head: ['metric', 'value', 'target'] });
   for (const [k, v] of Object.entries(m)) t.push([k, String(v), TARGETS[k] ?? '']);
