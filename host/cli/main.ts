@@ -11,6 +11,7 @@ import { renderHtml } from '../analysis/report-html.js';
 import { analysisText } from '../analysis/text.js';
 import type { Analysis } from '../analysis/types.js';
 import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
+import { addAgentCommands } from './agent.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
 
@@ -348,6 +349,8 @@ export function buildProgram(): Command {
       const { runDaemon } = await import('../daemon/run.js');
       await runDaemon({ configPath: o.config });
     });
+
+  addAgentCommands(program); // vesper agent install|uninstall|status: over SSH, from this process
 
   return program;
 }
