@@ -1,0 +1,216 @@
+// `vesper agent install|status|uninstall` against a real OpenSSH sshd on a loopback port (the
+// agent then runs on this machine's kernel): the built CLI installs into a temporary prefix,
+// the agent answers over SSH, a probe signed with the key the install pushed is loaded through
+// the same SSH link vesperd uses, a real segfault arrives as a `signal` record, and uninstall
+// leaves nothing behind: no prefix, no run dir, no agent process.
+import { execFile, spawnSync } from 'node:child_process';
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
+import { segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import { loadOrCreateHostKey } from '../../host/keys.js';
+import { readProbeBundle, signModule } from '../../host/probes/package.js';
+import { openAgentLink, type AgentLayout } from '../../host/ssh/agent-link.js';
+import { SshConnection } from '../../host/ssh/connect.js';
+import type { InstallReport, StatusReport, UninstallReport } from '../../host/ssh/install.js';
+import { Sshd, whyNoSshd } from '../helpers/sshd.js';
+import { VESPER, type Run } from '../helpers/vesperd-process.js';
+import { waitFor } from '../helpers/wait.js';
+
+const why = whyNoSshd();
+if (why) console.warn(`SKIP ssh install tests: ${why}`);
+
+/** Processes whose command line names this path (the agent, its relays). */
+function processesUnder(path: string): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d) || Number(d) === process.pid) continue;
+    try {
+      if (
+        readFileSync(`/proc/${d}/cmdline`, 'utf8')
+          .split('\0')
+          .some((a) => a.startsWith(path))
+      )
+        out.push(Number(d));
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
+  let sshd: Sshd;
+  let dir: string;
+  let layout: AgentLayout;
+  let env: NodeJS.ProcessEnv;
+  let targetArgs: string[];
+  let agentPid = 0;
+  const clients: AgentClient[] = [];
+  const conns: SshConnection[] = [];
+
+  const cli = (args: string[]): Promise<Run> =>
+    new Promise((resolve) => {
+      execFile(process.execPath, [VESPER, 'agent', ...args, ...targetArgs], { timeout: 120_000, cwd: '/', env }, (err, stdout, stderr) => {
+        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+      });
+    });
+  const json = async <T>(args: string[]): Promise<T> => {
+    const r = await cli([...args, '-o', 'json']);
+    if (r.code !== 0) throw new Error(`vesper agent ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
+    return JSON.parse(r.stdout) as T;
+  };
+  const connect = async (): Promise<SshConnection> => {
+    const c = await SshConnection.connect({ target: sshd.target(), keyFile: sshd.clientKey, knownHosts: sshd.knownHosts });
+    conns.push(c);
+    return c;
+  };
+
+  beforeAll(async () => {
+    if (!existsSync(VESPER)) throw new Error(`${VESPER} is missing: run npm run build`);
+    sshd = await Sshd.start();
+    dir = mkdtempSync(join(tmpdir(), 'vesper-ssh-install-'));
+    layout = {
+      prefix: join(dir, 'target', 'opt', 'vesper-agent'),
+      runDir: join(dir, 'target', 'run', 'vesper-agent'),
+      unit: 'vesper-agent-ssh.service',
+    };
+    env = { ...process.env, VESPER_KEY_DIR: join(dir, 'keys') };
+    delete env.VESPER_SSH_PASSWORD;
+    targetArgs = [
+      '--ssh',
+      `root@127.0.0.1:${sshd.port}`,
+      '--key',
+      sshd.clientKey,
+      '--known-hosts',
+      sshd.knownHosts,
+      '--prefix',
+      layout.prefix,
+      '--run-dir',
+      layout.runDir,
+    ];
+  });
+
+  afterAll(async () => {
+    for (const c of clients) c.close();
+    for (const c of conns) c.close();
+    // Whatever the test left running under the prefix (the agent, relays), killed for sure.
+    if (layout) for (const pid of processesUnder(layout.prefix)) process.kill(pid, 'SIGKILL');
+    if (agentPid && alive(agentPid)) process.kill(agentPid, 'SIGKILL');
+    await sshd?.stop();
+    if (dir) rmSync(dir, { recursive: true, force: true });
+  });
+
+  it('install pushes the agent and this host key, starts it through the relay (no systemd here) and sees it answer', async () => {
+    const r = await cli(['install', '-o', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    const rep = JSON.parse(r.stdout) as InstallReport;
+    agentPid = rep.agent.pid;
+    expect(rep.systemd).toBe(false); // this machine has no systemd
+    expect(rep.startedBy).toBe('relay');
+    expect(rep.bootHint).toContain(`${layout.prefix}/bin/vesper-agent-relay`);
+    expect(rep.agent.pid).toBeGreaterThan(0);
+    expect(alive(rep.agent.pid)).toBe(true);
+    expect(rep.agent.kernel).toBe(spawnSync('uname', ['-r']).stdout.toString().trim());
+    expect(rep.bytesPushed).toBeGreaterThan(readFileSync(join(import.meta.dirname, '../../dist/guest-agent/vesper-agent.mjs')).length);
+    // stderr says plainly that there is no systemd and how the agent starts; stdout is the result
+    expect(r.stderr).toMatch(/has no systemd/);
+    expect(r.stderr).toMatch(/started by the relay on the first link/);
+    // the key the agent trusts is this host's
+    expect(readFileSync(join(layout.prefix, 'host.pub'), 'utf8')).toBe(readFileSync(join(dir, 'keys', 'host.pub'), 'utf8'));
+    expect(
+      readFileSync(join(layout.prefix, 'vesper-agent.mjs')).equals(
+        readFileSync(join(import.meta.dirname, '../../dist/guest-agent/vesper-agent.mjs')),
+      ),
+    ).toBe(true);
+    // no temporary file left anywhere in the prefix
+    const leftovers = spawnSync('find', [layout.prefix, '-name', '*.vesper-tmp.*'], { encoding: 'utf8' }).stdout.trim();
+    expect(leftovers).toBe('');
+  });
+
+  it('status says installed, the bundle as pushed, the agent answering with its pid', async () => {
+    const s = await json<StatusReport>(['status']);
+    expect(s.installed).toBe(true);
+    expect(s.bundleIntact).toBe(true);
+    expect(s.answering).toBe(true);
+    expect(s.pid).toBe(agentPid);
+    expect(s.agent?.pid).toBe(agentPid);
+    const table = await cli(['status']);
+    expect(table.code).toBe(0);
+    expect(table.stdout).toMatch(/answering\s+0\.\d+\.\d+.*pid \d+/);
+  });
+
+  it('a probe signed with the pushed key loads over the SSH link, and a real segfault arrives as a signal record', async () => {
+    const conn = await connect();
+    const client = await openAgentLink(conn, { layout });
+    clients.push(client);
+    expect(client.hello.agentPid).toBe(agentPid);
+    const records: AgentRecord[] = [];
+    client.on('record', (r) => records.push(r));
+
+    // A module signed by some other key is refused: the agent trusts exactly the pushed key.
+    const stranger = loadOrCreateHostKey(join(dir, 'other-keys'));
+    await expect(client.load(signModule(readProbeBundle('signal'), stranger))).rejects.toMatchObject({ code: 'VSP_PROBE_UNKNOWN_KEY' });
+
+    const key = loadOrCreateHostKey(join(dir, 'keys'));
+    const loaded = await client.load(signModule(readProbeBundle('signal'), key));
+    expect(loaded.map((p) => p.name)).toEqual(['signal']);
+
+    const prog = writeProgram(join(dir, 'segv'), segfaultProgram());
+    const run = spawnSync(prog);
+    expect(run.signal).toBe('SIGSEGV');
+    const sig = await waitFor(
+      'the SIGSEGV record over SSH',
+      () => records.find((x) => x.kind === 'signal' && x.raw.signal?.target?.pid === run.pid),
+      15_000,
+      20,
+    );
+    expect(sig.probe).toBe('signal');
+    expect(sig.raw.signal?.sig).toBe(11);
+    expect(sig.raw.signal?.senderIsKernel).toBe(true);
+    expect(sig.raw.signal?.target?.comm).toBe('segv');
+
+    const s = await json<StatusReport>(['status']);
+    expect(s.agent?.probes).toContain('signal#0');
+    client.close();
+  });
+
+  it('a second install changes nothing that is the same and keeps the agent running', async () => {
+    const rep = await json<InstallReport>(['install']);
+    expect(rep.unchanged).toEqual(expect.arrayContaining(['vesper-agent.mjs', 'host.pub', 'bin/vesper-agent', 'bin/vesper-agent-relay']));
+    expect(rep.restarted).toBe(false);
+    expect(rep.agent.pid).toBe(agentPid);
+  });
+
+  it('uninstall stops the agent and removes prefix and run dir; a second uninstall is a no-op; status then says not installed', async () => {
+    const u = await json<UninstallReport>(['uninstall']);
+    expect(u.removed).toBe(true);
+    expect(u.stopped).toContain(agentPid);
+    expect(u.prefixRemoved).toBe(true);
+    expect(u.runDirRemoved).toBe(true);
+    expect(existsSync(layout.prefix)).toBe(false);
+    expect(existsSync(layout.runDir)).toBe(false);
+    await waitFor('the agent process to be gone', () => !alive(agentPid), 10_000, 50);
+    expect(processesUnder(layout.prefix)).toEqual([]);
+
+    const again = await cli(['uninstall']);
+    expect(again.code).toBe(0);
+    expect(again.stdout).toMatch(/nothing to uninstall/);
+
+    const st = await cli(['status']);
+    expect(st.code).toBe(3);
+    expect(st.stderr).toMatch(/VSP_AGENT_NOT_INSTALLED/);
+  });
+});
