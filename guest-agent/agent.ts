@@ -14,6 +14,7 @@ import type { Capabilities } from './modules/api.js';
 import { ProbeRuntime } from './modules/runtime.js';
 import type { TrustedKeys } from './modules/verify.js';
 import { RecordRing } from './ring/record-ring.js';
+import { RunState } from './ring/run-state.js';
 
 export interface AgentOptions {
   transport: Transport;
@@ -26,6 +27,11 @@ export interface AgentOptions {
   maxFrameBytes?: number;
   /** thread-pool threads the tracefs readers may hold */
   readerThreads: number;
+  /**
+   * The run-state file (guest-agent/ring/run-state.ts): with it, what an agent crash lost is
+   * reported by the next agent as a loss with its count. Without it, nothing is reported.
+   */
+  stateFile?: string;
 }
 
 export class Agent {
@@ -38,6 +44,8 @@ export class Agent {
   private readonly kmsg = new KmsgSource();
   private readonly startMono = monoNow();
   private readonly bootId: string;
+  private readonly runState: RunState;
+  private persistScheduled = false;
 
   constructor(private readonly o: AgentOptions) {
     const missing: string[] = [];
@@ -67,6 +75,8 @@ export class Agent {
     };
     this.bootId = readText('/proc/sys/kernel/random/boot_id');
     this.ring = new RecordRing(o.ringRecords, o.ringBytes, () => this.clock.now());
+    this.runState = new RunState(o.stateFile ?? null, this.bootId);
+    if (this.runState.ended.length) o.log.info({ ended: this.runState.ended }, 'earlier agent runs of this boot; told to the host');
     this.runtime = new ProbeRuntime({
       agentVersion: VESPER_VERSION,
       tracefs: this.tracefs,
@@ -79,6 +89,7 @@ export class Agent {
       log: o.log,
       append: (rec) => {
         const seq = this.ring.append(rec);
+        this.schedulePersist();
         this.session?.schedulePump();
         return seq > 0;
       },
@@ -105,6 +116,16 @@ export class Agent {
     return done;
   }
 
+  /** The run-state file catches up with the ring once per turn that numbered records. */
+  private schedulePersist(): void {
+    if (this.persistScheduled || !this.o.stateFile) return;
+    this.persistScheduled = true;
+    setImmediate(() => {
+      this.persistScheduled = false;
+      this.runState.note(this.ring.lastSeq);
+    });
+  }
+
   hello(): pb.IHello {
     return {
       protocolVersion: PROTOCOL_VERSION,
@@ -129,6 +150,7 @@ export class Agent {
       ringCapacity: this.ring.capacityRecords,
       maxFrameBytes: this.o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       agentPid: process.pid,
+      endedRuns: this.runState.ended.map((r) => ({ bootId: r.bootId, agentPid: r.agentPid, lastSeq: r.lastSeq })),
     };
   }
 
@@ -148,6 +170,8 @@ export class Agent {
         runtime: this.runtime,
         log: this.o.log,
         hello: () => this.hello(),
+        // Nothing leaves before the run-state file has its number (see run-state.ts).
+        beforeSend: () => this.runState.note(this.ring.lastSeq),
         maxFrameBytes: this.o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       },
       (closed) => {
@@ -162,6 +186,8 @@ export class Agent {
     await this.runtime.stopAll();
     await this.kmsg.stop();
     await this.o.transport.stop();
+    this.runState.note(this.ring.lastSeq);
+    this.runState.close();
   }
 }
 

@@ -26,6 +26,10 @@ export async function run(argv: string[]): Promise<void> {
     .option('--trace-buffer-kb <n>', 'kernel trace buffer per CPU per probe instance', int(4), 1024)
     .option('--tracefs <path>', 'tracefs mount point (default: find or mount it)')
     .option('--max-frame-bytes <n>', 'largest frame accepted or sent', int(4096), 1 << 20)
+    .option(
+      '--state-file <path>',
+      'run-state file (on tmpfs, e.g. /run/vesper-agent/run-state): lets the next agent report what a crash of this one lost',
+    )
     .option('--no-protect', 'do not set oom_score_adj or raise priority (tests)')
     .showHelpAfterError();
   program.parse(argv);
@@ -38,6 +42,7 @@ export async function run(argv: string[]): Promise<void> {
     tracefs?: string;
     maxFrameBytes: number;
     protect: boolean;
+    stateFile?: string;
   }>();
   const log = createLogger();
   let agent: Agent;
@@ -51,6 +56,7 @@ export async function run(argv: string[]): Promise<void> {
       traceBufferKb: o.traceBufferKb,
       tracefsPath: o.tracefs,
       maxFrameBytes: o.maxFrameBytes,
+      stateFile: o.stateFile,
       // Leave four pool threads for everything else (file reads, the kernel log reader).
       readerThreads: Math.max(0, Number(process.env.UV_THREADPOOL_SIZE ?? 4) - 4),
     });

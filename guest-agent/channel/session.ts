@@ -25,6 +25,8 @@ export interface SessionDeps {
   runtime: ProbeRuntime;
   log: Logger;
   hello: () => pb.IHello;
+  /** called before every batch goes out */
+  beforeSend?: () => void;
   maxFrameBytes: number;
 }
 
@@ -87,6 +89,7 @@ export class Session {
   }
 
   private pump(): void {
+    if (this.ready && !this.closed && this.writable && this.d.ring.unsent > 0) this.d.beforeSend?.();
     while (this.ready && !this.closed && this.writable && this.d.ring.unsent > 0) {
       const recs = this.d.ring.takeUnsent(BATCH_MAX_RECORDS, this.maxBatchBytes);
       if (!recs.length) break;

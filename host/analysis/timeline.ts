@@ -262,7 +262,10 @@ function describeChannel(e: VesperEvent): string {
     case 'heartbeat-back':
       return `heartbeats back after ${seconds(p['silentMs'])} of silence`;
     case 'records-lost':
-      return e.source ? describeGuest(e) : `records lost: ${num(obj(p['loss'])['count']) ?? '?'}`;
+      if (e.record) return describeGuest(e); // the agent's own loss record
+      return str(obj(p['loss'])['source']) === 'AGENT_ENDED'
+        ? `records lost: ${num(obj(p['loss'])['count']) ?? '?'} numbered by an agent run that ended before the host held them (${str(p['agentRun'])})`
+        : `records lost: ${num(obj(p['loss'])['count']) ?? '?'}`;
     default:
       return `channel: ${e.event}`;
   }

@@ -20,6 +20,8 @@ export interface LocalAgentOptions {
   /** where the agent's stderr goes (default: collected in memory, last 64 KiB) */
   stderr?: 'inherit' | 'collect';
   protect?: boolean;
+  /** the run-state file (default: in the agent's own directory); give the same one to a successor */
+  stateFile?: string;
 }
 
 export class LocalAgent {
@@ -58,6 +60,8 @@ export class LocalAgent {
       String(o.ringMb ?? 16),
       '--trace-buffer-kb',
       String(o.traceBufferKb ?? 1024),
+      '--state-file',
+      o.stateFile ?? join(this.dir, 'run-state'),
       ...(o.protect === false ? ['--no-protect'] : []),
       ...(o.extraArgs ?? []),
     ];

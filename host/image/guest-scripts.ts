@@ -77,7 +77,7 @@ respawn() {
   done
 }
 
-(export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node ${AGENT_PATH} --transport virtio:${AGENT_PORT} --host-key ${HOST_KEY_PATH}) &
+(export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node ${AGENT_PATH} --transport virtio:${AGENT_PORT} --host-key ${HOST_KEY_PATH} --state-file /run/vesper-agent/run-state) &
 respawn vesper-demo-svc /run/vesper-demo-svc.pid ${DEMO_SERVICE} &
 httpd -p 80 -h /srv/www
 # The i6300esb watchdog, fed by its own small process at normal priority (not by the agent):
@@ -128,6 +128,16 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *                                           (e.g. "... oom 1 oom_kill 3 oom_group_kill 1")
  *   release-svc      ok release-svc         removes the hold (init restarts the service within
  *                                           1 s) and the oom-svc group; a no-op otherwise
+ * Only in images with stress tools (the busy-guest soak):
+ *   stress S ARGS... ok stress PID DIR     stress-ng ARGS for S seconds, in its own cgroup
+ *                                           (vesper-stress), its files in DIR: /mnt/scratch, the
+ *                                           scratch disk /dev/vda mounted on first use, or /tmp
+ *                                           when the guest has no disk (no block I/O then)
+ *   stress-stop      ok stress-stop STATUS  SIGINT (stress-ng stops its workers and writes its
+ *                                           report), the group killed if still there after 10 s
+ *   stress-report    ok stress-report NAME BOGO_OPS... vda_read_kb N vda_write_kb N
+ *                                           what the last run's report says each stressor did,
+ *                                           and the scratch disk's I/O since boot
  */
 export function faultHelperScript(): string {
   return `#!/bin/sh
@@ -268,6 +278,72 @@ do_oom() {
   reply "ok oom $hog"
   wait $hog
   rmdir $CG
+}
+
+STRESS_CG=/sys/fs/cgroup/vesper-stress
+STRESS_REPORT=/run/vesper-stress.yaml
+stress=
+
+# Sets $scratch to where stress-ng's files go: the scratch disk when the guest has one.
+scratch_dir() {
+  scratch=/tmp
+  [ -b /dev/vda ] || return 0
+  mounted=
+  while read -r _ mnt _; do [ "$mnt" = /mnt/scratch ] && mounted=1; done < /proc/mounts
+  [ -n "$mounted" ] || mount -t ext4 /dev/vda /mnt/scratch || return 1
+  scratch=/mnt/scratch
+}
+
+do_stress() {
+  secs=$1
+  shift
+  if ! number "$secs" || [ $# -eq 0 ]; then reply "err stress usage: stress SECONDS STRESS-NG-ARGS..."; return; fi
+  if [ -n "$stress" ] && [ -d /proc/$stress ]; then reply "err stress already running ($stress)"; return; fi
+  if [ ! -x /usr/bin/stress-ng ]; then reply "err stress no stress-ng in this image"; return; fi
+  if ! scratch_dir; then reply "err stress cannot mount /dev/vda on /mnt/scratch"; return; fi
+  rmdir $STRESS_CG 2> /dev/null
+  if ! mkdir -p $STRESS_CG; then reply "err stress cannot set up $STRESS_CG"; return; fi
+  rm -f $STRESS_REPORT
+  # In its own group, so that stress-stop can end every worker whatever stress-ng does.
+  /bin/sh -c 'echo $$ > '$STRESS_CG'/cgroup.procs && exec /usr/bin/stress-ng "$@"' stress-ng \\
+    --timeout "$secs" --temp-path "$scratch" --metrics-brief --yaml $STRESS_REPORT "$@" \\
+    < /dev/null > /run/vesper-stress.log 2>&1 3>&- 4>&- &
+  stress=$!
+  reply "ok stress $stress $scratch"
+}
+
+# Bounded: 10 s for stress-ng to stop by itself, 5 s more after cgroup.kill.
+do_stress_stop() {
+  if [ -z "$stress" ]; then reply "err stress-stop not running"; return; fi
+  kill -INT "$stress" 2> /dev/null
+  i=0 pop=
+  while [ $i -lt 150 ]; do
+    pop=
+    while read -r k v; do [ "$k" = populated ] && pop=$v; done 2> /dev/null < $STRESS_CG/cgroup.events
+    [ "$pop" = 1 ] || break
+    [ $i -eq 100 ] && echo 1 > $STRESS_CG/cgroup.kill
+    idle 0.1
+    i=$((i + 1))
+  done
+  if [ "$pop" = 1 ]; then reply "err stress-stop $STRESS_CG does not empty"; return; fi
+  wait "$stress"
+  st=$?
+  stress=
+  rmdir $STRESS_CG 2> /dev/null
+  reply "ok stress-stop $st"
+}
+
+do_stress_report() {
+  out= s=
+  while read -r a b c; do
+    case $a:$b in
+      -:stressor:) s=$c ;;
+      bogo-ops:*) [ -n "$s" ] && out="$out $s $b" && s= ;;
+    esac
+  done 2> /dev/null < $STRESS_REPORT
+  # /sys/block/vda/stat: reads, merged, sectors read, ms, writes, merged, sectors written, ...
+  if read -r _ _ rs _ _ _ ws _ 2> /dev/null < /sys/block/vda/stat; then out="$out vda_read_kb $((rs / 2)) vda_write_kb $((ws / 2))"; fi
+  reply "ok stress-report$out"
 }
 
 do_hang() {
@@ -412,6 +488,12 @@ while :; do
         (sleep "$arg"; kill -CONT "$p") < /dev/null > /dev/null 2>&1 &
       else reply "err stop-agent agent not running"; fi
       ;;
+    stress)
+      shift
+      do_stress "$@"
+      ;;
+    stress-stop) do_stress_stop ;;
+    stress-report) do_stress_report ;;
     *) reply "err $cmd unknown command" ;;
   esac
 done
