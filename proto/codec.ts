@@ -1,6 +1,7 @@
 import './pb.js';
 import { vesper } from './gen/vesper.js';
 import { ErrorCode, VesperError } from './errors.js';
+import { readRecordHeader } from './batch.js';
 
 export const v1 = vesper.v1;
 /** Message types, for signatures elsewhere: `pb.IRecord`, `pb.Frame`, ... */
@@ -49,6 +50,32 @@ export function decodeMessage(payload: Uint8Array): pb.Frame {
   } catch (err) {
     throw new VesperError(ErrorCode.MESSAGE_DECODE, `undecodable message: ${(err as Error).message}`, '', { cause: err });
   }
+}
+
+/** records that decodeRecord could not decode: their header only */
+const undecodable = new WeakSet<object>();
+
+/**
+ * A record's full decode, for the places that read a record long after it arrived (a payload
+ * asked for by a subscriber, a stored row). The ingest path checks only a record's header, so
+ * a guest can send a record whose header is sound and whose body is not: that record comes
+ * back with its header and no payload (isUndecodable tells it apart), never as an exception
+ * thrown into whatever was reading it.
+ */
+export function decodeRecord(bytes: Uint8Array): pb.Record {
+  try {
+    return v1.Record.decode(bytes);
+  } catch {
+    const h = readRecordHeader(bytes);
+    const r = new v1.Record(h ? { seq: h.seq, monoNs: h.monoNs, wallNs: h.wallNs, handle: h.handle, eventId: h.eventId } : {});
+    undecodable.add(r);
+    return r;
+  }
+}
+
+/** Whether decodeRecord gave up on this record's body. */
+export function isUndecodable(r: pb.Record): boolean {
+  return undecodable.has(r);
 }
 
 export function bodyOf(f: pb.Frame): string {

@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { isBatchFrame, readRecordHeader, splitBatchFrame, type RecordHeader } from '../../proto/batch.js';
-import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, v1, type pb } from '../../proto/codec.js';
+import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, decodeRecord, encodeMessage, v1, type pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 import { VESPER_VERSION } from '../../proto/version.js';
@@ -50,7 +50,7 @@ export class AgentRecord {
   }
 
   get raw(): pb.Record {
-    return (this.#raw ??= v1.Record.decode(this.bytes));
+    return (this.#raw ??= decodeRecord(this.bytes));
   }
 
   /** the decoded record if something decoded it already, else null */

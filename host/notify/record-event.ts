@@ -4,7 +4,7 @@
 // record only when something reads it: the ingest path stores the record's bytes, so a storm
 // nobody is watching costs no conversion at all.
 import type { AgentRecord } from '../channel/agent-client.js';
-import { v1, type pb } from '../../proto/codec.js';
+import { decodeRecord, isUndecodable, type pb } from '../../proto/codec.js';
 import type { Disposition, VesperEvent } from './event.js';
 
 /**
@@ -31,6 +31,8 @@ export function plainOf(msg: unknown): unknown {
  * monotonic time of the kernel event.
  */
 export function payloadOfRecord(raw: pb.Record): Record<string, unknown> {
+  // A body that did not decode is told as such, with what the header said.
+  if (isUndecodable(raw)) return { undecodable: true, monoNs: raw.monoNs };
   const kind = raw.payload ?? 'generic';
   const body = (raw as unknown as Record<string, unknown>)[kind];
   return { [kind]: plainOf(body) ?? {}, monoNs: raw.monoNs };
@@ -62,7 +64,7 @@ export class RecordEvent implements VesperEvent {
 
   get payload(): Record<string, unknown> {
     if (this.#payload === null) {
-      this.#payload = payloadOfRecord(this.#decoded ?? v1.Record.decode(this.record));
+      this.#payload = payloadOfRecord(this.#decoded ?? decodeRecord(this.record));
       this.#decoded = null;
     }
     return this.#payload;

@@ -2,7 +2,7 @@
 
 import type { Disposition, VesperEvent } from '../notify/event.js';
 import { payloadOfRecord, RecordEvent } from '../notify/record-event.js';
-import { v1 } from '../../proto/codec.js';
+import { decodeRecord } from '../../proto/codec.js';
 
 /** The events table's columns in the order of EVENT_COLUMNS. */
 export interface EventRow {
@@ -46,7 +46,7 @@ export function payloadColumn(e: VesperEvent): string | Uint8Array {
 
 /** The payload of a stored event from its payload column (JSON text or record bytes). */
 export function payloadFromColumn(col: string | Uint8Array): Record<string, unknown> {
-  return typeof col === 'string' ? (JSON.parse(col) as Record<string, unknown>) : payloadOfRecord(v1.Record.decode(col));
+  return typeof col === 'string' ? (JSON.parse(col) as Record<string, unknown>) : payloadOfRecord(decodeRecord(col));
 }
 
 export function eventFromRow(row: EventRow): VesperEvent {
