@@ -11,6 +11,8 @@ import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, decodeRecord,
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 import { VESPER_VERSION } from '../../proto/version.js';
+import { HOST_PLUGIN_NAMES } from '../notify/host-plugins.js';
+import { isName } from '../notify/names.js';
 
 export interface ProbeInfo {
   handle: number;
@@ -84,6 +86,19 @@ export interface AgentClientOptions {
  */
 const SHARED_READ = Buffer.allocUnsafe(256 * 1024);
 
+/**
+ * A second hello on a link is an agent that restarted behind it, which takes far longer than
+ * this; hellos closer together are coalesced (the last one answered when the time is up), so
+ * that a flood of them costs one answer and one probe push a second, not one per hello.
+ */
+export const HELLO_MIN_INTERVAL_MS = 1000;
+/**
+ * What the host may have written to a link that the agent has not read yet. An agent reads
+ * what the host sends; one that stops while it makes the host write (answers, pushes) would
+ * otherwise grow the host's buffers without end. Past this, the link is closed.
+ */
+export const MAX_UNSENT_BYTES = 8 << 20;
+
 interface Pending {
   resolve: (f: pb.Frame) => void;
   reject: (e: VesperError) => void;
@@ -111,6 +126,9 @@ export class AgentClient extends EventEmitter {
   gaps = 0;
   recordsReceived = 0;
   private nextReq = 1;
+  private lastHelloAt = 0;
+  private heldHello: pb.Hello | null = null;
+  private helloTimer: NodeJS.Timeout | null = null;
   private readonly pending = new Map<number, Pending>();
   private readonly decoder: FrameDecoder;
   private closed = false;
@@ -317,16 +335,33 @@ export class AgentClient extends EventEmitter {
 
   // ---------------------------------------------------------------- internals
 
+  /**
+   * A probe the agent says it runs. The agent names it, so the name is checked: one the host's
+   * own plugins use, or no name at all, is refused (the probe is not remembered, its records are
+   * told by handle), and so are event names that are no names.
+   */
   private remember(l: pb.ILoadedProbe): ProbeInfo {
+    const handle = l.handle ?? 0;
+    const name = l.name ?? '';
     const info: ProbeInfo = {
-      handle: l.handle ?? 0,
-      name: l.name ?? '',
+      handle,
+      name,
       instance: l.instance ?? 0,
       version: l.version ?? '',
       params: Object.fromEntries((l.params ?? []).map((p) => [p.name ?? '', p.value ?? ''])),
-      events: new Map((l.events ?? []).map((e) => [e.id ?? 0, e.name ?? ''])),
+      events: new Map((l.events ?? []).filter((e) => isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? ''])),
     };
-    this.probes.set(info.handle, info);
+    if (handle === 0 || !isName(name) || HOST_PLUGIN_NAMES.has(name)) {
+      this.emit(
+        'protocolError',
+        new VesperError(
+          ErrorCode.PROTOCOL_UNEXPECTED,
+          `agent claims a probe ${JSON.stringify(name.slice(0, 64))} at handle ${handle}: refused, its records are told by handle`,
+        ),
+      );
+      return { ...info, name: `handle-${handle}` };
+    }
+    this.probes.set(handle, info);
     return info;
   }
 
@@ -349,12 +384,21 @@ export class AgentClient extends EventEmitter {
   }
 
   private send(f: pb.IFrame): void {
-    if (!this.closed) this.stream.write(encodeFrame(encodeMessage(f)));
+    if (this.closed) return;
+    this.stream.write(encodeFrame(encodeMessage(f)));
+    if (this.stream.writableLength > MAX_UNSENT_BYTES) {
+      this.emit(
+        'protocolError',
+        new VesperError(ErrorCode.DISCONNECTED, `agent left ${this.stream.writableLength} bytes unread; link closed`),
+      );
+      this.close();
+    }
   }
 
   private shutdown(why: string): void {
     if (this.closed) return;
     this.closed = true;
+    if (this.helloTimer) clearTimeout(this.helloTimer);
     this.decoder.discardPartial('ended');
     for (const [, p] of this.pending) {
       clearTimeout(p.timer);
@@ -419,19 +463,29 @@ export class AgentClient extends EventEmitter {
           this.close();
           return;
         }
-        this.hello = h;
-        if (this.opts.resumeFor) this.lastSeq = this.opts.resumeFor(h);
-        this.probes.clear();
-        for (const l of h.loaded ?? []) this.remember(l);
-        this.send({
-          helloAck: {
-            protocolVersion: PROTOCOL_VERSION,
-            hostVersion: VESPER_VERSION,
-            ackedSeq: this.lastSeq,
-            maxFrameBytes: this.opts.maxFrameBytes,
-          },
-        });
-        this.emit('hello', h);
+        const now = Date.now();
+        if (this.lastHelloAt > 0 && now - this.lastHelloAt < HELLO_MIN_INTERVAL_MS) {
+          if (this.heldHello === null)
+            this.emit(
+              'protocolError',
+              new VesperError(
+                ErrorCode.PROTOCOL_UNEXPECTED,
+                `hellos less than ${HELLO_MIN_INTERVAL_MS} ms apart: only the last is answered`,
+              ),
+            );
+          this.heldHello = h;
+          this.helloTimer ??= setTimeout(
+            () => {
+              this.helloTimer = null;
+              const held = this.heldHello;
+              this.heldHello = null;
+              if (held && !this.closed) this.onHello(held);
+            },
+            this.lastHelloAt + HELLO_MIN_INTERVAL_MS - now,
+          );
+          return;
+        }
+        this.onHello(h);
         return;
       }
       case 'error':
@@ -452,6 +506,24 @@ export class AgentClient extends EventEmitter {
         p.resolve(f);
       }
     }
+  }
+
+  /** A hello answered: resume point, the probes it says it runs, the ack, and 'hello' to listeners. */
+  private onHello(h: pb.Hello): void {
+    this.lastHelloAt = Date.now();
+    this.hello = h;
+    if (this.opts.resumeFor) this.lastSeq = this.opts.resumeFor(h);
+    this.probes.clear();
+    for (const l of h.loaded ?? []) this.remember(l);
+    this.send({
+      helloAck: {
+        protocolVersion: PROTOCOL_VERSION,
+        hostVersion: VESPER_VERSION,
+        ackedSeq: this.lastSeq,
+        maxFrameBytes: this.opts.maxFrameBytes,
+      },
+    });
+    this.emit('hello', h);
   }
 
   /** One received record: dropped if already held, else typed and added to `out`. */

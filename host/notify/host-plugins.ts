@@ -81,6 +81,19 @@ export const PACEMAKER_PLUGIN: HostPluginDescription = {
 
 export const HOST_PLUGINS: readonly HostPluginDescription[] = [LIBVIRT_PLUGIN, CHANNEL_PLUGIN];
 
+/**
+ * Plugin names of the host's own events (and `agent`, the agent's own records): a guest's probe
+ * is never called so, or a guest could make its records pass for libvirt's crash or the
+ * channel's agent-lost, and set off what filters do on those.
+ */
+export const HOST_PLUGIN_NAMES: ReadonlySet<string> = new Set([
+  LIBVIRT_PLUGIN.name,
+  CHANNEL_PLUGIN.name,
+  PACEMAKER_PLUGIN.name,
+  'action',
+  'agent',
+]);
+
 /** A registration for one host plugin on one VM ('' for the host itself). */
 export function hostPluginSpec(plugin: HostPluginDescription, vm: string, setParams?: PluginSpec['setParams']): PluginSpec {
   return {

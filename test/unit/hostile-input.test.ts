@@ -1,14 +1,19 @@
 // What a hostile agent can send to the host's end of a link, one weakness at a time: each test
 // here failed before the fix it names. The whole manager against hostile guests over real
 // sockets is test/acceptance/hostile-guest.test.ts.
+import { mkdtempSync, rmSync } from 'node:fs';
+import { createServer, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { Duplex, PassThrough } from 'node:stream';
-import { describe, expect, it } from 'vitest';
-import { AgentClient, type AgentRecord } from '../../host/channel/agent-client.js';
+import { describe, expect, it, vi } from 'vitest';
+import { AgentClient, HELLO_MIN_INTERVAL_MS, MAX_UNSENT_BYTES, type AgentRecord } from '../../host/channel/agent-client.js';
 import { eventOfRecord } from '../../host/notify/record-event.js';
 import { payloadFromColumn } from '../../host/store/event-row.js';
 import { encodeBatchFrame } from '../../proto/batch.js';
-import { PROTOCOL_VERSION, encodeMessage, type pb } from '../../proto/codec.js';
-import { encodeFrame } from '../../proto/frame.js';
+import { PROTOCOL_VERSION, encodeMessage, v1, type pb } from '../../proto/codec.js';
+import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
+import { sleep } from '../helpers/wait.js';
 
 /** An AgentClient on an in-memory duplex: `toHost` is what the agent writes, `fromHost` what the host wrote. */
 function link(opts: ConstructorParameters<typeof AgentClient>[1] = {}) {
@@ -50,5 +55,119 @@ describe('records with a sound header and a broken body', () => {
     // a stored row of it, read back (vesper events)
     expect(payloadFromColumn(r.bytes)).toEqual({ undecodable: true, monoNs: 0 });
     l.c.close();
+  });
+});
+
+describe('probe names an agent claims', () => {
+  it("a host plugin's name or no name at all is refused: its records are told by handle", () => {
+    const l = link();
+    l.feed(
+      hello([
+        { handle: 3, name: 'libvirt', events: [{ id: 1, name: 'crashed' }] },
+        { handle: 4, name: 'channel', events: [{ id: 1, name: 'agent-lost' }] },
+        { handle: 5, name: 'agent', events: [{ id: 1, name: 'loss' }] },
+        { handle: 6, name: 'bad name\n', events: [{ id: 1, name: 'x' }] },
+        {
+          handle: 7,
+          name: 'signal',
+          events: [
+            { id: 1, name: 'signal' },
+            { id: 2, name: '*' },
+          ],
+        },
+      ]),
+    );
+    const rec = (seq: number, handle: number, eventId: number, body: pb.IRecord): Uint8Array =>
+      v1.Record.encode({ seq, handle, eventId, ...body }).finish();
+    l.feed(
+      encodeBatchFrame([
+        rec(1, 3, 1, { generic: {} }),
+        rec(2, 4, 1, { generic: {} }),
+        rec(3, 5, 1, { loss: { count: 99 } }),
+        rec(4, 6, 1, { generic: {} }),
+        rec(5, 7, 1, { signal: { sig: 11 } }),
+        rec(6, 7, 2, { signal: { sig: 11 } }),
+      ]),
+    );
+    const evs = l.records.map((r) => eventOfRecord('vm1', 'b/1', r, 1));
+    expect(evs.map((e) => `${e.plugin}/${e.event}`)).toEqual([
+      'handle-3/event-1',
+      'handle-4/event-1',
+      'handle-5/event-1',
+      'handle-6/event-1',
+      'signal/signal',
+      'signal/event-2',
+    ]);
+    expect(l.errors.filter((e) => e.includes('refused'))).toHaveLength(4);
+    l.c.close();
+  });
+});
+
+describe('a flood of hellos', () => {
+  it('is answered once a second (the last one), not once per hello', async () => {
+    vi.useFakeTimers({ now: 1_000_000, toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const l = link();
+      const acks: number[] = [];
+      const dec = new FrameDecoder({
+        maxFrameBytes: 1 << 20,
+        onError: () => undefined,
+        onFrame: (p) => {
+          const f = v1.Frame.decode(p);
+          if (f.helloAck) acks.push(Number(f.helloAck.ackedSeq));
+        },
+      });
+      l.fromHost.on('data', (b: Buffer) => dec.push(b));
+      let hellos = 0;
+      l.c.on('hello', () => hellos++);
+      const pids: number[] = [];
+      l.c.on('hello', (h) => pids.push(h.agentPid));
+      l.feed(Buffer.concat(Array.from({ length: 500 }, (_, i) => hello([], { agentPid: i + 1 }))));
+      expect(hellos).toBe(1);
+      vi.advanceTimersByTime(HELLO_MIN_INTERVAL_MS);
+      expect(hellos).toBe(2);
+      expect(pids).toEqual([1, 500]);
+      vi.useRealTimers();
+      await sleep(20); // the stream hands on what the host wrote
+      expect(acks).toHaveLength(2);
+      expect(l.errors.filter((e) => e.includes('hellos less than'))).toHaveLength(1);
+      l.c.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
+describe('an agent that stops reading', () => {
+  it('has its link closed once the host holds MAX_UNSENT_BYTES for it, not buffered without end', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vesper-unread-'));
+    const path = join(dir, 'a.sock');
+    let peer: Socket | null = null;
+    const server = createServer((s) => {
+      peer = s;
+      s.pause(); // reads nothing, ever
+      s.write(hello());
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    try {
+      const c = await AgentClient.connectUnix(path, { requestTimeoutMs: 60_000 });
+      const errors: string[] = [];
+      c.on('protocolError', (e) => errors.push(e.message));
+      const closed = new Promise((r) => c.once('close', r));
+      const module = { manifest: Buffer.from('{}'), code: Buffer.alloc(512 * 1024, 0x61) };
+      let maxUnsent = 0;
+      for (let i = 0; i < 64 && !c.isClosed; i++) {
+        c.load(module).catch(() => undefined);
+        maxUnsent = Math.max(maxUnsent, c.stream.writableLength);
+      }
+      await Promise.race([closed, sleep(5000)]);
+      expect(c.isClosed).toBe(true);
+      expect(errors.some((e) => e.includes('unread'))).toBe(true);
+      expect(maxUnsent).toBeLessThanOrEqual(MAX_UNSENT_BYTES + (1 << 20));
+    } finally {
+      (peer as Socket | null)?.destroy();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
