@@ -317,15 +317,25 @@ function tmpName(final: string, tag: string): string {
   return `${final.slice(0, slash + 1)}.${final.slice(slash + 1)}${TMP_TAG}${tag}`;
 }
 
-function sftpCall(what: string, fn: (cb: (err?: Error | null) => void) => void): Promise<void> {
+/**
+ * One SFTP request as a promise that also ends when the connection does: ssh2 leaves a
+ * fastPut in flight hanging forever when the link drops under it.
+ */
+function sftpCall(conn: SshConnection, what: string, fn: (cb: (err?: Error | null) => void) => void): Promise<void> {
   return new Promise<void>((resolve, reject) => {
+    let done = false;
+    const finish = (err?: Error | null): void => {
+      if (done) return;
+      done = true;
+      if (err) reject(Object.assign(err, { what }));
+      else resolve();
+    };
+    conn.onClose(() => finish(new Error(`connection closed during ${what}`)));
     try {
-      fn((err) => (err ? reject(err) : resolve()));
+      fn(finish);
     } catch (err) {
-      reject(err as Error);
+      finish(err as Error);
     }
-  }).catch((err: Error) => {
-    throw Object.assign(err, { what });
   });
 }
 
@@ -352,11 +362,11 @@ async function sftpError(conn: SshConnection, err: unknown, doing: string): Prom
   return new VesperError(ErrorCode.SSH_REMOTE_FAILED, `${conn.name}: ${doing}: ${msg}`, '', { cause: err });
 }
 
-async function upload(sftp: SFTPWrapper, p: Push, tmp: string, onBytes: (n: number) => void): Promise<void> {
+async function upload(conn: SshConnection, sftp: SFTPWrapper, p: Push, tmp: string, onBytes: (n: number) => void): Promise<void> {
   if ('path' in p.source) {
     const local = p.source.path;
     let last = 0;
-    await sftpCall(`upload ${p.name}`, (cb) =>
+    await sftpCall(conn, `upload ${p.name}`, (cb) =>
       sftp.fastPut(
         local,
         tmp,
@@ -375,16 +385,16 @@ async function upload(sftp: SFTPWrapper, p: Push, tmp: string, onBytes: (n: numb
     if (last < p.size) onBytes(p.size - last);
   } else {
     const data = p.source.data;
-    await sftpCall(`upload ${p.name}`, (cb) => sftp.writeFile(tmp, data, { mode: p.mode }, cb));
+    await sftpCall(conn, `upload ${p.name}`, (cb) => sftp.writeFile(tmp, data, { mode: p.mode }, cb));
     onBytes(data.length);
   }
   // fastPut/writeFile leave the mode to the umask on some servers: set it outright.
-  await sftpCall(`chmod ${p.name}`, (cb) => sftp.chmod(tmp, p.mode, cb));
+  await sftpCall(conn, `chmod ${p.name}`, (cb) => sftp.chmod(tmp, p.mode, cb));
 }
 
 async function renameInto(conn: SshConnection, sftp: SFTPWrapper, from: string, to: string): Promise<void> {
   try {
-    await sftpCall(`rename ${from}`, (cb) => sftp.ext_openssh_rename(from, to, cb));
+    await sftpCall(conn, `rename ${from}`, (cb) => sftp.ext_openssh_rename(from, to, cb));
   } catch (err) {
     if (conn.isClosed) throw err;
     // No posix-rename@openssh.com here (SFTP's own RENAME refuses an existing target).
@@ -565,7 +575,7 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
     for (const p of todo) {
       current = p.final;
       try {
-        await upload(sftp, p, tmps.get(p)!, onBytes);
+        await upload(conn, sftp, p, tmps.get(p)!, onBytes);
       } catch (err) {
         throw await sftpError(conn, err, `pushing ${p.final} (${bytes} of ${totalBytes} bytes pushed)`);
       }
