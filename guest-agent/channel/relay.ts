@@ -93,6 +93,9 @@ export async function relay(o: RelayOptions): Promise<number> {
       if (done) return;
       done = true;
       s.destroy();
+      // stdin still open would keep the process (and with it the SSH channel) alive after the
+      // agent went away: the host would never see the link end.
+      process.stdin.destroy();
       resolve(code);
     };
     s.on('data', (c: Buffer) => process.stdout.write(c));

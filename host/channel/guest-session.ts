@@ -1,10 +1,25 @@
 // One guest as the host keeps it: a link that comes back by itself (with backoff), the
 // probes the host wants attached — pushed again when the guest rebooted or its agent
 // restarted — records de-duplicated across links, and heartbeat loss told as an event.
+// How a link is made is the caller's (a LinkOpener): a unix socket (a virtio-serial port's
+// host end, or a host-mode agent), or an SSH exec channel (host/ssh/ssh-dialer.ts); the
+// session logic is the same for every transport.
 import { EventEmitter } from 'node:events';
 import type { pb } from '../../proto/codec.js';
-import { VesperError } from '../../proto/errors.js';
-import { AgentClient, type AgentRecord } from './agent-client.js';
+import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { AgentClient, type AgentClientOptions, type AgentRecord } from './agent-client.js';
+
+/**
+ * Makes one link to the agent and completes its handshake with these options (resumeFor,
+ * keepalive, acks are the session's). Rejects when there is no link now; the session retries
+ * with backoff.
+ */
+export type LinkOpener = (o: AgentClientOptions) => Promise<AgentClient>;
+
+/** Links over a unix socket, through connectUnix's shared-buffer read path. */
+export function unixOpener(socket: string): LinkOpener {
+  return (o) => AgentClient.connectUnix(socket, o);
+}
 
 export interface AttachedProbe {
   name: string;
@@ -14,8 +29,10 @@ export interface AttachedProbe {
 }
 
 export interface GuestSessionOptions {
+  /** how to make a link; or `socket` */
+  open?: LinkOpener;
   /** unix socket of the channel (QEMU's end of the virtio-serial port, or a host-mode agent) */
-  socket: string;
+  socket?: string;
   /** a signed module for a probe name */
   module: (name: string) => pb.IProbeModule;
   minBackoffMs?: number;
@@ -54,6 +71,8 @@ export interface GuestSession {
   on(ev: 'heartbeat-back', fn: (i: { silentMs: number }) => void): this;
   /** problems on the link (bad frames, resets): told, never thrown */
   on(ev: 'protocolError', fn: (e: VesperError) => void): this;
+  /** a link attempt failed (told every time; the caller decides what is worth logging) */
+  on(ev: 'linkFailed', fn: (e: VesperError) => void): this;
 }
 
 // eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
@@ -68,10 +87,14 @@ export class GuestSession extends EventEmitter {
   private hbTimer: NodeJS.Timeout | null = null;
   private lastBeat = 0;
   private hbLost = false;
+  private readonly open: LinkOpener;
 
   constructor(private readonly o: GuestSessionOptions) {
     super();
     this.backoff = o.minBackoffMs ?? 200;
+    if (o.open) this.open = o.open;
+    else if (o.socket !== undefined) this.open = unixOpener(o.socket);
+    else throw new VesperError(ErrorCode.USAGE, 'a guest session needs a link: open or socket');
   }
 
   start(): void {
@@ -124,7 +147,7 @@ export class GuestSession extends EventEmitter {
     if (this.stopped) return;
     let c: AgentClient;
     try {
-      c = await AgentClient.connectUnix(this.o.socket, {
+      c = await this.open({
         handshakeTimeoutMs: 10_000,
         keepaliveMs: this.o.keepaliveMs ?? 1000,
         // Same agent as before: it resends after what we hold. A new one starts at 1.
@@ -135,7 +158,9 @@ export class GuestSession extends EventEmitter {
         },
         autoAck: this.o.autoAck ?? true,
       });
-    } catch {
+    } catch (err) {
+      if (this.stopped) return;
+      this.emit('linkFailed', VesperError.from(err, ErrorCode.DISCONNECTED));
       this.retry = setTimeout(() => void this.connect(), this.backoff);
       this.backoff = Math.min(this.backoff * 2, this.o.maxBackoffMs ?? 5000);
       return;

@@ -1,10 +1,11 @@
 // One VM as vesperd keeps it: the session to its agent, the probes attached to it (remembered
 // in the store, so a guest reboot and a vesperd restart both end with the same probes and
 // parameters), its records through group commit into the framework, and the `channel` host
-// plugin's events (agent connected / lost, heartbeat lost / back).
+// plugin's events (agent connected / lost, heartbeat lost / back). The link is a virtio-serial
+// port's unix socket or an SSH target's exec channel (LinkSpec); everything above it is the same.
 import type { Logger } from 'pino';
 import type { AgentRecord } from '../channel/agent-client.js';
-import { GuestSession, type AttachedProbe } from '../channel/guest-session.js';
+import { GuestSession, unixOpener, type AttachedProbe, type LinkOpener } from '../channel/guest-session.js';
 import type { HostKey } from '../keys.js';
 import type { VesperEvent } from '../notify/event.js';
 import { readProbeBundle, signModule } from '../probes/package.js';
@@ -51,12 +52,32 @@ function scheduleAcks(): void {
 
 export type LinkState = 'connecting' | 'connected' | 'stopped';
 
+/** How a VM's agent is reached. */
+export interface LinkSpec {
+  transport: 'virtio' | 'ssh';
+  /** the channel's unix socket, or user@host[:port] */
+  where: string;
+  open: LinkOpener;
+  /** what else to release when the link stops (the SSH connection) */
+  close?: () => void;
+  /** ssh: the live connection's host key, `SHA256:… (known_hosts)` */
+  hostKey?: () => string;
+}
+
+/** A virtio-serial port's (or a host-mode agent's) unix socket. */
+export function unixLink(socket: string): LinkSpec {
+  return { transport: 'virtio', where: socket, open: unixOpener(socket) };
+}
+
 export class GuestLink {
   readonly session: GuestSession;
   state: LinkState = 'connecting';
   heartbeatLost = false;
   recordsReceived = 0;
   recordsLost = 0;
+  /** why the last link attempt failed; null once a link works */
+  linkError: VesperError | null = null;
+  readonly spec: LinkSpec;
   private modules = new Map<string, ReturnType<typeof signModule>>();
   /** highest stored sequence number, the agent run it belongs to, and the highest acknowledged */
   private ackSeq = 0;
@@ -65,11 +86,12 @@ export class GuestLink {
 
   constructor(
     readonly vm: string,
-    readonly socket: string,
+    link: string | LinkSpec,
     private readonly d: GuestLinkDeps,
   ) {
+    this.spec = typeof link === 'string' ? unixLink(link) : link;
     this.session = new GuestSession({
-      socket,
+      open: this.spec.open,
       module: (name) => this.module(name),
       autoAck: false,
       heldFor: (run) => d.heldFor(vm, run),
@@ -79,8 +101,18 @@ export class GuestLink {
     });
     const s = this.session;
     s.on('batch', (rs, run) => this.onBatch(rs, run));
+    s.on('linkFailed', (e) => {
+      // Told once per change, not at every retry: a refused host key stays refused until the
+      // operator acts, and a log line every backoff step would bury everything else.
+      const same = this.linkError?.code === e.code && this.linkError.message === e.message;
+      this.linkError = e;
+      if (!same)
+        d.log.warn({ vm, via: this.spec.transport, where: this.spec.where, code: e.code, err: e.message }, 'cannot link to the agent');
+    });
     s.on('connected', (i) => {
       this.state = 'connected';
+      if (this.linkError) d.log.info({ vm, code: this.linkError.code }, 'the agent link works again');
+      this.linkError = null;
       this.channelEvent('agent-connected', {
         agentRestarted: i.agentRestarted,
         repushed: i.repushed,
@@ -118,6 +150,7 @@ export class GuestLink {
     this.state = 'stopped';
     ackDue.delete(this);
     this.session.stop();
+    this.spec.close?.();
   }
 
   get attached(): Map<string, AttachedProbe> {

@@ -4,6 +4,11 @@
 // actions); remembers attachments and filters in the store; and serves the local API. With a
 // pacemaker section in the config it also takes Pacemaker's alerts (events of the `pacemaker`
 // plugin) on a socket of their own.
+//
+// VMs of the config's ssh.targets are VMs too, reached over SSH (host/daemon/ssh-link.ts): with
+// or without a libvirt domain of that name. A domain that has the vesper channel is reached over
+// the channel (its SSH entry unused, said once in the log); one without it, or not running here,
+// over SSH. The link follows the domain: a channel hot-plugged later takes over from SSH.
 import type { Logger } from 'pino';
 import { hostname } from 'node:os';
 import { API_MAX_FRAME_BYTES, type apipb } from '../../proto/api-codec.js';
@@ -32,15 +37,24 @@ import { eventOfHostRequest, resourceIndex } from '../pacemaker/alert-event.js';
 import { probeNames, readProbeBundle } from '../probes/package.js';
 import { EventStore } from '../store/event-store.js';
 import { ApiServer, type EventFeed, type EventQuery, type ManagerApi } from './api-server.js';
-import { GuestLink } from './guest-link.js';
+import { GuestLink, unixLink, type LinkSpec } from './guest-link.js';
+import { sshLink } from './ssh-link.js';
 import { IngestBatcher } from './ingest.js';
 import { eventOfLibvirt } from './libvirt-plugin.js';
 
+/** libvirt has no domain of this name: an SSH target only */
+const EXTERNAL = 'external';
+
 interface VmEntry {
   name: string;
+  /** libvirt's state, or EXTERNAL */
   state: string;
   socket: string | null;
   link: GuestLink | null;
+  /** the SSH target the config gives this VM, if any */
+  ssh: string | null;
+  /** the SSH entry was said to be unused (the domain has the channel) */
+  sshShadowLogged?: boolean;
   /** plugin handles registered for this VM: host plugins and attached probes */
   handles: Map<string, number>;
 }
@@ -210,61 +224,100 @@ export class Vesperd implements ManagerApi {
 
   private async doRescan(): Promise<void> {
     if (this.stopped) return;
-    const doms = await this.hv.listDomains();
+    let doms: DomainInfo[] | null = null;
+    let libvirtErr: unknown = null;
+    try {
+      doms = await this.hv.listDomains();
+    } catch (err) {
+      libvirtErr = err; // SSH targets are still brought up; libvirt's VMs stay as they were
+    }
     const seen = new Set<string>();
-    for (const d of doms) {
+    for (const d of doms ?? []) {
       seen.add(d.name);
       await this.refreshVm(d);
     }
+    // SSH targets libvirt does not have (or no longer has) are VMs of their own.
+    for (const name of Object.keys(this.o.config.ssh.targets))
+      if (!seen.has(name) && (doms || !this.vms.has(name))) {
+        seen.add(name);
+        await this.refreshVm({ name, state: EXTERNAL });
+      }
+    if (libvirtErr) throw libvirtErr;
     for (const name of [...this.vms.keys()]) if (!seen.has(name)) this.forgetVm(name);
   }
 
-  private async refreshVm(d: DomainInfo): Promise<void> {
+  private async refreshVm(d: Pick<DomainInfo, 'name'> & { state: string }): Promise<void> {
     let v = this.vms.get(d.name);
+    const sshTarget = this.o.config.ssh.targets[d.name];
+    if (v && (v.state === EXTERNAL) !== (d.state === EXTERNAL)) {
+      // An SSH target that became a libvirt domain (or stopped being one): the libvirt plugin
+      // comes or goes; the link is decided below.
+      const h = v.handles.get('libvirt');
+      if (h !== undefined) {
+        this.registry.unregister(h);
+        v.handles.delete('libvirt');
+      } else {
+        const p = HOST_PLUGINS.find((x) => x.name === 'libvirt')!;
+        v.handles.set(p.name, this.registry.register(hostPluginSpec(p, d.name)));
+      }
+    }
     if (!v) {
-      v = { name: d.name, state: d.state, socket: null, link: null, handles: new Map() };
+      v = { name: d.name, state: d.state, socket: null, link: null, ssh: sshTarget?.target ?? null, handles: new Map() };
       this.vms.set(d.name, v);
       for (const p of HOST_PLUGINS)
-        v.handles.set(
-          p.name,
-          this.registry.register(
-            hostPluginSpec(
-              p,
-              d.name,
-              p.params.length
-                ? () => Promise.reject(new VesperError(ErrorCode.USAGE, `${p.name} parameters are set in the config file (channel: ...)`))
-                : undefined,
+        if (p.name !== 'libvirt' || d.state !== EXTERNAL)
+          v.handles.set(
+            p.name,
+            this.registry.register(
+              hostPluginSpec(
+                p,
+                d.name,
+                p.params.length
+                  ? () => Promise.reject(new VesperError(ErrorCode.USAGE, `${p.name} parameters are set in the config file (channel: ...)`))
+                  : undefined,
+              ),
             ),
-          ),
-        );
+          );
       if (this.o.config.pacemaker && Object.hasOwn(this.o.config.pacemaker.vms, d.name))
         v.handles.set(PACEMAKER_PLUGIN.name, this.registry.register(hostPluginSpec(PACEMAKER_PLUGIN, d.name)));
     }
     v.state = d.state;
     const running = d.state === 'running' || d.state === 'paused' || d.state === 'idle';
     let socket: string | null = null;
-    if (running) {
+    if (running && d.state !== EXTERNAL) {
       try {
         socket = channelSocketPath(await this.hv.xml(d.name), this.o.config.libvirt.channel ?? AGENT_CHANNEL);
       } catch (err) {
         this.log.warn({ vm: d.name, err: (err as Error).message }, 'cannot read the domain XML');
       }
     }
-    if (socket !== v.socket || (!socket && v.link)) {
+    // The channel when the domain has it, else SSH when the config names a target, else none.
+    const want: { transport: 'virtio' | 'ssh'; where: string } | null = socket
+      ? { transport: 'virtio', where: socket }
+      : sshTarget
+        ? { transport: 'ssh', where: sshTarget.target }
+        : null;
+    if (socket && sshTarget && !v.sshShadowLogged) {
+      v.sshShadowLogged = true;
+      this.log.info({ vm: d.name, target: sshTarget.target }, 'the domain has the vesper channel: reached over it, its SSH target unused');
+    }
+    const have = v.link ? { transport: v.link.spec.transport, where: v.link.spec.transport === 'ssh' ? (v.ssh ?? '') : v.socket } : null;
+    v.socket = socket;
+    if (want?.transport !== have?.transport || want?.where !== have?.where) {
       v.link?.stop();
       v.link = null;
-      v.socket = socket;
-      if (socket) {
-        v.link = this.newLink(d.name, socket);
+      if (want) {
+        v.link = this.newLink(d.name, want.transport === 'virtio' ? unixLink(want.where) : sshLink(sshTarget!, this.o.config.ssh));
         v.link.start();
+        if (want.transport === 'ssh') this.log.info({ vm: d.name, target: want.where }, 'reaching the agent over SSH');
       }
     }
     this.ensureAttachments(v);
   }
 
-  private newLink(vm: string, socket: string): GuestLink {
+  private newLink(vm: string, spec: LinkSpec): GuestLink {
     const c = this.o.config.channel;
-    return new GuestLink(vm, socket, {
+    return new GuestLink(vm, spec, {
       key: this.key,
       batcher: this.batcher,
       heldFor: (name, run) => this.store.highestSeq(name, run),
@@ -360,7 +413,11 @@ export class Vesperd implements ManagerApi {
 
   private vmOrThrow(vm: string): VmEntry {
     const v = this.vms.get(vm);
-    if (!v) throw new VesperError(ErrorCode.VM_NOT_FOUND, `no VM named ${vm} (vesper list shows the VMs libvirt has)`);
+    if (!v)
+      throw new VesperError(
+        ErrorCode.VM_NOT_FOUND,
+        `no VM named ${vm} (vesper list shows the VMs libvirt has and the config's ssh.targets)`,
+      );
     return v;
   }
 
@@ -378,6 +435,8 @@ export class Vesperd implements ManagerApi {
       state: v.state,
       hasChannel: Boolean(v.socket),
       link: v.link ? v.link.state : v.state === 'running' ? 'no-channel' : 'stopped',
+      transport: v.link?.spec.transport ?? 'none',
+      target: v.ssh ?? '',
       probes: this.store.listAttachments(v.name).map((a) => a.probe),
       events: st?.events ?? 0,
       lastEventUs: st?.newestUs ?? 0,
@@ -399,6 +458,9 @@ export class Vesperd implements ManagerApi {
       recordsReceived: v.link?.recordsReceived ?? 0,
       recordsLost: v.link?.recordsLost ?? 0,
       channelSocket: v.socket ?? '',
+      linkErrorCode: v.link?.linkError?.code ?? '',
+      linkError: v.link?.linkError?.message ?? '',
+      hostKey: v.link?.spec.hostKey?.() ?? '',
       attached: this.store
         .listAttachments(vm)
         .map((a) => ({ name: a.probe, instances: a.instances, params: a.params, loaded: loaded.has(a.probe) })),
