@@ -17,7 +17,7 @@ set -euo pipefail
 
 URI=qemu:///system
 DEBS=(qemu-system-x86 qemu-utils libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev
-  busybox-static cpio xz-utils zstd)
+  busybox-static cpio xz-utils zstd stress-ng e2fsprogs)
 DIRS=(/var/log/libvirt/qemu /var/lib/libvirt/qemu /var/cache/libvirt /run/libvirt)
 QEMU_CONF=/etc/libvirt/qemu.conf
 READY_TIMEOUT=30 # s; the first call probes QEMU's capabilities, ~8 s here

@@ -52,6 +52,16 @@ const GUEST_MODULES = [
   'pvpanic_mmio',
   'i6300esb',
 ];
+/**
+ * Images with stress tools (the busy-guest soak) also mount a scratch disk: its driver and
+ * filesystem. ext4 asks the crypto API for crc32c at mount time; without modprobe in the guest
+ * that implementation must already be loaded.
+ */
+const STRESS_MODULES = ['virtio_blk', 'crc32c_generic', 'ext4'];
+/** Debian's stress-ng (scripts/host-setup.sh installs it), copied into stress-tool images. */
+const STRESS_NG = '/usr/bin/stress-ng';
+
+const guestModules = (stressTools: boolean): string[] => (stressTools ? [...GUEST_MODULES, ...STRESS_MODULES] : GUEST_MODULES);
 
 export interface BuildGuestImageOptions {
   /** Default: <repo>/.cache/guest */
@@ -60,6 +70,8 @@ export interface BuildGuestImageOptions {
   hostPubKeyPem: string;
   /** Also install the test-only fault injector (vesper-fault) and what it needs. */
   testHelpers?: boolean;
+  /** Also stress-ng and the scratch disk's modules (implies testHelpers: the helper starts it). */
+  stressTools?: boolean;
   onProgress?: (step: string, detail?: string) => void;
 }
 
@@ -76,6 +88,7 @@ interface ImageManifest {
   kernelRelease: string;
   kernelPackage: string;
   testHelpers: boolean;
+  stressTools?: boolean;
   modules: string[];
   builtAt: string;
 }
@@ -108,15 +121,17 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
   const root = projectRoot();
   const cacheDir = resolve(opts.cacheDir ?? join(root, '.cache', 'guest'));
   const progress = opts.onProgress ?? (() => {});
-  const testHelpers = opts.testHelpers ?? false;
+  const stressTools = opts.stressTools ?? false;
+  const testHelpers = (opts.testHelpers ?? false) || stressTools;
+  const wantedModules = guestModules(stressTools);
 
   progress('resolve', `kernel package behind ${KERNEL_METAPACKAGE}`);
   const pkg = await resolveKernelPackage(join(cacheDir, 'kernel'));
-  const files = await userspaceEntries(root, opts.hostPubKeyPem, testHelpers);
+  const files = await userspaceEntries(root, opts.hostPubKeyPem, testHelpers, stressTools);
   // /init lists module paths, known only after unpacking; hashing its template with the
   // wanted names stands for it, since the kernel version fixes the rest.
-  const initTemplate = initScript({ modules: GUEST_MODULES.map((name) => ({ name, path: '' })), testHelpers });
-  const hash = imageHash(pkg, initTemplate, files, testHelpers);
+  const initTemplate = initScript({ modules: wantedModules.map((name) => ({ name, path: '' })), testHelpers });
+  const hash = imageHash(pkg, initTemplate, files, testHelpers, wantedModules, stressTools);
 
   const imagesDir = join(cacheDir, 'images');
   const final = join(imagesDir, hash.slice(0, 16));
@@ -137,7 +152,7 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
     const { release, modulesDir, vmlinuz } = await locateKernel(tree);
 
     progress('modules', release);
-    const modules = await resolveModules(modulesDir, GUEST_MODULES, progress);
+    const modules = await resolveModules(modulesDir, wantedModules, progress);
     const modulePaths = modules.map((m) => ({ name: m.name, path: `/lib/modules/${release}/${m.path}` }));
     const entries: CpioEntry[] = [
       ...files,
@@ -155,6 +170,7 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
       kernelRelease: release,
       kernelPackage: `${pkg.name}=${pkg.version}`,
       testHelpers,
+      ...(stressTools ? { stressTools } : {}),
       modules: modules.map((m) => m.name),
       builtAt: new Date().toISOString(),
     };
@@ -199,7 +215,14 @@ async function removeStaleBuilds(imagesDir: string): Promise<void> {
   }
 }
 
-function imageHash(pkg: KernelPackage, initTemplate: string, files: CpioEntry[], testHelpers: boolean): string {
+function imageHash(
+  pkg: KernelPackage,
+  initTemplate: string,
+  files: CpioEntry[],
+  testHelpers: boolean,
+  modules: string[],
+  stressTools: boolean,
+): string {
   const h = createHash('sha256');
   const add = (label: string, value: string | Buffer): void => {
     h.update(`${label}\0${value.length}\0`);
@@ -207,9 +230,11 @@ function imageHash(pkg: KernelPackage, initTemplate: string, files: CpioEntry[],
   };
   add('builder', String(BUILDER_VERSION));
   add('kernel', `${pkg.name}=${pkg.version}`);
-  add('modules', GUEST_MODULES.join(' '));
+  add('modules', modules.join(' '));
   add('init', initTemplate);
   add('testHelpers', String(testHelpers));
+  // Only when set, so that the images without them keep the hash they had.
+  if (stressTools) add('stressTools', 'true');
   for (const e of files) {
     switch (e.kind) {
       case 'file':
@@ -249,7 +274,7 @@ function* announceBigFiles(entries: CpioEntry[], progress: (step: string, detail
 // ---------------------------------------------------------------------------------------------
 // Userspace
 
-async function userspaceEntries(root: string, hostPubKeyPem: string, testHelpers: boolean): Promise<CpioEntry[]> {
+async function userspaceEntries(root: string, hostPubKeyPem: string, testHelpers: boolean, stressTools: boolean): Promise<CpioEntry[]> {
   const agentBundle = join(root, 'dist', 'guest-agent', 'vesper-agent.mjs');
   if (!existsSync(agentBundle)) throw new VesperError(ErrorCode.USAGE, `${agentBundle} is missing: run npm run build first`);
   const busybox = findStaticBusybox();
@@ -275,6 +300,12 @@ async function userspaceEntries(root: string, hostPubKeyPem: string, testHelpers
   if (testHelpers) {
     // busybox has no chrt; util-linux's only needs libc, which node brought already.
     entries.push(text(FAULT_HELPER, faultHelperScript(), 0o755), ...(await withSharedLibraries('/usr/bin/chrt', '/usr/bin/chrt')));
+  }
+  if (stressTools) {
+    if (!existsSync(STRESS_NG))
+      throw new VesperError(ErrorCode.USAGE, `${STRESS_NG} is missing: run scripts/host-setup.sh (or apt-get install stress-ng)`);
+    // stress-ng writes its temporary files on the scratch disk, mounted here by the helper.
+    entries.push({ kind: 'dir', path: '/mnt/scratch' }, ...(await withSharedLibraries(STRESS_NG, STRESS_NG)));
   }
   return dedupe(entries);
 }

@@ -16,6 +16,8 @@ export interface GuestDomainSpec {
   consoleLog: string;
   /** virtio-serial channels: port name -> unix socket path (QEMU listens, the host connects) */
   channels: Record<string, string>;
+  /** raw image files, attached as virtio disks vda, vdb, ... in this order */
+  disks?: string[];
 }
 
 export const AGENT_PORT = 'org.vesper.agent.0';
@@ -26,6 +28,15 @@ const esc = (s: string): string =>
 
 export function channelXml(port: string, socket: string): string {
   return `<channel type='unix'><source mode='bind' path='${esc(socket)}'/><target type='virtio' name='${esc(port)}'/></channel>`;
+}
+
+/**
+ * A raw file as a virtio disk. cache='none' (O_DIRECT on the host): the guest's writes reach
+ * the host's disk instead of stopping in its page cache, so I/O stress in the guest is real I/O.
+ */
+export function diskXml(file: string, index: number): string {
+  const dev = `vd${String.fromCharCode(97 + index)}`;
+  return `<disk type='file' device='disk'><driver name='qemu' type='raw' cache='none'/><source file='${esc(file)}'/><target dev='${dev}' bus='virtio'/></disk>`;
 }
 
 export function guestDomainXml(s: GuestDomainSpec): string {
@@ -54,6 +65,7 @@ export function guestDomainXml(s: GuestDomainSpec): string {
     ${Object.entries(s.channels)
       .map(([port, sock]) => channelXml(port, sock))
       .join('\n    ')}
+    ${(s.disks ?? []).map(diskXml).join('\n    ')}
     <panic model='isa'><address type='isa' iobase='0x505'/></panic>
     <watchdog model='i6300esb' action='none'/>
     <memballoon model='none'/>

@@ -26,6 +26,13 @@ export interface VmRigOptions {
   uri?: string;
   /** define the agent's channel (default); false: a guest that has none until one is hot-plugged */
   agentChannel?: boolean;
+  /** stress-ng in the image, started through the test helper (implies testHelpers) */
+  stressTools?: boolean;
+  /**
+   * A scratch disk of this size (an ext4 raw file in the rig's directory, removed with it),
+   * the guest's /dev/vda; the helper mounts it for stress-ng's files. Needs stressTools.
+   */
+  scratchDiskMiB?: number;
 }
 
 const KVM_PROBE_MS = 25_000;
@@ -56,6 +63,8 @@ export class VmRig {
   readonly agentSocket: string;
   readonly testSocket: string;
   readonly consoleLog: string;
+  /** the scratch disk's file, when the rig has one */
+  readonly scratchDisk: string | null;
   readonly key: HostKey;
   accel: Accel = 'tcg';
   hv!: Hypervisor;
@@ -71,6 +80,7 @@ export class VmRig {
     this.agentSocket = join(this.dir, 'agent.sock');
     this.testSocket = join(this.dir, 'test.sock');
     this.consoleLog = join(this.dir, 'console.log');
+    this.scratchDisk = opts.scratchDiskMiB ? join(this.dir, 'scratch.img') : null;
     this.key = loadOrCreateHostKey(join(projectRoot(), '.cache', 'keys'));
     this.progress = opts.onProgress ?? (() => undefined);
   }
@@ -86,8 +96,15 @@ export class VmRig {
     this.image = await buildGuestImage({
       hostPubKeyPem: this.key.publicPem,
       testHelpers: this.opts.testHelpers ?? true,
+      stressTools: this.opts.stressTools ?? false,
       onProgress: this.progress,
     });
+    if (this.scratchDisk && !existsSync(this.scratchDisk)) {
+      this.progress('scratch disk', `${this.opts.scratchDiskMiB} MiB ext4 at ${this.scratchDisk}`);
+      // Sparse: only what the guest writes takes room on the host, and it goes with the rig's dir.
+      execFileSync('truncate', ['-s', `${this.opts.scratchDiskMiB}M`, this.scratchDisk]);
+      execFileSync('mkfs.ext4', ['-q', '-F', '-L', 'vesper-scratch', this.scratchDisk], { stdio: ['ignore', 'ignore', 'inherit'] });
+    }
     this.hv = await UnraidHypervisor.connect(this.opts.uri);
     this.events = new LibvirtEvents(this.opts.uri);
     this.events.start();
@@ -110,8 +127,9 @@ export class VmRig {
       consoleLog: this.consoleLog,
       channels: {
         ...(this.opts.agentChannel === false ? {} : { [AGENT_PORT]: this.agentSocket }),
-        ...(this.opts.testHelpers === false ? {} : { [TEST_PORT]: this.testSocket }),
+        ...(this.opts.testHelpers === false && !this.opts.stressTools ? {} : { [TEST_PORT]: this.testSocket }),
       },
+      disks: this.scratchDisk ? [this.scratchDisk] : [],
     });
   }
 
