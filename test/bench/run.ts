@@ -19,6 +19,7 @@ import { mono, pct, round, type Metrics } from './stats.js';
 import { analyzeBench } from './analyze.js';
 import { managerBench } from './manager.js';
 import { raceBench } from './race.js';
+import { soakBench } from './soak.js';
 import { splitBrainBench } from './splitbrain.js';
 import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -47,6 +48,12 @@ const TARGETS: Record<string, string> = {
   'race.oom.speedup': '>= 10',
   'race.panic.speedup': '>= 10',
   'analyze.ms.p50': '< 200',
+  'soak.minutes': '>= 10',
+  'soak.heartbeat_delay_ms.p99': '<= 100',
+  'soak.heartbeat_delay_ms.max': '<= 1000',
+  'soak.false_agent_lost': '0',
+  'soak.missed_faults': '0',
+  'soak.agent_oom_victim': '0',
   'splitbrain.trials': '>= 100',
   'splitbrain.double_starts': '0',
   'splitbrain.starts_before_fence': '0',
@@ -257,9 +264,19 @@ async function main(): Promise<void> {
     .option('--no-vm', 'skip the benchmarks that boot a guest')
     .option('--race-trials <n>', 'trials per failure and mode in the Pacemaker race', '5')
     .option('--splitbrain-trials <n>', 'trials of two managers failing over the same VM at once', '100')
+    .option('--soak-minutes <n>', 'minutes of stress-ng in the busy-guest soak', '10')
     .option('--vcpus <n>', 'vCPUs of the benchmark guest (the host has 2 CPUs: one runs the storm generator, one the agent)', '2')
     .parse(process.argv)
-    .opts<{ json?: string; only?: string; trials: string; vm: boolean; vcpus: string; raceTrials: string; splitbrainTrials: string }>();
+    .opts<{
+      json?: string;
+      only?: string;
+      trials: string;
+      vm: boolean;
+      vcpus: string;
+      raceTrials: string;
+      splitbrainTrials: string;
+      soakMinutes: string;
+    }>();
   const why = whyNoKernelAccess();
   const m: Metrics = {};
   const want = (p: string) => !o.only || p.startsWith(o.only) || o.only.startsWith(p);
@@ -276,6 +293,7 @@ async function main(): Promise<void> {
     if (o.vm && want('vm.')) await vmBench(m, { trials: 200, vcpus: Number(o.vcpus), log: (s) => console.error(s) });
     if (o.vm && want('race.')) await raceBench(m, { trials: Number(o.raceTrials), want, log: (s) => console.error(s) });
     if (o.vm && want('splitbrain.')) await splitBrainBench(m, { trials: Number(o.splitbrainTrials), log: (s) => console.error(s) });
+    if (o.vm && want('soak.')) await soakBench(m, { minutes: Number(o.soakMinutes), log: (s) => console.error(s) });
   }
   const t = new Table({ head: ['metric', 'value', 'target'] });
   for (const [k, v] of Object.entries(m)) t.push([k, String(v), TARGETS[k] ?? '']);
