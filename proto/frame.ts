@@ -55,6 +55,12 @@ export class FrameDecoder {
   private skipped = 0; // garbage bytes skipped since the last good frame
   private afterFailure = false; // skipped bytes are the rest of a frame already reported
   private partialSince = 0; // Date.now() when an incomplete frame started waiting
+  // An incomplete frame whose length is known is filled in place, in a buffer of its size: at
+  // most maxFrameBytes plus its header, and each read copied once. (Joining the held bytes
+  // with every read made a frame near maxFrameBytes that trickles in a few bytes at a time
+  // cost a copy of all of it per read: a hostile guest's cheapest way to keep the manager busy.)
+  private frame: Buffer | null = null;
+  private filled = 0;
   framesOk = 0;
   errors = 0;
   bytesSkipped = 0;
@@ -63,16 +69,38 @@ export class FrameDecoder {
 
   /** Bytes held waiting for the rest of a frame. */
   get pendingBytes(): number {
-    return this.buf.length;
+    return this.buf.length + this.filled;
   }
 
   /** How long (ms) an incomplete frame has been waiting; 0 when none. */
   pendingForMs(now = Date.now()): number {
-    return this.buf.length > 0 && this.partialSince > 0 ? now - this.partialSince : 0;
+    return this.pendingBytes > 0 && this.partialSince > 0 ? now - this.partialSince : 0;
   }
 
   push(chunk: Buffer): void {
+    let rest = chunk;
+    while (this.frame !== null) {
+      const f = this.frame;
+      const room = f.length - this.filled;
+      if (rest.length < room) {
+        rest.copy(f, this.filled);
+        this.filled += rest.length;
+        return;
+      }
+      // The frame is whole: decode it, then go on with the rest. If it turns out broken, the
+      // resync may find a marker inside it and leave the next frame waiting: hence the loop.
+      rest.copy(f, this.filled, 0, room);
+      this.frame = null;
+      this.filled = 0;
+      this.decode(f);
+      rest = rest.subarray(room);
+    }
+    if (rest.length > 0) this.decode(rest);
+  }
+
+  private decode(chunk: Buffer): void {
     const buf = this.buf.length === 0 ? chunk : Buffer.concat([this.buf, chunk]);
+    let need = 0; // the length of an incomplete frame at `pos`, once known
     let pos = 0;
     const end = buf.length;
     while (end - pos >= MARKER_LEN) {
@@ -118,8 +146,11 @@ export class FrameDecoder {
         pos += 1;
         continue;
       }
-      const need = p - pos + CRC_LEN + len;
-      if (end - pos < need) break; // incomplete frame: wait
+      const whole = p - pos + CRC_LEN + len;
+      if (end - pos < whole) {
+        need = whole; // incomplete frame: wait for the rest
+        break;
+      }
       const crc = buf.readUInt32LE(p);
       const payload = buf.subarray(p + CRC_LEN, p + CRC_LEN + len);
       if (crc32(payload) !== crc) {
@@ -128,7 +159,7 @@ export class FrameDecoder {
         continue;
       }
       this.flushSkipped();
-      pos += need;
+      pos += whole;
       this.framesOk++;
       this.opts.onFrame(payload);
     }
@@ -136,6 +167,11 @@ export class FrameDecoder {
     if (rest === 0) {
       this.buf = Buffer.alloc(0);
       this.partialSince = 0;
+    } else if (need > 0) {
+      this.frame = Buffer.allocUnsafe(need);
+      this.filled = buf.copy(this.frame, 0, pos);
+      this.buf = Buffer.alloc(0);
+      if (this.partialSince === 0 || pos > 0) this.partialSince = Date.now();
     } else {
       // Copy: keeping a view would pin the whole chunk behind a few bytes.
       this.buf = Buffer.from(buf.subarray(pos));
@@ -151,7 +187,13 @@ export class FrameDecoder {
     let dropped = 0;
     // The held bytes start with a frame that never completed; complete frames may sit
     // behind it. Give up on the first one only, then look again from the byte after its marker.
-    for (let guard = 0; this.buf.length > 0 && guard < 1_000_000; guard++) {
+    for (let guard = 0; guard < 1_000_000; guard++) {
+      if (this.frame !== null) {
+        this.buf = this.frame.subarray(0, this.filled);
+        this.frame = null;
+        this.filled = 0;
+      }
+      if (this.buf.length === 0) break;
       const held = this.buf;
       this.buf = Buffer.alloc(0);
       this.partialSince = 0;
