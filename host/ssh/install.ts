@@ -133,7 +133,8 @@ const EXISTING = [BUNDLE, HOST_KEY, NODE, 'bin/vesper-agent', 'bin/vesper-agent-
 function factsScript(l: AgentLayout): string {
   const p = q(l.prefix);
   const shaOf = (f: string): string =>
-    `[ -f ${f} ] && command -v sha256sum >/dev/null 2>&1 && echo "sha:${f.replace(/'/g, '')}=$(sha256sum < ${f} | cut -d' ' -f1)"`;
+    // present: always a line; its sha256 when the target has sha256sum (else empty: pushed again)
+    `[ -f ${f} ] && echo "sha:${f}=$(command -v sha256sum >/dev/null 2>&1 && sha256sum < ${f} | cut -d' ' -f1)"`;
   return [
     'echo "uid=$(id -u)"',
     'echo "arch=$(uname -m)"',
@@ -193,15 +194,21 @@ async function factsOf(conn: SshConnection, l: AgentLayout): Promise<Facts> {
 
 const ARCH: Record<string, string[]> = { x64: ['x86_64', 'amd64'], arm64: ['aarch64', 'arm64'], arm: ['armv7l', 'armv6l'] };
 
-function checkLayout(l: AgentLayout): void {
+/** Paths go into shell commands and unit files: plain characters only, absolute, no `..`. */
+function checkLayout(given: AgentLayout): AgentLayout {
+  const l = { ...given, prefix: given.prefix.replace(/(.)\/+$/, '$1'), runDir: given.runDir.replace(/(.)\/+$/, '$1') };
   for (const [k, v] of [
     ['prefix', l.prefix],
     ['run dir', l.runDir],
   ] as const)
-    if (!v.startsWith('/') || v.split('/').filter(Boolean).length < 1 || /[\n\0]/.test(v) || v.split('/').includes('..'))
-      throw new VesperError(ErrorCode.USAGE, `the agent's ${k} must be an absolute path below / (got ${JSON.stringify(v)})`);
+    if (!/^\/[A-Za-z0-9_@%+=:,./-]*[A-Za-z0-9_@%+=:,.-]$/.test(v) || v.split('/').includes('..'))
+      throw new VesperError(
+        ErrorCode.USAGE,
+        `the agent's ${k} must be an absolute path below / of letters, digits and _@%+=:,.-/ (got ${JSON.stringify(v)})`,
+      );
   if (!/^[A-Za-z0-9_.@-]+\.service$/.test(l.unit))
     throw new VesperError(ErrorCode.USAGE, `the unit must be a NAME.service (got ${JSON.stringify(l.unit)})`);
+  return l;
 }
 
 // ------------------------------------------------------------------ what is written
@@ -481,8 +488,7 @@ export async function helloFrom(conn: SshConnection, l: AgentLayout, timeoutMs =
 
 export async function installAgent(conn: SshConnection, o: InstallOptions): Promise<InstallReport> {
   const t0 = Date.now();
-  const l = o.layout ?? DEFAULT_AGENT_LAYOUT;
-  checkLayout(l);
+  const l = checkLayout(o.layout ?? DEFAULT_AGENT_LAYOUT);
   const log = o.log ?? (() => {});
   const facts = await factsOf(conn, l);
   if (facts.uid !== 0)
@@ -671,6 +677,27 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
   };
 }
 
+/**
+ * For the benchmark (test/bench/ssh.ts reports it as ssh.install_s): a fresh install into an
+ * empty prefix under `root` on the target, timed from the first command to the agent's hello,
+ * then uninstalled again so that nothing stays behind.
+ */
+export async function timeFreshInstall(
+  conn: SshConnection,
+  o: { root: string; hostPublicPem: string; pushNode?: boolean; log?: (m: string) => void },
+): Promise<{ seconds: number; report: InstallReport }> {
+  const layout: AgentLayout = { ...DEFAULT_AGENT_LAYOUT, prefix: `${o.root}/opt/vesper-agent`, runDir: `${o.root}/run/vesper-agent` };
+  const before = await factsOf(conn, checkLayout(layout));
+  if (before.prefixUsed || before.record)
+    throw new VesperError(ErrorCode.USAGE, `${conn.name}: ${layout.prefix} is not empty: a fresh install needs an empty root`);
+  try {
+    const report = await installAgent(conn, { layout, hostPublicPem: o.hostPublicPem, forceNode: o.pushNode, log: o.log });
+    return { seconds: report.seconds, report };
+  } finally {
+    if (!conn.isClosed) await uninstallAgent(conn, { layout });
+  }
+}
+
 // ------------------------------------------------------------------ uninstall
 
 export interface UninstallReport {
@@ -696,8 +723,7 @@ export async function uninstallAgent(
   conn: SshConnection,
   o: { layout?: AgentLayout; log?: (m: string) => void } = {},
 ): Promise<UninstallReport> {
-  const l = o.layout ?? DEFAULT_AGENT_LAYOUT;
-  checkLayout(l);
+  const l = checkLayout(o.layout ?? DEFAULT_AGENT_LAYOUT);
   const log = o.log ?? (() => {});
   const facts = await factsOf(conn, l);
   const unitThere = facts.sha.has('');
@@ -765,8 +791,7 @@ export interface StatusReport {
 }
 
 export async function agentStatus(conn: SshConnection, o: { layout?: AgentLayout; answerTimeoutMs?: number } = {}): Promise<StatusReport> {
-  const l = o.layout ?? DEFAULT_AGENT_LAYOUT;
-  checkLayout(l);
+  const l = checkLayout(o.layout ?? DEFAULT_AGENT_LAYOUT);
   const facts = await factsOf(conn, l);
   const installed = facts.record !== null && facts.sha.has('bin/vesper-agent-relay');
   const bundleSha = facts.sha.get(BUNDLE) ?? null;

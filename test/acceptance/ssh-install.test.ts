@@ -14,7 +14,7 @@ import { loadOrCreateHostKey } from '../../host/keys.js';
 import { readProbeBundle, signModule } from '../../host/probes/package.js';
 import { openAgentLink, type AgentLayout } from '../../host/ssh/agent-link.js';
 import { SshConnection } from '../../host/ssh/connect.js';
-import type { InstallReport, StatusReport, UninstallReport } from '../../host/ssh/install.js';
+import { installAgent, timeFreshInstall, type InstallReport, type StatusReport, type UninstallReport } from '../../host/ssh/install.js';
 import { Sshd, whyNoSshd } from '../helpers/sshd.js';
 import { VESPER, type Run } from '../helpers/vesperd-process.js';
 import { waitFor } from '../helpers/wait.js';
@@ -113,6 +113,33 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
+  it('an install cut off in the middle of the upload leaves nothing under a final name', async () => {
+    const conn = await connect();
+    const key = loadOrCreateHostKey(join(dir, 'keys'));
+    let cutAt = 0;
+    const err = await installAgent(conn, {
+      layout,
+      hostPublicPem: key.publicPem,
+      onProgress: (p) => {
+        if (!cutAt && p.bytes > p.totalBytes / 4) {
+          cutAt = p.bytes;
+          conn.client.end(); // the link goes while the bundle is on its way
+        }
+      },
+    }).then(
+      () => null,
+      (e: unknown) => e as { code?: string; message?: string },
+    );
+    expect(cutAt).toBeGreaterThan(0);
+    expect(err?.code).toBe('VSP_SSH_DISCONNECTED');
+    expect(err?.message).toMatch(/nothing was installed under its final name/);
+    for (const f of ['vesper-agent.mjs', 'host.pub', 'bin/vesper-agent', 'bin/vesper-agent-relay', 'install.json'])
+      expect(existsSync(join(layout.prefix, f)), f).toBe(false);
+    expect(processesUnder(layout.prefix)).toEqual([]);
+    const status = await cli(['status']);
+    expect(status.code).toBe(3); // VSP_AGENT_NOT_INSTALLED
+  });
+
   it('install pushes the agent and this host key, starts it through the relay (no systemd here) and sees it answer', async () => {
     const r = await cli(['install', '-o', 'json']);
     expect(r.code, r.stderr).toBe(0);
@@ -187,11 +214,42 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
     client.close();
   });
 
-  it('a second install changes nothing that is the same and keeps the agent running', async () => {
-    const rep = await json<InstallReport>(['install']);
-    expect(rep.unchanged).toEqual(expect.arrayContaining(['vesper-agent.mjs', 'host.pub', 'bin/vesper-agent', 'bin/vesper-agent-relay']));
+  it("install --push-node upgrades in place: this host's node pushed, the running agent restarted onto it", async () => {
+    const r = await cli(['install', '--push-node', '-o', 'json']);
+    expect(r.code, r.stderr).toBe(0);
+    const rep = JSON.parse(r.stdout) as InstallReport;
+    expect(rep.node).toMatchObject({ path: join(layout.prefix, 'node'), pushed: true });
+    expect(rep.bytesPushed).toBeGreaterThan(10e6); // node itself
+    expect(rep.unchanged).toEqual(expect.arrayContaining(['vesper-agent.mjs', 'host.pub', 'bin/vesper-agent-relay']));
+    expect(rep.restarted).toBe(true);
+    expect(rep.agent.pid).not.toBe(agentPid);
+    expect(alive(agentPid)).toBe(false);
+    agentPid = rep.agent.pid;
+    // stderr is not a terminal here: progress as plain lines, ending at 100%
+    expect(r.stderr).toMatch(/pushing .*\(100%\)/);
+    expect(readFileSync(`/proc/${agentPid}/cmdline`, 'utf8').split('\0')[0]).toBe(join(layout.prefix, 'node'));
+  });
+
+  it('the same install again pushes nothing but its marker and keeps the agent running', async () => {
+    const rep = await json<InstallReport>(['install', '--push-node']);
+    expect(rep.unchanged).toEqual(
+      expect.arrayContaining(['node', 'vesper-agent.mjs', 'host.pub', 'bin/vesper-agent', 'bin/vesper-agent-relay']),
+    );
+    expect(rep.bytesPushed).toBeLessThan(4096);
     expect(rep.restarted).toBe(false);
     expect(rep.agent.pid).toBe(agentPid);
+  });
+
+  it('a fresh install into an empty prefix, without the CLI (what the benchmark times), and gone again after', async () => {
+    const conn = await connect();
+    const root = join(dir, 'fresh');
+    const { seconds, report } = await timeFreshInstall(conn, { root, hostPublicPem: loadOrCreateHostKey(join(dir, 'keys')).publicPem });
+    expect(seconds).toBeGreaterThan(0);
+    expect(seconds).toBeLessThan(30);
+    expect(report.agent.pid).toBeGreaterThan(0);
+    await waitFor('the fresh agent to be gone', () => !alive(report.agent.pid), 10_000, 50);
+    expect(existsSync(join(root, 'opt', 'vesper-agent'))).toBe(false);
+    expect(processesUnder(root)).toEqual([]);
   });
 
   it('uninstall stops the agent and removes prefix and run dir; a second uninstall is a no-op; status then says not installed', async () => {
