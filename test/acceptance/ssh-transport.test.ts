@@ -1,7 +1,7 @@
 // vesperd reaching an agent over SSH: a real OpenSSH sshd on a loopback port with throwaway
 // keys, the agent on this machine's kernel behind the relay, vesperd and the vesper CLI as the
 // processes users run, libvirt's test driver as the hypervisor (its one domain has no vesper
-// channel). Real kernel events: a tiny ELF that stores to address 0, SIGUSR1 storms. The link
+// channel), the agent put there by installAgent. Real kernel events: a tiny ELF that stores to address 0, SIGUSR1 storms. The link
 // is broken three ways mid-stream (the exec channel's relay killed, the SSH session's sshd
 // processes killed, the sshd session frozen so that only the SSH keepalive can tell) and the
 // store must hold every record exactly once; the agent is killed and its probes come back.
@@ -12,8 +12,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
 import { projectRoot } from '../../host/probes/package.js';
+import { DEFAULT_AGENT_LAYOUT } from '../../host/ssh/agent-link.js';
+import { SshConnection } from '../../host/ssh/connect.js';
+import { installAgent } from '../../host/ssh/install.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
-import { agentPid, layOutAgent, stopAgent } from '../helpers/ssh-agent-layout.js';
+import { agentPid, stopAgent } from '../helpers/ssh-agent.js';
 import { Sshd, whyNoSshd } from '../helpers/sshd.js';
 import { openStoreForSql } from '../helpers/store-sql.js';
 import { VesperdProcess, type EventLine } from '../helpers/vesperd-process.js';
@@ -131,9 +134,15 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
     storePath = join(dir, 'events.db');
     // The agent verifies modules with the key vesperd signs them with (VESPER_KEY_DIR below).
     const key = loadOrCreateHostKey(join(projectRoot(), '.cache', 'keys'));
-    layOutAgent(prefix, runDir, key.publicPem);
     segv = writeProgram(join(dir, 'vesper-segv'), segfaultProgram());
     sshd = await Sshd.start();
+    // Installed the way `vesper agent install` does it (no systemd here: the relay starts it).
+    const conn = await SshConnection.connect({ target: sshd.target(), keyFile: sshd.clientKey, knownHosts: sshd.knownHosts });
+    try {
+      await installAgent(conn, { layout: { ...DEFAULT_AGENT_LAYOUT, prefix, runDir }, hostPublicPem: key.publicPem });
+    } finally {
+      conn.close();
+    }
     const config = join(dir, 'vesper.yaml');
     writeFileSync(
       config,
@@ -167,7 +176,9 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
     );
     vesperd = new VesperdProcess(config, join(dir, 'vesperd.sock'));
     await vesperd.start();
-    await waitFor('vesperd links to the agent over SSH', linked, 30_000, 200);
+    await waitFor('vesperd links to the agent over SSH', linked, 60_000, 200).catch(async (e: Error) => {
+      throw new Error(`${e.message}: ${(await vesperd.cli(['status', VM, '-o', 'json'])).stdout}\n${vesperd.log.slice(-3000)}`);
+    });
   }, 120_000);
 
   afterAll(async () => {
