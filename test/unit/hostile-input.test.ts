@@ -202,7 +202,7 @@ describe('the frame decoder against a trickle', () => {
       fc.uint8Array({ maxLength: 40 }).map((g) => Buffer.from(g)),
       fc.tuple(fc.uint8Array({ minLength: 20, maxLength: 100 }), fc.nat()).map(([p, at]) => {
         const b = encodeFrame(p);
-        b[9 + (at % p.length)] ^= 1; // a payload byte: the CRC fails
+        b[9 + (at % p.length)] = b[9 + (at % p.length)]! ^ 1; // a payload byte: the CRC fails
         return b;
       }),
       fc.tuple(fc.uint8Array({ minLength: 20, maxLength: 250 }), fc.nat()).map(([p, at]) => encodeFrame(p).subarray(0, 1 + (at % 20))),
