@@ -5,6 +5,7 @@
 // port's unix socket or an SSH target's exec channel (LinkSpec); everything above it is the same.
 import type { Logger } from 'pino';
 import type { AgentRecord } from '../channel/agent-client.js';
+import { ProblemLog } from '../channel/problem-log.js';
 import { GuestSession, unixOpener, type AttachedProbe, type LinkOpener } from '../channel/guest-session.js';
 import type { HostKey } from '../keys.js';
 import type { VesperEvent } from '../notify/event.js';
@@ -139,7 +140,9 @@ export class GuestLink {
       this.heartbeatLost = false;
       this.channelEvent('heartbeat-back', i);
     });
-    s.on('protocolError', (e) => d.log.warn({ vm, code: e.code, err: e.message }, 'channel problem'));
+    // each kind of problem logged once, repeats summed up: a guest does not decide how much we log
+    const problems = new ProblemLog(d.log, vm);
+    s.on('protocolError', (e) => problems.tell(e));
   }
 
   start(): void {
