@@ -128,6 +128,10 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *                                           (e.g. "... oom 1 oom_kill 3 oom_group_kill 1")
  *   release-svc      ok release-svc         removes the hold (init restarts the service within
  *                                           1 s) and the oom-svc group; a no-op otherwise
+ *   agent-sched M    ok agent-sched M N      the agent's scheduling, for measuring what it buys:
+ *                                           main-only (nice -10 on its main thread only, as
+ *                                           the agent once left it), all (nice -10 on all N
+ *                                           threads, what the agent sets), rr (SCHED_RR 1, all)
  * Only in images with stress tools (the busy-guest soak):
  *   stress S ARGS... ok stress PID DIR     stress-ng ARGS for S seconds, in its own cgroup
  *                                           (vesper-stress), its files in DIR: /mnt/scratch, the
@@ -487,6 +491,24 @@ while :; do
         # In the background, so that the helper keeps answering while the agent is stopped.
         (sleep "$arg"; kill -CONT "$p") < /dev/null > /dev/null 2>&1 &
       else reply "err stop-agent agent not running"; fi
+      ;;
+    agent-sched)
+      p=
+      read -r p 2> /dev/null < /run/vesper-agent.pid
+      if [ -z "$p" ] || [ ! -d /proc/$p ]; then reply "err agent-sched agent not running"
+      elif [ "$arg" != main-only ] && [ "$arg" != all ] && [ "$arg" != rr ]; then reply "err agent-sched usage: agent-sched main-only|all|rr"
+      else
+        /usr/bin/chrt -a -o -p 0 "$p" > /dev/null 2>&1 3>&- 4>&-
+        [ "$arg" = rr ] && /usr/bin/chrt -a -r -p 1 "$p" > /dev/null 2>&1 3>&- 4>&-
+        n=0
+        # ls, not a glob: globbing is off in this script.
+        for t in $(ls /proc/$p/task 3>&- 4>&-); do
+          v=-10
+          [ "$arg" = main-only ] && [ "$t" != "$p" ] && v=0
+          renice "$v" -p "$t" > /dev/null 2>&1 3>&- 4>&- && n=$((n + 1))
+        done
+        reply "ok agent-sched $arg $n"
+      fi
       ;;
     stress)
       shift
