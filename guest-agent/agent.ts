@@ -1,5 +1,5 @@
 // The guest agent: owns the record ring, the probe runtime and the link to the host.
-import { readFileSync, writeFileSync, existsSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import * as os from 'node:os';
 import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, type pb } from '../proto/codec.js';
 import { VESPER_VERSION } from '../proto/version.js';
@@ -107,9 +107,24 @@ export class Agent {
     } catch (err) {
       this.o.log.warn({ err: (err as Error).message }, 'could not set oom_score_adj');
     }
+    // On Linux a nice value belongs to one thread, and setpriority(0) changes the caller's
+    // only. Node started its thread pool (the channel's reads and writes, the tracefs readers)
+    // and V8's helpers before this runs: each is reniced by its thread id, or they would queue
+    // behind a busy guest's work while the main thread is ahead of it. Threads made later
+    // inherit the main thread's value.
     try {
       os.setPriority(0, -10);
-      done.push('nice=-10');
+      let threads = 1;
+      for (const tid of readdirSync('/proc/self/task')) {
+        if (Number(tid) === process.pid) continue;
+        try {
+          os.setPriority(Number(tid), -10);
+          threads++;
+        } catch {
+          /* the thread ended meanwhile */
+        }
+      }
+      done.push(`nice=-10 (${threads} threads)`);
     } catch (err) {
       this.o.log.warn({ err: (err as Error).message }, 'could not raise priority');
     }
