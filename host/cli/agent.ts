@@ -86,11 +86,13 @@ async function resolve(vm: string | undefined, o: TargetFlags): Promise<Resolved
     ...(o.acceptHostKey ? { acceptHostKey: true } : {}),
     ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}),
   };
-  const layout: AgentLayout = {
+  // A bad layout is a usage error before any connection is made.
+  const { checkLayout } = await import('../ssh/install.js');
+  const layout = checkLayout({
     prefix: o.prefix ?? entry?.prefix ?? DEFAULT_AGENT_LAYOUT.prefix,
     runDir: o.runDir ?? entry?.runDir ?? DEFAULT_AGENT_LAYOUT.runDir,
     unit: o.unit ?? DEFAULT_AGENT_LAYOUT.unit,
-  };
+  });
   return { ssh, layout };
 }
 

@@ -195,7 +195,7 @@ async function factsOf(conn: SshConnection, l: AgentLayout): Promise<Facts> {
 const ARCH: Record<string, string[]> = { x64: ['x86_64', 'amd64'], arm64: ['aarch64', 'arm64'], arm: ['armv7l', 'armv6l'] };
 
 /** Paths go into shell commands and unit files: plain characters only, absolute, no `..`. */
-function checkLayout(given: AgentLayout): AgentLayout {
+export function checkLayout(given: AgentLayout): AgentLayout {
   const l = { ...given, prefix: given.prefix.replace(/(.)\/+$/, '$1'), runDir: given.runDir.replace(/(.)\/+$/, '$1') };
   for (const [k, v] of [
     ['prefix', l.prefix],

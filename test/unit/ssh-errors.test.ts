@@ -2,6 +2,7 @@
 // process (ssh2's Server on a loopback port, test/helpers/ssh2-server.ts) or a real socket
 // that never speaks: the stable code, the exit status it maps to, and a message that says
 // what to do.
+import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -12,6 +13,7 @@ import { SshConnection, type SshOptions } from '../../host/ssh/connect.js';
 import { defaultBundlePath, installAgent } from '../../host/ssh/install.js';
 import { fingerprint, KnownHosts } from '../../host/ssh/known-hosts.js';
 import { TestSshServer, generateKey, type KeyPair } from '../helpers/ssh2-server.js';
+import { VESPER } from '../helpers/vesperd-process.js';
 
 let dir: string;
 let clientKey: KeyPair;
@@ -226,5 +228,105 @@ describe('installAgent: the connection lost in the middle of the upload', () => 
     expect(tmps.length).toBe(1);
     expect(tmps[0]).toMatch(/^\.vesper-agent\.mjs\.vesper-tmp\./);
     expect(statSync(join(prefix, tmps[0]!)).size).toBeLessThan(size);
+  });
+});
+
+describe('vesper agent (the built CLI): stable codes and exit statuses', () => {
+  const cli = (args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> =>
+    new Promise((resolve) => {
+      const e: NodeJS.ProcessEnv = { ...process.env, VESPER_KEY_DIR: join(dir, 'cli-keys'), ...env };
+      delete e.VESPER_SSH_PASSWORD;
+      Object.assign(e, env);
+      execFile(process.execPath, [VESPER, 'agent', ...args], { timeout: 30_000, cwd: '/', env: e }, (err, stdout, stderr) => {
+        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+      });
+    });
+  beforeAll(() => {
+    if (!existsSync(VESPER)) throw new Error(`${VESPER} is missing: run npm run build`);
+  });
+
+  it('a password from VESPER_SSH_PASSWORD only; a wrong one exits 77 with VSP_SSH_AUTH', async () => {
+    const s = await server();
+    const kh = knownHosts(s.knownHostsLine());
+    const prefix = join(dir, 'cli-target', 'opt');
+    const args = [
+      'status',
+      '--ssh',
+      `root@127.0.0.1:${s.port}`,
+      '--known-hosts',
+      kh,
+      '--prefix',
+      prefix,
+      '--run-dir',
+      join(dir, 'cli-target', 'run'),
+    ];
+    const wrong = await cli(args, { VESPER_SSH_PASSWORD: 'wrong' });
+    expect(wrong.code).toBe(77);
+    expect(wrong.stderr).toMatch(/^vesper: VSP_SSH_AUTH: .*refused our credentials \(password\)/m);
+    // the right password gets in; nothing is installed there: exit 3, VSP_AGENT_NOT_INSTALLED
+    const right = await cli(args, { VESPER_SSH_PASSWORD: 'right horse battery' });
+    expect(right.code).toBe(3);
+    expect(right.stdout).toMatch(/the agent is not installed/);
+    expect(right.stderr).toMatch(/VSP_AGENT_NOT_INSTALLED/);
+    // and uninstall of nothing is not an error
+    const un = await cli(['uninstall', ...args.slice(1)], { VESPER_SSH_PASSWORD: 'right horse battery' });
+    expect(un.code).toBe(0);
+    expect(un.stdout).toMatch(/nothing to uninstall/);
+  });
+
+  it('an unknown host key exits 76 (VSP_SSH_HOSTKEY_UNKNOWN); --accept-host-key records it', async () => {
+    const s = await server();
+    const kh = knownHosts('');
+    const args = [
+      'status',
+      '--ssh',
+      `root@127.0.0.1:${s.port}`,
+      '--key',
+      clientKeyFile,
+      '--known-hosts',
+      kh,
+      '--prefix',
+      join(dir, 'cli-t2'),
+    ];
+    const r = await cli(args);
+    expect(r.code).toBe(76);
+    expect(r.stderr).toMatch(/^vesper: VSP_SSH_HOSTKEY_UNKNOWN: .*--accept-host-key/m);
+    const ok = await cli([...args, '--accept-host-key']);
+    expect(ok.code).toBe(3); // in, and nothing installed
+    expect(ok.stderr).toMatch(/accepted root@127\.0\.0\.1:\d+'s host key SHA256:/);
+    expect(new KnownHosts(kh).check('127.0.0.1', s.port, s.hostKey.blob).status).toBe('known');
+  });
+
+  it('a VM name is looked up in the config ssh.targets (its password from the variable it names); unknown VMs and bad usage have their codes', async () => {
+    const s = await server({ password: 'from the config env' });
+    const cfg = join(dir, 'vesper.yaml');
+    writeFileSync(
+      cfg,
+      [
+        'ssh:',
+        '  targets:',
+        '    web1:',
+        `      target: root@127.0.0.1:${s.port}`,
+        `      known_hosts: ${knownHosts(s.knownHostsLine())}`,
+        '      password_env: WEB1_PASSWORD',
+        `      prefix: ${join(dir, 'cli-t3', 'opt')}`,
+        `      run_dir: ${join(dir, 'cli-t3', 'run')}`,
+        '',
+      ].join('\n'),
+    );
+    const r = await cli(['status', 'web1', '-c', cfg, '-o', 'json'], { WEB1_PASSWORD: 'from the config env' });
+    expect(r.code).toBe(3);
+    expect(JSON.parse(r.stdout)).toMatchObject({ installed: false, prefix: join(dir, 'cli-t3', 'opt') });
+
+    const nope = await cli(['status', 'web9', '-c', cfg]);
+    expect(nope.code).toBe(3);
+    expect(nope.stderr).toMatch(/VSP_VM_NOT_FOUND: no SSH target for VM "web9"/);
+    const both = await cli(['status', 'web1', '--ssh', 'root@127.0.0.1', '-c', cfg]);
+    expect(both.code).toBe(2);
+    expect(both.stderr).toMatch(/VSP_USAGE/);
+    const badPrefix = await cli(['install', '--ssh', `root@127.0.0.1:${s.port}`, '--prefix', 'relative/dir']);
+    expect(badPrefix.code).toBe(2);
+    expect(badPrefix.stderr).toMatch(/VSP_USAGE: the agent's prefix must be an absolute path/);
   });
 });
