@@ -21,6 +21,7 @@ import { managerBench } from './manager.js';
 import { raceBench } from './race.js';
 import { soakBench } from './soak.js';
 import { splitBrainBench } from './splitbrain.js';
+import { sshBench } from './ssh.js';
 import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -57,6 +58,8 @@ const TARGETS: Record<string, string> = {
   'splitbrain.trials': '>= 100',
   'splitbrain.double_starts': '0',
   'splitbrain.starts_before_fence': '0',
+  'ssh.sigsegv_to_host_ms.p99': '<= 10',
+  'ssh.install_s': '< 30',
 };
 
 function cpuTicks(pid: number): number {
@@ -290,6 +293,7 @@ async function main(): Promise<void> {
     if (want('agent.records')) await recordThroughput(m);
     if (want('agent.exec')) await execExitRate(m);
     if (want('agent.idle') || want('agent.rss')) await idle(m);
+    if (want('ssh.')) await sshBench(m, { trials: Number(o.trials), log: (s) => console.error(s) });
     if (o.vm && want('vm.')) await vmBench(m, { trials: 200, vcpus: Number(o.vcpus), log: (s) => console.error(s) });
     if (o.vm && want('race.')) await raceBench(m, { trials: Number(o.raceTrials), want, log: (s) => console.error(s) });
     if (o.vm && want('splitbrain.')) await splitBrainBench(m, { trials: Number(o.splitbrainTrials), log: (s) => console.error(s) });
