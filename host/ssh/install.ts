@@ -449,14 +449,27 @@ function stopScript(l: AgentLayout): string {
     '  sleep 0.1; i=$((i+1))',
     'done',
     'kill -KILL $alive 2>/dev/null',
+    // Gone once the kernel lets go of them (a task in uninterruptible sleep takes its time).
+    'i=0',
+    'while [ $i -lt 50 ]; do',
+    '  stuck=""',
+    '  for p in $alive; do kill -0 $p 2>/dev/null && stuck="$stuck $p"; done',
+    '  [ -z "$stuck" ] && exit 0',
+    '  sleep 0.1; i=$((i+1))',
+    'done',
+    'echo "stuck=$stuck"',
     'true',
   ].join('\n');
 }
 
-async function stopAgentProcesses(conn: SshConnection, l: AgentLayout): Promise<number[]> {
+/** Pids stopped, and those that outlived SIGKILL for 5 s (stuck in the kernel). */
+async function stopAgentProcesses(conn: SshConnection, l: AgentLayout): Promise<{ stopped: number[]; stuck: number[] }> {
   const out = await conn.check(stopScript(l), { timeoutMs: 30_000 });
-  const m = /stopped=(.*)/.exec(out);
-  return m ? m[1]!.trim().split(/\s+/).map(Number) : [];
+  const pids = (key: string): number[] => {
+    const m = new RegExp(`^${key}=(.*)$`, 'm').exec(out);
+    return m ? m[1]!.trim().split(/\s+/).filter(Boolean).map(Number) : [];
+  };
+  return { stopped: pids('stopped'), stuck: pids('stuck') };
 }
 
 function helloOf(c: AgentClient): AgentHello {
@@ -636,7 +649,12 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
     restarted = wasActive && verb === 'restart';
   } else {
     if (changed) {
-      const stopped = await stopAgentProcesses(conn, l);
+      const { stopped, stuck } = await stopAgentProcesses(conn, l);
+      if (stuck.length)
+        throw new VesperError(
+          ErrorCode.SSH_REMOTE_FAILED,
+          `${conn.name}: the old agent (${stuck.join(' ')}) does not end even after SIGKILL; the new files are in place, the old agent still runs`,
+        );
       restarted = stopped.length > 0;
       if (restarted) log(`stopped the running agent (${stopped.join(' ')}) to start it on what was pushed`);
     }
@@ -739,7 +757,7 @@ export async function uninstallAgent(
     await conn.check(`rm -f ${q(unitPath(l))} && (systemctl daemon-reload 2>/dev/null || true)`);
     unitRemoved = true;
   }
-  const stopped = await stopAgentProcesses(conn, l);
+  const { stopped, stuck } = await stopAgentProcesses(conn, l);
   if (stopped.length) log(`stopped ${stopped.join(' ')}`);
   const r = q(l.runDir);
   const out = await conn.check(
@@ -752,7 +770,10 @@ export async function uninstallAgent(
   );
   const prefixRemoved = /^prefix=1$/m.test(out);
   const runDirRemoved = /^rundir=1$/m.test(out);
-  const left = [...out.matchAll(/^left=(.*)$/gm)].map((m) => `${l.runDir}/${m[1]}`);
+  const left = [
+    ...stuck.map((p) => `process ${p} (did not end after SIGKILL)`),
+    ...[...out.matchAll(/^left=(.*)$/gm)].map((m) => `${l.runDir}/${m[1]}`),
+  ];
   const removed = unitRemoved || prefixRemoved || runDirRemoved || stopped.length > 0;
   return {
     target: conn.name,
@@ -763,7 +784,7 @@ export async function uninstallAgent(
     runDirRemoved,
     left,
     message: removed
-      ? `removed the agent from ${conn.name}${left.length ? ` (left in ${l.runDir}, not vesper's: ${left.join(', ')})` : ''}`
+      ? `removed the agent from ${conn.name}${left.length ? ` (left behind: ${left.join(', ')})` : ''}`
       : `nothing to uninstall on ${conn.name}: no agent under ${l.prefix}, no ${l.unit}, no agent running`,
   };
 }

@@ -29,13 +29,26 @@ export function progressView(stream: NodeJS.WriteStream = process.stderr, prefix
       cliProgress.Presets.shades_classic,
     );
     let bar: cliProgress.SingleBar | null = null;
+    let active = false;
     return {
       onProgress: (p) => {
-        bar ??= multi.create(p.totalBytes, 0, { file: '', done: '0.0', size: mb(p.totalBytes) });
+        if (!bar) {
+          bar = multi.create(p.totalBytes, 0, { file: '', done: '0.0', size: mb(p.totalBytes) });
+          active = true;
+        }
+        if (!active) return;
         bar.update(p.bytes, { file: base(p.file).padEnd(22).slice(0, 22), done: mb(p.bytes), size: mb(p.totalBytes) });
+        if (p.bytes >= p.totalBytes) {
+          // all pushed: the bar stays on screen, finished, and logs go on below it
+          multi.stop();
+          active = false;
+        }
       },
-      log: (m) => (multi.isActive || bar ? multi.log(`${prefix}: ${m}\n`) : stream.write(`${prefix}: ${m}\n`)),
-      stop: () => multi.stop(),
+      log: (m) => (active ? multi.log(`${prefix}: ${m}\n`) : void stream.write(`${prefix}: ${m}\n`)),
+      stop: () => {
+        if (active) multi.stop();
+        active = false;
+      },
     };
   }
   // Not a terminal: a line per tenth of the whole.
