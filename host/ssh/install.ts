@@ -201,7 +201,7 @@ export function checkLayout(given: AgentLayout): AgentLayout {
     ['prefix', l.prefix],
     ['run dir', l.runDir],
   ] as const)
-    if (!/^\/[A-Za-z0-9_@%+=:,./-]*[A-Za-z0-9_@%+=:,.-]$/.test(v) || v.split('/').includes('..'))
+    if (!/^\/[A-Za-z0-9_@%+=:,./-]*[A-Za-z0-9_@%+=:,.-]$/.test(v) || v.split('/').some((seg) => seg === '..' || seg === '.'))
       throw new VesperError(
         ErrorCode.USAGE,
         `the agent's ${k} must be an absolute path below / of letters, digits and _@%+=:,.-/ (got ${JSON.stringify(v)})`,
@@ -213,7 +213,7 @@ export function checkLayout(given: AgentLayout): AgentLayout {
 
 // ------------------------------------------------------------------ what is written
 
-function agentWrapper(l: AgentLayout, node: string): string {
+export function agentWrapper(l: AgentLayout, node: string): string {
   return [
     '#!/bin/sh',
     '# Written by `vesper agent install`: the vesper agent bundle on this node.',
@@ -222,7 +222,7 @@ function agentWrapper(l: AgentLayout, node: string): string {
   ].join('\n');
 }
 
-function relayWrapper(l: AgentLayout, systemd: boolean): string {
+export function relayWrapper(l: AgentLayout, systemd: boolean): string {
   const args = [`--socket ${q(`${l.runDir}/agent.sock`)}`];
   if (!systemd)
     args.push(
