@@ -1,10 +1,12 @@
 // vesperd reaching an agent over SSH: a real OpenSSH sshd on a loopback port with throwaway
-// keys, the agent on this machine's kernel behind the relay, vesperd and the vesper CLI as the
-// processes users run, libvirt's test driver as the hypervisor (its one domain has no vesper
-// channel), the agent put there by installAgent. Real kernel events: a tiny ELF that stores to address 0, SIGUSR1 storms. The link
-// is broken three ways mid-stream (the exec channel's relay killed, the SSH session's sshd
-// processes killed, the sshd session frozen so that only the SSH keepalive can tell) and the
-// store must hold every record exactly once; the agent is killed and its probes come back.
+// keys, the agent on this machine's kernel (put there by installAgent, started by its relay),
+// vesperd and the vesper CLI as the processes users run, libvirt's test driver as the
+// hypervisor (its one domain, `test`, has no vesper channel; named as an SSH target too, it is
+// reached over SSH). Real kernel events: a tiny ELF that stores to address 0, SIGUSR1 storms.
+// The link is broken three ways mid-stream (the exec channel's relay killed, the SSH session's
+// sshd processes killed, the sshd session frozen so that only the SSH keepalive can tell) and
+// the store must hold every record exactly once; the agent is killed and its probes come back;
+// a changed host key is refused, told once and shown.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -171,6 +173,13 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
         `      known_hosts: ${sshd.knownHosts}`,
         `      prefix: ${prefix}`,
         `      run_dir: ${runDir}`,
+        // libvirt's test driver has a running domain `test` without the vesper channel: reached
+        // over SSH, where no agent is installed under this prefix.
+        '    test:',
+        `      target: root@127.0.0.1:${sshd.port}`,
+        `      key: ${sshd.clientKey}`,
+        `      known_hosts: ${sshd.knownHosts}`,
+        `      prefix: ${join(dir, 'nowhere')}`,
         '',
       ].join('\n'),
     );
@@ -191,11 +200,17 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
     if (dir) rmSync(dir, { recursive: true, force: true });
   }, 60_000);
 
-  it('shows the VM with its transport, target and host key; the libvirt domain without the channel stays without a link', async () => {
+  it('shows the VM with its transport, target and host key; a libvirt domain without the channel goes over SSH, its failure told once', async () => {
     const list = await vesperd.json<Array<Record<string, unknown>>>(['list']);
     const mine = list.find((v) => v.name === VM);
     expect(mine).toMatchObject({ state: 'external', link: 'connected', transport: 'ssh', target: `root@127.0.0.1:${sshd.port}` });
-    expect(list.find((v) => v.name === 'test')).toMatchObject({ state: 'running', link: 'no-channel', transport: 'none' });
+    // A libvirt domain without the channel and with an SSH target is reached over SSH; its
+    // failure (no agent there) is in its status and in the log once, not at every retry.
+    expect(list.find((v) => v.name === 'test')).toMatchObject({ state: 'running', link: 'connecting', transport: 'ssh' });
+    const t = await vesperd.json<Record<string, unknown>>(['status', 'test']);
+    expect(t).toMatchObject({ linkErrorCode: 'VSP_AGENT_NOT_INSTALLED', hasChannel: false });
+    expect(String(t.linkError)).toContain(`${join(dir, 'nowhere')}/bin/vesper-agent-relay`);
+    expect(vesperd.log.split('\n').filter((l) => l.includes('VSP_AGENT_NOT_INSTALLED')).length).toBe(1);
     const st = await status();
     expect(st.hostKey).toBe(`${sshd.fingerprint} (ssh-ed25519, known_hosts)`);
     expect(st.agentPid).toBe(agentPid(runDir));
@@ -377,7 +392,7 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
       expect(st.link).toBe('connecting');
       expect(String(st.linkError)).toContain('host key changed');
       await sleep(3000); // several retries (backoff 100 ms .. 1 s)
-      const told = vesperd.log.split('\n').filter((l) => l.includes('VSP_SSH_HOSTKEY_CHANGED'));
+      const told = vesperd.log.split('\n').filter((l) => l.includes('VSP_SSH_HOSTKEY_CHANGED') && l.includes(`"vm":"${VM}"`));
       expect(told.length).toBe(1);
     } finally {
       writeFileSync(kh, good);
