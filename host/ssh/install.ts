@@ -155,8 +155,30 @@ function factsScript(l: AgentLayout): string {
   ].join('\n');
 }
 
+/**
+ * The script as one brace group: sh parses all of it before running any, so a command that
+ * reads stdin cannot eat the rest of the script (and it reads /dev/null instead).
+ */
+function shRun(conn: SshConnection, script: string, timeoutMs = 30_000): ReturnType<SshConnection['run']> {
+  return conn.run('sh -s', { stdin: `{\n${script}\n} </dev/null\n`, timeoutMs });
+}
+
+/**
+ * Runs a POSIX sh script on the target, whatever the login shell there is (sshd hands a
+ * command to the user's shell; the script goes to `sh -s` on stdin instead).
+ */
+async function sh(conn: SshConnection, what: string, script: string, timeoutMs = 30_000): Promise<string> {
+  const r = await shRun(conn, script, timeoutMs);
+  if (r.code !== 0)
+    throw new VesperError(
+      ErrorCode.SSH_REMOTE_FAILED,
+      `${conn.name}: ${what} failed (${r.signal ? `signal ${r.signal}` : `exit ${r.code}`}): ${r.stderr.trim() || r.stdout.trim()}`,
+    );
+  return r.stdout;
+}
+
 async function factsOf(conn: SshConnection, l: AgentLayout): Promise<Facts> {
-  const out = await conn.check(factsScript(l), { timeoutMs: 30_000 });
+  const out = await sh(conn, 'looking at the target', factsScript(l));
   const kv = new Map<string, string>();
   const sha = new Map<string, string>();
   for (const line of out.split('\n')) {
@@ -405,7 +427,7 @@ async function renameInto(conn: SshConnection, sftp: SFTPWrapper, from: string, 
   } catch (err) {
     if (conn.isClosed) throw err;
     // No posix-rename@openssh.com here (SFTP's own RENAME refuses an existing target).
-    await conn.check(`mv -f ${q(from)} ${q(to)}`);
+    await sh(conn, `renaming ${from}`, `mv -f ${q(from)} ${q(to)}`);
   }
 }
 
@@ -417,7 +439,7 @@ async function remoteSha(conn: SshConnection, facts: Facts, node: string, paths:
     : `${q(node)} -e ${q(
         "const c=require('crypto'),f=require('fs');for(const p of process.argv.slice(1))console.log(c.createHash('sha256').update(f.readFileSync(p)).digest('hex')+'  '+p)",
       )} ${files}`;
-  const out = await conn.check(cmd, { timeoutMs: 120_000 });
+  const out = await sh(conn, 'checking what arrived (sha256)', cmd, 120_000);
   const m = new Map<string, string>();
   for (const line of out.split('\n')) {
     const mm = /^([0-9a-f]{64})\s+\*?(.+)$/.exec(line.trim());
@@ -464,7 +486,7 @@ function stopScript(l: AgentLayout): string {
 
 /** Pids stopped, and those that outlived SIGKILL for 5 s (stuck in the kernel). */
 async function stopAgentProcesses(conn: SshConnection, l: AgentLayout): Promise<{ stopped: number[]; stuck: number[] }> {
-  const out = await conn.check(stopScript(l), { timeoutMs: 30_000 });
+  const out = await sh(conn, 'stopping the agent', stopScript(l));
   const pids = (key: string): number[] => {
     const m = new RegExp(`^${key}=(.*)$`, 'm').exec(out);
     return m ? m[1]!.trim().split(/\s+/).filter(Boolean).map(Number) : [];
@@ -566,7 +588,9 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
 
   // The prefix is ours from here on: created with the mark, stale temporary files removed.
   const tmpGlob = `-name ${q(`.*${TMP_TAG}*`)}`;
-  await conn.check(
+  await sh(
+    conn,
+    `preparing ${l.prefix}`,
     [
       `mkdir -p ${q(`${l.prefix}/bin`)}`,
       `chmod 0755 ${q(l.prefix)}`,
@@ -613,7 +637,7 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
         );
     }
     if (pushedNode) {
-      const r = await conn.run(`${q(tmps.get(pushedNode)!)} -p process.versions.node`, { timeoutMs: 30_000 });
+      const r = await shRun(conn, `${q(tmps.get(pushedNode)!)} -p process.versions.node`);
       if (r.code !== 0 || !semver.satisfies(r.stdout.trim(), AGENT_NODE_RANGE))
         throw new VesperError(
           ErrorCode.SSH_REMOTE_FAILED,
@@ -625,7 +649,7 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
     for (const p of todo) await renameInto(conn, sftp, tmps.get(p)!, p.final);
   } catch (err) {
     if (!conn.isClosed)
-      await conn.run(`rm -f ${[...tmps.values()].map(q).join(' ')}`).catch(() => {
+      await shRun(conn, `rm -f ${[...tmps.values()].map(q).join(' ')}`).catch(() => {
         /* best effort; the next install removes them too */
       });
     throw err;
@@ -634,7 +658,7 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
   }
   current = '';
   // A node pushed by an earlier install that the target no longer needs (it has its own now).
-  if (!pushNode && facts.sha.has(NODE)) await conn.check(`rm -f ${q(`${l.prefix}/${NODE}`)}`);
+  if (!pushNode && facts.sha.has(NODE)) await sh(conn, 'removing the node no longer needed', `rm -f ${q(`${l.prefix}/${NODE}`)}`);
 
   // Start, or restart onto what was pushed.
   let restarted = false;
@@ -643,9 +667,12 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
     const wasActive = facts.unitActive === 'active' || facts.unitActive === 'activating';
     const verb = changed || !wasActive ? 'restart' : 'start';
     log(`systemd: ${verb} ${l.unit} (enabled at boot)`);
-    await conn.check(`systemctl daemon-reload && systemctl enable ${q(l.unit)} 2>&1 && systemctl ${verb} ${q(l.unit)}`, {
-      timeoutMs: 60_000,
-    });
+    await sh(
+      conn,
+      `starting ${l.unit}`,
+      `systemctl daemon-reload && systemctl enable ${q(l.unit)} 2>&1 && systemctl ${verb} ${q(l.unit)}`,
+      60_000,
+    );
     restarted = wasActive && verb === 'restart';
   } else {
     if (changed) {
@@ -753,14 +780,16 @@ export async function uninstallAgent(
   let unitRemoved = false;
   if (unitThere) {
     log(`systemd: disable --now ${l.unit}, remove ${unitPath(l)}`);
-    await conn.run(`systemctl disable --now ${q(l.unit)} 2>&1`, { timeoutMs: 60_000 });
-    await conn.check(`rm -f ${q(unitPath(l))} && (systemctl daemon-reload 2>/dev/null || true)`);
+    await shRun(conn, `systemctl disable --now ${q(l.unit)} 2>&1`, 60_000);
+    await sh(conn, `removing ${l.unit}`, `rm -f ${q(unitPath(l))} && (systemctl daemon-reload 2>/dev/null || true)`);
     unitRemoved = true;
   }
   const { stopped, stuck } = await stopAgentProcesses(conn, l);
   if (stopped.length) log(`stopped ${stopped.join(' ')}`);
   const r = q(l.runDir);
-  const out = await conn.check(
+  const out = await sh(
+    conn,
+    `removing ${l.prefix} and ${l.runDir}`,
     [
       `[ -f ${q(`${l.prefix}/${OWNER_MARK}`)} ] && rm -rf ${q(l.prefix)} && echo prefix=1`,
       `[ -d ${r} ] && rm -f ${r}/agent.sock ${r}/agent.pid ${r}/agent.log && echo rundir_seen=1 && rmdir ${r} 2>/dev/null && echo rundir=1`,
