@@ -96,10 +96,19 @@ export async function runRelay(argv: string[]): Promise<number> {
     .option('-k, --host-key <path>', "with --spawn: the host's public key for the agent")
     .option('--log <path>', "with --spawn: the agent's log file")
     .option('--pid-file <path>', "with --spawn: where the started agent's pid is kept")
+    .option('--state-file <path>', "with --spawn: the started agent's run-state file (its --state-file)")
     .option('--wait-ms <n>', 'how long to wait for the socket', int(0), 15_000)
     .showHelpAfterError();
   program.parse(argv.filter((_, i) => i !== 2));
-  const o = program.opts<{ socket: string; spawn?: boolean; hostKey?: string; log?: string; pidFile?: string; waitMs: number }>();
+  const o = program.opts<{
+    socket: string;
+    spawn?: boolean;
+    hostKey?: string;
+    log?: string;
+    pidFile?: string;
+    stateFile?: string;
+    waitMs: number;
+  }>();
   // stdout is the frame stream: every word of the relay's own goes to stderr.
   const say = (m: string): void => void process.stderr.write(`vesper-agent relay: ${m}\n`);
   if (o.spawn && (!o.hostKey || !o.log || !o.pidFile)) {
@@ -109,7 +118,9 @@ export async function runRelay(argv: string[]): Promise<number> {
   return relay({
     socket: o.socket,
     waitMs: o.waitMs,
-    spawn: o.spawn ? { hostKey: o.hostKey!, logFile: o.log!, pidFile: o.pidFile! } : undefined,
+    spawn: o.spawn
+      ? { hostKey: o.hostKey!, logFile: o.log!, pidFile: o.pidFile!, extraArgs: o.stateFile ? ['--state-file', o.stateFile] : [] }
+      : undefined,
     log: say,
   });
 }

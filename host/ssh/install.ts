@@ -248,7 +248,7 @@ export function relayWrapper(l: AgentLayout, systemd: boolean): string {
   const args = [`--socket ${q(`${l.runDir}/agent.sock`)}`];
   if (!systemd)
     args.push(
-      `--spawn --host-key ${q(`${l.prefix}/${HOST_KEY}`)} --log ${q(`${l.runDir}/agent.log`)} --pid-file ${q(`${l.runDir}/agent.pid`)}`,
+      `--spawn --host-key ${q(`${l.prefix}/${HOST_KEY}`)} --log ${q(`${l.runDir}/agent.log`)} --pid-file ${q(`${l.runDir}/agent.pid`)} --state-file ${q(`${l.runDir}/run-state`)}`,
     );
   return [
     '#!/bin/sh',
@@ -276,7 +276,8 @@ export function unitText(l: AgentLayout): string {
     '[Service]',
     'Type=exec',
     `ExecStartPre=/bin/mkdir -p -m 0700 ${l.runDir}`,
-    `ExecStart=${l.prefix}/bin/vesper-agent --transport unix:${l.runDir}/agent.sock --host-key ${l.prefix}/${HOST_KEY}`,
+    // run-state: the next agent reports what a crash of this one lost (tmpfs, like the socket)
+    `ExecStart=${l.prefix}/bin/vesper-agent --transport unix:${l.runDir}/agent.sock --host-key ${l.prefix}/${HOST_KEY} --state-file ${l.runDir}/run-state`,
     'Restart=on-failure',
     'RestartSec=1s',
     '# The OOM killer must not take the agent that reports OOM kills.',
@@ -792,7 +793,7 @@ export async function uninstallAgent(
     `removing ${l.prefix} and ${l.runDir}`,
     [
       `[ -f ${q(`${l.prefix}/${OWNER_MARK}`)} ] && rm -rf ${q(l.prefix)} && echo prefix=1`,
-      `[ -d ${r} ] && rm -f ${r}/agent.sock ${r}/agent.pid ${r}/agent.log && echo rundir_seen=1 && rmdir ${r} 2>/dev/null && echo rundir=1`,
+      `[ -d ${r} ] && rm -f ${r}/agent.sock ${r}/agent.pid ${r}/agent.log ${r}/run-state && echo rundir_seen=1 && rmdir ${r} 2>/dev/null && echo rundir=1`,
       `[ -d ${r} ] && ls -A ${r} | sed 's/^/left=/'`,
       'true',
     ].join('\n'),

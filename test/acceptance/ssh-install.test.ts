@@ -162,6 +162,10 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
         readFileSync(join(import.meta.dirname, '../../dist/guest-agent/vesper-agent.mjs')),
       ),
     ).toBe(true);
+    // the agent keeps its run-state beside its socket (a successor reports what a crash lost)
+    expect(readFileSync(`/proc/${rep.agent.pid}/cmdline`, 'utf8').split('\0')).toEqual(
+      expect.arrayContaining(['--state-file', join(layout.runDir, 'run-state')]),
+    );
     // no temporary file left anywhere in the prefix
     const leftovers = spawnSync('find', [layout.prefix, '-name', '*.vesper-tmp.*'], { encoding: 'utf8' }).stdout.trim();
     expect(leftovers).toBe('');

@@ -25,7 +25,7 @@ describe('files install writes', () => {
     expect(r.stderr.split('\n').filter((l) => l.includes(layout.unit))).toEqual([]);
     expect(r.status).toBe(0);
     expect(unitText(layout)).toMatch(
-      /^ExecStart=\S+\/bin\/vesper-agent --transport unix:\/run\/vesper-agent\/agent\.sock --host-key \S+\/host\.pub$/m,
+      /^ExecStart=\S+\/bin\/vesper-agent --transport unix:\/run\/vesper-agent\/agent\.sock --host-key \S+\/host\.pub --state-file \/run\/vesper-agent\/run-state$/m,
     );
     expect(unitText(layout)).toMatch(/^Restart=on-failure$/m);
   });
@@ -35,7 +35,7 @@ describe('files install writes', () => {
     const without = relayWrapper(layout, false);
     expect(withSystemd).not.toContain('--spawn');
     expect(without).toContain(
-      `--spawn --host-key ${layout.prefix}/host.pub --log /run/vesper-agent/agent.log --pid-file /run/vesper-agent/agent.pid`,
+      `--spawn --host-key ${layout.prefix}/host.pub --log /run/vesper-agent/agent.log --pid-file /run/vesper-agent/agent.pid --state-file /run/vesper-agent/run-state`,
     );
     for (const text of [withSystemd, without, agentWrapper(layout, '/usr/bin/node')]) {
       const f = join(dir, 'w.sh');
