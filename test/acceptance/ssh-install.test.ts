@@ -106,9 +106,17 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
   afterAll(async () => {
     for (const c of clients) c.close();
     for (const c of conns) c.close();
-    // Whatever the test left running under the prefix (the agent, relays), killed for sure.
-    if (layout) for (const pid of processesUnder(layout.prefix)) process.kill(pid, 'SIGKILL');
-    if (agentPid && alive(agentPid)) process.kill(agentPid, 'SIGKILL');
+    // Whatever the tests left running (agents, relays), killed for sure: everything they
+    // installed lives under dir, the main prefix and the fresh one.
+    const kill = (pid: number): void => {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone already */
+      }
+    };
+    if (dir) processesUnder(dir).forEach(kill);
+    if (agentPid) kill(agentPid);
     await sshd?.stop();
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
