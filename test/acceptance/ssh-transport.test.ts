@@ -288,10 +288,20 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
     const st = storm(tpid, MIN);
     try {
       await waitFor('the storm under way', () => stormRows() > 1000, 15_000, 20);
-      // 1. the exec channel's end: the relay dies, the SSH connection stays
+      // The sshd session processes of the live link: one per SSH connection.
+      const session = (): string =>
+        relays(prefix)
+          .flatMap(sessionOf)
+          .sort((x, y) => x - y)
+          .join(',');
+      // 1. the exec channel's end: the relay dies, the SSH connection stays and carries the next link
+      const first = session();
+      expect(first).not.toBe('');
       await relinkedAfter('relay killed', () => kill(relays(prefix), 'SIGKILL'));
-      // 2. the SSH connection's end: the sshd processes of the session die
+      expect(session()).toBe(first);
+      // 2. the SSH connection's end: the sshd processes of the session die; a new connection
       await relinkedAfter('sshd session killed', () => kill(relays(prefix).flatMap(sessionOf), 'SIGKILL'));
+      expect(session()).not.toBe(first);
       // 3. a peer that stops answering: only the SSH keepalive (500 ms × 2) can tell
       await relinkedAfter('sshd session frozen', () => {
         const s = relays(prefix).flatMap(sessionOf);
