@@ -95,7 +95,8 @@ export interface SshConfig {
 
 export interface Config {
   daemon: { socket: string; group: string; logLevel: LogLevel };
-  libvirt: { uri: string; channel: string };
+  /** domains: which libvirt domains this manager watches (globs, `*` and `?`; default all) */
+  libvirt: { uri: string; channel: string; domains: string[] };
   store: {
     path: string;
     sync: StoreSync;
@@ -303,6 +304,7 @@ export const fileSchema = mapping('a mapping of sections', {
       .refine(isLibvirtUri, { error: 'must be a libvirt URI like qemu:///system' })
       .prefault('qemu:///system'),
     channel: text('a virtio-serial port name').prefault('org.vesper.agent.0'),
+    domains: z.array(text('a domain name or glob'), { error: 'must be a list of domain names or globs' }).prefault(['*']),
   }).prefault({}),
   store: mapping('a mapping', {
     path: absolutePath('the event database file').prefault('/var/lib/vesper/events.db'),
@@ -338,7 +340,7 @@ export type FileConfig = z.output<typeof fileSchema>;
 export function toConfig(f: FileConfig): Config {
   return {
     daemon: { socket: f.daemon.socket, group: f.daemon.group, logLevel: f.daemon.log_level },
-    libvirt: { uri: f.libvirt.uri, channel: f.libvirt.channel },
+    libvirt: { uri: f.libvirt.uri, channel: f.libvirt.channel, domains: f.libvirt.domains },
     store: {
       path: f.store.path,
       sync: f.store.sync,

@@ -79,6 +79,8 @@ export class Vesperd implements ManagerApi {
   private hv!: Hypervisor;
   /** other libvirts (failover standbys), connected once and kept */
   private readonly others = new Map<string, Promise<Hypervisor>>();
+  /** libvirt.domains as one regular expression */
+  private readonly domainFilter: RegExp;
   private libvirtEvents: LibvirtEvents | null = null;
   private api: ApiServer | null = null;
   /** Pacemaker's alert agent's socket (HostEvent only), when the config has a pacemaker section */
@@ -96,6 +98,7 @@ export class Vesperd implements ManagerApi {
   constructor(private readonly o: VesperdOptions) {
     const c = o.config;
     this.log = o.log;
+    this.domainFilter = globsToRegExp(c.libvirt.domains ?? ['*']);
     this.key = o.key ?? loadOrCreateHostKey();
     this.store = EventStore.open(c.store.path, {
       sync: c.store.sync,
@@ -233,6 +236,7 @@ export class Vesperd implements ManagerApi {
     }
     const seen = new Set<string>();
     for (const d of doms ?? []) {
+      if (!this.watches(d.name)) continue; // another manager's, or the operator left it out
       seen.add(d.name);
       await this.refreshVm(d);
     }
@@ -388,7 +392,13 @@ export class Vesperd implements ManagerApi {
     v.handles.set(probe, handle);
   }
 
+  /** libvirt.domains: the domains this manager watches (globs). */
+  private watches(domain: string): boolean {
+    return this.domainFilter.test(domain);
+  }
+
   private onLibvirt(e: LibvirtEvent): void {
+    if (e.domain && !this.watches(e.domain)) return;
     const ev = eventOfLibvirt(e);
     if (ev) this.hostEvent(ev);
     // Started, stopped, defined, undefined, device changes: the VM table may have changed.
@@ -660,4 +670,14 @@ function ruleOfWire(w: apipb.IFilterRule): FilterRule {
         ? { kind: 'discard' as const }
         : { kind: 'notify' as const };
   return { vm: w.vm || '*', plugin: w.plugin || '*', instance: inst, event: w.event || '*', decision };
+}
+
+/** Domain-name globs (`*`, `?`) as one anchored regular expression. */
+export function globsToRegExp(globs: string[]): RegExp {
+  const one = (g: string): string =>
+    g
+      .replace(/[.+^${}()|[\]\\]/g, '\\$&')
+      .replace(/\*/g, '.*')
+      .replace(/\?/g, '.');
+  return new RegExp(`^(?:${globs.map(one).join('|')})$`);
 }

@@ -60,7 +60,7 @@ function tinyDomainXml(name: string): string {
 </domain>`;
 }
 
-function managerConfig(dir: string, name: string, fenceDir: string): string {
+function managerConfig(dir: string, name: string, fenceDir: string, domains: string[]): string {
   const path = join(dir, `${name}.yaml`);
   writeFileSync(
     path,
@@ -69,6 +69,8 @@ function managerConfig(dir: string, name: string, fenceDir: string): string {
       `  socket: ${join(dir, `${name}.sock`)}`,
       '  group: root',
       '  log_level: info',
+      'libvirt:',
+      `  domains: [${domains.join(', ')}]`,
       'store:',
       `  path: ${join(dir, `${name}.db`)}`,
       'actions:',
@@ -94,7 +96,7 @@ export async function runSplitBrain(o: { trials: number; log?: (s: string) => vo
   events.on('event', (e) => {
     if (e.kind === 'lifecycle' && (e.domain === primary || e.domain === standby)) seen.push(e);
   });
-  const managers = ['a', 'b'].map((n) => new VesperdProcess(managerConfig(dir, n, fenceDir), join(dir, `${n}.sock`)));
+  const managers = ['a', 'b'].map((n) => new VesperdProcess(managerConfig(dir, n, fenceDir, [primary, standby]), join(dir, `${n}.sock`)));
   const results: SplitBrainTrial[] = [];
   const follows: { lines: EventLine[]; stop: () => void }[] = [];
   try {

@@ -14,7 +14,7 @@ const EXAMPLE = resolve(import.meta.dirname, '../../host/config/vesper.example.y
 
 const DEFAULTS: Config = {
   daemon: { socket: '/run/vesper/vesperd.sock', group: 'vesper', logLevel: 'info' },
-  libvirt: { uri: 'qemu:///system', channel: 'org.vesper.agent.0' },
+  libvirt: { uri: 'qemu:///system', channel: 'org.vesper.agent.0', domains: ['*'] },
   store: { path: '/var/lib/vesper/events.db', sync: 'full', retention: { maxAge: 30 * 86_400_000, maxSize: 1024 ** 3 } },
   channel: { keepalive: 1000, reconnectMin: 200, reconnectMax: 10_000 },
   actions: { execTimeout: 30_000, rateLimit: { max: 3, per: 600_000 }, fenceLockDir: '/var/lib/vesper/fence' },
@@ -93,6 +93,7 @@ describe('every key', () => {
 libvirt:
   uri: qemu+ssh://root@h1/system
   channel: org.example.port.1
+  domains: ['db*', 'web-?']
 store:
   path: /srv/vesper/events.db
   sync: normal
@@ -140,7 +141,7 @@ attach:
     );
     expect(c).toEqual({
       daemon: { socket: '/tmp/v/api.sock', group: 'wheel', logLevel: 'warn' },
-      libvirt: { uri: 'qemu+ssh://root@h1/system', channel: 'org.example.port.1' },
+      libvirt: { uri: 'qemu+ssh://root@h1/system', channel: 'org.example.port.1', domains: ['db*', 'web-?'] },
       store: { path: '/srv/vesper/events.db', sync: 'normal', retention: { maxAge: 5_400_000, maxSize: 64 * 1024 ** 2 } },
       channel: { keepalive: 500, reconnectMin: 1000, reconnectMax: 120_000 },
       actions: {
@@ -254,7 +255,7 @@ describe('mistakes', () => {
     );
     expect(err.message.split('\n')).toEqual([
       'vesper.yaml:2:3: daemon.loglevel: unknown key (did you mean "log_level"?); allowed here: socket, group, log_level',
-      'vesper.yaml:4:3: libvirt.url: unknown key (did you mean "uri"?); allowed here: uri, channel',
+      'vesper.yaml:4:3: libvirt.url: unknown key (did you mean "uri"?); allowed here: uri, channel, domains',
       'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh',
       'vesper.yaml:8:5: filters[0].decision: missing: must be one of notify, discard, action',
       'vesper.yaml:10:5: filters[0].decison: unknown key (did you mean "decision"?); allowed here: vm, plugin, instance, event, decision, action, args',
