@@ -144,6 +144,8 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
     for (const f of ['vesper-agent.mjs', 'host.pub', 'bin/vesper-agent', 'bin/vesper-agent-relay', 'install.json'])
       expect(existsSync(join(layout.prefix, f)), f).toBe(false);
     expect(processesUnder(layout.prefix)).toEqual([]);
+    // what had arrived stays under its temporary name (the next install removes it)
+    expect(readdirSync(layout.prefix).filter((f) => f.includes('.vesper-tmp.'))).not.toEqual([]);
     const status = await cli(['status']);
     expect(status.code).toBe(3); // VSP_AGENT_NOT_INSTALLED
   });
@@ -174,7 +176,7 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
     expect(readFileSync(`/proc/${rep.agent.pid}/cmdline`, 'utf8').split('\0')).toEqual(
       expect.arrayContaining(['--state-file', join(layout.runDir, 'run-state')]),
     );
-    // no temporary file left anywhere in the prefix
+    // no temporary file left anywhere in the prefix (the cut install's included)
     const leftovers = spawnSync('find', [layout.prefix, '-name', '*.vesper-tmp.*'], { encoding: 'utf8' }).stdout.trim();
     expect(leftovers).toBe('');
   });

@@ -3,14 +3,14 @@
 // that never speaks: the stable code, the exit status it maps to, and a message that says
 // what to do.
 import { execFile } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
 import { SshConnection, type SshOptions } from '../../host/ssh/connect.js';
-import { defaultBundlePath, installAgent } from '../../host/ssh/install.js';
+import { defaultBundlePath, installAgent, uninstallAgent } from '../../host/ssh/install.js';
 import { fingerprint, KnownHosts } from '../../host/ssh/known-hosts.js';
 import { TestSshServer, generateKey, type KeyPair } from '../helpers/ssh2-server.js';
 import { VESPER } from '../helpers/vesperd-process.js';
@@ -190,6 +190,24 @@ describe('SSH connections: the network', () => {
     );
     expect(e.code).toBe(ErrorCode.SSH_CONNECT);
     expect(e.message).toMatch(/cannot reach root@127\.0\.0\.1:\d+: .*ECONNREFUSED/);
+  });
+});
+
+describe("installAgent: a prefix that is not vesper's", () => {
+  it('is refused by install and by uninstall, and what is in it stays', async () => {
+    const s = await server();
+    const c = await connect(s, {});
+    const prefix = join(dir, 'someone-elses');
+    mkdirSync(prefix, { recursive: true });
+    writeFileSync(join(prefix, 'precious'), 'keep me');
+    const layout = { prefix, runDir: join(dir, 'someone-elses-run'), unit: 'vesper-agent-ssh.service' };
+    const e = await failure(installAgent(c, { layout, hostPublicPem: 'unused' }));
+    expect(e.code).toBe(ErrorCode.USAGE);
+    expect(e.message).toMatch(/holds files that are not vesper's; refusing to install into it/);
+    const u = await failure(uninstallAgent(c, { layout }));
+    expect(u.code).toBe(ErrorCode.USAGE);
+    expect(readFileSync(join(prefix, 'precious'), 'utf8')).toBe('keep me');
+    expect(readdirSync(prefix)).toEqual(['precious']);
   });
 });
 
