@@ -246,6 +246,43 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
     expect(stored.length).toBe(1);
   });
 
+  it('param, filter, analyze and detach work on an SSH VM as on any other', async () => {
+    // param set: the agent's probe gets it now, and status remembers it
+    const ps = await vesperd.cli(['param', 'set', VM, 'signal', 'signals=SEGV,ABRT']);
+    expect(ps.code, ps.stderr).toBe(0);
+    expect(await vesperd.json<Record<string, string>>(['param', 'get', VM, 'signal'])).toMatchObject({ signals: 'SEGV,ABRT' });
+    // filter: this VM's signals discarded, still stored, marked
+    const fs = await vesperd.cli(['filter', 'set', '--vm', VM, 'signal', '*', 'signal', 'discard']);
+    expect(fs.code, fs.stderr).toBe(0);
+    const p = spawnSync(segv, { timeout: 5000 });
+    expect(p.signal).toBe('SIGSEGV');
+    const signals = async (): Promise<EventLine[]> =>
+      (await vesperd.ok(['events', '--vm', VM, '--plugin', 'signal', '--all', '-o', 'json']))
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => JSON.parse(l) as EventLine);
+    const discarded = await waitFor(
+      'the discarded SIGSEGV',
+      async () =>
+        (await signals()).find(
+          (e) => e.disposition === 'discard' && (e.payload as { signal?: { target: { pid: number } } }).signal?.target.pid === p.pid,
+        ),
+      15_000,
+      200,
+    );
+    expect(discarded.vm).toBe(VM);
+    expect((await vesperd.cli(['filter', 'clear', '--vm', VM, 'signal', '*', 'signal'])).code).toBe(0);
+    // analyze: the last failure of this VM is a kernel-raised SIGSEGV
+    const a = await vesperd.json<{ vm: string; verdicts: unknown[]; eventCount: number }>(['analyze', VM, '--last']);
+    expect(a.vm).toBe(VM);
+    expect(a.eventCount).toBeGreaterThan(0);
+    expect(JSON.stringify(a.verdicts)).toContain('vesper-segv');
+    // detach: unloaded from the agent, gone from status
+    expect((await vesperd.cli(['detach', VM, 'signal'])).code).toBe(0);
+    expect((await status()).attached).toEqual([]);
+    expect(await vesperd.json<unknown[]>(['filter', 'list'])).toEqual([]);
+  });
+
   it('the link broken three ways mid-stream: vesperd relinks by itself and the store holds every record once', async () => {
     target = await ignoringTarget();
     const tpid = target.pid!;
