@@ -626,6 +626,23 @@ export async function installAgent(conn: SshConnection, o: InstallOptions): Prom
     }
 
     // Every file whole? Size by SFTP, content by sha256 on the target.
+    for (const p of todo) {
+      const tmp = tmps.get(p)!;
+      let size = -1;
+      try {
+        size = await new Promise<number>((resolve, reject) => {
+          conn.onClose(() => reject(new Error('connection closed')));
+          sftp.stat(tmp, (err, st) => (err ? reject(err) : resolve(st.size)));
+        });
+      } catch (err) {
+        throw await sftpError(conn, err, `checking ${tmp}`);
+      }
+      if (size !== p.size)
+        throw new VesperError(
+          ErrorCode.SSH_REMOTE_FAILED,
+          `${conn.name}: ${tmp} has ${size} bytes, ${p.size} were sent (a full disk?); nothing was installed`,
+        );
+    }
     const pushedNode = todo.find((p) => p.name === NODE);
     const shas = await remoteSha(conn, facts, pushedNode ? tmps.get(pushedNode)! : nodeRemote, [...tmps.values()]);
     for (const p of todo) {
