@@ -39,6 +39,8 @@ export interface TestServerOptions {
   clientKey?: KeyPair;
   /** end the connection once SFTP WRITEs have carried this many bytes */
   dropAfterBytes?: number;
+  /** flip the bits of the byte at this offset of everything written (a disk that lies) */
+  corruptByte?: number;
 }
 
 function attrsOf(s: Stats) {
@@ -142,6 +144,8 @@ export class TestSshServer {
       .on('WRITE', (reqid, handle, offset, data) => {
         const fd = handleOf(handle);
         if (fd === undefined) return void sftp.status(reqid, STATUS_CODE.FAILURE);
+        const at = this.o.corruptByte !== undefined ? this.o.corruptByte - this.bytesWritten : -1;
+        if (at >= 0 && at < data.length) data[at] = data[at]! ^ 0xff;
         writeSync(fd, data, 0, data.length, offset);
         this.bytesWritten += data.length;
         if (this.o.dropAfterBytes !== undefined && this.bytesWritten >= this.o.dropAfterBytes) {

@@ -211,6 +211,26 @@ describe("installAgent: a prefix that is not vesper's", () => {
   });
 });
 
+describe('installAgent: a file that arrives damaged', () => {
+  it('is caught by its sha256 on the target before any rename: VSP_SSH_REMOTE_FAILED, nothing installed, no temporary left', async () => {
+    const s = await server({ corruptByte: 1000 });
+    const c = await connect(s, {});
+    const prefix = join(dir, 'damaged', 'opt');
+    const e = await failure(
+      installAgent(c, {
+        layout: { prefix, runDir: join(dir, 'damaged', 'run'), unit: 'vesper-agent-ssh.service' },
+        hostPublicPem: 'unused',
+      }),
+    );
+    expect(e.code).toBe(ErrorCode.SSH_REMOTE_FAILED);
+    expect(e.message).toMatch(
+      /\.vesper-agent\.mjs\.vesper-tmp\.\S+ arrived damaged \(sha256 [0-9a-f]{64}, sent [0-9a-f]{64}\); nothing was installed/,
+    );
+    expect(readdirSync(prefix).sort()).toEqual(['.vesper-agent-prefix', 'bin']);
+    expect(readdirSync(join(prefix, 'bin'))).toEqual([]);
+  });
+});
+
 describe('installAgent: the connection lost in the middle of the upload', () => {
   it('fails with VSP_SSH_DISCONNECTED and leaves nothing under a final name', async () => {
     const bundle = defaultBundlePath();
