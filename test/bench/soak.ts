@@ -2,7 +2,7 @@
 // (default 10), heartbeat every 500 ms, the signal and oom probes attached, real faults injected
 // meanwhile. What is measured and how is in test/helpers/soak.ts; the 60-second version is
 // test/acceptance/soak.test.ts.
-import { describeSoak, runSoak } from '../helpers/soak.js';
+import { describeSoak, lateBeats, runSoak } from '../helpers/soak.js';
 import { round, type Metrics } from './stats.js';
 
 export async function soakBench(m: Metrics, o: { minutes: number; log: (s: string) => void }): Promise<void> {
@@ -18,6 +18,14 @@ export async function soakBench(m: Metrics, o: { minutes: number; log: (s: strin
   m['soak.heartbeat_guest_timer_ms.max'] = round(r.guestTimerDelayMs.max, 1);
   m['soak.heartbeat_transit_jitter_ms.p99'] = round(r.transitJitterMs.p99, 1);
   m['soak.heartbeat_transit_jitter_ms.max'] = round(r.transitJitterMs.max, 1);
+  // How much of the window the guest's vCPU and vesperd waited for a host CPU: the host's share.
+  m['soak.host_vcpu_runqueue_wait_pct'] = round(r.hostWait.vcpuPct, 1);
+  m['soak.host_vesperd_runqueue_wait_pct'] = round(r.hostWait.vesperdPct, 1);
+  // Beats >= 50 ms late, and how long the vCPU waited for the host in their gaps (median).
+  const late = lateBeats(r);
+  m['soak.late_beats'] = late.n;
+  m['soak.late_beats_vcpu_wait_ms.p50'] = round(late.vcpuWaitMs.p50, 1);
+  m['soak.other_beats_vcpu_wait_ms.p50'] = round(late.otherVcpuWaitMs.p50, 1);
   m['soak.false_agent_lost'] = r.falseAlarms.length;
   m['soak.faults_injected'] = r.faults.length;
   m['soak.faults_refused'] = r.faultErrors.length;

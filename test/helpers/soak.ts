@@ -24,7 +24,8 @@
 //   holds no record within 30 s after the stress: a SIGSEGV to that pid, an OOM kill of that pid.
 // - the agent as OOM victim: any oom_kill whose victim is one of the agent's pids (from the
 //   channel's agent-connected events, every run of the agent seen).
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmRig } from '../../host/vm/rig.js';
 import { numbersIn } from './fault-answer.js';
@@ -43,7 +44,26 @@ export interface SoakOptions {
   memoryMiB?: number;
   /** guest vCPUs (default 1: the agent competes with every stress worker for one CPU) */
   vcpus?: number;
+  /**
+   * Runs beside the fault injection while the stress lasts (t0: when it started, host ms),
+   * with the test helper (one command at a time: its port opens once).
+   */
+  during?: (helper: (cmd: string) => Promise<string>, t0: number) => Promise<void>;
   log?: (line: string) => void;
+}
+
+/** One heartbeat of the window and its predecessor's gap (see the definitions above). */
+export interface Beat {
+  count: number;
+  /** host arrival, ms after the stress started */
+  atMs: number;
+  delayMs: number;
+  guestTimerMs: number;
+  jitterMs: number;
+  /** ms the guest's vCPU threads waited on the host's run queue during this beat's gap */
+  vcpuWaitMs: number;
+  /** the same for vesperd's main thread */
+  vesperdWaitMs: number;
 }
 
 export type FaultKind = 'segv' | 'crash' | 'oom';
@@ -77,8 +97,16 @@ export interface SoakResult {
   delayMs: Distribution;
   guestTimerDelayMs: Distribution;
   transitJitterMs: Distribution;
+  /** every beat measured, in order */
+  beats: Beat[];
   /** the worst beats: host delay, with the guest's share */
-  worst: Array<{ count: number; delayMs: number; guestTimerMs: number; atMs: number }>;
+  worst: Beat[];
+  /**
+   * Share of the window the guest's vCPU threads (QEMU's "CPU n/TCG") and vesperd waited on
+   * the host's run queue, runnable but not running (/proc/PID/task/TID/schedstat): how much of
+   * the delay the host's own load explains. NaN when not readable.
+   */
+  hostWait: { vcpuPct: number; vesperdPct: number };
   falseAlarms: Array<{ event: string; hostTimeUs: number; payload: unknown }>;
   /** agent runs seen (agent-connected events with a pid not seen before), after the first */
   agentRestarts: number;
@@ -186,6 +214,13 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
       const args = stressArgs(memoryMiB);
       say(`soak: stress-ng ${args.join(' ')} for ${o.durationS} s, a fault every ${o.faultEveryS ?? 4} s`);
       const cursor = lastId();
+      const waits = hostWaitMeter(rig.name, d.configPath);
+      let queue: Promise<unknown> = Promise.resolve();
+      const helper = (cmd: string): Promise<string> => {
+        const next = queue.then(() => rig.fault(cmd, 60_000));
+        queue = next.catch(() => undefined);
+        return next;
+      };
       const started = await rig.fault(['stress', String(o.durationS + 30), ...args].join(' '), 60_000);
       stressing = true;
       const t0 = Date.now();
@@ -196,6 +231,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
       const faultErrors: string[] = [];
       const every = (o.faultEveryS ?? 4) * 1000;
       let nextReport = t0 + 30_000;
+      const beside = o.during?.(helper, t0).catch((err: Error) => faultErrors.push(`during: ${err.message}`));
       for (let i = 0; i < 100_000; i++) {
         const due = t0 + (i + 1) * every;
         // The last fault still lands inside the stress, with time to be seen.
@@ -203,7 +239,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
         await sleep(Math.max(0, due - Date.now()));
         const kind = ROTATION[i % ROTATION.length]!;
         try {
-          const answer = await rig.fault(kind, 60_000);
+          const answer = await helper(kind);
           const [pid] = numbersIn(answer);
           if (!pid) throw new Error(`no pid in "${answer}"`);
           faults.push({ kind, pid, atMs: Date.now(), eventId: null });
@@ -223,6 +259,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
         }
       }
       await sleep(Math.max(0, t0 + o.durationS * 1000 - Date.now()));
+      await beside;
+      const { samples, ...hostWait } = waits.stop();
       const stopped = await rig.fault('stress-stop', 60_000);
       stressing = false;
       const t1 = Date.now();
@@ -267,7 +305,8 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
       const all = rows();
       match(all);
       return {
-        ...measure(all, t0, t1, db, rig.name),
+        ...measure(all, t0, t1, db, rig.name, samples),
+        hostWait,
         accel: rig.accel,
         vm: rig.name,
         windowS: (t1 - t0) / 1000,
@@ -293,9 +332,84 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   }
 }
 
-type Measured = Omit<SoakResult, 'accel' | 'vm' | 'windowS' | 'faults' | 'faultErrors' | 'missed' | 'stress' | 'stressDir'>;
+type Measured = Omit<SoakResult, 'accel' | 'vm' | 'windowS' | 'faults' | 'faultErrors' | 'missed' | 'stress' | 'stressDir' | 'hostWait'>;
 
-function measure(all: Row[], t0: number, t1: number, db: ReturnType<typeof openStoreForSql>, vm: string): Measured {
+/** Nanoseconds the threads waited on the run queue, summed (the second schedstat field). */
+function waitedNs(pid: number, threads: (comm: string) => boolean): number {
+  let ns = 0;
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      if (!threads(readFileSync(`/proc/${pid}/task/${tid}/comm`, 'utf8').trim())) continue;
+      ns += Number(readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return ns;
+}
+
+/** The same for a process's main thread (vesperd's event loop). */
+function mainThreadWaitedNs(pid: number): number {
+  try {
+    return Number(readFileSync(`/proc/${pid}/task/${pid}/schedstat`, 'utf8').split(' ')[1]);
+  } catch {
+    return NaN;
+  }
+}
+
+function pidOf(pattern: string): number {
+  try {
+    return Number(execFileSync('pgrep', ['-o', '-f', pattern], { encoding: 'utf8' }).trim().split('\n')[0]);
+  } catch {
+    return 0;
+  }
+}
+
+/** Run-queue waits sampled over time, ns, for the share over the window and beat by beat. */
+interface WaitSample {
+  t: number;
+  vcpuNs: number;
+  vesperdNs: number;
+}
+
+/**
+ * Samples the vCPU threads' and vesperd's run-queue waits every 100 ms until stopped; stop()
+ * gives the samples and the shares of the time as percentages.
+ */
+function hostWaitMeter(vm: string, vesperdConfig: string): { stop: () => { samples: WaitSample[]; vcpuPct: number; vesperdPct: number } } {
+  const qemu = pidOf(`qemu-system.*guest=${vm},`);
+  const vesperd = pidOf(`vesper.mjs daemon --config ${vesperdConfig}`);
+  const vcpu = (c: string): boolean => /^CPU \d+\/(TCG|KVM)$/.test(c);
+  const samples: WaitSample[] = [];
+  const sample = (): void => {
+    samples.push({ t: Date.now(), vcpuNs: qemu ? waitedNs(qemu, vcpu) : NaN, vesperdNs: vesperd ? mainThreadWaitedNs(vesperd) : NaN });
+  };
+  sample();
+  const timer = setInterval(sample, 100);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      sample();
+      const [a, b] = [samples[0]!, samples.at(-1)!];
+      const ms = b.t - a.t;
+      return { samples, vcpuPct: (100 * (b.vcpuNs - a.vcpuNs)) / 1e6 / ms, vesperdPct: (100 * (b.vesperdNs - a.vesperdNs)) / 1e6 / ms };
+    },
+  };
+}
+
+/** ms a counter of the samples grew between two host times (linear between samples). */
+function grewMs(samples: WaitSample[], key: 'vcpuNs' | 'vesperdNs', from: number, to: number): number {
+  const at = (t: number): number => {
+    let i = samples.findIndex((x) => x.t >= t);
+    if (i < 0) i = samples.length - 1;
+    if (i === 0) return samples[0]![key];
+    const [a, b] = [samples[i - 1]!, samples[i]!];
+    return b.t === a.t ? b[key] : a[key] + ((b[key] - a[key]) * (Math.min(t, b.t) - a.t)) / (b.t - a.t);
+  };
+  return (at(to) - at(from)) / 1e6;
+}
+
+function measure(all: Row[], t0: number, t1: number, db: ReturnType<typeof openStoreForSql>, vm: string, samples: WaitSample[]): Measured {
   const payload = (r: Row): Record<string, unknown> => JSON.parse(r.payload) as Record<string, unknown>;
   // The agent's pids: every agent-connected event since vesperd started, not only the window's.
   const connected = db
@@ -311,7 +425,7 @@ function measure(all: Row[], t0: number, t1: number, db: ReturnType<typeof openS
   const delays: number[] = [];
   const guest: number[] = [];
   const jitter: number[] = [];
-  const worst: Measured['worst'] = [];
+  const list: Beat[] = [];
   for (let i = 1; i < beats.length; i++) {
     const a = beats[i - 1]!;
     const b = beats[i]!;
@@ -325,9 +439,17 @@ function measure(all: Row[], t0: number, t1: number, db: ReturnType<typeof openS
     delays.push(delay);
     guest.push(Number(hb.delayMs ?? 0));
     jitter.push(hostGap - guestGap);
-    worst.push({ count: Number(hb.count), delayMs: delay, guestTimerMs: Number(hb.delayMs ?? 0), atMs: b.host_time_us / 1000 - t0 });
+    list.push({
+      count: Number(hb.count),
+      atMs: b.host_time_us / 1000 - t0,
+      delayMs: delay,
+      guestTimerMs: Number(hb.delayMs ?? 0),
+      jitterMs: hostGap - guestGap,
+      vcpuWaitMs: grewMs(samples, 'vcpuNs', a.host_time_us / 1000, b.host_time_us / 1000),
+      vesperdWaitMs: grewMs(samples, 'vesperdNs', a.host_time_us / 1000, b.host_time_us / 1000),
+    });
   }
-  worst.sort((x, y) => y.delayMs - x.delayMs);
+  const worst = [...list].sort((x, y) => y.delayMs - x.delayMs).slice(0, 5);
   const falseAlarms = all
     .filter((r) => r.plugin === 'channel' && (r.event === 'agent-lost' || r.event === 'heartbeat-lost'))
     .map((r) => ({ event: r.event, hostTimeUs: r.host_time_us, payload: payload(r) }));
@@ -350,7 +472,8 @@ function measure(all: Row[], t0: number, t1: number, db: ReturnType<typeof openS
     delayMs: distribution(delays),
     guestTimerDelayMs: distribution(guest),
     transitJitterMs: distribution(jitter),
-    worst: worst.slice(0, 5),
+    beats: list,
+    worst,
     falseAlarms,
     agentRestarts: Math.max(0, agentPids.length - 1),
     agentPids,
@@ -360,16 +483,35 @@ function measure(all: Row[], t0: number, t1: number, db: ReturnType<typeof openS
   };
 }
 
+/** A beat this late or later counts as late in lateBeats. */
+export const LATE_MS = 50;
+
+/**
+ * The beats at least LATE_MS late and the host's part in them: how long the guest's vCPU
+ * waited on the host's run queue during their gaps, beside the same for the other beats.
+ */
+export function lateBeats(r: SoakResult): { n: number; vcpuWaitMs: Distribution; otherVcpuWaitMs: Distribution } {
+  const late = r.beats.filter((b) => b.delayMs >= LATE_MS);
+  return {
+    n: late.length,
+    vcpuWaitMs: distribution(late.map((b) => b.vcpuWaitMs)),
+    otherVcpuWaitMs: distribution(r.beats.filter((b) => b.delayMs < LATE_MS).map((b) => b.vcpuWaitMs)),
+  };
+}
+
 /** The result in a few lines, for the test's console and the benchmark's log. */
 export function describeSoak(r: SoakResult): string {
   const f = (x: Distribution): string => `p50 ${x.p50.toFixed(1)} / p99 ${x.p99.toFixed(1)} / max ${x.max.toFixed(1)} ms (n=${x.n})`;
+  const late = lateBeats(r);
   const byKind = (k: FaultKind): string => `${r.faults.filter((x) => x.kind === k).length} ${k}`;
   return [
     `soak on ${r.vm} (${r.accel.toUpperCase()}), stress for ${r.windowS.toFixed(1)} s in ${r.stressDir}: ${JSON.stringify(r.stress)}`,
     `heartbeats: ${r.heartbeats} stored of ~${r.heartbeatsExpected} due (every ${HEARTBEAT_INTERVAL_MS} ms)`,
     `heartbeat delay at the host: ${f(r.delayMs)}`,
     `  of it the guest's timer: ${f(r.guestTimerDelayMs)}; transit jitter: ${f(r.transitJitterMs)}`,
-    `  worst beats: ${r.worst.map((w) => `#${w.count} +${w.delayMs.toFixed(0)} ms (guest ${w.guestTimerMs.toFixed(0)}) at ${(w.atMs / 1000).toFixed(1)} s`).join(', ')}`,
+    `  worst beats: ${r.worst.map((w) => `#${w.count} +${w.delayMs.toFixed(0)} ms (guest timer ${w.guestTimerMs.toFixed(0)}, vCPU waited ${w.vcpuWaitMs.toFixed(0)} on the host) at ${(w.atMs / 1000).toFixed(1)} s`).join(', ')}`,
+    `  beats >= ${LATE_MS} ms late: ${late.n}; the vCPU's host run-queue wait in their gaps ${f(late.vcpuWaitMs)}, in the others' ${f(late.otherVcpuWaitMs)}`,
+    `host run-queue wait over the window: vCPU ${r.hostWait.vcpuPct.toFixed(1)} %, vesperd ${r.hostWait.vesperdPct.toFixed(1)} %`,
     `false alarms: ${r.falseAlarms.length}${r.falseAlarms.length ? ` ${JSON.stringify(r.falseAlarms)}` : ''}; agent restarts: ${r.agentRestarts}; records lost: ${r.recordsLost}`,
     `faults injected: ${r.faults.length} (${byKind('segv')}, ${byKind('crash')}, ${byKind('oom')}), missed: ${r.missed.length}${r.missed.length ? ` ${JSON.stringify(r.missed)}` : ''}, refused: ${r.faultErrors.length}${r.faultErrors.length ? ` ${JSON.stringify(r.faultErrors)}` : ''}`,
     `OOM kills: ${r.oomKills.length} (${r.oomKills.map((k) => `${k.comm}/${k.pid}${k.agent ? ' AGENT' : ''}`).join(', ')}); agent pids ${r.agentPids.join(', ')}; agent the victim: ${r.agentOomVictim}`,
