@@ -17,6 +17,7 @@ import { encodeFrame } from '../../proto/frame.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { mono, pct, round, type Metrics } from './stats.js';
 import { analyzeBench } from './analyze.js';
+import { fuzzBench } from './fuzz.js';
 import { managerBench } from './manager.js';
 import { raceBench } from './race.js';
 import { soakBench } from './soak.js';
@@ -49,6 +50,8 @@ const TARGETS: Record<string, string> = {
   'race.oom.speedup': '>= 10',
   'race.panic.speedup': '>= 10',
   'analyze.ms.p50': '< 200',
+  'fuzz.cases': '>= 100000',
+  'fuzz.host_crashes': '0',
   'soak.minutes': '>= 10',
   'soak.heartbeat_delay_ms.p99': '<= 100',
   'soak.heartbeat_delay_ms.max': '<= 1000',
@@ -286,6 +289,7 @@ async function main(): Promise<void> {
   if (want('host.decode')) hostDecode(m);
   if (want('manager.')) await managerBench(m, { kernel: !why, want, log: (s) => console.error(s) });
   if (want('analyze.')) await analyzeBench(m, { log: (s) => console.error(s) });
+  if (want('fuzz.')) await fuzzBench(m, { cases: 100_000, log: (s) => console.error(s) });
   if (why) {
     console.error(`agent benchmarks skipped: ${why}`);
   } else {
