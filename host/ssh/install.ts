@@ -7,7 +7,7 @@
 // commit marker install.json last. A connection lost mid-way leaves at most temporary files,
 // which the next install removes. The prefix is vesper's own directory: install refuses one
 // that holds anything else, so uninstall may remove it whole.
-import { createHash } from 'node:crypto';
+import { createHash, createPublicKey } from 'node:crypto';
 import { createReadStream, statSync } from 'node:fs';
 import { join } from 'node:path';
 import semver from 'semver';
@@ -522,10 +522,22 @@ export async function helloFrom(conn: SshConnection, l: AgentLayout, timeoutMs =
 
 // ------------------------------------------------------------------ install
 
+/** The agent would not start with anything but an ed25519 public key: say so before pushing. */
+function checkHostKey(pem: string): void {
+  let ok = false;
+  try {
+    ok = createPublicKey(pem).asymmetricKeyType === 'ed25519';
+  } catch {
+    ok = false;
+  }
+  if (!ok) throw new VesperError(ErrorCode.KEY_INVALID, "the host's public key to push is not an ed25519 public key in PEM");
+}
+
 export async function installAgent(conn: SshConnection, o: InstallOptions): Promise<InstallReport> {
   const t0 = Date.now();
   const l = checkLayout(o.layout ?? DEFAULT_AGENT_LAYOUT);
   const log = o.log ?? (() => {});
+  checkHostKey(o.hostPublicPem);
   const facts = await factsOf(conn, l);
   if (facts.uid !== 0)
     log(`warning: ${conn.name} logs in as uid ${facts.uid}, not root: the agent's probes need root (tracefs, kprobes, /dev/kmsg)`);

@@ -3,6 +3,7 @@
 // that never speaks: the stable code, the exit status it maps to, and a message that says
 // what to do.
 import { execFile } from 'node:child_process';
+import { generateKeyPairSync } from 'node:crypto';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -15,6 +16,8 @@ import { fingerprint, KnownHosts } from '../../host/ssh/known-hosts.js';
 import { TestSshServer, generateKey, type KeyPair } from '../helpers/ssh2-server.js';
 import { VESPER } from '../helpers/vesperd-process.js';
 
+/** an ed25519 public key, as the host's signing key is pushed */
+const HOST_PUB = generateKeyPairSync('ed25519').publicKey.export({ format: 'pem', type: 'spki' }).toString();
 let dir: string;
 let clientKey: KeyPair;
 let clientKeyFile: string;
@@ -193,6 +196,19 @@ describe('SSH connections: the network', () => {
   });
 });
 
+describe('installAgent: arguments', () => {
+  it('a host key that is not an ed25519 public key is refused before anything is pushed', async () => {
+    const s = await server();
+    const c = await connect(s, {});
+    const prefix = join(dir, 'bad-key');
+    const e = await failure(
+      installAgent(c, { layout: { prefix, runDir: join(dir, 'bad-key-run'), unit: 'x.service' }, hostPublicPem: 'nope' }),
+    );
+    expect(e.code).toBe(ErrorCode.KEY_INVALID);
+    expect(existsSync(prefix)).toBe(false);
+  });
+});
+
 describe("installAgent: a prefix that is not vesper's", () => {
   it('is refused by install and by uninstall, and what is in it stays', async () => {
     const s = await server();
@@ -201,7 +217,7 @@ describe("installAgent: a prefix that is not vesper's", () => {
     mkdirSync(prefix, { recursive: true });
     writeFileSync(join(prefix, 'precious'), 'keep me');
     const layout = { prefix, runDir: join(dir, 'someone-elses-run'), unit: 'vesper-agent-ssh.service' };
-    const e = await failure(installAgent(c, { layout, hostPublicPem: 'unused' }));
+    const e = await failure(installAgent(c, { layout, hostPublicPem: HOST_PUB }));
     expect(e.code).toBe(ErrorCode.USAGE);
     expect(e.message).toMatch(/holds files that are not vesper's; refusing to install into it/);
     const u = await failure(uninstallAgent(c, { layout }));
@@ -219,7 +235,7 @@ describe('installAgent: a file that arrives damaged', () => {
     const e = await failure(
       installAgent(c, {
         layout: { prefix, runDir: join(dir, 'damaged', 'run'), unit: 'vesper-agent-ssh.service' },
-        hostPublicPem: 'unused',
+        hostPublicPem: HOST_PUB,
       }),
     );
     expect(e.code).toBe(ErrorCode.SSH_REMOTE_FAILED);
@@ -245,8 +261,7 @@ describe('installAgent: the connection lost in the middle of the upload', () => 
     const e = await failure(
       installAgent(c, {
         layout: { prefix, runDir, unit: 'vesper-agent-ssh.service' },
-        hostPublicPem:
-          '-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA8c1bUzxP0TjvC2dvlQmMa1vmMEkJjvBRQX2dY9vKZ1c=\n-----END PUBLIC KEY-----\n',
+        hostPublicPem: HOST_PUB,
         onProgress: (p) => progress.push(p.bytes),
       }),
     );
