@@ -7,7 +7,7 @@
 // fast, how much memory did vesperd take per hostile link, how many log lines a second did
 // each VM cost, and does the store hold anything of a hostile guest under another VM's name,
 // or a record twice.
-import { fork, spawn, type ChildProcess } from 'node:child_process';
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -439,6 +439,17 @@ export async function runHostileFuzz(o: FuzzOptions): Promise<FuzzResult> {
     for (const h of hostile) h.close();
     await daemon.stop();
     sims?.kill('SIGKILL');
+    // a vesperd that crashed leaves its `virsh event` child behind: found by this run's own node file
+    const orphans = spawnSync('pgrep', ['-f', `test://${nodeXml}`])
+      .stdout.toString()
+      .split('\n')
+      .filter(Boolean);
+    for (const pid of orphans)
+      try {
+        process.kill(Number(pid), 'SIGKILL');
+      } catch {
+        // gone already
+      }
     if (failed) rmSync(dir, { recursive: true, force: true });
   }
 
