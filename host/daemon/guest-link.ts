@@ -13,6 +13,7 @@ import { readProbeBundle, signModule } from '../probes/package.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { IngestBatcher } from './ingest.js';
 import { eventOfRecord } from '../notify/record-event.js';
+import { endedRunLosses } from './ended-runs.js';
 
 export interface GuestLinkDeps {
   key: HostKey;
@@ -121,8 +122,18 @@ export class GuestLink {
         agentPid: i.hello.agentPid,
         agentVersion: i.hello.agentVersion,
         kernel: i.hello.kernelRelease,
+        endedRuns: (i.hello.endedRuns ?? []).map((r) => ({ bootId: r.bootId, agentPid: r.agentPid, lastSeq: Number(r.lastSeq ?? 0) })),
       });
       d.log.info({ vm, repushed: i.repushed, agentRestarted: i.agentRestarted }, 'agent connected');
+      // What earlier agent runs of this boot numbered and the store does not hold died with them.
+      const lost = endedRunLosses(vm, i.hello, (run) => d.heldFor(vm, run));
+      if (lost.length) {
+        for (const e of lost)
+          d.log.warn({ vm, ...(e.payload['loss'] as object), agentRun: e.source?.agentRun }, 'records lost with an ended agent run');
+        d.batcher.push(lost, (err) => {
+          if (err) d.log.error({ vm, err: err.message }, 'loss report not stored');
+        });
+      }
     });
     s.on('disconnected', (why) => {
       if (this.state === 'stopped') return;

@@ -94,6 +94,9 @@ describe.skipIf(Boolean(why))('vesper analyze with a real guest', () => {
         `  socket: ${socket}`,
         '  group: vesper-analyze-no-such-group', // root only
         '  log_level: info',
+        // only this test's guest: other VMs on this libvirtd are not ours to link to
+        'libvirt:',
+        `  domains: ['${rig.name}']`,
         'store:',
         `  path: ${join(dir, 'events.db')}`,
         'channel:',

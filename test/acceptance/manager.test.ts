@@ -136,6 +136,9 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
         `  socket: ${socket}`,
         `  group: ${group}`,
         '  log_level: info',
+        // only this test's guest: other VMs on this libvirtd are not ours to link to
+        'libvirt:',
+        `  domains: ['${rig.name}*']`,
         'store:',
         `  path: ${storePath}`,
         'channel:',

@@ -23,6 +23,7 @@ import { raceBench } from './race.js';
 import { soakBench } from './soak.js';
 import { splitBrainBench } from './splitbrain.js';
 import { sshBench } from './ssh.js';
+import { faultsBench } from './faults.js';
 import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
@@ -59,6 +60,7 @@ const TARGETS: Record<string, string> = {
   'soak.missed_faults': '0',
   'soak.agent_oom_victim': '0',
   'splitbrain.trials': '>= 100',
+  'faults.acked_records_lost': '0',
   'splitbrain.double_starts': '0',
   'splitbrain.starts_before_fence': '0',
   'ssh.sigsegv_to_host_ms.p99': '<= 10',
@@ -271,6 +273,7 @@ async function main(): Promise<void> {
     .option('--race-trials <n>', 'trials per failure and mode in the Pacemaker race', '5')
     .option('--splitbrain-trials <n>', 'trials of two managers failing over the same VM at once', '100')
     .option('--soak-minutes <n>', 'minutes of stress-ng in the busy-guest soak', '10')
+    .option('--fault-trials <n>', 'faults injected mid-stream (each kind in turn)', '10')
     .option('--vcpus <n>', 'vCPUs of the benchmark guest (the host has 2 CPUs: one runs the storm generator, one the agent)', '2')
     .parse(process.argv)
     .opts<{
@@ -282,6 +285,7 @@ async function main(): Promise<void> {
       raceTrials: string;
       splitbrainTrials: string;
       soakMinutes: string;
+      faultTrials: string;
     }>();
   const why = whyNoKernelAccess();
   const m: Metrics = {};
@@ -302,6 +306,7 @@ async function main(): Promise<void> {
     if (o.vm && want('race.')) await raceBench(m, { trials: Number(o.raceTrials), want, log: (s) => console.error(s) });
     if (o.vm && want('splitbrain.')) await splitBrainBench(m, { trials: Number(o.splitbrainTrials), log: (s) => console.error(s) });
     if (o.vm && want('soak.')) await soakBench(m, { minutes: Number(o.soakMinutes), log: (s) => console.error(s) });
+    if (o.vm && want('faults.')) await faultsBench(m, { trials: Number(o.faultTrials), log: (s) => console.error(s) });
   }
   const t = new Table({ head: ['metric', 'value', 'target'] });
   for (const [k, v] of Object.entries(m)) t.push([k, String(v), TARGETS[k] ?? '']);

@@ -75,6 +75,9 @@ export class PacemakerVm {
         'daemon:',
         `  socket: ${socket}`,
         '  log_level: info',
+        // only this test's guest: other VMs on this libvirtd are not ours to link to
+        'libvirt:',
+        `  domains: ['${this.rig.name}']`,
         'store:',
         `  path: ${join(this.dir, 'events.db')}`,
         'channel:',
