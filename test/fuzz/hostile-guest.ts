@@ -161,7 +161,14 @@ class HostileAgent {
       if (s.destroyed) return;
       if (!s.write(b)) {
         // vesperd reads as it can: wait for it, but not forever (that would itself be a finding)
-        await Promise.race([new Promise((r) => s.once('drain', r)), new Promise((r) => s.once('close', r)), sleep(10_000)]);
+        let done: () => void = () => undefined;
+        const t = setTimeout(() => done(), 10_000);
+        await new Promise<void>((r) => {
+          done = r;
+          s.once('drain', r).once('close', r);
+        });
+        clearTimeout(t);
+        s.off('drain', done).off('close', done);
       }
     }
     if (w.pauseReadMs) {
