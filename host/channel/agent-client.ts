@@ -98,6 +98,14 @@ export const HELLO_MIN_INTERVAL_MS = 1000;
  * otherwise grow the host's buffers without end. Past this, the link is closed.
  */
 export const MAX_UNSENT_BYTES = 8 << 20;
+/**
+ * The longest a hello's identity strings may be. A boot id is a 36-character UUID, a hostname
+ * and a kernel release fit in 64: the boot id and pid name every stored record's agent run, so
+ * a hello with a 100 KB boot id would make every row of that guest 100 KB.
+ */
+export const MAX_HELLO_STRING = 256;
+/** The longest probe name the host takes from an agent. */
+const MAX_PROBE_NAME = 64;
 
 interface Pending {
   resolve: (f: pb.Frame) => void;
@@ -351,7 +359,7 @@ export class AgentClient extends EventEmitter {
       params: Object.fromEntries((l.params ?? []).map((p) => [p.name ?? '', p.value ?? ''])),
       events: new Map((l.events ?? []).filter((e) => isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? ''])),
     };
-    if (handle === 0 || !isName(name) || HOST_PLUGIN_NAMES.has(name)) {
+    if (handle === 0 || name.length > MAX_PROBE_NAME || !isName(name) || HOST_PLUGIN_NAMES.has(name)) {
       this.emit(
         'protocolError',
         new VesperError(
@@ -459,6 +467,15 @@ export class AgentClient extends EventEmitter {
           this.emit(
             'protocolError',
             new VesperError(ErrorCode.PROTOCOL_VERSION, `agent speaks protocol ${h.protocolVersion}, host ${PROTOCOL_VERSION}`),
+          );
+          this.close();
+          return;
+        }
+        const long = (['bootId', 'hostname', 'kernelRelease', 'agentVersion'] as const).find((k) => (h[k] ?? '').length > MAX_HELLO_STRING);
+        if (long) {
+          this.emit(
+            'protocolError',
+            new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `hello with a ${h[long].length}-character ${long}: link closed`),
           );
           this.close();
           return;

@@ -237,3 +237,22 @@ describe('the frame decoder against a trickle', () => {
     );
   });
 });
+
+describe('a hello with overlong identity strings', () => {
+  it('closes the link instead of naming every stored record after a 100 KB boot id', () => {
+    const l = link();
+    let hellos = 0;
+    l.c.on('hello', () => hellos++);
+    l.feed(hello([], { bootId: 'b'.repeat(100_000) }));
+    expect(hellos).toBe(0);
+    expect(l.c.isClosed).toBe(true);
+    expect(l.errors.some((e) => e.includes('100000-character bootId'))).toBe(true);
+    // a real agent's hello: a UUID boot id, a kernel release, a hostname
+    const ok = link();
+    ok.c.on('hello', () => hellos++);
+    ok.feed(hello([], { bootId: '1b2d6a0e-4f0e-4c86-9d51-6c0a3b8f2f11', kernelRelease: '6.1.0-28-amd64', hostname: 'web1' }));
+    expect(hellos).toBe(1);
+    expect(ok.c.isClosed).toBe(false);
+    ok.c.close();
+  });
+});
