@@ -260,10 +260,10 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
       }
       await sleep(Math.max(0, t0 + o.durationS * 1000 - Date.now()));
       await beside;
-      const { samples, ...hostWait } = waits.stop();
       const stopped = await rig.fault('stress-stop', 60_000);
       stressing = false;
       const t1 = Date.now();
+      const { samples, ...hostWait } = waits.stop();
       say(`soak: ${stopped}`);
       const report = await rig.fault('stress-report', 30_000);
       say(`soak: ${report}`);
