@@ -19,6 +19,8 @@ export interface SplitBrainTrial {
   done: number;
   /** the error codes of those whose failover failed */
   failedCodes: string[];
+  /** their messages, in the same order */
+  failedMessages: string[];
   /** the standby started while the primary was still there (running or paused) */
   doubleStart: boolean;
   /** the standby started before libvirt reported the primary stopped */
@@ -150,11 +152,16 @@ export async function runSplitBrain(o: { trials: number; log?: (s: string) => vo
       for (let k = 0; k < follows.length; k++)
         for (const l of follows[k]!.lines.slice(actionsFrom[k]))
           if (l.event === 'done') trial.done++;
-          else if (l.event === 'failed') trial.failedCodes.push(String((l.payload?.['error'] as { code?: string } | null)?.code ?? '?'));
+          else if (l.event === 'failed') {
+            const e = l.payload?.['error'] as { code?: string; message?: string } | null;
+            trial.failedCodes.push(String(e?.code ?? '?'));
+            trial.failedMessages.push(String(e?.message ?? ''));
+          }
       results.push(trial);
       log(
         `split brain trial ${i + 1}/${o.trials}: ${trial.done} done, failed ${trial.failedCodes.join(',') || '-'}, standby starts ${trial.standbyStarts}` +
-          `${trial.doubleStart ? ', DOUBLE START' : ''}${trial.startBeforeFence ? ', START BEFORE FENCE' : ''}, ${trial.failoverMs} ms`,
+          `${trial.doubleStart ? ', DOUBLE START' : ''}${trial.startBeforeFence ? ', START BEFORE FENCE' : ''}, ${trial.failoverMs} ms` +
+          (trial.done === 1 ? '' : ` (${trial.failedMessages.join(' | ')})`),
       );
       // The next trial starts from the primary alone.
       for (const name of [standby, primary]) {
@@ -162,6 +169,17 @@ export async function runSplitBrain(o: { trials: number; log?: (s: string) => vo
         if (st && st.state !== 'shut off') await hv.destroy(name).catch(() => undefined);
       }
       await hv.undefine(standby).catch(() => undefined);
+      // Gone for sure before the next trial defines it again.
+      await waitFor(
+        'the standby undefined',
+        () =>
+          hv.state(standby).then(
+            () => false,
+            () => true,
+          ),
+        30_000,
+        100,
+      );
     }
   } finally {
     for (const f of follows) f.stop();
@@ -186,7 +204,15 @@ export function judge(evs: LibvirtEvent[], primary: string, standby: string): Sp
   let primaryThere = true; // started and suspended: it still holds the VM's disks
   let standbyThere = false;
   let primaryStopped = false;
-  const t: SplitBrainTrial = { done: 0, failedCodes: [], doubleStart: false, startBeforeFence: false, standbyStarts: 0, failoverMs: -1 };
+  const t: SplitBrainTrial = {
+    done: 0,
+    failedCodes: [],
+    failedMessages: [],
+    doubleStart: false,
+    startBeforeFence: false,
+    standbyStarts: 0,
+    failoverMs: -1,
+  };
   const t0 = evs[0]?.at.getTime() ?? 0;
   for (const e of evs) {
     if (e.domain === primary) {

@@ -327,6 +327,7 @@ describe('CLI argument helpers', () => {
   it('has the virsh-style verbs, and an action keeps its own options', async () => {
     const p = buildProgram();
     expect(p.commands.map((c) => c.name()).sort()).toEqual([
+      'agent',
       'alert-pacemaker',
       'analyze',
       'attach',
