@@ -258,8 +258,15 @@ export class AgentClient extends EventEmitter {
     return c;
   }
 
+  /**
+   * Resolves once the agent's hello is answered, if the link is still up then: frames that came
+   * in the same read as the hello may already have closed it (a second hello the host refuses),
+   * and a caller that took such a link for a live one would wait for a 'close' that has passed.
+   */
   handshake(): Promise<void> {
-    return this.ready;
+    return this.ready.then(() => {
+      if (this.closed) throw new VesperError(ErrorCode.DISCONNECTED, 'agent link closed right after the handshake');
+    });
   }
 
   get isClosed(): boolean {

@@ -108,3 +108,39 @@ describe('GuestLink with a hostile agent', () => {
     }
   });
 });
+
+describe('GuestLink with an agent whose link the host closes right after the handshake', () => {
+  it('links again: the close that came with the hello is not lost', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'vesper-relink-'));
+    const path = join(dir, 'agent.sock');
+    const peers: Socket[] = [];
+    const hello = (bootId: string): Buffer =>
+      encodeFrame(encodeMessage({ hello: { protocolVersion: PROTOCOL_VERSION, bootId, agentPid: 1 } }));
+    const server = createServer((s) => {
+      peers.push(s);
+      s.on('error', () => undefined);
+      // the first link: a hello, and in the same write one the host refuses (it closes the link)
+      s.write(peers.length === 1 ? Buffer.concat([hello('b1'), hello('x'.repeat(10_000))]) : hello('b1'));
+    });
+    await new Promise<void>((r) => server.listen(path, r));
+    const link = new GuestLink('vm1', path, {
+      key: loadOrCreateHostKey(join(dir, 'keys')),
+      batcher: new IngestBatcher({ ingest: (evs) => ({ stored: evs.length, duplicates: 0 }) }),
+      heldFor: () => 0,
+      hostEvent: () => undefined,
+      log: pino({ level: 'silent' }),
+      keepaliveMs: 60_000,
+      minBackoffMs: 50,
+    });
+    try {
+      link.start();
+      await waitFor('a second link', () => peers.length >= 2, 5000);
+      await waitFor('connected', () => link.state === 'connected', 5000);
+    } finally {
+      link.stop();
+      for (const p of peers) p.destroy();
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
