@@ -417,8 +417,11 @@ export async function runHostileFuzz(o: FuzzOptions): Promise<FuzzResult> {
       );
       failure = reports
         .filter((r) => r.failed)
-        .map((r) => fc.defaultReportMessage(r) ?? 'failed')
+        // with endOnFailure the report leaves out what the property threw: add it
+        .map((r) => `${fc.defaultReportMessage(r) ?? 'failed'}${r.errorInstance ? `\nGot: ${String(r.errorInstance)}` : ''}`)
         .join('\n');
+      if (failure)
+        failure += `\nvesperd: pid ${daemon.proc?.pid}, exit code ${daemon.proc?.exitCode}, signal ${daemon.proc?.signalCode}; its last lines:\n${daemon.tail.join('\n')}`;
     } finally {
       clearInterval(toggle);
       windows.push({ at: Date.now(), hostile: null });
