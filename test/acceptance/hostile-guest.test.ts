@@ -48,5 +48,7 @@ describe.skipIf(Boolean(why))('vesperd with hostile guests', () => {
     expect(r.foreignRows).toBe(0);
     expect(r.forgedHostRows).toBe(0);
     expect(r.duplicateRows).toBe(0);
+    // and all of it reads back through the API, undecodable records included
+    expect(r.hostileEventsRead).toBeGreaterThan(0);
   }, 300_000);
 });

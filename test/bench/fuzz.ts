@@ -21,5 +21,6 @@ export async function fuzzBench(m: Metrics, o: { cases: number; log: (s: string)
   m['fuzz.rows_stored_twice'] = r.duplicateRows;
   m['fuzz.forged_host_rows'] = r.forgedHostRows;
   m['fuzz.hostile_connections'] = r.hostileConnections;
+  m['fuzz.hostile_events_read_back'] = r.hostileEventsRead;
   m['fuzz.wall_s'] = round(r.wallS, 1);
 }

@@ -77,6 +77,8 @@ export interface FuzzResult {
   /** rows of host plugins (libvirt, channel, action) that a guest's records claimed */
   forgedHostRows: number;
   hostileRows: number;
+  /** the hostile guests' events `vesper events -o json` printed (-1: it failed) */
+  hostileEventsRead: number;
   hostileConnections: number;
   wallS: number;
 }
@@ -340,6 +342,7 @@ export async function runHostileFuzz(o: FuzzOptions): Promise<FuzzResult> {
   let casesRun = 0;
   let goodDisconnects = 0;
   let failed = false;
+  let hostileEventsRead = -1;
   try {
     sims = fork(SIM, [goodDir, String(o.good), String(o.goodRate)], {
       execArgv: ['--import', 'tsx'],
@@ -439,6 +442,11 @@ export async function runHostileFuzz(o: FuzzOptions): Promise<FuzzResult> {
       (windows[w]!.hostile ? lat.hostile : lat.baseline).push(ms);
     }
     goodDisconnects = connectedLines() - lost0;
+    // what the hostile guests left in the store must not break reading it: every stored event
+    // of theirs, through the API, as `vesper events -o json` prints it
+    const q = await runCli(socket, ['events', '--all', '--limit', '100000', '-o', 'json']);
+    const lines = q.out.split('\n').filter(Boolean);
+    hostileEventsRead = q.code === 0 ? lines.filter((l) => (JSON.parse(l) as { vm: string }).vm.startsWith('bad-')).length : -1;
   } catch (err) {
     failed = true;
     throw err;
@@ -551,6 +559,7 @@ export async function runHostileFuzz(o: FuzzOptions): Promise<FuzzResult> {
     duplicateRows: dups,
     forgedHostRows: forged,
     hostileRows,
+    hostileEventsRead,
     hostileConnections: hostile.reduce((a, h) => a + h.connections, 0),
     wallS: (Date.now() - t0) / 1000,
   };
