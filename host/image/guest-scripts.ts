@@ -112,6 +112,8 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *   panic-now        ok panic-now           then sysrq-c at once (for timing the panic)
  *   sigstorm N [R]   ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them,
  *                                          paced at R per second when R is given
+ *   sigstorm-bg N [R] ok sigstorm-bg PID    the same, answered at once (the storm runs on)
+ *   sigstorm-done PID ok sigstorm-done MS PID  that storm has finished (err ... running: not yet)
  *   stat PID         ok stat TICKS HZ UPTIME UTIME STIME  CPU time of a task (benchmarks)
  *   svc [TAG]        ok svc PID [TAG]       the demo service runs (cheap: builtins only, no fork)
  *                    err svc down [TAG]     it does not (dead, a zombie, or between restarts);
@@ -433,6 +435,29 @@ while :; do
         reply "ok sigstorm $ms $t"
         kill -9 $t
       else reply "err sigstorm usage: sigstorm COUNT [PER_SECOND]"; fi
+      ;;
+    sigstorm-bg)
+      # as sigstorm, but answered at once: the helper stays free for other commands (a fault
+      # injected in the middle of the storm); sigstorm-done tells when it has finished
+      rate=\${3:-0}
+      if number "$arg" && number "$rate"; then
+        /bin/sh -c 'trap "" USR1; exec /bin/sleep 600' 3>&- 4>&- &
+        t=$!
+        idle 0.3
+        (
+          ms=$(/usr/bin/node -e "$SIGSTORM_JS" "$t" "$arg" "$rate")
+          echo "$ms" > /run/vesper-sigstorm.$t.tmp && mv /run/vesper-sigstorm.$t.tmp /run/vesper-sigstorm.$t
+          kill -9 $t
+        ) 3>&- 4>&- < /dev/null > /dev/null 2>&1 &
+        reply "ok sigstorm-bg $t"
+      else reply "err sigstorm-bg usage: sigstorm-bg COUNT [PER_SECOND]"; fi
+      ;;
+    sigstorm-done)
+      if number "$arg" && [ -f /run/vesper-sigstorm.$arg ]; then
+        read -r ms < /run/vesper-sigstorm.$arg
+        rm -f /run/vesper-sigstorm.$arg
+        reply "ok sigstorm-done $ms $arg"
+      else reply "err sigstorm-done running"; fi
       ;;
     stat)
       if number "$arg" && read -r st 2> /dev/null < /proc/$arg/stat; then

@@ -15,7 +15,14 @@ import { openStoreForSql } from './store-sql.js';
 import { VesperdProcess } from './vesperd-process.js';
 import { sleep, waitFor } from './wait.js';
 
-export const FAULT_KINDS = ['vesperd-kill', 'agent-kill', 'libvirtd-restart', 'channel-replug', 'guest-reboot'] as const;
+export const FAULT_KINDS = [
+  'vesperd-kill',
+  'agent-kill',
+  'agent-kill-unlinked',
+  'libvirtd-restart',
+  'channel-replug',
+  'guest-reboot',
+] as const;
 export type FaultKind = (typeof FAULT_KINDS)[number];
 
 export interface FaultTrial {
@@ -138,25 +145,56 @@ export class FaultRig {
     });
   }
 
+  /** status fields that tell a new agent run (agentPid) or a new boot (bootId) */
+  private async identity(): Promise<{ agentPid: number | null; bootId: string | null }> {
+    const r = await this.vesperd.cli(['status', this.rig.name, '-o', 'json'], 10_000);
+    if (r.code !== 0) return { agentPid: null, bootId: null };
+    const s = JSON.parse(r.stdout) as { agentPid: number | null; bootId: string | null };
+    return { agentPid: s.agentPid, bootId: s.bootId };
+  }
+
   /**
-   * One trial: a storm of `records` signal records at `rate`/s in the guest, the fault `atMs`
-   * into it, then the wait for vesperd to recover by itself and for the storm to end.
+   * One trial: a storm of `records` signal records at `rate`/s in the guest (running on its
+   * own, so the helper is free to inject), the fault `atMs` into it, then the wait for vesperd
+   * to recover by itself (for an agent kill, with the new agent; for a reboot, the new boot)
+   * and for the storm to end.
    */
   async trial(kind: FaultKind, o: { records: number; rate: number; atMs: number; recoverBudgetMs?: number }): Promise<FaultTrial> {
-    const storm = this.rig
-      .fault(`sigstorm ${o.records} ${o.rate}`, Math.max(60_000, (2000 * o.records) / o.rate + 60_000))
-      .catch((e: Error) => e);
+    const before = await this.identity();
+    const started = await this.rig.fault(`sigstorm-bg ${o.records} ${o.rate}`);
+    const targetPid = Number(started.trim().split(/\s+/).at(-1)); // ok sigstorm-bg PID
     await sleep(o.atMs);
     this.say(`fault: ${kind} ${o.atMs} ms into a storm of ${o.records} at ${o.rate}/s`);
     const t0 = Date.now();
     await this.inject(kind);
-    await this.waitLinked(o.recoverBudgetMs ?? 240_000);
+    const budget = o.recoverBudgetMs ?? 240_000;
+    if (kind === 'agent-kill' || kind === 'agent-kill-unlinked' || kind === 'guest-reboot') {
+      const field = kind === 'guest-reboot' ? 'bootId' : 'agentPid';
+      await waitFor(
+        `a new ${field} in vesperd's status`,
+        async () => {
+          const now = (await this.identity())[field];
+          return now !== null && now !== before[field];
+        },
+        budget,
+        250,
+      );
+    }
+    await this.waitLinked(budget);
     const recoveredMs = Date.now() - t0;
-    const answer = await storm;
-    if (answer instanceof Error && kind !== 'guest-reboot' && kind !== 'channel-replug') throw answer;
-    this.say(`fault: ${kind}: recovered in ${recoveredMs} ms; storm: ${answer instanceof Error ? answer.message : answer}`);
-    const pid = answer instanceof Error ? null : Number(answer.trim().split(/\s+/).at(-1)); // ok sigstorm MS PID
-    return { kind, atMs: o.atMs, recoveredMs, targetPid: pid, records: o.records };
+    let answer = '';
+    if (kind !== 'guest-reboot') {
+      // the storm ends on its own schedule; a reboot ends it
+      const until = Date.now() + (2000 * o.records) / o.rate + 60_000;
+      while (Date.now() < until) {
+        answer = await this.rig.fault(`sigstorm-done ${targetPid}`).catch((e: Error) => e.message);
+        if (answer.startsWith('ok')) break;
+        await sleep(500);
+      }
+      if (!answer.startsWith('ok')) throw new Error(`the storm did not end: ${answer}`);
+    }
+    this.say(`fault: ${kind}: recovered in ${recoveredMs} ms; storm: ${answer || 'cut by the reboot'}`);
+    return { kind, atMs: o.atMs, recoveredMs, targetPid: kind === 'guest-reboot' ? null : targetPid, records: o.records };
   }
 
   private async inject(kind: FaultKind): Promise<void> {
@@ -168,6 +206,15 @@ export class FaultRig {
         return;
       case 'agent-kill':
         await this.rig.fault('kill-agent'); // the guest's init starts it again a second later
+        return;
+      case 'agent-kill-unlinked':
+        // vesperd gone while the agent numbers records into its ring, then the agent killed:
+        // what it numbered since vesperd left is lost, and must be reported with its count
+        await this.vesperd.stop('SIGKILL');
+        await sleep(1000);
+        await this.rig.fault('kill-agent');
+        await sleep(1500);
+        await this.vesperd.start();
         return;
       case 'libvirtd-restart': {
         const pid = spawnSync('pgrep', ['-x', '-o', 'libvirtd'], { encoding: 'utf8' }).stdout.trim();
