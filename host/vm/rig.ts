@@ -261,10 +261,16 @@ export class VmRig {
 
   async destroy(): Promise<void> {
     if (!this.defined) return;
-    try {
-      await this.hv.destroy(this.name);
-    } catch {
-      /* not running */
+    // Twice: after a libvirtd restart the first call only finds the connection dead (and
+    // renews it); undefining then would leave the guest running as a transient domain.
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await this.hv.destroy(this.name);
+        break;
+      } catch {
+        const st = await this.hv.state(this.name).catch(() => null);
+        if (st?.state === 'shut off') break; // not running; anything else: once more
+      }
     }
     try {
       await this.hv.undefine(this.name);
