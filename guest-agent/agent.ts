@@ -2,6 +2,7 @@
 import { readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import * as os from 'node:os';
 import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, type pb } from '../proto/codec.js';
+import { ErrorCode } from '../proto/errors.js';
 import { VESPER_VERSION } from '../proto/version.js';
 import { Session } from './channel/session.js';
 import type { Link, Transport } from './channel/transports.js';
@@ -15,6 +16,7 @@ import { ProbeRuntime } from './modules/runtime.js';
 import type { TrustedKeys } from './modules/verify.js';
 import { RecordRing } from './ring/record-ring.js';
 import { RunState } from './ring/run-state.js';
+import { LoopWatchdog, markQuarantineTold, readQuarantine } from './modules/loop-watchdog.js';
 
 export interface AgentOptions {
   transport: Transport;
@@ -32,6 +34,8 @@ export interface AgentOptions {
    * reported by the next agent as a loss with its count. Without it, nothing is reported.
    */
   stateFile?: string;
+  /** how long a probe's code may run without returning before the watchdog acts (ms) */
+  loopStallMs?: number;
 }
 
 export class Agent {
@@ -46,6 +50,7 @@ export class Agent {
   private readonly bootId: string;
   private readonly runState: RunState;
   private persistScheduled = false;
+  private readonly watchdog: LoopWatchdog | null;
 
   constructor(private readonly o: AgentOptions) {
     const missing: string[] = [];
@@ -77,6 +82,10 @@ export class Agent {
     this.ring = new RecordRing(o.ringRecords, o.ringBytes, () => this.clock.now());
     this.runState = new RunState(o.stateFile ?? null, this.bootId);
     if (this.runState.ended.length) o.log.info({ ended: this.runState.ended }, 'earlier agent runs of this boot; told to the host');
+    // Beside the run state: probes an earlier agent found stuck in their code (loop-watchdog.ts).
+    const qFile = o.stateFile ? `${o.stateFile}.quarantine` : null;
+    const quarantine = qFile ? readQuarantine(qFile) : [];
+    this.watchdog = qFile ? new LoopWatchdog(qFile, o.loopStallMs ?? 3000) : null;
     this.runtime = new ProbeRuntime({
       agentVersion: VESPER_VERSION,
       tracefs: this.tracefs,
@@ -95,7 +104,35 @@ export class Agent {
       },
       instancePrefix: `vesper.${process.pid}.`,
       traceBufferKb: o.traceBufferKb,
+      watch: this.watchdog,
+      quarantined: new Map(quarantine.map((q) => [q.digest, q])),
     });
+    // Each quarantine is told to the host once, as a ProbeFault record of this run.
+    const untold = quarantine.filter((q) => !q.told);
+    if (qFile && untold.length) {
+      for (const q of untold) {
+        o.log.error(
+          { probe: q.probe, stalledMs: q.stalledMs, digest: q.digest },
+          'probe quarantined: stuck in its code in an earlier agent',
+        );
+        const c = this.clock.now();
+        this.ring.append({
+          monoNs: c.mono,
+          wallNs: c.wall,
+          handle: 0,
+          eventId: 0,
+          probeFault: {
+            handle: q.handle,
+            probe: q.probe,
+            instance: 0,
+            code: ErrorCode.PROBE_LOOPED,
+            message: `stuck in its code for ${q.stalledMs} ms at ${new Date(q.at).toISOString()}; the agent restarted and quarantined this module`,
+            unloaded: true,
+          },
+        });
+      }
+      markQuarantineTold(qFile, quarantine);
+    }
   }
 
   /** Keeps the agent alive and prompt when the guest is not: never the OOM victim, ahead of busy work. */
@@ -203,6 +240,7 @@ export class Agent {
     await this.o.transport.stop();
     this.runState.note(this.ring.lastSeq);
     this.runState.close();
+    await this.watchdog?.stop();
   }
 }
 

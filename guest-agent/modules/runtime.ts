@@ -18,6 +18,7 @@ import { monoNow } from '../kernel/proc.js';
 import type { TraceFs, TraceInstance } from '../kernel/tracefs.js';
 import type { Logger } from '../log.js';
 import type { Capabilities, EventPayload, ProbeContext, ProbeManifest, ProbeModule, TraceEvent } from './api.js';
+import type { LoopWatchdog, QuarantineEntry } from './loop-watchdog.js';
 import { parseManifest } from './manifest.js';
 import { resolveParams } from './params.js';
 import type { TrustedKeys } from './verify.js';
@@ -36,6 +37,10 @@ export interface RuntimeServices {
   append(rec: pb.IRecord): boolean;
   instancePrefix: string;
   traceBufferKb: number;
+  /** marks which probe's code runs, for the loop watchdog (loop-watchdog.ts) */
+  watch?: LoopWatchdog | null;
+  /** modules (digest, hex) an earlier agent quarantined for looping: refused */
+  quarantined?: Map<string, QuarantineEntry>;
 }
 
 type Release = () => void | Promise<void>;
@@ -150,6 +155,12 @@ export class ProbeRuntime {
     const mod = req.module;
     if (!mod) throw new VesperError(ErrorCode.PROBE_BAD_MANIFEST, 'load request without a module');
     const digest = this.s.keys.verifyModule(mod);
+    const q = this.s.quarantined?.get(digest.toString('hex'));
+    if (q)
+      throw new VesperError(
+        ErrorCode.PROBE_QUARANTINED,
+        `probe ${q.probe} (this module) was stuck in its code for ${q.stalledMs} ms at ${new Date(q.at).toISOString()}; the agent restarted and refuses it until a different module is pushed`,
+      );
     const manifestBytes = mod.manifest ?? new Uint8Array();
     const manifest = parseManifest(manifestBytes, this.s.agentVersion);
     const count = Math.max(1, req.instances ?? 1);
@@ -193,8 +204,17 @@ export class ProbeRuntime {
   ): Promise<ProbeInstance> {
     const inst = new ProbeInstance(handle, manifest, instance, text, module, from.digest, from.code, from.manifestBytes);
     inst.ctx = this.context(inst, typed);
+    const w = this.s.watch;
+    w?.known(handle, manifest.name, from.digest);
     try {
-      await module.setup(inst.ctx);
+      let ready: Promise<void> | void;
+      w?.enter(handle); // setup's synchronous part is the probe's code too
+      try {
+        ready = module.setup(inst.ctx);
+      } finally {
+        w?.leave();
+      }
+      await ready;
       inst.trace?.start();
     } catch (err) {
       await this.release(inst);
@@ -264,12 +284,16 @@ export class ProbeRuntime {
   }
 
   private guard<A extends unknown[]>(inst: ProbeInstance, fn: (...a: A) => void): (...a: A) => void {
+    const w = this.s.watch;
     return (...a: A) => {
       if (inst.stopped) return;
+      w?.enter(inst.handle);
       try {
         fn(...a);
       } catch (err) {
         this.fault(inst, err);
+      } finally {
+        w?.leave();
       }
     };
   }
