@@ -12,6 +12,7 @@ import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../../host/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { openStoreForSql } from '../helpers/store-sql.js';
+import { USR1_STORM_PROBE } from '../helpers/vesperd-process.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = process.getuid?.() !== 0 ? 'needs root (libvirtd, QEMU, groups)' : process.arch !== 'x64' ? 'needs an x86-64 host' : '';
@@ -335,17 +336,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
 
   it('SIGKILL of vesperd while the guest streams 100,000 records loses none and stores none twice', async () => {
     await vesper(['detach', rig.name, 'signal']);
-    const a = await vesper([
-      'attach',
-      rig.name,
-      'signal',
-      '--param',
-      'signals=USR1',
-      '--param',
-      'include_ignored=true',
-      '--param',
-      'comms=sleep',
-    ]);
+    const a = await vesper(['attach', rig.name, ...USR1_STORM_PROBE]);
     expect(a.code, a.stderr).toBe(0);
     const N = 100_000;
     // 5,000/s for 20 s: well inside what a 1-vCPU TCG guest sustains; the kill comes 4 s in.

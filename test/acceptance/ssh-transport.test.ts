@@ -21,7 +21,7 @@ import { whyNoKernelAccess } from '../helpers/root.js';
 import { agentPid, stopAgent } from '../helpers/ssh-agent.js';
 import { Sshd, whyNoSshd } from '../helpers/sshd.js';
 import { openStoreForSql } from '../helpers/store-sql.js';
-import { VesperdProcess, type EventLine } from '../helpers/vesperd-process.js';
+import { USR1_STORM_PROBE, VesperdProcess, type EventLine } from '../helpers/vesperd-process.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = whyNoKernelAccess() || whyNoSshd();
@@ -286,17 +286,7 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
   it('the link broken three ways mid-stream: vesperd relinks by itself and the store holds every record once', async () => {
     target = await ignoringTarget();
     const tpid = target.pid!;
-    const a = await vesperd.cli([
-      'attach',
-      VM,
-      'signal',
-      '--param',
-      'signals=USR1',
-      '--param',
-      'include_ignored=true',
-      '--param',
-      'comms=sleep',
-    ]);
+    const a = await vesperd.cli(['attach', VM, ...USR1_STORM_PROBE]);
     expect(a.code, a.stderr).toBe(0);
     const lostBefore = (await channelEvents()).filter((e) => e.event === 'agent-lost').length;
     const db = openStoreForSql(storePath);

@@ -12,7 +12,7 @@ import { join } from 'node:path';
 import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../../host/vm/rig.js';
 import { openStoreForSql } from './store-sql.js';
-import { VesperdProcess } from './vesperd-process.js';
+import { USR1_STORM_PROBE, VesperdProcess } from './vesperd-process.js';
 import { sleep, waitFor } from './wait.js';
 
 export const FAULT_KINDS = [
@@ -114,17 +114,7 @@ export class FaultRig {
     this.vesperd = new VesperdProcess(configPath, socket);
     await this.vesperd.start();
     await this.waitLinked(60_000);
-    await this.vesperd.ok([
-      'attach',
-      this.rig.name,
-      'signal',
-      '--param',
-      'signals=USR1',
-      '--param',
-      'include_ignored=true',
-      '--param',
-      'comms=sleep',
-    ]);
+    await this.vesperd.ok(['attach', this.rig.name, ...USR1_STORM_PROBE]);
     await this.waitLinked(60_000);
   }
 

@@ -10,6 +10,12 @@ import { sleep, waitFor } from './wait.js';
 
 export const VESPER = join(projectRoot(), 'dist/host/vesper.mjs');
 
+/**
+ * `vesper attach VM ...` arguments after the VM name for the record storms the tests make: the
+ * signal probe taking the SIGUSR1s that a storm sends to a `sleep` ignoring them.
+ */
+export const USR1_STORM_PROBE = ['signal', '--param', 'signals=USR1', '--param', 'include_ignored=true', '--param', 'comms=sleep'];
+
 export interface Run {
   code: number;
   stdout: string;
