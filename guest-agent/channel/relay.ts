@@ -7,6 +7,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, existsSync, mkdirSync, openSync, readFileSync, unlinkSync, writeFileSync } from 'node:fs';
 import * as net from 'node:net';
+import { agentAlive } from '../ring/run-state.js';
 import { dirname } from 'node:path';
 
 export interface RelayOptions {
@@ -29,15 +30,6 @@ function tryConnect(path: string): Promise<net.Socket | null> {
   });
 }
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('vesper-agent');
-  } catch {
-    return false;
-  }
-}
-
 /** Starts the agent daemon unless the pid file names a live one; true when it started one. */
 export function spawnAgent(socket: string, o: NonNullable<RelayOptions['spawn']>): boolean {
   mkdirSync(dirname(o.pidFile), { recursive: true, mode: 0o700 });
@@ -47,7 +39,7 @@ export function spawnAgent(socket: string, o: NonNullable<RelayOptions['spawn']>
       fd = openSync(o.pidFile, 'wx', 0o600);
     } catch {
       const pid = Number(readFileSync(o.pidFile, 'utf8').trim());
-      if (pid > 0 && alive(pid)) return false;
+      if (pid > 0 && agentAlive(pid)) return false;
       unlinkSync(o.pidFile); // stale: the agent it named is gone
       continue;
     }

@@ -42,7 +42,7 @@ function parse(text: string): EndedRun[] {
 }
 
 /** An agent process with this pid still runs (a reused pid of some other program does not count). */
-function agentAlive(pid: number): boolean {
+export function agentAlive(pid: number): boolean {
   try {
     return readFileSync(`/proc/${pid}/cmdline`, 'latin1').includes('vesper-agent');
   } catch {

@@ -15,6 +15,7 @@ import { readProbeBundle, signModule } from '../../host/probes/package.js';
 import { openAgentLink, type AgentLayout } from '../../host/ssh/agent-link.js';
 import { SshConnection } from '../../host/ssh/connect.js';
 import { installAgent, timeFreshInstall, type InstallReport, type StatusReport, type UninstallReport } from '../../host/ssh/install.js';
+import { alive } from '../helpers/ssh-agent.js';
 import { Sshd, whyNoSshd } from '../helpers/sshd.js';
 import { VESPER, type Run } from '../helpers/vesperd-process.js';
 import { waitFor } from '../helpers/wait.js';
@@ -39,15 +40,6 @@ function processesUnder(path: string): number[] {
     }
   }
   return out;
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {

@@ -10,7 +10,8 @@ export function agentPid(runDir: string): number {
   return existsSync(f) ? Number(readFileSync(f, 'utf8').trim()) || 0 : 0;
 }
 
-function alive(pid: number): boolean {
+/** A process with this pid exists (signal 0). */
+export function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
