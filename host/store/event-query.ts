@@ -4,12 +4,14 @@
 //
 // A query for one VM reads the VM's ids from the by-VM index (vm-index.ts) bucket by bucket in
 // id order and fetches those rows, then scans the newest rows the index does not hold yet, so
-// it never reads other VMs' events beyond those. Host times never decrease along ids (the store keeps them so), which
-// turns a time range into an id range.
+// it never reads other VMs' events beyond those. Host times never decrease along ids (the store
+// keeps them so), which turns a time range into an id range (time-ids.ts): that is how every
+// query with a time range finds its rows; there is no index on host time.
 
 import type Database from 'better-sqlite3';
 import type { VesperEvent } from '../notify/event.js';
 import { EVENT_COLUMNS, eventFromRow, type EventRow } from './event-row.js';
+import { TimeIds } from './time-ids.js';
 import type { VmIndex } from './vm-index.js';
 
 export interface EventQuery {
@@ -73,16 +75,10 @@ function rowFilters(q: EventQuery): { where: string[]; params: unknown[] } {
 
 export class EventQueryRunner {
   private readonly statements = new Map<string, Database.Statement<unknown[], EventRow>>();
-  private readonly firstIdAtStmt: Database.Statement<[number], number>;
-  private readonly idSpanStmt: Database.Statement<[], { lo: number | null; hi: number | null }>;
+  private readonly times: TimeIds;
 
   constructor(private readonly db: Database.Database) {
-    this.firstIdAtStmt = db
-      .prepare<[number], number>('SELECT id FROM events WHERE host_time_us >= ? ORDER BY host_time_us, id LIMIT 1')
-      .pluck();
-    // Two subqueries: SQLite answers a lone min() or max() from the end of the rowid B-tree,
-    // but both in one SELECT scan the whole table (80 ms at a million rows, every query).
-    this.idSpanStmt = db.prepare('SELECT (SELECT min(id) FROM events) AS lo, (SELECT max(id) FROM events) AS hi');
+    this.times = new TimeIds(db);
   }
 
   /** `indexedThrough`: every event up to this id is in `index`. */
@@ -104,13 +100,22 @@ export class EventQueryRunner {
 
   private scan(q: EventQuery, limit: number): VesperEvent[] {
     const { where, params } = rowFilters(q);
-    if (q.afterId !== undefined) {
-      where.push('e.id > ?');
-      params.push(q.afterId);
+    // The time range as ids too, so that SQLite seeks to it instead of reading from one end.
+    let afterId = q.afterId;
+    let beforeId = q.beforeId;
+    if (q.sinceUs !== undefined || q.untilUs !== undefined) {
+      const range = this.idRange(q);
+      if (range === null) return [];
+      afterId = range.lo;
+      beforeId = range.hi;
     }
-    if (q.beforeId !== undefined) {
+    if (afterId !== undefined) {
+      where.push('e.id > ?');
+      params.push(afterId);
+    }
+    if (beforeId !== undefined) {
       where.push('e.id < ?');
-      params.push(q.beforeId);
+      params.push(beforeId);
     }
     const sql =
       `SELECT ${E_COLUMNS} FROM events e` +
@@ -123,18 +128,18 @@ export class EventQueryRunner {
 
   /** ids in (lo, hi): lo exclusive, hi exclusive, from the query's cursor and time range */
   private idRange(q: EventQuery): { lo: number; hi: number } | null {
-    const span = this.idSpanStmt.get();
-    if (span === undefined || span.lo === null || span.hi === null) return null;
+    const span = this.times.span();
+    if (span.lo === null || span.hi === null) return null;
     let lo = Math.max(span.lo - 1, q.afterId ?? -Infinity);
     let hi = Math.min(span.hi + 1, q.beforeId ?? Infinity);
     if (q.sinceUs !== undefined) {
-      const first = this.firstIdAtStmt.get(q.sinceUs);
-      if (first === undefined) return null;
+      const first = this.times.firstAtOrAfter(q.sinceUs);
+      if (first === null) return null;
       lo = Math.max(lo, first - 1);
     }
     if (q.untilUs !== undefined) {
-      const first = this.firstIdAtStmt.get(q.untilUs);
-      if (first !== undefined) hi = Math.min(hi, first);
+      const first = this.times.firstAtOrAfter(q.untilUs);
+      if (first !== null) hi = Math.min(hi, first);
     }
     return lo + 1 < hi ? { lo, hi } : null;
   }

@@ -198,7 +198,13 @@ export class EventStore {
       `SELECT count(*) AS count, count(DISTINCT seq) AS "distinct", coalesce(min(seq), 0) AS min, coalesce(max(seq), 0) AS max
        FROM events WHERE vm = ? AND agent_run = ?`,
     );
-    this.statsStmt = db.prepare('SELECT count(*) AS events, min(host_time_us) AS oldestUs, max(host_time_us) AS newestUs FROM events');
+    // Host time never decreases along ids: the oldest and newest times are those of the end rows.
+    this.statsStmt = db.prepare(
+      `SELECT count(*) AS events,
+         (SELECT host_time_us FROM events ORDER BY id LIMIT 1) AS oldestUs,
+         (SELECT host_time_us FROM events ORDER BY id DESC LIMIT 1) AS newestUs
+       FROM events`,
+    );
     this.hostTimeOfStmt = db.prepare<[number], number>('SELECT host_time_us FROM events WHERE id = ?').pluck();
     this.oldestIdStmt = db.prepare<[], number | null>('SELECT min(id) FROM events').pluck();
     this.vmTailStatsStmt = db.prepare(
@@ -211,7 +217,7 @@ export class EventStore {
     this.meta = new MetaTable(db);
     this.indexEveryMs = opts.indexEveryMs ?? INDEX_EVERY_MS;
     this.nextId = this.idAfterLast();
-    this.lastHostUs = (db.prepare('SELECT max(host_time_us) FROM events').pluck().get() as number | null) ?? 0;
+    this.lastHostUs = (db.prepare('SELECT host_time_us FROM events ORDER BY id DESC LIMIT 1').pluck().get() as number | undefined) ?? 0;
     this.indexedThrough = Number(this.meta.get(INDEXED_THROUGH_KEY) ?? 0);
     // Rows a killed writer left unindexed: their runs come from the rows themselves (this
     // process has not seen them), then the pass indexes them.

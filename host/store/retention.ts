@@ -9,6 +9,7 @@
 // the checkpoint at the end of prune.
 
 import type Database from 'better-sqlite3';
+import { TimeIds } from './time-ids.js';
 import type { VmIndex } from './vm-index.js';
 
 export interface Retention {
@@ -39,6 +40,7 @@ export class RetentionPruner {
   private readonly idSpanStmt: Database.Statement<[], { lo: number | null; hi: number | null }>;
   private readonly deleteOlderStmt: Database.Statement<[number, number]>;
   private readonly anyOlderStmt: Database.Statement<[number], number>;
+  private readonly times: TimeIds;
   private readonly deleteOldestStmt: Database.Statement<[number]>;
   private readonly oldestIdStmt: Database.Statement<[], number | null>;
 
@@ -57,8 +59,10 @@ export class RetentionPruner {
     this.freePagesStmt = db.prepare<[], number>('SELECT freelist_count FROM pragma_freelist_count()').pluck();
     // Two subqueries: each is answered from an end of the rowid B-tree; min and max in one SELECT scan it all.
     this.idSpanStmt = db.prepare('SELECT (SELECT min(id) FROM events) AS lo, (SELECT max(id) FROM events) AS hi');
-    this.deleteOlderStmt = db.prepare('DELETE FROM events WHERE id IN (SELECT id FROM events WHERE host_time_us < ? LIMIT ?)');
-    this.anyOlderStmt = db.prepare<[number], number>('SELECT 1 FROM events WHERE host_time_us < ? LIMIT 1').pluck();
+    // Age is an id bound (time-ids.ts): host time never decreases along ids.
+    this.deleteOlderStmt = db.prepare('DELETE FROM events WHERE id IN (SELECT id FROM events WHERE id < ? ORDER BY id LIMIT ?)');
+    this.anyOlderStmt = db.prepare<[number], number>('SELECT 1 FROM events WHERE id < ? LIMIT 1').pluck();
+    this.times = new TimeIds(db);
     this.deleteOldestStmt = db.prepare('DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)');
     this.oldestIdStmt = db.prepare<[], number | null>('SELECT min(id) FROM events').pluck();
   }
@@ -75,14 +79,14 @@ export class RetentionPruner {
 
     const { maxAgeMs, maxBytes } = this.retention;
     if (maxAgeMs !== undefined) {
-      const cutoffUs = nowUs - maxAgeMs * 1000;
+      const cutoffId = this.times.boundAt(nowUs - maxAgeMs * 1000, nextId);
       while (budget > 0) {
-        const n = this.deleteOlderStmt.run(cutoffUs, Math.min(CHUNK_ROWS, budget)).changes;
+        const n = this.deleteOlderStmt.run(cutoffId, Math.min(CHUNK_ROWS, budget)).changes;
         deleted += n;
         budget -= n;
         if (n === 0) break;
       }
-      if (budget === 0 && this.anyOlderStmt.get(cutoffUs) !== undefined) complete = false;
+      if (budget === 0 && this.anyOlderStmt.get(cutoffId) !== undefined) complete = false;
     }
 
     if (maxBytes !== undefined) {

@@ -99,8 +99,19 @@ function v3(db: Database.Database): void {
   );
 }
 
+// Host time is an id bound (time-ids.ts), so the index on host time goes: with a thousand guests
+// it was a second B-tree insert per event, ~0.5 of ~3.2 us per stored event (measured with 1,000
+// VMs interleaved, batches of 4,500). Rows of a file written before the store kept host times
+// monotonic along ids are raised to the running maximum first, so the bisection holds for them.
+const V4 = `
+UPDATE events SET host_time_us = w.m
+  FROM (SELECT id, max(host_time_us) OVER (ORDER BY id) AS m FROM events) AS w
+  WHERE events.id = w.id AND events.host_time_us < w.m;
+DROP INDEX IF EXISTS events_by_time;
+`;
+
 /** Step n takes a file from version n to n + 1: SQL, or code where SQL alone cannot. */
-export const MIGRATIONS: ReadonlyArray<string | ((db: Database.Database) => void)> = [V1, V2, v3];
+export const MIGRATIONS: ReadonlyArray<string | ((db: Database.Database) => void)> = [V1, V2, v3, V4];
 
 /** The version this code writes and reads. */
 export const SCHEMA_VERSION = MIGRATIONS.length;
