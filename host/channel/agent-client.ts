@@ -13,6 +13,7 @@ import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import { HOST_PLUGIN_NAMES } from '../notify/host-plugins.js';
 import { isName } from '../notify/names.js';
+import { readPacer } from './read-pacer.js';
 
 export interface ProbeInfo {
   handle: number;
@@ -226,6 +227,7 @@ export class AgentClient extends EventEmitter {
         onread: {
           buffer: SHARED_READ,
           callback: (n: number, buf: Uint8Array) => {
+            readPacer.noteRead();
             const chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
             if (feed !== null) feed(chunk);
             else early.push(Buffer.from(chunk));

@@ -104,7 +104,8 @@ export interface Config {
     retention: { maxAge: number; maxSize: number };
   };
   /** all in ms */
-  channel: { keepalive: number; reconnectMin: number; reconnectMax: number };
+  /** readCoalesce: ms a busy turn of reads is stretched to (read-pacer.ts); 0 never; absent, the default */
+  channel: { keepalive: number; reconnectMin: number; reconnectMax: number; readCoalesce?: number };
   actions: {
     /** ms */
     execTimeout: number;
@@ -144,6 +145,9 @@ function absolutePath(what: string) {
 function oneOf<const T extends readonly [string, ...string[]]>(values: T) {
   return z.enum(values, { error: `must be one of ${values.join(', ')}` });
 }
+
+/** the longest channel.read_coalesce may be */
+const MAX_READ_COALESCE_MS = 200;
 
 function duration(def: string, minMs = 1) {
   return z
@@ -315,6 +319,10 @@ export const fileSchema = mapping('a mapping of sections', {
     keepalive: duration('1s'),
     reconnect_min: duration('200ms'),
     reconnect_max: duration('10s'),
+    // With many busy guests, reads are gathered for up to this long (host/channel/read-pacer.ts).
+    read_coalesce: duration('20ms', 0).refine((ms) => ms <= MAX_READ_COALESCE_MS, {
+      error: `must be at most ${MAX_READ_COALESCE_MS}ms: it is added to the latency of every event under load`,
+    }),
   }).prefault({}),
   actions: mapping('a mapping', {
     exec_timeout: duration('30s'),
@@ -346,7 +354,12 @@ export function toConfig(f: FileConfig): Config {
       sync: f.store.sync,
       retention: { maxAge: f.store.retention.max_age, maxSize: f.store.retention.max_size },
     },
-    channel: { keepalive: f.channel.keepalive, reconnectMin: f.channel.reconnect_min, reconnectMax: f.channel.reconnect_max },
+    channel: {
+      keepalive: f.channel.keepalive,
+      reconnectMin: f.channel.reconnect_min,
+      reconnectMax: f.channel.reconnect_max,
+      readCoalesce: f.channel.read_coalesce,
+    },
     actions: {
       execTimeout: f.actions.exec_timeout,
       rateLimit: { max: f.actions.rate_limit.max, per: f.actions.rate_limit.per },

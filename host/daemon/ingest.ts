@@ -2,10 +2,13 @@
 // through the framework (filter, store, publish) in one store transaction, and only then is
 // each guest told what it may drop from its ring. A crash before the commit loses nothing (the
 // agents resend); a crash after it duplicates nothing (the store keeps a record once).
+import { readPacer, type ReadPacer } from '../channel/read-pacer.js';
 import type { VesperEvent } from '../notify/event.js';
 
 export interface IngestSink {
   ingest(events: VesperEvent[]): { stored: number; duplicates: number };
+  /** hands what ingest published to its subscribers at once (before the read pacer pauses) */
+  publishNow?(): void;
 }
 
 interface Pending {
@@ -26,6 +29,8 @@ export class IngestBatcher {
     private readonly sink: IngestSink,
     /** commit at once when this many events wait (bounds memory and latency under a flood) */
     private readonly maxEvents = 20_000,
+    /** paces the reads of the next turn after a commit (read-pacer.ts); null: never */
+    private readonly pacer: ReadPacer | null = readPacer,
   ) {}
 
   push(events: VesperEvent[], done: (err: Error | null) => void): void {
@@ -34,8 +39,14 @@ export class IngestBatcher {
     if (this.pendingEvents >= this.maxEvents) this.flush();
     else if (!this.scheduled) {
       this.scheduled = true;
-      setImmediate(() => this.flush());
+      setImmediate(() => this.endOfTurn());
     }
+  }
+
+  /** The commit after a poll phase's reads; then the pacer may hold the next turn back. */
+  private endOfTurn(): void {
+    this.flush();
+    this.pacer?.pace(() => this.sink.publishNow?.());
   }
 
   flush(): void {

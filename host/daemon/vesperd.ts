@@ -39,6 +39,7 @@ import { EventStore } from '../store/event-store.js';
 import { ApiServer, type EventFeed, type EventQuery, type ManagerApi } from './api-server.js';
 import { GuestLink, unixLink, type LinkSpec } from './guest-link.js';
 import { sshLink } from './ssh-link.js';
+import { readPacer } from '../channel/read-pacer.js';
 import { IngestBatcher } from './ingest.js';
 import { eventOfLibvirt } from './libvirt-plugin.js';
 
@@ -148,6 +149,7 @@ export class Vesperd implements ManagerApi {
       actions: { run: (ev, action, args) => this.actions.run(ev, action, args) },
     });
     this.batcher = new IngestBatcher(this.framework);
+    if (c.channel.readCoalesce !== undefined) readPacer.windowMs = c.channel.readCoalesce;
   }
 
   async start(): Promise<void> {

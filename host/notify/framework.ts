@@ -103,6 +103,11 @@ export class NotificationFramework {
    * starts the actions of action events. Events already stored are neither published nor acted
    * on again. Throws only if the store does (then nothing of the batch was published).
    */
+  /** Subscribers get what was published without waiting for the queue's wake-up. */
+  publishNow(): void {
+    this.queue.wakeNow();
+  }
+
   ingest(events: VesperEvent[]): { stored: number; duplicates: number } {
     const filters = this.filters;
     const registry = this.registry;

@@ -62,6 +62,7 @@ export class EventQueue {
   /** subscribers waiting for a wake-up: only these are visited when one is delivered */
   private readonly armed = new Set<Sub>();
   private wakeScheduled = false;
+  private wakeImmediate: NodeJS.Immediate | null = null;
   private readonly onCallbackError: (err: unknown) => void;
   /** subscriber entries visited while delivering wake-ups: the queue's only per-subscriber work */
   wakeVisits = 0;
@@ -131,11 +132,22 @@ export class EventQueue {
     this.wakeScheduled = true;
     // setImmediate rather than a microtask: records from several guests read in one poll phase
     // make one wake-up, not one per guest.
-    setImmediate(() => this.wake());
+    this.wakeImmediate = setImmediate(() => this.wake());
+  }
+
+  /**
+   * Calls the subscribers a scheduled wake-up would call, now. For the ingest path before it
+   * holds the thread (read-pacer.ts): what was published must not wait for the pause.
+   */
+  wakeNow(): void {
+    if (!this.wakeScheduled) return;
+    if (this.wakeImmediate !== null) clearImmediate(this.wakeImmediate);
+    this.wake();
   }
 
   private wake(): void {
     this.wakeScheduled = false;
+    this.wakeImmediate = null;
     const ready: Sub[] = [];
     for (const sub of this.armed) {
       this.wakeVisits++;

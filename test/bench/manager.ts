@@ -6,6 +6,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
+import { DEFAULT_COALESCE_MS, readPacer } from '../../host/channel/read-pacer.js';
 import { GuestLink } from '../../host/daemon/guest-link.js';
 import { IngestBatcher } from '../../host/daemon/ingest.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
@@ -104,8 +105,21 @@ async function ingest(m: Metrics): Promise<void> {
   }
 }
 
-/** N simulated guests at R events/s each, one GuestLink per guest, as vesperd keeps them. */
-export async function sessions(m: Metrics, n: number, rate: number, seconds: number): Promise<void> {
+/**
+ * N simulated guests at R events/s each, one GuestLink per guest, as vesperd keeps them. With
+ * `coalesceMs` (vesperd's channel.read_coalesce) the reads are paced as vesperd paces them; the
+ * metrics then go under `prefix` (the default setting's are the plain manager.sessions_*).
+ */
+export async function sessions(
+  m: Metrics,
+  n: number,
+  rate: number,
+  seconds: number,
+  o: { coalesceMs?: number; prefix?: string } = {},
+): Promise<void> {
+  const coalesceBefore = readPacer.windowMs;
+  readPacer.windowMs = o.coalesceMs ?? DEFAULT_COALESCE_MS;
+  const pre = o.prefix ?? 'manager.';
   const dir = mkdtempSync(join(tmpdir(), 'vesper-bench-sess-'));
   const core = managerCore(dir);
   const sim = forkSims(dir, [String(n), String(rate)]);
@@ -133,6 +147,7 @@ export async function sessions(m: Metrics, n: number, rate: number, seconds: num
     const sim0 = sim.pid === undefined ? 0 : threadTicks(sim.pid, sim.pid);
     const w0 = mono();
     const ev0 = core.framework.counters().ingested;
+    const pauses0 = readPacer.pauses;
     const commits0 = core.batcher.commits;
     await sleep(seconds * 1000);
     const cpu = process.cpuUsage(cpu0);
@@ -141,16 +156,19 @@ export async function sessions(m: Metrics, n: number, rate: number, seconds: num
     const simPct = sim.pid === undefined ? NaN : (100 * (threadTicks(sim.pid, sim.pid) - sim0)) / TICKS_PER_S / wall;
     measuring = false;
     const events = core.framework.counters().ingested - ev0;
-    m['manager.sessions'] = links.filter((l) => l.state === 'connected').length;
-    m['manager.sessions_events_per_s'] = Math.round(events / wall);
-    m['manager.sessions_commits_per_s'] = Math.round((core.batcher.commits - commits0) / wall);
-    m['manager.sessions_cpu_pct'] = round((100 * (cpu.user + cpu.system)) / 1e6 / wall, 1);
-    m['manager.sessions_main_thread_cpu_pct'] = round(mainPct, 1);
-    m['manager.sessions_system_cpu_pct'] = round((100 * cpu.system) / 1e6 / wall, 1);
-    m['manager.sessions_sim_cpu_pct'] = round(simPct, 1);
-    m['manager.event_to_subscriber_ms.p50'] = round(pct(lat, 50), 3);
-    m['manager.event_to_subscriber_ms.p99'] = round(pct(lat, 99), 3);
+    m[`${pre}sessions`] = links.filter((l) => l.state === 'connected').length;
+    m[`${pre}sessions_events_per_s`] = Math.round(events / wall);
+    m[`${pre}sessions_commits_per_s`] = Math.round((core.batcher.commits - commits0) / wall);
+    m[`${pre}sessions_cpu_pct`] = round((100 * (cpu.user + cpu.system)) / 1e6 / wall, 1);
+    m[`${pre}sessions_cpu_us_per_event`] = round((cpu.user + cpu.system) / Math.max(1, events), 2);
+    m[`${pre}sessions_main_thread_cpu_pct`] = round(mainPct, 1);
+    m[`${pre}sessions_system_cpu_pct`] = round((100 * cpu.system) / 1e6 / wall, 1);
+    m[`${pre}sessions_sim_cpu_pct`] = round(simPct, 1);
+    m[`${pre}sessions_paced_turns_per_s`] = round((readPacer.pauses - pauses0) / wall, 1);
+    m[`${pre}event_to_subscriber_ms.p50`] = round(pct(lat, 50), 3);
+    m[`${pre}event_to_subscriber_ms.p99`] = round(pct(lat, 99), 3);
   } finally {
+    readPacer.windowMs = coalesceBefore;
     for (const l of links) l.stop();
     sim.kill('SIGKILL');
     core.store.close();
@@ -240,8 +258,11 @@ export async function managerBench(
     await ingest(m);
   }
   if (o.want('manager.sessions') || o.want('manager.event_to')) {
-    o.log('manager: 1,000 simulated guests at 100 events/s');
+    // Side by side in one run: vesperd's default read coalescing, then none.
+    o.log(`manager: 1,000 simulated guests at 100 events/s (reads coalesced up to ${DEFAULT_COALESCE_MS} ms, the default)`);
     await sessions(m, 1000, 100, 10);
+    o.log('manager: the same without read coalescing (channel.read_coalesce: 0ms)');
+    await sessions(m, 1000, 100, 10, { coalesceMs: 0, prefix: 'manager.uncoalesced.' });
   }
   if (o.kernel && o.want('manager.kill9')) {
     o.log('manager: SIGKILL during a stream');

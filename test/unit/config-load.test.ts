@@ -16,7 +16,7 @@ const DEFAULTS: Config = {
   daemon: { socket: '/run/vesper/vesperd.sock', group: 'vesper', logLevel: 'info' },
   libvirt: { uri: 'qemu:///system', channel: 'org.vesper.agent.0', domains: ['*'] },
   store: { path: '/var/lib/vesper/events.db', sync: 'full', retention: { maxAge: 30 * 86_400_000, maxSize: 1024 ** 3 } },
-  channel: { keepalive: 1000, reconnectMin: 200, reconnectMax: 10_000 },
+  channel: { keepalive: 1000, reconnectMin: 200, reconnectMax: 10_000, readCoalesce: 20 },
   actions: { execTimeout: 30_000, rateLimit: { max: 3, per: 600_000 }, fenceLockDir: '/var/lib/vesper/fence' },
   filters: [],
   attach: [],
@@ -104,6 +104,7 @@ channel:
   keepalive: 500ms
   reconnect_min: 1s
   reconnect_max: 2m
+  read_coalesce: 0ms
 actions:
   exec_timeout: 1.5s
   rate_limit: { max: 10, per: 1h }
@@ -143,7 +144,7 @@ attach:
       daemon: { socket: '/tmp/v/api.sock', group: 'wheel', logLevel: 'warn' },
       libvirt: { uri: 'qemu+ssh://root@h1/system', channel: 'org.example.port.1', domains: ['db*', 'web-?'] },
       store: { path: '/srv/vesper/events.db', sync: 'normal', retention: { maxAge: 5_400_000, maxSize: 64 * 1024 ** 2 } },
-      channel: { keepalive: 500, reconnectMin: 1000, reconnectMax: 120_000 },
+      channel: { keepalive: 500, reconnectMin: 1000, reconnectMax: 120_000, readCoalesce: 0 },
       actions: {
         execTimeout: 1500,
         rateLimit: { max: 10, per: 3_600_000 },
@@ -300,6 +301,12 @@ describe('mistakes', () => {
         'x',
       ).filters[0]!.decision,
     ).toEqual({ kind: 'action', action: 'failover', args: [] });
+  });
+
+  it('read_coalesce over 200ms is a mistake: it is added to every event under load', () => {
+    expect(mistakes('channel:\n  read_coalesce: 1s\n').message).toBe(
+      'vesper.yaml:2:18: channel.read_coalesce: must be at most 200ms: it is added to the latency of every event under load, got "1s"',
+    );
   });
 
   it('reconnect_min longer than reconnect_max is a mistake, reported with the others', () => {
