@@ -243,7 +243,7 @@ export class ApiServer {
     // store already returned is skipped by id.
     const feed = e.follow ? this.m.follow(q) : null;
     const past = this.m.queryEvents(q);
-    let lastId = past.length ? (past[past.length - 1]!.id ?? 0) : 0;
+    let lastId = past.length ? (past[past.length - 1]!.id ?? 0) : (q.afterId ?? 0);
     for (let i = 0; i < past.length; i += FOLLOW_BATCH)
       link.send({ id, reply: { done: false, events: { events: past.slice(i, i + FOLLOW_BATCH).map(wireEvent) } } });
     if (!feed) {
@@ -252,6 +252,14 @@ export class ApiServer {
     }
     feeds.set(id, feed);
     let waitingDrain = false;
+    // Set when the queue overwrote events before this follower took them. Every published event
+    // was stored first, so the follower then reads from the store, page by page, until a page
+    // comes back short; events the queue hands out meanwhile are in those pages too.
+    let fromStore = false;
+    const send = (events: VesperEvent[], missed: number): void => {
+      if (events.length) lastId = events[events.length - 1]!.id ?? lastId;
+      link.send({ id, reply: { done: false, events: { events: events.map(wireEvent), missed } } });
+    };
     const pump = (): void => {
       if (link.closed || waitingDrain) return;
       for (let rounds = 0; rounds < 100; rounds++) {
@@ -264,10 +272,19 @@ export class ApiServer {
           return;
         }
         const { events, missed } = feed.pull(FOLLOW_BATCH);
+        if (missed > 0) fromStore = true;
+        if (fromStore) {
+          // Read after the pull: the page holds everything stored up to now, so a short page
+          // leaves nothing between it and what the queue hands out next.
+          const page = this.m.queryEvents({ ...q, afterId: lastId, limit: FOLLOW_BATCH });
+          fromStore = page.length === FOLLOW_BATCH;
+          if (page.length) send(page, 0);
+          else if (!events.length) return;
+          continue;
+        }
         const fresh = events.filter((x) => (x.id ?? 0) > lastId);
-        if (fresh.length) lastId = fresh[fresh.length - 1]!.id ?? lastId;
-        if (!fresh.length && !missed) return;
-        link.send({ id, reply: { done: false, events: { events: fresh.map(wireEvent), missed } } });
+        if (!fresh.length) return;
+        send(fresh, 0);
       }
       setImmediate(pump); // a flood: let other work run between rounds
     };

@@ -12,7 +12,11 @@
 // behind schedules another call, so a reader that takes in small bites never stalls.
 import type { VesperEvent } from './event.js';
 
-export const DEFAULT_QUEUE_CAPACITY = 65_536;
+// Small on purpose: the ring keeps every event it holds alive, and at 100,000 events a second
+// a ring of 65,536 kept each one through the young generation's collections (copied, then
+// promoted), which cost the ingest path about a tenth of its CPU (measured). vesperd's API
+// followers that fall further behind read what they missed from the store (api-server.ts).
+export const DEFAULT_QUEUE_CAPACITY = 8192;
 
 export interface SubscribeOptions {
   /** start at the oldest event the ring still holds, instead of at the next one published */
