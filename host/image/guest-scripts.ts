@@ -99,6 +99,12 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  *   segv             ok segv PID            the demo service faults (SIGUSR1 -> store to 0)
  *   term             ok term SENDER TARGET  a separate process SIGTERMs the demo service
  *   oom              ok oom PID             tail /dev/zero in a 32M cgroup (answered at start)
+ *   oom-global       ok oom-global PID MS   tail /dev/zero with no cgroup limit, so that the whole
+ *                                           guest runs out and the kernel's global OOM killer
+ *                                           fires (answered at start; MS: guest uptime in ms
+ *                                           then); killed by the helper if still alive after 90 s
+ *   agent-oom        ok agent-oom PID ADJ SCORE RSS_KB THREADS   the agent's pid (its pid file),
+ *                                           oom_score_adj, oom_score, VmRSS and thread count
  *   storm N          ok storm MS            runs vesper-exit N times
  *   exit CODE        ok exit PID STATUS     runs vesper-exit CODE
  *   panic            ok panic               then sysrq-c
@@ -286,6 +292,42 @@ do_oom() {
   rmdir $CG
 }
 
+# The hog stays in the root cgroup (where init and this helper run), with no memory.max above
+# it: only the guest's RAM (no swap) limits it. Answered at start; then this helper waits for the
+# kernel to kill it, bounded: after 90 s it kills the hog itself (the test then fails on the
+# missing record). Builtins only while waiting: a fork under memory pressure could stall.
+do_oom_global() {
+  /usr/bin/tail /dev/zero < /dev/null > /dev/null 2>&1 3>&- 4>&- &
+  hog=$!
+  reply "ok oom-global $hog $(now_ms)"
+  i=0
+  while [ $i -lt 450 ]; do
+    st=
+    read -r st 2> /dev/null < /proc/$hog/stat
+    st=\${st##*) }
+    case $st in '' | [ZX]*) break ;; esac
+    idle 0.2
+    i=$((i + 1))
+  done
+  [ $i -ge 450 ] && echo "vesper-fault: oom-global hog $hog still alive after 90 s, killing it" > /dev/console
+  kill -KILL $hog 2> /dev/null
+  wait $hog
+}
+
+# The agent's standing with the OOM killer, read from /proc (builtins only).
+do_agent_oom() {
+  p=
+  read -r p 2> /dev/null < /run/vesper-agent.pid
+  if ! number "$p" || [ ! -d /proc/$p ]; then reply "err agent-oom agent not running"; return; fi
+  adj= score= rss= threads=
+  read -r adj 2> /dev/null < /proc/$p/oom_score_adj
+  read -r score 2> /dev/null < /proc/$p/oom_score
+  while read -r k v _; do
+    case $k in VmRSS:) rss=$v ;; Threads:) threads=$v ;; esac
+  done 2> /dev/null < /proc/$p/status
+  reply "ok agent-oom $p \${adj:-?} \${score:-?} \${rss:-?} \${threads:-?}"
+}
+
 STRESS_CG=/sys/fs/cgroup/vesper-stress
 STRESS_REPORT=/run/vesper-stress.yaml
 stress=
@@ -388,6 +430,8 @@ while :; do
       else reply "err term demo service not running"; fi
       ;;
     oom) do_oom ;;
+    oom-global) do_oom_global ;;
+    agent-oom) do_agent_oom ;;
     storm)
       if number "$arg"; then
         t0=$(now_ms)

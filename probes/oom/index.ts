@@ -74,6 +74,11 @@ const probe: ProbeModule = {
       const p: Pending = { oom, ts: ev.ts, timer: null };
       pending.set(pid, p);
       if (!ctx.capabilities.kmsg || killed.has(pid)) return send(pid);
+      // The report is printed before the trace event fires, but the kernel log is read one line
+      // per read and trails the trace reader: after a guest-wide OOM (the memory dump and the
+      // task list come first) the report's summary arrived 140 ms after mark_victim in a TCG
+      // guest, and a 50 ms wait sent the record without constraint and cgroups. The record
+      // leaves when the report's "Killed process" line is read; this is only the bound.
       p.timer = setTimeout(() => send(pid), wait);
     });
 

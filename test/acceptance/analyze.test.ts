@@ -11,7 +11,7 @@ import type { Analysis, TimelineEntry, Verdict } from '../../host/analysis/types
 import { VmRig } from '../../host/vm/rig.js';
 import { checkReportInChromium, whyNoChromium } from '../helpers/chromium.js';
 import { numbersIn } from '../helpers/fault-answer.js';
-import { VesperdProcess } from '../helpers/vesperd-process.js';
+import { VesperdProcess, writeVesperdConfig } from '../helpers/vesperd-process.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = process.getuid?.() !== 0 ? 'needs root (libvirtd, QEMU)' : process.arch !== 'x64' ? 'needs an x86-64 host' : '';
@@ -86,26 +86,7 @@ describe.skipIf(Boolean(why))('vesper analyze with a real guest', () => {
     dir = mkdtempSync('/tmp/vesper-analyze-');
     chmodSync(dir, 0o755);
     const socket = join(dir, 'run', 'vesperd.sock');
-    const config = join(dir, 'vesper.yaml');
-    writeFileSync(
-      config,
-      [
-        'daemon:',
-        `  socket: ${socket}`,
-        '  group: vesper-analyze-no-such-group', // root only
-        '  log_level: info',
-        // only this test's guest: other VMs on this libvirtd are not ours to link to
-        'libvirt:',
-        `  domains: ['${rig.name}']`,
-        'store:',
-        `  path: ${join(dir, 'events.db')}`,
-        'channel:',
-        '  keepalive: 1s',
-        '  reconnect_min: 100ms',
-        '  reconnect_max: 1s',
-        '',
-      ].join('\n'),
-    );
+    const config = writeVesperdConfig(join(dir, 'vesper.yaml'), { socket, store: join(dir, 'events.db'), domains: [rig.name] });
     d = new VesperdProcess(config, socket);
     await d.start();
     await waitFor(

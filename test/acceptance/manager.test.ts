@@ -1,119 +1,43 @@
 // vesperd against the real thing: libvirtd the test starts, a QEMU guest with the agent
 // inside, real faults from the guest's test helper, the real `vesper` CLI in its own
 // processes, the real SQLite store, and vesperd itself killed with SIGKILL mid-stream.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { createInterface } from 'node:readline';
 import type Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
-import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../../host/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { openStoreForSql } from '../helpers/store-sql.js';
-import { USR1_STORM_PROBE } from '../helpers/vesperd-process.js';
+import { USR1_STORM_PROBE, VesperdProcess, writeVesperdConfig, type EventLine } from '../helpers/vesperd-process.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = process.getuid?.() !== 0 ? 'needs root (libvirtd, QEMU, groups)' : process.arch !== 'x64' ? 'needs an x86-64 host' : '';
 if (why) console.warn(`SKIP manager tests: ${why}`);
 
-const ROOT = projectRoot();
-const VESPER = join(ROOT, 'dist/host/vesper.mjs');
-
-/** An event as `vesper events -o json` prints it (the fields these tests read). */
-interface EventLine {
-  vm: string;
-  plugin: string;
-  seq: number | null;
-  disposition: string;
-  payload: { signal?: { sig: number; senderIsKernel: boolean; target: { pid: number } } };
-}
-
-interface Run {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
+/** The payload of a signal event, as far as these tests read it. */
+type SignalPayload = { signal?: { sig: number; senderIsKernel: boolean; target: { pid: number } } };
+const NOBODY = { uid: 65534, gid: 65534 };
 
 describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
   let rig: VmRig;
   let dir: string;
-  let socket: string;
   let storePath: string;
-  let configPath: string;
-  let daemon: ChildProcess | null = null;
-  const spawned: ChildProcess[] = []; // every vesperd this file started, stopped at the end whatever happened
-  let daemonLog = '';
+  let d: VesperdProcess; // every vesperd this file starts, stopped at the end whatever happened
   const group = `vesper-t${process.pid % 100000}`;
   const libvirt: Array<LibvirtEvent & { seenAt: number }> = [];
   const trail: string[] = []; // what happened, printed when VESPER_TEST_VERBOSE is set
   const standby = (): string => `${rig.name}-standby`;
 
-  /** The CLI, as a separate process, with a time limit. */
-  const vesper = (args: string[], o: { asNobody?: boolean; groups?: number[]; timeoutMs?: number } = {}): Promise<Run> =>
-    new Promise((resolve) => {
-      const argv = [VESPER, '--socket', socket, ...args];
-      const [cmd, full] = o.asNobody
-        ? [
-            'setpriv',
-            [
-              '--reuid=65534',
-              '--regid=65534',
-              o.groups?.length ? `--groups=${o.groups.join(',')}` : '--clear-groups',
-              process.execPath,
-              ...argv,
-            ],
-          ]
-        : [process.execPath, argv];
-      execFile(cmd, full, { timeout: o.timeoutMs ?? 60_000, cwd: '/' }, (err, stdout, stderr) => {
-        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
-        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-      });
-    });
-  const json = async <T>(args: string[]): Promise<T> => {
-    const r = await vesper([...args, '-o', 'json']);
-    if (r.code !== 0) throw new Error(`vesper ${args.join(' ')}: exit ${r.code}: ${r.stderr}`);
-    return JSON.parse(r.stdout) as T;
-  };
-
-  const startDaemon = async (): Promise<void> => {
-    const p = spawn(process.execPath, [VESPER, 'daemon', '--config', configPath], {
-      stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, VESPER_KEY_DIR: join(ROOT, '.cache', 'keys') },
-    });
-    p.stderr!.on('data', (c: Buffer) => (daemonLog = (daemonLog + c.toString()).slice(-40_000)));
-    p.on('exit', (code, sig) => trail.push(`${new Date().toISOString()} vesperd ${p.pid} exited: ${code ?? sig}`));
-    daemon = p;
-    spawned.push(p);
-    trail.push(`${new Date().toISOString()} vesperd ${p.pid} started`);
-    await waitFor('vesperd answers', async () => existsSync(socket) && (await vesper(['list'])).code === 0, 60_000, 200);
-  };
-  const stopDaemon = async (signal: NodeJS.Signals = 'SIGTERM'): Promise<void> => {
-    const p = daemon;
-    daemon = null;
-    if (!p || p.exitCode !== null) return;
-    const gone = new Promise((r) => p.once('exit', r));
-    trail.push(`${new Date().toISOString()} vesperd ${p.pid}: ${signal}`);
-    p.kill(signal);
-    await Promise.race([gone, sleep(15_000)]);
-    if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-  };
   const linkUp = (): Promise<boolean> =>
-    json<{ link: string }>(['status', rig.name]).then(
+    d.json<{ link: string }>(['status', rig.name]).then(
       (s) => s.link === 'connected',
       () => false,
     );
   const store = (): Database.Database => openStoreForSql(storePath);
   /** `vesper events -f -o json` for the VM's signal events, as a process of its own. */
-  const followSignals = (): { lines: EventLine[]; stop: () => void } => {
-    const p = spawn(process.execPath, [VESPER, '--socket', socket, 'events', '-f', '-o', 'json', '--vm', rig.name, '--plugin', 'signal'], {
-      stdio: ['ignore', 'pipe', 'ignore'],
-    });
-    const lines: EventLine[] = [];
-    createInterface({ input: p.stdout! }).on('line', (l) => lines.push(JSON.parse(l) as EventLine));
-    return { lines, stop: () => p.kill() };
-  };
+  const followSignals = () => d.follow<SignalPayload>(['--vm', rig.name, '--plugin', 'signal']);
 
   beforeAll(async () => {
     rig = new VmRig({ testHelpers: true, onProgress: (s, d) => console.warn(`vm rig: ${s}${d ? `: ${d}` : ''}`) });
@@ -126,41 +50,24 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     dir = mkdtempSync('/tmp/vesperd-');
     chmodSync(dir, 0o755); // the socket's own mode is what keeps others out
     mkdirSync(join(dir, 'actions'));
-    socket = join(dir, 'run', 'vesperd.sock');
+    const socket = join(dir, 'run', 'vesperd.sock');
     storePath = join(dir, 'events.db');
-    configPath = join(dir, 'vesper.yaml');
     await new Promise<void>((resolve, reject) => execFile('groupadd', ['-f', group], (err) => (err ? reject(err) : resolve())));
-    writeFileSync(
-      configPath,
-      [
-        'daemon:',
-        `  socket: ${socket}`,
-        `  group: ${group}`,
-        '  log_level: info',
-        // only this test's guest: other VMs on this libvirtd are not ours to link to
-        'libvirt:',
-        `  domains: ['${rig.name}*']`,
-        'store:',
-        `  path: ${storePath}`,
-        'channel:',
-        '  keepalive: 1s',
-        '  reconnect_min: 100ms',
-        '  reconnect_max: 1s',
-        'actions:',
-        '  exec_timeout: 10s',
-        '  rate_limit: { max: 5, per: 10m }',
-        `  fence_lock_dir: ${join(dir, 'fence')}`,
-        '',
-      ].join('\n'),
-    );
-    await startDaemon();
+    const configPath = writeVesperdConfig(join(dir, 'vesper.yaml'), {
+      socket,
+      store: storePath,
+      group,
+      domains: [`${rig.name}*`], // the guest and its failover standby
+      more: { actions: { exec_timeout: '10s', rate_limit: { max: 5, per: '10m' } } },
+    });
+    d = new VesperdProcess(configPath, socket);
+    await d.start();
     await waitFor('vesperd links to the guest agent', linkUp, 60_000, 500);
   }, 600_000);
 
   afterAll(async () => {
-    await stopDaemon();
-    for (const p of spawned) if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
-    if (process.env['VESPER_TEST_VERBOSE']) console.warn(`${trail.join('\n')}\n${daemonLog}`);
+    await d?.killAll();
+    if (process.env['VESPER_TEST_VERBOSE']) console.warn(`${[...trail, ...(d?.trail ?? [])].sort().join('\n')}\n${d?.log ?? ''}`);
     if (rig) {
       for (const name of [standby()]) {
         await rig.hv?.destroy(name).catch(() => undefined);
@@ -173,7 +80,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
   }, 120_000);
 
   it('attach on a running VM, a real fault, and `events -f -o json` shows it', async () => {
-    const a = await vesper(['attach', rig.name, 'signal', 'process', '--param', 'comms=vesper-demo-svc']);
+    const a = await d.cli(['attach', rig.name, 'signal', 'process', '--param', 'comms=vesper-demo-svc']);
     expect(a.code, a.stderr).toBe(0);
     const { lines, stop } = followSignals();
     try {
@@ -193,7 +100,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     } finally {
       stop();
     }
-    const st = await json<{ attached: Array<{ name: string; loaded: boolean; params: Record<string, string> }> }>(['status', rig.name]);
+    const st = await d.json<{ attached: Array<{ name: string; loaded: boolean; params: Record<string, string> }> }>(['status', rig.name]);
     expect(st.attached.map((p) => [p.name, p.loaded])).toEqual(
       expect.arrayContaining([
         ['signal', true],
@@ -203,7 +110,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
   });
 
   it('filter set … discard makes the same fault silent, and the store still has it, marked', async () => {
-    const set = await vesper(['filter', 'set', '--vm', rig.name, 'signal', '*', 'signal', 'discard']);
+    const set = await d.cli(['filter', 'set', '--vm', rig.name, 'signal', '*', 'signal', 'discard']);
     expect(set.code, set.stderr).toBe(0);
     const { lines, stop } = followSignals();
     try {
@@ -223,7 +130,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
               .all(rig.name)
               .some((r) => {
                 const row = r as { disposition: string; payload: string };
-                return row.disposition === 'discard' && (JSON.parse(row.payload) as EventLine['payload']).signal?.target.pid === pid;
+                return row.disposition === 'discard' && (JSON.parse(row.payload) as SignalPayload).signal?.target.pid === pid;
               }),
           30_000,
         );
@@ -232,17 +139,17 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       }
       await sleep(1000);
       expect(lines.slice(before)).toEqual([]);
-      const all = await vesper(['events', '--vm', rig.name, '--plugin', 'signal', '--all', '-o', 'json']);
+      const all = await d.cli(['events', '--vm', rig.name, '--plugin', 'signal', '--all', '-o', 'json']);
       const stored = all.stdout
         .split('\n')
         .filter(Boolean)
-        .map((l) => JSON.parse(l) as EventLine);
+        .map((l) => JSON.parse(l) as EventLine<SignalPayload>);
       expect(stored.some((e) => e.disposition === 'discard' && e.payload.signal?.target.pid === pid)).toBe(true);
     } finally {
       stop();
-      await vesper(['filter', 'clear', '--vm', rig.name, 'signal', '*', 'signal']);
+      await d.cli(['filter', 'clear', '--vm', rig.name, 'signal', '*', 'signal']);
     }
-    const rules = await json<unknown[]>(['filter', 'list']);
+    const rules = await d.json<unknown[]>(['filter', 'list']);
     expect(rules).toEqual([]);
   });
 
@@ -250,7 +157,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     const script = join(dir, 'actions', 'record.sh');
     const out = join(dir, 'actions', 'seen');
     writeFileSync(script, `#!/bin/sh\nenv | grep '^VESPER_' | sort > ${out}.env\ncat > ${out}.stdin\n`, { mode: 0o755 });
-    const set = await vesper(['filter', 'set', '--vm', rig.name, 'signal', '*', 'signal', 'action', 'exec', script]);
+    const set = await d.cli(['filter', 'set', '--vm', rig.name, 'signal', '*', 'signal', 'action', 'exec', script]);
     expect(set.code, set.stderr).toBe(0);
     try {
       const [pid] = numbersIn(await rig.fault('segv'));
@@ -263,12 +170,12 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       const stdin = JSON.parse(readFileSync(`${out}.stdin`, 'utf8')) as { payload: { signal: { sig: number } } };
       expect(stdin.payload.signal.sig).toBe(11);
     } finally {
-      await vesper(['filter', 'clear', '--all']);
+      await d.cli(['filter', 'clear', '--all']);
     }
   });
 
   it('a restart action destroys and starts the domain; the agent comes back with its probes', async () => {
-    const f = await vesper(['filter', 'set', '--vm', rig.name, 'signal', '*', 'signal', 'action', 'restart']);
+    const f = await d.cli(['filter', 'set', '--vm', rig.name, 'signal', '*', 'signal', 'action', 'restart']);
     expect(f.code, f.stderr).toBe(0);
     const from = libvirt.length;
     try {
@@ -282,28 +189,28 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       const mine = libvirt.slice(from).filter((e) => e.domain === rig.name && e.kind === 'lifecycle');
       expect(mine.findIndex((e) => e.event === 'Stopped')).toBeLessThan(mine.findIndex((e) => e.event === 'Started'));
     } finally {
-      await vesper(['filter', 'clear', '--all']);
+      await d.cli(['filter', 'clear', '--all']);
     }
     await waitFor('the agent back after the restart', linkUp, 120_000, 500);
     await waitFor(
       'probes pushed again',
-      async () => (await json<{ attached: Array<{ loaded: boolean }> }>(['status', rig.name])).attached.every((p) => p.loaded),
+      async () => (await d.json<{ attached: Array<{ loaded: boolean }> }>(['status', rig.name])).attached.every((p) => p.loaded),
       60_000,
       500,
     );
   });
 
   it('a guest reboot and a vesperd restart both end with the same probes and parameters', async () => {
-    const set = await vesper(['param', 'set', rig.name, 'signal', 'signals=SEGV,TERM,USR2']);
+    const set = await d.cli(['param', 'set', rig.name, 'signal', 'signals=SEGV,TERM,USR2']);
     expect(set.code, set.stderr).toBe(0);
-    const want = await json<{ attached: unknown; bootId: string }>(['status', rig.name]);
+    const want = await d.json<{ attached: unknown; bootId: string }>(['status', rig.name]);
     await rig.fault('reboot').catch(() => undefined);
     // The host's end of a virtio-serial port stays open across a guest reboot: the agent of the
     // new boot says hello on the same link.
     await waitFor(
       'the agent of the new boot',
       async () => {
-        const b = (await json<{ bootId: string | null }>(['status', rig.name]).catch(() => null))?.bootId;
+        const b = (await d.json<{ bootId: string | null }>(['status', rig.name]).catch(() => null))?.bootId;
         trail.push(`${new Date().toISOString()} status bootId ${b} (before the reboot: ${want.bootId})`);
         return Boolean(b) && b !== want.bootId;
       },
@@ -313,38 +220,38 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     await waitFor('the agent back after the reboot', linkUp, 120_000, 500);
     await waitFor(
       'probes loaded after the reboot',
-      async () => (await json<{ attached: Array<{ loaded: boolean }> }>(['status', rig.name])).attached.every((p) => p.loaded),
+      async () => (await d.json<{ attached: Array<{ loaded: boolean }> }>(['status', rig.name])).attached.every((p) => p.loaded),
       60_000,
       500,
     );
-    expect((await json<{ attached: unknown }>(['status', rig.name])).attached).toEqual(want.attached);
-    const beforeRestart = (await json<{ agentPid: number }>(['status', rig.name])).agentPid;
-    await stopDaemon();
-    await startDaemon();
+    expect((await d.json<{ attached: unknown }>(['status', rig.name])).attached).toEqual(want.attached);
+    const beforeRestart = (await d.json<{ agentPid: number }>(['status', rig.name])).agentPid;
+    await d.stop();
+    await d.start();
     await waitFor('the agent after the vesperd restart', linkUp, 60_000, 500);
     // Same agent (the probes stayed loaded in it), found again by a new vesperd.
-    expect((await json<{ agentPid: number }>(['status', rig.name])).agentPid).toBe(beforeRestart);
+    expect((await d.json<{ agentPid: number }>(['status', rig.name])).agentPid).toBe(beforeRestart);
     await waitFor(
       'probes loaded after the vesperd restart',
-      async () => (await json<{ attached: Array<{ loaded: boolean }> }>(['status', rig.name])).attached.every((p) => p.loaded),
+      async () => (await d.json<{ attached: Array<{ loaded: boolean }> }>(['status', rig.name])).attached.every((p) => p.loaded),
       60_000,
       500,
     );
-    expect((await json<{ attached: unknown }>(['status', rig.name])).attached).toEqual(want.attached);
-    expect(await json<Record<string, string>>(['param', 'get', rig.name, 'signal'])).toMatchObject({ signals: 'SEGV,TERM,USR2' });
+    expect((await d.json<{ attached: unknown }>(['status', rig.name])).attached).toEqual(want.attached);
+    expect(await d.json<Record<string, string>>(['param', 'get', rig.name, 'signal'])).toMatchObject({ signals: 'SEGV,TERM,USR2' });
   }, 400_000);
 
   it('SIGKILL of vesperd while the guest streams 100,000 records loses none and stores none twice', async () => {
-    await vesper(['detach', rig.name, 'signal']);
-    const a = await vesper(['attach', rig.name, ...USR1_STORM_PROBE]);
+    await d.cli(['detach', rig.name, 'signal']);
+    const a = await d.cli(['attach', rig.name, ...USR1_STORM_PROBE]);
     expect(a.code, a.stderr).toBe(0);
     const N = 100_000;
     // 5,000/s for 20 s: well inside what a 1-vCPU TCG guest sustains; the kill comes 4 s in.
     const storm = rig.fault(`sigstorm ${N} 5000`, 180_000);
     await sleep(4000);
-    await stopDaemon('SIGKILL');
+    await d.stop('SIGKILL');
     await sleep(1500);
-    await startDaemon();
+    await d.start();
     const target = numbersIn(await storm).at(-1); // the answer is: ok sigstorm MS PID
     const db = store();
     try {
@@ -375,7 +282,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
   }, 400_000);
 
   it('failover fences the old domain, confirmed by libvirt, before it starts the standby', async () => {
-    const f = await vesper([
+    const f = await d.cli([
       'filter',
       'set',
       '--vm',
@@ -392,7 +299,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     ]);
     expect(f.code, f.stderr).toBe(0);
     const from = libvirt.length;
-    const a = await vesper(['attach', rig.name, 'signal', '--param', 'signals=SEGV']); // replaces the storm's parameters
+    const a = await d.cli(['attach', rig.name, 'signal', '--param', 'signals=SEGV']); // replaces the storm's parameters
     expect(a.code, a.stderr).toBe(0);
     try {
       await rig.fault('segv').catch(() => undefined); // the fence may come before the answer
@@ -404,7 +311,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       expect(stopped).toBeLessThan(started);
       expect((await rig.hv.state(rig.name)).state).toBe('shut off');
     } finally {
-      await vesper(['filter', 'clear', '--all']);
+      await d.cli(['filter', 'clear', '--all']);
     }
   }, 200_000);
 
@@ -415,10 +322,10 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
         .find((l) => l.startsWith(`${group}:`))!
         .split(':')[2],
     );
-    const refused = await vesper(['attach', rig.name, 'oom'], { asNobody: true });
+    const refused = await d.cli(['attach', rig.name, 'oom'], 60_000, NOBODY);
     expect(refused.code).toBe(77);
     expect(refused.stderr).toContain('VSP_PERMISSION_DENIED');
-    const member = await vesper(['list', '-o', 'json'], { asNobody: true, groups: [gid] });
+    const member = await d.cli(['list', '-o', 'json'], 60_000, { ...NOBODY, groups: [gid] });
     expect(member.code, member.stderr).toBe(0);
   });
 
@@ -428,7 +335,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       bad,
       ['daemon:', '  log_level: loud', 'store:', '  sync: sometimes', '  retention:', '    max_age: forever', 'chanel: {}', ''].join('\n'),
     );
-    const r = await vesper(['daemon', '--config', bad]);
+    const r = await d.cli(['daemon', '--config', bad]);
     expect(r.code).toBe(78);
     const lines = r.stderr
       .trim()

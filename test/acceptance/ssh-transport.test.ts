@@ -21,7 +21,7 @@ import { whyNoKernelAccess } from '../helpers/root.js';
 import { agentPid, stopAgent } from '../helpers/ssh-agent.js';
 import { Sshd, whyNoSshd } from '../helpers/sshd.js';
 import { openStoreForSql } from '../helpers/store-sql.js';
-import { USR1_STORM_PROBE, VesperdProcess, type EventLine } from '../helpers/vesperd-process.js';
+import { USR1_STORM_PROBE, VesperdProcess, writeVesperdConfig, type EventLine } from '../helpers/vesperd-process.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = whyNoKernelAccess() || whyNoSshd();
@@ -145,44 +145,36 @@ describe.skipIf(Boolean(why))('vesperd over SSH (real sshd, real kernel events)'
     } finally {
       conn.close();
     }
-    const config = join(dir, 'vesper.yaml');
-    writeFileSync(
-      config,
-      [
-        'daemon:',
-        `  socket: ${join(dir, 'vesperd.sock')}`,
-        '  group: root',
-        'libvirt:',
-        '  uri: test:///default',
-        'store:',
-        `  path: ${storePath}`,
-        'channel:',
-        '  keepalive: 1s',
-        '  reconnect_min: 100ms',
-        '  reconnect_max: 1s',
-        'actions:',
-        `  fence_lock_dir: ${join(dir, 'fence')}`,
-        'ssh:',
-        '  connect_timeout: 5s',
-        '  keepalive: 500ms',
-        '  keepalive_count_max: 2',
-        '  targets:',
-        `    ${VM}:`,
-        `      target: root@127.0.0.1:${sshd.port}`,
-        `      key: ${sshd.clientKey}`,
-        `      known_hosts: ${sshd.knownHosts}`,
-        `      prefix: ${prefix}`,
-        `      run_dir: ${runDir}`,
-        // libvirt's test driver has a running domain `test` without the vesper channel: reached
-        // over SSH, where no agent is installed under this prefix.
-        '    test:',
-        `      target: root@127.0.0.1:${sshd.port}`,
-        `      key: ${sshd.clientKey}`,
-        `      known_hosts: ${sshd.knownHosts}`,
-        `      prefix: ${join(dir, 'nowhere')}`,
-        '',
-      ].join('\n'),
-    );
+    const config = writeVesperdConfig(join(dir, 'vesper.yaml'), {
+      socket: join(dir, 'vesperd.sock'),
+      store: storePath,
+      domains: ['*'], // libvirt's test driver: its domains are this test's own
+      more: {
+        libvirt: { uri: 'test:///default' },
+        ssh: {
+          connect_timeout: '5s',
+          keepalive: '500ms',
+          keepalive_count_max: 2,
+          targets: {
+            [VM]: {
+              target: `root@127.0.0.1:${sshd.port}`,
+              key: sshd.clientKey,
+              known_hosts: sshd.knownHosts,
+              prefix,
+              run_dir: runDir,
+            },
+            // libvirt's test driver has a running domain `test` without the vesper channel: reached
+            // over SSH, where no agent is installed under this prefix.
+            test: {
+              target: `root@127.0.0.1:${sshd.port}`,
+              key: sshd.clientKey,
+              known_hosts: sshd.knownHosts,
+              prefix: join(dir, 'nowhere'),
+            },
+          },
+        },
+      },
+    });
     vesperd = new VesperdProcess(config, join(dir, 'vesperd.sock'));
     await vesperd.start();
     await waitFor('vesperd links to the agent over SSH', linked, 60_000, 200).catch(async (e: Error) => {

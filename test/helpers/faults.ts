@@ -7,12 +7,12 @@
 // inside a loss vesperd reported (an agent's crash is reported with its count, from what the
 // next agent says its predecessor numbered).
 import { execFileSync, spawnSync } from 'node:child_process';
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../../host/vm/rig.js';
 import { openStoreForSql } from './store-sql.js';
-import { USR1_STORM_PROBE, VesperdProcess } from './vesperd-process.js';
+import { USR1_STORM_PROBE, VesperdProcess, writeVesperdConfig } from './vesperd-process.js';
 import { sleep, waitFor } from './wait.js';
 
 export const FAULT_KINDS = [
@@ -88,29 +88,13 @@ export class FaultRig {
     await this.rig.prepare();
     (await this.rig.boot()).close(); // vesperd keeps the link from now on
     const socket = join(this.dir, 'run', 'vesperd.sock');
-    const configPath = join(this.dir, 'vesper.yaml');
     mkdirSync(join(this.dir, 'fence'));
-    writeFileSync(
-      configPath,
-      [
-        'daemon:',
-        `  socket: ${socket}`,
-        '  group: root',
-        '  log_level: info',
-        // only this test's guest: other VMs on this libvirtd are not ours to link to
-        'libvirt:',
-        `  domains: [${this.rig.name}]`,
-        'store:',
-        `  path: ${this.storePath}`,
-        'channel:',
-        '  keepalive: 1s',
-        '  reconnect_min: 100ms',
-        '  reconnect_max: 1s',
-        'actions:',
-        `  fence_lock_dir: ${join(this.dir, 'fence')}`,
-        '',
-      ].join('\n'),
-    );
+    const configPath = writeVesperdConfig(join(this.dir, 'vesper.yaml'), {
+      socket,
+      store: this.storePath,
+      domains: [this.rig.name],
+      fenceLockDir: join(this.dir, 'fence'),
+    });
     this.vesperd = new VesperdProcess(configPath, socket);
     await this.vesperd.start();
     await this.waitLinked(60_000);

@@ -4,14 +4,14 @@
 // (pacemaker-fail, pacemaker-attr), and hears Pacemaker's alerts back through vesper's alert
 // agent. Real Corosync, Pacemaker, libvirtd, guest and vesperd; for the Pacemaker acceptance
 // test and the race benchmark.
-import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { PacemakerRig } from '../../host/pacemaker/rig.js';
 import { virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../../host/pacemaker/virtual-domain.js';
 import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../../host/vm/rig.js';
-import { VesperdProcess, type EventLine } from './vesperd-process.js';
+import { VesperdProcess, writeVesperdConfig, type EventLine } from './vesperd-process.js';
 import { waitFor } from './wait.js';
 
 export const NODE = 'node1';
@@ -67,35 +67,22 @@ export class PacemakerVm {
 
     const socket = join(this.dir, 'run', 'vesperd.sock');
     const alertSocket = join(this.dir, 'alert', 'alert.sock');
-    const configPath = join(this.dir, 'vesper.yaml');
     mkdirSync(join(this.dir, 'fence'));
-    writeFileSync(
-      configPath,
-      [
-        'daemon:',
-        `  socket: ${socket}`,
-        '  log_level: info',
-        // only this test's guest: other VMs on this libvirtd are not ours to link to
-        'libvirt:',
-        `  domains: ['${this.rig.name}']`,
-        'store:',
-        `  path: ${join(this.dir, 'events.db')}`,
-        'channel:',
-        '  keepalive: 1s',
-        '  reconnect_min: 100ms',
-        '  reconnect_max: 1s',
-        'actions:',
-        '  rate_limit: { max: 30, per: 10m }',
-        `  fence_lock_dir: ${join(this.dir, 'fence')}`,
-        'pacemaker:',
-        `  node: ${NODE}`,
-        '  vms:',
-        `    ${this.rig.name}: { resource: ${this.resource}, node: ${NODE} }`,
-        `  alert_socket: ${alertSocket}`,
-        '  alert_group: haclient',
-        '',
-      ].join('\n'),
-    );
+    const configPath = writeVesperdConfig(join(this.dir, 'vesper.yaml'), {
+      socket,
+      store: join(this.dir, 'events.db'),
+      domains: [this.rig.name],
+      fenceLockDir: join(this.dir, 'fence'),
+      more: {
+        actions: { rate_limit: { max: 30, per: '10m' } },
+        pacemaker: {
+          node: NODE,
+          vms: { [this.rig.name]: { resource: this.resource, node: NODE } },
+          alert_socket: alertSocket,
+          alert_group: 'haclient',
+        },
+      },
+    });
     this.vesperd = new VesperdProcess(configPath, socket);
     this.say('vesperd: starting');
     await this.vesperd.start();

@@ -25,12 +25,12 @@
 // - the agent as OOM victim: any oom_kill whose victim is one of the agent's pids (from the
 //   channel's agent-connected events, every run of the agent seen).
 import { execFileSync } from 'node:child_process';
-import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { VmRig } from '../../host/vm/rig.js';
 import { numbersIn } from './fault-answer.js';
 import { openStoreForSql } from './store-sql.js';
-import { VesperdProcess } from './vesperd-process.js';
+import { VesperdProcess, writeVesperdConfig } from './vesperd-process.js';
 import { sleep, waitFor } from './wait.js';
 
 export const HEARTBEAT_INTERVAL_MS = 500;
@@ -174,22 +174,7 @@ export async function runSoak(o: SoakOptions): Promise<SoakResult> {
   try {
     await rig.prepare();
     (await rig.boot()).close(); // vesperd keeps the link from now on
-    writeFileSync(
-      config,
-      [
-        'daemon:',
-        `  socket: ${socket}`,
-        '  group: vesper-soak-no-such-group', // root only
-        '  log_level: info',
-        'store:',
-        `  path: ${storePath}`,
-        'channel:',
-        '  keepalive: 1s',
-        '  reconnect_min: 100ms',
-        '  reconnect_max: 1s',
-        '',
-      ].join('\n'),
-    );
+    writeVesperdConfig(config, { socket, store: storePath, domains: [rig.name] });
     await d.start();
     await d.ok(['attach', rig.name, 'signal']);
     await d.ok(['attach', rig.name, 'oom']);

@@ -6,12 +6,12 @@
 // after the primary stopped, and never while the primary still exists.
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { LibvirtEvents, type LibvirtEvent } from '../../host/libvirt/events.js';
 import { UnraidHypervisor } from '../../host/libvirt/unraid.js';
 import { projectRoot } from '../../host/probes/package.js';
-import { VesperdProcess, type EventLine } from './vesperd-process.js';
+import { VesperdProcess, writeVesperdConfig, type EventLine } from './vesperd-process.js';
 import { sleep, waitFor } from './wait.js';
 
 export interface SplitBrainTrial {
@@ -63,26 +63,14 @@ function tinyDomainXml(name: string): string {
 }
 
 function managerConfig(dir: string, name: string, fenceDir: string, domains: string[]): string {
-  const path = join(dir, `${name}.yaml`);
-  writeFileSync(
-    path,
-    [
-      'daemon:',
-      `  socket: ${join(dir, `${name}.sock`)}`,
-      '  group: root',
-      '  log_level: info',
-      'libvirt:',
-      `  domains: [${domains.join(', ')}]`,
-      'store:',
-      `  path: ${join(dir, `${name}.db`)}`,
-      'actions:',
-      // one failover per trial on the same VM: the crash-loop limit must not be what stops it
-      '  rate_limit: {max: 100000, per: 1s}',
-      `  fence_lock_dir: ${fenceDir}`,
-      '',
-    ].join('\n'),
-  );
-  return path;
+  return writeVesperdConfig(join(dir, `${name}.yaml`), {
+    socket: join(dir, `${name}.sock`),
+    store: join(dir, `${name}.db`),
+    domains,
+    fenceLockDir: fenceDir,
+    // one failover per trial on the same VM: the crash-loop limit must not be what stops it
+    more: { actions: { rate_limit: { max: 100000, per: '1s' } } },
+  });
 }
 
 export async function runSplitBrain(o: { trials: number; log?: (s: string) => void }): Promise<SplitBrainResult> {

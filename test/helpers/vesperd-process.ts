@@ -1,10 +1,14 @@
 // vesperd and the vesper CLI as the separate processes users run, for acceptance tests and
-// benchmarks: the daemon from the built bundle with a given config, the CLI with a time
-// limit, and `events -f -o json` followers that collect what they print.
+// benchmarks: the config file a test's vesperd reads, the daemon from the built bundle with
+// it, the CLI with a time limit (as root or as another user), and `events -f -o json`
+// followers that collect what they print.
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
+import { existsSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { stringify } from 'yaml';
+import type { z } from 'zod';
+import type { fileSchema } from '../../host/config/schema.js';
 import { projectRoot } from '../../host/probes/package.js';
 import { sleep, waitFor } from './wait.js';
 
@@ -16,14 +20,54 @@ export const VESPER = join(projectRoot(), 'dist/host/vesper.mjs');
  */
 export const USR1_STORM_PROBE = ['signal', '--param', 'signals=USR1', '--param', 'include_ignored=true', '--param', 'comms=sleep'];
 
+/** A vesperd config file's sections as written: snake_case keys, durations such as '1s'. */
+export type VesperdConfigFile = z.input<typeof fileSchema>;
+
+export interface VesperdConfigOptions {
+  /** the API socket (daemon.socket) */
+  socket: string;
+  /** the event store (store.path) */
+  store: string;
+  /**
+   * The libvirt domains this vesperd links to (names or globs): the test's own only, since the
+   * other VMs on this libvirtd (other tests', other people's) are not ours to link to.
+   */
+  domains: string[];
+  /** the group that may use the socket besides root (default root: root only) */
+  group?: string;
+  /** actions.fence_lock_dir (default: `fence` beside the store, never the host's own) */
+  fenceLockDir?: string;
+  /** any other setting as the file has it (libvirt.uri, actions.rate_limit, pacemaker, ssh, attach, ...) */
+  more?: VesperdConfigFile;
+}
+
+/**
+ * Writes the config of a test's vesperd to `path` (and returns `path`): the options above, log
+ * level info, and channel timings that bring a lost link back within a second (keepalive 1s,
+ * reconnect 100 ms to 1 s); `more` is merged over them section by section.
+ */
+export function writeVesperdConfig(path: string, o: VesperdConfigOptions): string {
+  const { daemon, libvirt, store, channel, actions, ...sections } = o.more ?? {};
+  const file: VesperdConfigFile = {
+    daemon: { socket: o.socket, group: o.group ?? 'root', log_level: 'info', ...daemon },
+    libvirt: { domains: o.domains, ...libvirt },
+    store: { path: o.store, ...store },
+    channel: { keepalive: '1s', reconnect_min: '100ms', reconnect_max: '1s', ...channel },
+    actions: { fence_lock_dir: o.fenceLockDir ?? join(dirname(o.store), 'fence'), ...actions },
+    ...sections,
+  };
+  writeFileSync(path, stringify(file));
+  return path;
+}
+
 export interface Run {
   code: number;
   stdout: string;
   stderr: string;
 }
 
-/** An event as `vesper events -o json` prints it. */
-export interface EventLine {
+/** An event as `vesper events -o json` prints it; P: what a test knows of its payload. */
+export interface EventLine<P = Record<string, unknown> | null> {
   id: number;
   vm: string;
   plugin: string;
@@ -34,7 +78,15 @@ export interface EventLine {
   agentRun: string | null;
   seq: number | null;
   disposition: string;
-  payload: Record<string, unknown> | null;
+  payload: P;
+}
+
+/** Who else runs the CLI, for permission tests (through setpriv). */
+export interface CliUser {
+  uid: number;
+  gid: number;
+  /** supplementary groups (none when empty) */
+  groups?: number[];
 }
 
 export class VesperdProcess {
@@ -42,16 +94,31 @@ export class VesperdProcess {
   private readonly spawned: ChildProcess[] = [];
   /** the daemon's stderr (its log), the last 64 KB */
   log = '';
+  /** when each daemon started, was signalled and exited (for a failing test's report) */
+  readonly trail: string[] = [];
 
   constructor(
     readonly configPath: string,
     readonly socket: string,
   ) {}
 
-  /** The CLI against this daemon, as a separate process. */
-  cli(args: string[], timeoutMs = 60_000): Promise<Run> {
+  /** The CLI against this daemon, as a separate process; as another user when `as` is given. */
+  cli(args: string[], timeoutMs = 60_000, as?: CliUser): Promise<Run> {
+    const argv = [VESPER, '--socket', this.socket, ...args];
+    const [cmd, full] = as
+      ? [
+          'setpriv',
+          [
+            `--reuid=${as.uid}`,
+            `--regid=${as.gid}`,
+            as.groups?.length ? `--groups=${as.groups.join(',')}` : '--clear-groups',
+            process.execPath,
+            ...argv,
+          ],
+        ]
+      : [process.execPath, argv];
     return new Promise((resolve) => {
-      execFile(process.execPath, [VESPER, '--socket', this.socket, ...args], { timeout: timeoutMs, cwd: '/' }, (err, stdout, stderr) => {
+      execFile(cmd, full, { timeout: timeoutMs, cwd: '/' }, (err, stdout, stderr) => {
         const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
         resolve({ code, stdout: String(stdout), stderr: String(stderr) });
       });
@@ -78,6 +145,8 @@ export class VesperdProcess {
       env: { ...process.env, VESPER_KEY_DIR: join(projectRoot(), '.cache', 'keys') },
     });
     p.stderr!.on('data', (c: Buffer) => (this.log = (this.log + c.toString()).slice(-65_536)));
+    p.on('exit', (code, sig) => this.note(`vesperd ${p.pid} exited: ${code ?? sig}`));
+    this.note(`vesperd ${p.pid} started`);
     this.daemon = p;
     this.spawned.push(p);
     await waitFor('vesperd answers', async () => existsSync(this.socket) && (await this.cli(['list'])).code === 0, 60_000, 200);
@@ -88,20 +157,25 @@ export class VesperdProcess {
     this.daemon = null;
     if (!p || p.exitCode !== null || p.signalCode !== null) return;
     const gone = new Promise((r) => p.once('exit', r));
+    this.note(`vesperd ${p.pid}: ${signal}`);
     p.kill(signal);
     await Promise.race([gone, sleep(15_000)]);
     if (p.exitCode === null && p.signalCode === null) p.kill('SIGKILL');
   }
 
   /** `vesper events -f -o json` with these filters: the lines as they come. */
-  follow(args: string[] = []): { lines: EventLine[]; stop: () => void } {
+  follow<P = EventLine['payload']>(args: string[] = []): { lines: EventLine<P>[]; stop: () => void } {
     const p = spawn(process.execPath, [VESPER, '--socket', this.socket, 'events', '-f', '-o', 'json', ...args], {
       stdio: ['ignore', 'pipe', 'ignore'],
     });
     this.spawned.push(p);
-    const lines: EventLine[] = [];
-    createInterface({ input: p.stdout! }).on('line', (l) => lines.push(JSON.parse(l) as EventLine));
+    const lines: EventLine<P>[] = [];
+    createInterface({ input: p.stdout! }).on('line', (l) => lines.push(JSON.parse(l) as EventLine<P>));
     return { lines, stop: () => p.kill() };
+  }
+
+  private note(what: string): void {
+    this.trail.push(`${new Date().toISOString()} ${what}`);
   }
 
   /** Every process this object started, killed (for afterAll, whatever happened). */

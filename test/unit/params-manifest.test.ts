@@ -269,7 +269,7 @@ describe('the real probe manifests', () => {
   it('have the expected typed defaults for a few known parameters', () => {
     const load = (n: string): ProbeManifest => parseManifest(readFileSync(join(root, 'probes', n, 'manifest.json')), VESPER_VERSION);
     expect(resolveParams(load('heartbeat')).typed.interval_ms).toBe(1000);
-    expect(resolveParams(load('oom')).typed).toEqual({ detail_wait_ms: 50, cgroups: [] });
+    expect(resolveParams(load('oom')).typed).toEqual({ detail_wait_ms: 1000, cgroups: [] });
     expect(resolveParams(load('signal')).typed.signals).toEqual([
       'SEGV',
       'BUS',
