@@ -6,6 +6,7 @@
 // set the agent starts itself again with it: once, with the same arguments and stdio.
 // `vesper-agent relay` (guest-agent/channel/relay.ts) is what an SSH exec channel runs.
 import { spawn } from 'node:child_process';
+import { writeFileSync } from 'node:fs';
 
 const POOL = 64;
 
@@ -14,6 +15,14 @@ if (process.argv[2] === 'relay') {
   const { runRelay } = await import('./cli.js');
   process.exitCode = await runRelay(process.argv);
 } else if (!process.env.UV_THREADPOOL_SIZE) {
+  // This process stays as the agent's parent (the pid whatever started it watches): the OOM
+  // killer must not take it either. The child inherits the value and sets its own.
+  if (!process.argv.includes('--no-protect'))
+    try {
+      writeFileSync('/proc/self/oom_score_adj', '-1000');
+    } catch {
+      /* not root: the agent itself says so */
+    }
   const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
     stdio: 'inherit',
     env: { ...process.env, UV_THREADPOOL_SIZE: String(POOL) },
