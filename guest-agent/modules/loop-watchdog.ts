@@ -47,7 +47,8 @@ setInterval(() => {
   }
   still++;
   if (still * workerData.checkMs < workerData.stallMs) return;
-  process.stderr.write(JSON.stringify({ level: 60, time: Date.now(), name: 'vesper-agent', stalledMs: still * workerData.checkMs, msg: 'the agent main thread is stuck; killing the agent so that it restarts' }) + '\\n');
+  // fd 2 directly: a worker's process.stderr goes through the main thread, which is stuck.
+  require('node:fs').writeSync(2, JSON.stringify({ level: 60, time: Date.now(), name: 'vesper-agent', stalledMs: still * workerData.checkMs, msg: 'the agent main thread is stuck; killing the agent so that it restarts' }) + '\\n');
   process.kill(process.pid, 'SIGKILL');
 }, workerData.checkMs);
 `;

@@ -27,6 +27,8 @@ import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { Capabilities } from './api.js';
 
 const TICK_MS = 100;
+/** the heap a probe's worker may hold */
+const OLD_GENERATION_MB = 128;
 
 // Shared Int32 slots of one worker.
 const S_REPLY = 0; // the main thread answered a synchronous call
@@ -302,6 +304,8 @@ export interface ProbeWorkerOptions {
   onOut(items: WorkerOut[]): void;
   /** the worker is gone without being asked to go: crashed (err) or terminated as looping */
   onDeath(why: 'looped' | 'crashed', err: Error | null): void;
+  /** what the probe wrote to its console */
+  onConsole?(text: string): void;
 }
 
 export class ProbeWorker {
@@ -340,9 +344,15 @@ export class ProbeWorker {
         tickMs: TICK_MS,
       },
       transferList: [ch.port2],
-      stdout: false,
-      stderr: false,
+      // A probe's console output must not reach the agent's stdout, which can be the channel
+      // itself (--transport stdio): it goes to the log.
+      stdout: true,
+      stderr: true,
+      // A probe that hoards memory runs out in its worker (a crash, reported), not the agent.
+      resourceLimits: { maxOldGenerationSizeMb: OLD_GENERATION_MB },
     });
+    for (const stream of [this.worker.stdout, this.worker.stderr])
+      stream.setEncoding('utf8').on('data', (text: string) => o.onConsole?.(text));
     this.threadId = this.worker.threadId;
     this.rpc.on('message', (m: { op: string; args: unknown[] }) => this.answer(m));
     let readyOk!: () => void;

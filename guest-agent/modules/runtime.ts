@@ -107,6 +107,8 @@ class ProbeInstance {
 export class ProbeRuntime {
   private readonly instances = new Map<number, ProbeInstance>();
   private readonly loads = new Set<Load>();
+  /** instances not yet released */
+  private readonly holding = new Set<ProbeInstance>();
   private nextHandle = 1;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly ringFull = new SharedArrayBuffer(4);
@@ -123,6 +125,11 @@ export class ProbeRuntime {
   /** The probe workers running now (thread ids), for tests and diagnostics. */
   workers(): { name: string; threadId: number; handles: number[] }[] {
     return [...this.loads].map((l) => ({ name: l.manifest.name, threadId: l.worker.threadId, handles: [...l.insts.keys()] }));
+  }
+
+  /** What each instance (starting or loaded) has attached now, for tests and diagnostics. */
+  attached(): { handle: number; probe: string; what: string[] }[] {
+    return [...this.holding].map((i) => ({ handle: i.handle, probe: i.manifest.name, what: i.resources.map((r) => r.what) }));
   }
 
   /** Runs fn after every earlier load/unload/set has finished. */
@@ -258,6 +265,7 @@ export class ProbeRuntime {
       onCall: (op, args) => this.onCall(load, op, args),
       onOut: (items) => this.onOut(load, items),
       onDeath: (why, err) => this.onDeath(load, why, err),
+      onConsole: (text) => this.s.log.info({ probe: manifest.name, console: text.trimEnd() }, 'probe console output'),
     });
     load = {
       manifest,
@@ -294,6 +302,7 @@ export class ProbeRuntime {
     const inst = new ProbeInstance(handle, manifest, instance, text, load, from.digest, from.code, from.manifestBytes);
     load.insts.set(handle, inst);
     load.handles.add(handle);
+    this.holding.add(inst);
     try {
       await load.worker.request({ t: 'start', handle, instance, params: typed });
       if (inst.faulted) throw new VesperError(ErrorCode.PROBE_CRASHED, `probe ${manifest.name}#${instance} crashed while it started`);
@@ -342,6 +351,7 @@ export class ProbeRuntime {
         this.s.log.warn({ probe: inst.manifest.name, what: r.what, err: (err as Error).message }, 'release failed');
       }
     }
+    this.holding.delete(inst);
   }
 
   /** A probe failed (threw, crashed its worker, or looped): report it once, unload it, keep going. */
