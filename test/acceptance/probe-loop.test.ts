@@ -97,6 +97,12 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     const handle = looper!.handle;
     const loopAt = performance.now() + 300;
     expect(kernelLeftovers(a.pid, handle).length).toBeGreaterThan(0); // it did attach
+    // Every thread of the agent, the probes' workers included, runs at the agent's priority.
+    const nice = readdirSync(`/proc/${a.pid}/task`).map((t) => {
+      const st = readFileSync(`/proc/${a.pid}/task/${t}/stat`, 'utf8');
+      return Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[16]);
+    });
+    expect(new Set(nice)).toEqual(new Set([-10]));
 
     const fault = await waitFor('the ProbeFault record of the loop', () => recs.find((r) => r.kind === 'probeFault'), 15_000, 20);
     const faultAfterMs = performance.now() - loopAt;
