@@ -34,6 +34,7 @@ const OLD_GENERATION_MB = 128;
 const S_REPLY = 0; // the main thread answered a synchronous call
 const S_TICK = 1; // bumped by the worker's event loop
 const S_WAITING = 2; // 1 while the worker blocks on the main thread
+const S_DONE = 3; // events the worker has handled
 
 /** Items the worker sends, in the order the probe made them. */
 export type WorkerOut =
@@ -62,6 +63,9 @@ let mod = null;
 let out = [];
 let flushQueued = false;
 
+// The worker is up (Node's own start-up in a new thread can take seconds in a slow guest,
+// and is not the probe's code): the main thread counts stalls from here on.
+Atomics.add(s, ${S_TICK}, 1);
 setInterval(() => Atomics.add(s, ${S_TICK}, 1), tickMs);
 
 function monoNow() {
@@ -259,10 +263,14 @@ async function stop(m) {
 
 parentPort.on('message', (m) => {
   if (m.t === 'ev') {
+    // Back from the probe's code after each event: alive, even when a backlog keeps the
+    // timers waiting; a slow handler is not a loop.
     for (let i = 0; i < m.b.length; i += 2) {
       const h = handlers[m.b[i]];
       if (h) h(m.b[i + 1]);
+      Atomics.add(s, ${S_TICK}, 1);
     }
+    Atomics.add(s, ${S_DONE}, m.b.length / 2);
     return;
   }
   const op = m.t === 'start' ? start(m) : m.t === 'stop' ? stop(m) : Promise.reject(new Error('unknown request ' + m.t));
@@ -310,11 +318,13 @@ export interface ProbeWorkerOptions {
 
 export class ProbeWorker {
   readonly worker: Worker;
-  private readonly shared = new Int32Array(new SharedArrayBuffer(12));
+  private readonly shared = new Int32Array(new SharedArrayBuffer(16));
   private readonly rpc: MessagePort;
   private readonly pending = new Map<number, { resolve: (v: unknown) => void; reject: (e: Error) => void }>();
   private nextId = 1;
   private batch: unknown[] = [];
+  /** events handed to the worker (compared with what it has handled: the backlog) */
+  private posted = 0;
   private batchQueued = false;
   /** 'loading' until the module evaluated; then 'ready'; 'dead' once it is gone */
   state: 'loading' | 'ready' | 'dead' = 'loading';
@@ -415,6 +425,11 @@ export class ProbeWorker {
     });
   }
 
+  /** Events handed to the worker that it has not handled yet. */
+  get backlog(): number {
+    return this.posted - Atomics.load(this.shared, S_DONE) + this.batch.length / 2;
+  }
+
   /** Queues an event for one of the probe's handlers; sent once per turn of the main thread. */
   deliver(hid: number, payload: unknown): void {
     if (!this.alive) return;
@@ -434,6 +449,7 @@ export class ProbeWorker {
     }
     const b = this.batch;
     this.batch = [];
+    this.posted += b.length / 2;
     this.worker.postMessage({ t: 'ev', b });
   }
 
@@ -461,7 +477,8 @@ export class ProbeWorker {
   stalled(checkMs: number, stallMs: number): boolean {
     if (!this.alive) return false;
     const tick = Atomics.load(this.shared, S_TICK);
-    if (tick !== this.lastTick || Atomics.load(this.shared, S_WAITING) === 1) {
+    // tick 0: the worker thread is still starting (no probe code has run).
+    if (tick === 0 || tick !== this.lastTick || Atomics.load(this.shared, S_WAITING) === 1) {
       this.lastTick = tick;
       this.still = 0;
       return false;
