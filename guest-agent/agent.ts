@@ -36,6 +36,8 @@ export interface AgentOptions {
   stateFile?: string;
   /** how long a probe's code may run without returning before its worker is terminated (ms) */
   loopStallMs?: number;
+  /** events a probe's worker may have waiting before more are dropped and told as a loss */
+  probeBacklog?: number;
   /** how long the agent's own main thread may be stuck before the agent kills itself (ms) */
   mainStallMs?: number;
 }
@@ -107,6 +109,7 @@ export class Agent {
       instancePrefix: `vesper.${process.pid}.`,
       traceBufferKb: o.traceBufferKb,
       loopStallMs: o.loopStallMs ?? 3000,
+      maxBacklog: o.probeBacklog,
       quarantineFile: qFile,
       quarantined: new Map(quarantine.map((q) => [q.digest, q])),
       // A probe's worker thread gets the agent's priority as the threads before it did.

@@ -53,6 +53,11 @@ export interface RuntimeServices {
   quarantineFile?: string | null;
   /** modules (digest, hex) quarantined for looping, by an earlier agent or by this one: refused */
   quarantined?: Map<string, QuarantineEntry>;
+  /**
+   * Events a probe's worker may have waiting (default 16384): beyond this it is not keeping
+   * up, and further events are dropped and told as a loss instead of piling up in memory.
+   */
+  maxBacklog?: number;
   /** a new thread (a probe's worker) runs: give it the agent's priority */
   onThread?: () => void;
 }
@@ -79,6 +84,9 @@ class ProbeInstance {
   faulted = false;
   stopped = false;
   kprobes = 0;
+  /** events dropped because the worker fell behind, not yet told */
+  dropped = 0;
+  droppedFirst = 0;
 
   constructor(
     readonly handle: number,
@@ -475,9 +483,8 @@ export class ProbeRuntime {
     };
     const to =
       <T>(hid: number) =>
-      (payload: T): void => {
-        if (!inst.stopped) load.worker.deliver(hid, payload);
-      };
+      (payload: T): void =>
+        this.deliver(inst, hid, payload);
     switch (op) {
       case 'trace': {
         const [, system, event, filter, hid] = args as [number, string, string, string, number];
@@ -542,19 +549,48 @@ export class ProbeRuntime {
     throw new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `probe ${load.manifest.name} asked for ${op}, which the context has not`);
   }
 
+  /** Hands an event to the instance's worker, or counts it lost when the worker is far behind. */
+  private deliver(inst: ProbeInstance, hid: number, payload: unknown): void {
+    if (inst.stopped) return;
+    const w = inst.load.worker;
+    if (w.backlog < (this.s.maxBacklog ?? 16_384)) {
+      w.deliver(hid, payload);
+      return;
+    }
+    if (inst.dropped++ > 0) return;
+    inst.droppedFirst = this.s.clock.now().mono;
+    // Told once per turn of this thread, as one loss record.
+    queueMicrotask(() => {
+      const c = this.s.clock.now();
+      this.append({
+        monoNs: c.mono,
+        wallNs: c.wall,
+        handle: 0,
+        eventId: 0,
+        loss: {
+          source: v1.LossEvent.Source.PROBE,
+          count: inst.dropped,
+          firstMonoNs: inst.droppedFirst,
+          lastMonoNs: c.mono,
+          handle: inst.handle,
+        },
+      });
+      this.s.log.warn({ probe: inst.manifest.name, dropped: inst.dropped }, "events dropped: the probe's worker is not keeping up");
+      inst.dropped = 0;
+    });
+  }
+
   private traceInstance(inst: ProbeInstance): TraceInstance {
     const tfs = this.s.tracefs;
     if (!tfs) throw new VesperError(ErrorCode.TRACEFS_UNAVAILABLE, `probe ${inst.manifest.name} needs tracefs: ${this.s.tracefsWhy}`);
     if (!inst.trace) {
       const handlers = inst.traceHandlers;
-      const worker = inst.load.worker;
       const t = tfs.createInstance(
         `${this.s.instancePrefix}${inst.handle}.${inst.manifest.name}`,
         {
           event: (fmt: EventFormat, fields: Record<string, FieldValue>, ts: number, cpu: number) => {
             const h = handlers.get(fmt.id);
-            if (h !== undefined && !inst.stopped)
-              worker.deliver(h, { ts, cpu, pid: fields['common_pid'] as number, fields } satisfies TraceEvent);
+            if (h !== undefined) this.deliver(inst, h, { ts, cpu, pid: fields['common_pid'] as number, fields } satisfies TraceEvent);
           },
           missed: (count: number, ts: number, cpu: number) => {
             const rec: pb.IRecord = {

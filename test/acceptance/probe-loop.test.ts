@@ -224,4 +224,48 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     await waitFor('the thrower released in the kernel', () => kernelLeftovers(a.pid, thrower!.handle).length === 0, 10_000, 50);
     expect(a.proc!.exitCode).toBeNull();
   }, 60_000);
+  it('a slow probe under a storm is not taken for a loop; what it cannot keep up with is told as loss', async () => {
+    const a = new LocalAgent({ stateFile: join(stateDir, 'run-state-3'), extraArgs: ['--probe-backlog', '3000'] });
+    agents.push(a);
+    await a.start();
+    const c = await a.connect();
+    clients.push(c);
+    const recs: AgentRecord[] = [];
+    c.on('record', (r) => recs.push(r));
+    const target = spawn('sh', ['-c', 'trap "" USR1; exec sleep 600'], { stdio: 'ignore' });
+    children.push(target);
+    await sleep(200);
+    await c.load(a.module('signal'), { params: { signals: 'USR1', include_ignored: 'true', comms: 'sleep' } });
+    // 1 ms of work per signal, and a record for each: at most ~1000 a second.
+    const slowCode = Buffer.from(
+      `export default { setup(ctx) {
+        ctx.trace('signal', 'signal_generate', 'sig == 10', (ev) => {
+          const end = Date.now() + 1;
+          while (Date.now() < end) {}
+          ctx.emit('beat', { heartbeat: { count: 1, intervalMs: 0, delayMs: 0 } }, ev.ts);
+        });
+      } };\n`,
+    );
+    const [slow] = await c.load(signModule({ manifestBytes: manifestOf('slow'), code: slowCode }, a.key));
+    const sent = 12_000;
+    for (let burst = 0; burst < sent / 500; burst++) {
+      for (let i = 0; i < 500; i++) process.kill(target.pid!, 'SIGUSR1');
+      await sleep(10);
+    }
+    const signals = () => recs.filter((r) => r.kind === 'signal').length;
+    const slowDone = () => recs.filter((r) => r.kind === 'heartbeat' && r.handle === slow!.handle).length;
+    const slowLost = () =>
+      recs.filter((r) => r.kind === 'loss' && r.raw.loss?.handle === slow!.handle).reduce((n, r) => n + Number(r.raw.loss?.count ?? 0), 0);
+    await waitFor('every signal recorded by the signal probe', () => signals() >= sent, 20_000, 50);
+    // The slow one works through its backlog (more than 3 s of work), then has handled or
+    // reported every signal.
+    await waitFor('the slow probe done or told', () => slowDone() + slowLost() >= sent, 30_000, 100);
+    console.warn(`probe-loop: slow probe handled ${slowDone()}, told ${slowLost()} lost, of ${sent}`);
+    expect(slowDone() + slowLost()).toBe(sent);
+    expect(slowLost()).toBeGreaterThan(0);
+    expect(slowDone()).toBeGreaterThan(3000);
+    expect(signals()).toBe(sent);
+    expect(recs.filter((r) => r.kind === 'probeFault')).toEqual([]);
+    expect((await c.list()).map((p) => p.name).sort()).toEqual(['signal', 'slow']);
+  }, 90_000);
 });
