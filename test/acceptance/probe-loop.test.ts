@@ -268,4 +268,26 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     expect(recs.filter((r) => r.kind === 'probeFault')).toEqual([]);
     expect((await c.list()).map((p) => p.name).sort()).toEqual(['signal', 'slow']);
   }, 90_000);
+  it('a paused agent (as in a paused guest) is not taken for a loop', async () => {
+    const a = new LocalAgent({ stateFile: join(stateDir, 'run-state-4') });
+    agents.push(a);
+    await a.start();
+    const c = await a.connect();
+    clients.push(c);
+    const recs: AgentRecord[] = [];
+    c.on('record', (r) => recs.push(r));
+    await c.load(a.module('heartbeat'), { params: { interval_ms: '50' } });
+    await waitFor('heartbeats', () => recs.filter((r) => r.kind === 'heartbeat').length >= 5, 10_000);
+    // Every thread stops for longer than the 3 s stall, then runs again.
+    process.kill(a.pid, 'SIGSTOP');
+    await sleep(4500);
+    process.kill(a.pid, 'SIGCONT');
+    const n = recs.filter((r) => r.kind === 'heartbeat').length;
+    await waitFor('heartbeats after the pause', () => recs.filter((r) => r.kind === 'heartbeat').length >= n + 20, 10_000);
+    await sleep(1000);
+    expect(recs.filter((r) => r.kind === 'probeFault')).toEqual([]);
+    expect((await c.list()).map((p) => p.name)).toEqual(['heartbeat']);
+    expect(a.proc!.exitCode).toBeNull();
+    expect(existsSync(join(stateDir, 'run-state-4.quarantine'))).toBe(false);
+  }, 60_000);
 });
