@@ -8,7 +8,7 @@ import { Session } from './channel/session.js';
 import type { Link, Transport } from './channel/transports.js';
 import { KmsgSource } from './kernel/kmsg.js';
 import { psiAvailable } from './kernel/pressure.js';
-import { ProcCache, WallClock, monoNow } from './kernel/proc.js';
+import { WallClock, monoNow } from './kernel/proc.js';
 import { ReaderBudget, TraceFs, locateTracefs } from './kernel/tracefs.js';
 import type { Logger } from './log.js';
 import type { Capabilities } from './modules/api.js';
@@ -16,7 +16,7 @@ import { ProbeRuntime } from './modules/runtime.js';
 import type { TrustedKeys } from './modules/verify.js';
 import { RecordRing } from './ring/record-ring.js';
 import { RunState } from './ring/run-state.js';
-import { LoopWatchdog, markQuarantineTold, readQuarantine } from './modules/loop-watchdog.js';
+import { MainThreadWatchdog, markQuarantineTold, readQuarantine } from './modules/loop-watchdog.js';
 
 export interface AgentOptions {
   transport: Transport;
@@ -34,8 +34,12 @@ export interface AgentOptions {
    * reported by the next agent as a loss with its count. Without it, nothing is reported.
    */
   stateFile?: string;
-  /** how long a probe's code may run without returning before the watchdog acts (ms) */
+  /** how long a probe's code may run without returning before its worker is terminated (ms) */
   loopStallMs?: number;
+  /** events a probe's worker may have waiting before more are dropped and told as a loss */
+  probeBacklog?: number;
+  /** how long the agent's own main thread may be stuck before the agent kills itself (ms) */
+  mainStallMs?: number;
 }
 
 export class Agent {
@@ -50,7 +54,8 @@ export class Agent {
   private readonly bootId: string;
   private readonly runState: RunState;
   private persistScheduled = false;
-  private readonly watchdog: LoopWatchdog | null;
+  private readonly watchdog: MainThreadWatchdog | null;
+  private reniced = false;
 
   constructor(private readonly o: AgentOptions) {
     const missing: string[] = [];
@@ -82,16 +87,15 @@ export class Agent {
     this.ring = new RecordRing(o.ringRecords, o.ringBytes, () => this.clock.now());
     this.runState = new RunState(o.stateFile ?? null, this.bootId);
     if (this.runState.ended.length) o.log.info({ ended: this.runState.ended }, 'earlier agent runs of this boot; told to the host');
-    // Beside the run state: probes an earlier agent found stuck in their code (loop-watchdog.ts).
+    // Beside the run state: probes this agent or an earlier one found stuck in their code (loop-watchdog.ts).
     const qFile = o.stateFile ? `${o.stateFile}.quarantine` : null;
     const quarantine = qFile ? readQuarantine(qFile) : [];
-    this.watchdog = qFile ? new LoopWatchdog(qFile, o.loopStallMs ?? 3000) : null;
+    this.watchdog = o.stateFile ? new MainThreadWatchdog(o.mainStallMs ?? 10_000) : null;
     this.runtime = new ProbeRuntime({
       agentVersion: VESPER_VERSION,
       tracefs: this.tracefs,
       tracefsWhy: tf.why,
       kmsg: this.kmsg,
-      proc: new ProcCache(this.tracefs?.path ?? ''),
       clock: this.clock,
       caps: this.caps,
       keys: o.keys,
@@ -104,8 +108,14 @@ export class Agent {
       },
       instancePrefix: `vesper.${process.pid}.`,
       traceBufferKb: o.traceBufferKb,
-      watch: this.watchdog,
+      loopStallMs: o.loopStallMs ?? 3000,
+      maxBacklog: o.probeBacklog,
+      quarantineFile: qFile,
       quarantined: new Map(quarantine.map((q) => [q.digest, q])),
+      // A probe's worker thread gets the agent's priority as the threads before it did.
+      onThread: () => {
+        if (this.reniced) reniceThreads();
+      },
     });
     // Each quarantine is told to the host once, as a ProbeFault record of this run.
     const untold = quarantine.filter((q) => !q.told);
@@ -126,7 +136,7 @@ export class Agent {
             probe: q.probe,
             instance: 0,
             code: ErrorCode.PROBE_LOOPED,
-            message: `stuck in its code for ${q.stalledMs} ms at ${new Date(q.at).toISOString()}; the agent restarted and quarantined this module`,
+            message: `stuck in its code for ${q.stalledMs} ms at ${new Date(q.at).toISOString()}; an earlier agent quarantined this module`,
             unloaded: true,
           },
         });
@@ -148,19 +158,11 @@ export class Agent {
     // only. Node started its thread pool (the channel's reads and writes, the tracefs readers)
     // and V8's helpers before this runs: each is reniced by its thread id, or they would queue
     // behind a busy guest's work while the main thread is ahead of it. Threads made later
-    // inherit the main thread's value.
+    // inherit the main thread's value; each probe's worker is reniced again when it starts
+    // all the same (runtime's onThread), so that it does not depend on which thread made it.
     try {
-      os.setPriority(0, -10);
-      let threads = 1;
-      for (const tid of readdirSync('/proc/self/task')) {
-        if (Number(tid) === process.pid) continue;
-        try {
-          os.setPriority(Number(tid), -10);
-          threads++;
-        } catch {
-          /* the thread ended meanwhile */
-        }
-      }
+      const threads = reniceThreads();
+      this.reniced = true;
       done.push(`nice=-10 (${threads} threads)`);
     } catch (err) {
       this.o.log.warn({ err: (err as Error).message }, 'could not raise priority');
@@ -242,6 +244,22 @@ export class Agent {
     this.runState.close();
     await this.watchdog?.stop();
   }
+}
+
+/** Sets nice -10 on every thread of the agent; returns how many it changed. */
+function reniceThreads(): number {
+  os.setPriority(0, -10);
+  let threads = 1;
+  for (const tid of readdirSync('/proc/self/task')) {
+    if (Number(tid) === process.pid) continue;
+    try {
+      os.setPriority(Number(tid), -10);
+      threads++;
+    } catch {
+      /* the thread ended meanwhile */
+    }
+  }
+  return threads;
 }
 
 function readText(p: string): string {

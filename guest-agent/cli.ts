@@ -30,6 +30,7 @@ export async function run(argv: string[]): Promise<void> {
       '--state-file <path>',
       'run-state file (on tmpfs, e.g. /run/vesper-agent/run-state): lets the next agent report what a crash of this one lost',
     )
+    .option('--probe-backlog <n>', "events a probe's worker may have waiting before more are dropped (and told as a loss)", int(16), 16_384)
     .option('--no-protect', 'do not set oom_score_adj or raise priority (tests)')
     .showHelpAfterError();
   program.parse(argv);
@@ -43,6 +44,7 @@ export async function run(argv: string[]): Promise<void> {
     maxFrameBytes: number;
     protect: boolean;
     stateFile?: string;
+    probeBacklog: number;
   }>();
   const log = createLogger();
   let agent: Agent;
@@ -57,6 +59,7 @@ export async function run(argv: string[]): Promise<void> {
       tracefsPath: o.tracefs,
       maxFrameBytes: o.maxFrameBytes,
       stateFile: o.stateFile,
+      probeBacklog: o.probeBacklog,
       // Leave four pool threads for everything else (file reads, the kernel log reader).
       readerThreads: Math.max(0, Number(process.env.UV_THREADPOOL_SIZE ?? 4) - 4),
     });

@@ -2,6 +2,9 @@
 // module whose default export is a ProbeModule; it imports nothing from the agent at run
 // time (these are types only) and reaches the kernel solely through the context it is
 // given, so the agent knows everything a probe attached and can release all of it.
+// Each load runs in a worker thread of its own (probe-worker.ts): the context's calls are
+// synchronous as written here, but the probe shares no memory with the agent, and a loop or
+// an uncaught throw ends only its worker.
 import type { pb } from '../../proto/codec.js';
 
 export type ParamType = 'string' | 'int' | 'bool' | 'list' | 'duration_ms';

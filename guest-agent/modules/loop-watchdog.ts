@@ -1,17 +1,21 @@
-// LoopWatchdog: what contains a probe that never returns. Probes run on the agent's one
-// thread, so a probe stuck in a loop stops every other probe, the heartbeat and the channel
-// with it, and no exception ever comes to unload it. A worker thread watches: the main thread
-// bumps a counter every TICK_MS and marks which probe's code it is in (setup, a handler, a
-// timer: the runtime's guard). When the counter has not moved for stallMs of the worker's own
-// running time while the mark names a probe, that probe is written to the quarantine file and
-// the agent kills itself; whatever restarts it (systemd, the guest's init, the SSH relay)
-// starts an agent that refuses that module (its digest) with VSP_PROBE_QUARANTINED and tells
-// the host once with a ProbeFault record, while the other probes are pushed again as after any
-// agent restart. What the dead agent had not sent is reported by the run-state file.
+// The quarantine file, and the guard of the agent's own thread.
 //
-// The stall is counted in the worker's checks, not by the wall clock: when the whole guest is
-// paused (a starved vCPU) the worker is paused too and does not take the pause for a loop.
-import { readFileSync, writeFileSync } from 'node:fs';
+// A probe stuck in a loop is caught by the runtime (runtime.ts, probe-worker.ts): its worker
+// is terminated, the other probes never stop. Its module's digest is written here, one JSON
+// line per module, beside the run-state file, so that this agent and any later one refuse
+// that module (VSP_PROBE_QUARANTINED) until a different module is pushed. An entry an agent
+// wrote without telling the host (told unset) is told by the next agent as a ProbeFault
+// record.
+//
+// MainThreadWatchdog: probe code no longer runs on the main thread, but the agent's own code
+// does (the channel, the ring, the tracefs readers' callbacks). If that thread is stuck, no
+// probe is to blame and nothing else would notice: a worker thread watches a counter the main
+// thread bumps every TICK_MS, and when it has not moved for stallMs of the worker's own
+// checks, it logs why and kills the agent, so whatever supervises it (systemd, the guest's
+// init, the SSH relay) starts a new one; the run-state file reports what was lost. The stall
+// is counted in the worker's checks, not by the wall clock: when the whole guest is paused
+// (a starved vCPU) the worker is paused too and does not take the pause for a hang.
+import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 
 const TICK_MS = 100;
@@ -30,69 +34,46 @@ export interface QuarantineEntry {
 }
 
 const WORKER = `
-const { workerData, parentPort } = require('node:worker_threads');
-const fs = require('node:fs');
+const { workerData } = require('node:worker_threads');
 const s = new Int32Array(workerData.shared);
-const probes = new Map();
-parentPort.on('message', (m) => (m.forget ? probes.delete(m.handle) : probes.set(m.handle, m)));
 let last = -1;
 let still = 0;
 setInterval(() => {
   const tick = Atomics.load(s, 0);
-  const handle = Atomics.load(s, 1);
-  if (tick !== last || handle === 0) {
+  if (tick !== last) {
     last = tick;
     still = 0;
     return;
   }
   still++;
   if (still * workerData.checkMs < workerData.stallMs) return;
-  const p = probes.get(handle) || { name: '?', digest: '' };
-  const e = { digest: p.digest, probe: p.name, handle, stalledMs: still * workerData.checkMs, at: Date.now() };
-  try {
-    fs.appendFileSync(workerData.file, JSON.stringify(e) + '\\n', { mode: 0o600 });
-  } catch {}
-  process.stderr.write(JSON.stringify({ level: 60, time: Date.now(), name: 'vesper-agent', ...e, msg: 'probe stuck in its code; quarantined, agent restarting' }) + '\\n');
+  // fd 2 directly: a worker's process.stderr goes through the main thread, which is stuck.
+  require('node:fs').writeSync(2, JSON.stringify({ level: 60, time: Date.now(), name: 'vesper-agent', stalledMs: still * workerData.checkMs, msg: 'the agent main thread is stuck; killing the agent so that it restarts' }) + '\\n');
   process.kill(process.pid, 'SIGKILL');
 }, workerData.checkMs);
 `;
 
-export class LoopWatchdog {
-  private readonly shared = new Int32Array(new SharedArrayBuffer(8));
+export class MainThreadWatchdog {
+  private readonly shared = new Int32Array(new SharedArrayBuffer(4));
   private readonly worker: Worker;
   private readonly timer: NodeJS.Timeout;
 
-  constructor(
-    readonly file: string,
-    readonly stallMs = 3000,
-  ) {
-    this.worker = new Worker(WORKER, { eval: true, workerData: { shared: this.shared.buffer, file, stallMs, checkMs: CHECK_MS } });
+  constructor(readonly stallMs = 10_000) {
+    this.worker = new Worker(WORKER, { eval: true, workerData: { shared: this.shared.buffer, stallMs, checkMs: CHECK_MS } });
     this.worker.unref();
     this.timer = setInterval(() => Atomics.add(this.shared, 0, 1), TICK_MS);
     this.timer.unref();
-  }
-
-  /** The main thread runs this probe's code now. */
-  enter(handle: number): void {
-    this.shared[1] = handle;
-  }
-
-  leave(): void {
-    this.shared[1] = 0;
-  }
-
-  known(handle: number, probe: string, digest: Buffer): void {
-    this.worker.postMessage({ handle, name: probe, digest: digest.toString('hex') });
-  }
-
-  forget(handle: number): void {
-    this.worker.postMessage({ handle, forget: true });
   }
 
   stop(): Promise<number> {
     clearInterval(this.timer);
     return this.worker.terminate();
   }
+}
+
+/** Adds one entry to the quarantine file. */
+export function appendQuarantine(file: string, e: QuarantineEntry): void {
+  appendFileSync(file, JSON.stringify(e) + '\n', { mode: 0o600 });
 }
 
 /** The quarantine file's entries (none when it does not exist). */

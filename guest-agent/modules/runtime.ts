@@ -1,11 +1,19 @@
 // Loads, runs and unloads probe modules.
 //
 // Everything a probe attaches goes through its context and is written down as it happens
-// (a tracing instance, a kprobe, a kernel-log subscription, a timer), so that a failed
+// (a tracing instance, a kprobe, a kernel-log subscription, a watcher), so that a failed
 // load releases exactly what that load attached and an unload releases all of it. Loads,
 // unloads and parameter changes run one at a time through one queue. A probe that throws
 // — in setup, in an event handler or in a timer — is unloaded and reported as a
 // ProbeFault record; the agent and the other probes carry on.
+//
+// Each load runs its module's code in a worker thread of its own (probe-worker.ts); every
+// instance of the load shares it. What a probe attaches in the kernel is attached, owned and
+// released here, on the main thread, so nothing depends on the worker to clean up. A worker
+// whose event loop has not turned for loopStallMs (counted in this thread's checks, so a
+// paused guest is not a loop) is terminated; its instances are released and reported once
+// each as a ProbeFault record (VSP_PROBE_LOOPED), and its module's digest is quarantined:
+// refused from then on, by this agent and (through the quarantine file) by later ones.
 import type { pb } from '../../proto/codec.js';
 import { v1 } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
@@ -13,22 +21,24 @@ import { MemoryEventsWatcher } from '../kernel/cgroup.js';
 import type { EventFormat, FieldValue } from '../kernel/event-format.js';
 import type { KmsgSource } from '../kernel/kmsg.js';
 import { PressureWatcher, pressureFile, readPressure } from '../kernel/pressure.js';
-import type { ProcCache, WallClock } from '../kernel/proc.js';
-import { monoNow } from '../kernel/proc.js';
+import type { WallClock } from '../kernel/proc.js';
 import type { TraceFs, TraceInstance } from '../kernel/tracefs.js';
 import type { Logger } from '../log.js';
-import type { Capabilities, EventPayload, ProbeContext, ProbeManifest, ProbeModule, TraceEvent } from './api.js';
-import type { LoopWatchdog, QuarantineEntry } from './loop-watchdog.js';
+import type { Capabilities, ParamValue, ProbeManifest, PsiSample, TraceEvent } from './api.js';
+import { appendQuarantine, type QuarantineEntry } from './loop-watchdog.js';
 import { parseManifest } from './manifest.js';
+import { ProbeWorker, type WorkerOut } from './probe-worker.js';
 import { resolveParams } from './params.js';
 import type { TrustedKeys } from './verify.js';
+
+/** How often the main thread looks at the probe workers' liveness counters. */
+const CHECK_MS = 250;
 
 export interface RuntimeServices {
   agentVersion: string;
   tracefs: TraceFs | null;
   tracefsWhy: string;
   kmsg: KmsgSource;
-  proc: ProcCache;
   clock: WallClock;
   caps: Capabilities;
   keys: TrustedKeys;
@@ -37,36 +47,57 @@ export interface RuntimeServices {
   append(rec: pb.IRecord): boolean;
   instancePrefix: string;
   traceBufferKb: number;
-  /** marks which probe's code runs, for the loop watchdog (loop-watchdog.ts) */
-  watch?: LoopWatchdog | null;
-  /** modules (digest, hex) an earlier agent quarantined for looping: refused */
+  /** how long a probe's worker may be stuck in its code before it is terminated (ms, default 3000) */
+  loopStallMs?: number;
+  /** where quarantined modules are written down for later agents (loop-watchdog.ts); none: this agent only */
+  quarantineFile?: string | null;
+  /** modules (digest, hex) quarantined for looping, by an earlier agent or by this one: refused */
   quarantined?: Map<string, QuarantineEntry>;
+  /**
+   * Events a probe's worker may have waiting (default 16384): beyond this it is not keeping
+   * up, and further events are dropped and told as a loss instead of piling up in memory.
+   */
+  maxBacklog?: number;
+  /** a new thread (a probe's worker) runs: give it the agent's priority */
+  onThread?: () => void;
 }
 
 type Release = () => void | Promise<void>;
 
+/** One load: its module, running in its own worker, and the instances it started. */
+interface Load {
+  readonly manifest: ProbeManifest;
+  readonly digest: Buffer;
+  readonly worker: ProbeWorker;
+  /** instances starting or loaded */
+  readonly insts: Map<number, ProbeInstance>;
+  /** every handle this load ever had: what its worker may emit for */
+  readonly handles: Set<number>;
+  readonly byEventId: Map<number, string>;
+}
+
 class ProbeInstance {
   readonly resources: { what: string; release: Release }[] = [];
   trace: TraceInstance | null = null;
-  readonly traceHandlers = new Map<number, (ev: TraceEvent) => void>();
-  readonly eventIds: Map<string, { id: number; payload: string }>;
+  /** trace event format id -> the worker's handler id */
+  readonly traceHandlers = new Map<number, number>();
   faulted = false;
   stopped = false;
   kprobes = 0;
-  ctx!: ProbeContext;
+  /** events dropped because the worker fell behind, not yet told */
+  dropped = 0;
+  droppedFirst = 0;
 
   constructor(
     readonly handle: number,
     readonly manifest: ProbeManifest,
     readonly instance: number,
     readonly paramsText: Record<string, string>,
-    readonly module: ProbeModule,
+    readonly load: Load,
     readonly digest: Buffer,
     readonly code: Uint8Array,
     readonly manifestBytes: Uint8Array,
-  ) {
-    this.eventIds = new Map(manifest.events.map((e) => [e.name, { id: e.id, payload: e.payload }]));
-  }
+  ) {}
 
   describe(): pb.ILoadedProbe {
     return {
@@ -83,8 +114,14 @@ class ProbeInstance {
 
 export class ProbeRuntime {
   private readonly instances = new Map<number, ProbeInstance>();
+  private readonly loads = new Set<Load>();
+  /** instances not yet released */
+  private readonly holding = new Set<ProbeInstance>();
   private nextHandle = 1;
   private queue: Promise<unknown> = Promise.resolve();
+  private readonly ringFull = new SharedArrayBuffer(4);
+  private readonly ringFullFlag = new Int32Array(this.ringFull);
+  private watchdog: NodeJS.Timeout | null = null;
   faults = 0;
 
   constructor(private readonly s: RuntimeServices) {}
@@ -93,11 +130,28 @@ export class ProbeRuntime {
     return [...this.instances.values()].map((i) => i.describe());
   }
 
+  /** The probe workers running now (thread ids), for tests and diagnostics. */
+  workers(): { name: string; threadId: number; handles: number[] }[] {
+    return [...this.loads].map((l) => ({ name: l.manifest.name, threadId: l.worker.threadId, handles: [...l.insts.keys()] }));
+  }
+
+  /** What each instance (starting or loaded) has attached now, for tests and diagnostics. */
+  attached(): { handle: number; probe: string; what: string[] }[] {
+    return [...this.holding].map((i) => ({ handle: i.handle, probe: i.manifest.name, what: i.resources.map((r) => r.what) }));
+  }
+
   /** Runs fn after every earlier load/unload/set has finished. */
   private serial<T>(fn: () => Promise<T>): Promise<T> {
     const run = this.queue.then(fn, fn);
     this.queue = run.catch(() => undefined);
     return run;
+  }
+
+  private append(rec: pb.IRecord): boolean {
+    const ok = this.s.append(rec);
+    // What emit() tells a probe: whether the ring took the last record.
+    Atomics.store(this.ringFullFlag, 0, ok ? 0 : 1);
+    return ok;
   }
 
   load(req: pb.ILoadProbe): Promise<pb.ILoadedProbe[]> {
@@ -128,17 +182,22 @@ export class ProbeRuntime {
         Object.entries(old.paramsText).map(([name, value]) => ({ name, value })),
         params,
       );
-      // Tear down, then set up with the new values; if that fails, the old ones come back.
-      await this.stop(old);
+      // Tear down, then set up with the new values (in the same worker); if that fails, the
+      // old ones come back.
+      await this.stop(old, true);
       try {
-        const inst = await this.start(old.handle, old.manifest, old.instance, next.text, next.typed, old.module, old);
+        const inst = await this.start(old.handle, old.instance, next.text, next.typed, old.load, old);
         return inst.describe();
       } catch (err) {
         const prev = resolveParams(
           old.manifest,
           Object.entries(old.paramsText).map(([name, value]) => ({ name, value })),
         );
-        await this.start(old.handle, old.manifest, old.instance, prev.text, prev.typed, old.module, old);
+        try {
+          await this.start(old.handle, old.instance, prev.text, prev.typed, old.load, old);
+        } finally {
+          if (!old.load.insts.size) await this.endLoad(old.load);
+        }
         throw err;
       }
     });
@@ -148,6 +207,9 @@ export class ProbeRuntime {
   stopAll(): Promise<void> {
     return this.serial(async () => {
       for (const i of [...this.instances.values()].reverse()) await this.stop(i);
+      for (const l of [...this.loads]) await this.endLoad(l);
+      if (this.watchdog) clearInterval(this.watchdog);
+      this.watchdog = null;
     });
   }
 
@@ -159,7 +221,7 @@ export class ProbeRuntime {
     if (q)
       throw new VesperError(
         ErrorCode.PROBE_QUARANTINED,
-        `probe ${q.probe} (this module) was stuck in its code for ${q.stalledMs} ms at ${new Date(q.at).toISOString()}; the agent restarted and refuses it until a different module is pushed`,
+        `probe ${q.probe} (this module) was stuck in its code for ${q.stalledMs} ms at ${new Date(q.at).toISOString()}; the agent quarantined it and refuses it until a different module is pushed`,
       );
     const manifestBytes = mod.manifest ?? new Uint8Array();
     const manifest = parseManifest(manifestBytes, this.s.agentVersion);
@@ -179,44 +241,82 @@ export class ProbeRuntime {
       const over = (req.instanceParams ?? []).find((p) => (p.instance ?? 0) === n)?.params;
       return resolveParams(manifest, req.params, over);
     });
-    const module = await importModule(mod.code ?? new Uint8Array(), manifest.name);
+    const code = mod.code ?? new Uint8Array();
+    const load = this.newLoad(manifest, digest, code);
     const started: ProbeInstance[] = [];
     try {
+      await load.worker.ready;
       for (let n = 0; n < count; n++) {
         const p = perInstance[n]!;
-        started.push(await this.start(this.nextHandle++, manifest, n, p.text, p.typed, module, { digest, code: mod.code!, manifestBytes }));
+        started.push(await this.start(this.nextHandle++, n, p.text, p.typed, load, { digest, code, manifestBytes }));
       }
     } catch (err) {
-      for (const s of started.reverse()) await this.stop(s);
+      for (const s of started.reverse()) await this.stop(s, true);
+      await this.endLoad(load);
       throw err;
     }
     return started.map((s) => s.describe());
   }
 
+  private newLoad(manifest: ProbeManifest, digest: Buffer, code: Uint8Array): Load {
+    const events = manifest.events.map((e) => ({ id: e.id, name: e.name, payload: e.payload }));
+    // The worker is made before the load is, and its callbacks only run later.
+    // eslint-disable-next-line prefer-const
+    let load: Load;
+    const worker = new ProbeWorker({
+      name: manifest.name,
+      code,
+      events,
+      caps: { ...this.s.caps },
+      tracefsPath: this.s.tracefs?.path ?? '',
+      ringFull: this.ringFull,
+      onCall: (op, args) => this.onCall(load, op, args),
+      onOut: (items) => this.onOut(load, items),
+      onDeath: (why, err) => this.onDeath(load, why, err),
+      onConsole: (text) => this.s.log.info({ probe: manifest.name, console: text.trimEnd() }, 'probe console output'),
+    });
+    load = {
+      manifest,
+      digest,
+      worker,
+      insts: new Map(),
+      handles: new Set(),
+      byEventId: new Map(manifest.events.map((e) => [e.id, e.payload])),
+    };
+    if (this.s.onThread) worker.worker.once('online', this.s.onThread);
+    this.loads.add(load);
+    if (!this.watchdog) {
+      this.watchdog = setInterval(() => this.checkWorkers(), CHECK_MS);
+      this.watchdog.unref();
+    }
+    return load;
+  }
+
+  /** The load is over: its worker ends (its instances were released). */
+  private async endLoad(load: Load): Promise<void> {
+    this.loads.delete(load);
+    await load.worker.kill('stopped');
+  }
+
   private async start(
     handle: number,
-    manifest: ProbeManifest,
     instance: number,
     text: Record<string, string>,
-    typed: Record<string, ReturnType<typeof resolveParams>['typed'][string]>,
-    module: ProbeModule,
+    typed: Record<string, ParamValue>,
+    load: Load,
     from: { digest: Buffer; code: Uint8Array; manifestBytes: Uint8Array },
   ): Promise<ProbeInstance> {
-    const inst = new ProbeInstance(handle, manifest, instance, text, module, from.digest, from.code, from.manifestBytes);
-    inst.ctx = this.context(inst, typed);
-    const w = this.s.watch;
-    w?.known(handle, manifest.name, from.digest);
+    const manifest = load.manifest;
+    const inst = new ProbeInstance(handle, manifest, instance, text, load, from.digest, from.code, from.manifestBytes);
+    load.insts.set(handle, inst);
+    load.handles.add(handle);
+    this.holding.add(inst);
     try {
-      let ready: Promise<void> | void;
-      w?.enter(handle); // setup's synchronous part is the probe's code too
-      try {
-        ready = module.setup(inst.ctx);
-      } finally {
-        w?.leave();
-      }
-      await ready;
+      await load.worker.request({ t: 'start', handle, instance, params: typed });
+      if (inst.faulted) throw new VesperError(ErrorCode.PROBE_CRASHED, `probe ${manifest.name}#${instance} crashed while it started`);
       inst.trace?.start();
     } catch (err) {
+      load.insts.delete(handle);
       await this.release(inst);
       throw err instanceof VesperError
         ? err
@@ -230,16 +330,22 @@ export class ProbeRuntime {
     return inst;
   }
 
-  private async stop(inst: ProbeInstance): Promise<void> {
+  /** Tears the instance down in its worker (if that still runs), then releases what it attached. */
+  private async stop(inst: ProbeInstance, keepWorker = false): Promise<void> {
     if (inst.stopped) return;
     inst.stopped = true;
     this.instances.delete(inst.handle);
-    try {
-      await inst.module.teardown?.(inst.ctx);
-    } catch (err) {
-      this.s.log.warn({ probe: inst.manifest.name, err: (err as Error).message }, 'probe teardown threw');
-    }
+    const load = inst.load;
+    if (load.worker.alive)
+      try {
+        const warn = await load.worker.request({ t: 'stop', handle: inst.handle });
+        if (warn) this.s.log.warn({ probe: inst.manifest.name, err: warn }, 'probe teardown threw');
+      } catch (err) {
+        this.s.log.warn({ probe: inst.manifest.name, err: (err as Error).message }, 'probe teardown did not finish');
+      }
+    load.insts.delete(inst.handle);
     await this.release(inst);
+    if (!keepWorker && !load.insts.size) await this.endLoad(load);
     this.s.log.info({ probe: inst.manifest.name, instance: inst.instance, handle: inst.handle }, 'probe unloaded');
   }
 
@@ -253,49 +359,225 @@ export class ProbeRuntime {
         this.s.log.warn({ probe: inst.manifest.name, what: r.what, err: (err as Error).message }, 'release failed');
       }
     }
+    this.holding.delete(inst);
   }
 
-  /** A probe threw: report it once, unload it, keep going. */
-  private fault(inst: ProbeInstance, err: unknown): void {
+  /** A probe failed (threw, crashed its worker, or looped): report it once, unload it, keep going. */
+  private fault(inst: ProbeInstance, code: string, message: string, stack = message): void {
     if (inst.faulted) return;
     inst.faulted = true;
     this.faults++;
-    const message = (err as Error)?.stack ?? String(err);
     this.s.log.error(
-      { probe: inst.manifest.name, instance: inst.instance, handle: inst.handle, err: message },
-      'probe crashed; unloading it',
+      { probe: inst.manifest.name, instance: inst.instance, handle: inst.handle, code, err: stack },
+      code === ErrorCode.PROBE_LOOPED ? 'probe stuck in its code; worker terminated, unloading it' : 'probe crashed; unloading it',
     );
     const c = this.s.clock.now();
-    this.s.append({
+    this.append({
       monoNs: c.mono,
       wallNs: c.wall,
       handle: 0,
       eventId: 0,
-      probeFault: {
-        handle: inst.handle,
-        probe: inst.manifest.name,
-        instance: inst.instance,
-        code: ErrorCode.PROBE_CRASHED,
-        message: (err as Error)?.message ?? String(err),
-        unloaded: true,
-      },
+      probeFault: { handle: inst.handle, probe: inst.manifest.name, instance: inst.instance, code, message, unloaded: true },
     });
-    void this.serial(() => this.stop(inst));
+    if (this.instances.has(inst.handle)) void this.serial(() => this.stop(inst));
   }
 
-  private guard<A extends unknown[]>(inst: ProbeInstance, fn: (...a: A) => void): (...a: A) => void {
-    const w = this.s.watch;
-    return (...a: A) => {
-      if (inst.stopped) return;
-      w?.enter(inst.handle);
-      try {
-        fn(...a);
-      } catch (err) {
-        this.fault(inst, err);
-      } finally {
-        w?.leave();
+  /** One look at every worker: one stuck for loopStallMs is terminated and its module quarantined. */
+  private checkWorkers(): void {
+    const stallMs = this.s.loopStallMs ?? 3000;
+    for (const load of this.loads) {
+      if (!load.worker.stalled(CHECK_MS, stallMs)) continue;
+      const q: QuarantineEntry = {
+        digest: load.digest.toString('hex'),
+        probe: load.manifest.name,
+        handle: load.insts.keys().next().value ?? 0,
+        stalledMs: load.worker.stalledMs,
+        at: Date.now(),
+        told: true, // this agent tells the host itself (onDeath)
+      };
+      this.s.quarantined?.set(q.digest, q);
+      if (this.s.quarantineFile)
+        try {
+          appendQuarantine(this.s.quarantineFile, q);
+        } catch (err) {
+          this.s.log.warn({ file: this.s.quarantineFile, err: (err as Error).message }, 'could not write the quarantine file');
+        }
+      this.s.log.error({ probe: q.probe, stalledMs: q.stalledMs, digest: q.digest }, 'probe stuck in its code; quarantined');
+      this.loads.delete(load);
+      void load.worker.kill('looped');
+    }
+  }
+
+  /** The worker is gone unasked: every instance it ran is reported and released here. */
+  private onDeath(load: Load, why: 'looped' | 'crashed', err: Error | null): void {
+    this.loads.delete(load);
+    const stalled = load.worker.stalledMs;
+    for (const inst of load.insts.values()) {
+      // An instance still starting fails its load instead (start() sees the worker die).
+      if (!this.instances.has(inst.handle)) continue;
+      if (why === 'looped')
+        this.fault(
+          inst,
+          ErrorCode.PROBE_LOOPED,
+          `stuck in its code for ${stalled} ms; its worker was terminated and the module quarantined`,
+        );
+      else this.fault(inst, ErrorCode.PROBE_CRASHED, err?.message ?? 'its worker exited', err?.stack);
+    }
+  }
+
+  /** What the worker sends: records, log lines, losses, faults. */
+  private onOut(load: Load, items: WorkerOut[]): void {
+    for (const it of items) {
+      const h = it[1];
+      // A worker speaks for its own instances only.
+      if (!load.handles.has(h)) continue;
+      switch (it[0]) {
+        case 'rec': {
+          const [, , eventId, , body, mono] = it;
+          const payload = load.byEventId.get(eventId);
+          if (!payload) continue;
+          const rec: pb.IRecord = { monoNs: mono, wallNs: this.s.clock.wallFromMono(mono), handle: h, eventId };
+          (rec as Record<string, unknown>)[payload] = body ?? {};
+          this.append(rec);
+          break;
+        }
+        case 'log': {
+          const inst = load.insts.get(h);
+          this.s.log.info({ probe: load.manifest.name, instance: inst?.instance }, it[2]);
+          break;
+        }
+        case 'lost': {
+          const c = this.s.clock.now();
+          this.append({
+            monoNs: c.mono,
+            wallNs: c.wall,
+            handle: 0,
+            eventId: 0,
+            loss: { source: v1.LossEvent.Source.PROBE, count: it[2], firstMonoNs: c.mono, lastMonoNs: c.mono, handle: h },
+          });
+          break;
+        }
+        case 'fault': {
+          const inst = load.insts.get(h);
+          if (inst) this.fault(inst, ErrorCode.PROBE_CRASHED, it[2], it[3]);
+          break;
+        }
       }
+    }
+  }
+
+  /** A synchronous context call from a probe's worker; done here, where the kernel side lives. */
+  private onCall(load: Load, op: string, args: unknown[]): unknown {
+    const s = this.s;
+    if (op === 'hasTraceEvent') {
+      const [system, event, field] = args as [string, string, string | undefined];
+      if (!s.tracefs?.hasEvent(system, event)) return false;
+      return field ? s.tracefs.format(system, event).has(field) : true;
+    }
+    const handle = args[0] as number;
+    const inst = load.insts.get(handle);
+    if (!inst || inst.stopped)
+      throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `probe ${load.manifest.name}: no running instance with handle ${handle}`);
+    const own = (what: string, release: Release): void => {
+      inst.resources.push({ what, release });
     };
+    const to =
+      <T>(hid: number) =>
+      (payload: T): void =>
+        this.deliver(inst, hid, payload);
+    switch (op) {
+      case 'trace': {
+        const [, system, event, filter, hid] = args as [number, string, string, string, number];
+        const t = this.traceInstance(inst);
+        const fmt = t.enable(system, event, filter);
+        inst.traceHandlers.set(fmt.id, hid);
+        if (this.instances.has(handle)) t.start(); // called after setup: read from now on
+        return undefined;
+      }
+      case 'kprobe': {
+        const [, spec, filter, hid] = args as [number, string, string, number];
+        const tfs = s.tracefs;
+        if (!tfs) throw new VesperError(ErrorCode.TRACEFS_UNAVAILABLE, `kprobes need tracefs: ${s.tracefsWhy}`);
+        const t = this.traceInstance(inst);
+        const name = `vesper_${process.pid}_${inst.handle}_${inst.kprobes++}`;
+        tfs.addKprobe(name, spec);
+        own(`kprobe ${name}`, () => {
+          t.disable('vesper', name);
+          tfs.removeKprobe(name);
+        });
+        const fmt = t.enable('vesper', name, filter);
+        inst.traceHandlers.set(fmt.id, hid);
+        if (this.instances.has(handle)) t.start();
+        return name;
+      }
+      case 'kmsg': {
+        const [, hid] = args as [number, number];
+        if (!s.caps.kmsg) throw new VesperError(ErrorCode.TRACEFS_UNAVAILABLE, '/dev/kmsg cannot be read here');
+        const off = s.kmsg.subscribe(to(hid));
+        own('kernel log subscription', off);
+        return undefined;
+      }
+      case 'pressure': {
+        const [, o, hid] = args as [
+          number,
+          { resource: 'memory' | 'io' | 'cpu'; kind: 'some' | 'full'; thresholdUs: number; windowUs: number; cgroup?: string },
+          number,
+        ];
+        const file = pressureFile(o.resource, o.cgroup);
+        if (!readPressure(file, o.kind))
+          throw new VesperError(
+            ErrorCode.PSI_UNAVAILABLE,
+            `no ${o.kind} line in ${file} (kernel without CONFIG_PSI, psi=0, or no such cgroup)`,
+          );
+        const w = new PressureWatcher(file, o.resource, o.kind, o.thresholdUs, o.windowUs, to<PsiSample>(hid));
+        w.start();
+        own(`pressure watcher ${file}`, () => w.stop());
+        return undefined;
+      }
+      case 'memoryEvents': {
+        const [, path, hid] = args as [number, string, number];
+        const w = new MemoryEventsWatcher(path, to<Record<string, number>>(hid));
+        try {
+          w.start();
+        } catch (err) {
+          throw new VesperError(ErrorCode.CGROUP_UNAVAILABLE, `cannot watch ${w.file}: ${(err as Error).message}`);
+        }
+        own(`memory.events watcher ${w.file}`, () => w.stop());
+        return undefined;
+      }
+    }
+    throw new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `probe ${load.manifest.name} asked for ${op}, which the context has not`);
+  }
+
+  /** Hands an event to the instance's worker, or counts it lost when the worker is far behind. */
+  private deliver(inst: ProbeInstance, hid: number, payload: unknown): void {
+    if (inst.stopped) return;
+    const w = inst.load.worker;
+    if (w.backlog < (this.s.maxBacklog ?? 16_384)) {
+      w.deliver(hid, payload);
+      return;
+    }
+    if (inst.dropped++ > 0) return;
+    inst.droppedFirst = this.s.clock.now().mono;
+    // Told once per turn of this thread, as one loss record.
+    queueMicrotask(() => {
+      const c = this.s.clock.now();
+      this.append({
+        monoNs: c.mono,
+        wallNs: c.wall,
+        handle: 0,
+        eventId: 0,
+        loss: {
+          source: v1.LossEvent.Source.PROBE,
+          count: inst.dropped,
+          firstMonoNs: inst.droppedFirst,
+          lastMonoNs: c.mono,
+          handle: inst.handle,
+        },
+      });
+      this.s.log.warn({ probe: inst.manifest.name, dropped: inst.dropped }, "events dropped: the probe's worker is not keeping up");
+      inst.dropped = 0;
+    });
   }
 
   private traceInstance(inst: ProbeInstance): TraceInstance {
@@ -308,7 +590,7 @@ export class ProbeRuntime {
         {
           event: (fmt: EventFormat, fields: Record<string, FieldValue>, ts: number, cpu: number) => {
             const h = handlers.get(fmt.id);
-            if (h) h({ ts, cpu, pid: fields['common_pid'] as number, fields });
+            if (h !== undefined) this.deliver(inst, h, { ts, cpu, pid: fields['common_pid'] as number, fields } satisfies TraceEvent);
           },
           missed: (count: number, ts: number, cpu: number) => {
             const rec: pb.IRecord = {
@@ -318,7 +600,7 @@ export class ProbeRuntime {
               eventId: 0,
               loss: { source: v1.LossEvent.Source.KERNEL_RING, count, firstMonoNs: ts, lastMonoNs: ts, handle: inst.handle, cpu },
             };
-            this.s.append(rec);
+            this.append(rec);
           },
           readError: (err) => this.s.log.warn({ probe: inst.manifest.name, err: err.message }, 'trace read error'),
         },
@@ -336,113 +618,4 @@ export class ProbeRuntime {
     }
     return inst.trace;
   }
-
-  private context(inst: ProbeInstance, params: ProbeContext['params']): ProbeContext {
-    const s = this.s;
-    const own = (what: string, release: Release): void => {
-      inst.resources.push({ what, release });
-    };
-    return {
-      name: inst.manifest.name,
-      instance: inst.instance,
-      handle: inst.handle,
-      params,
-      capabilities: s.caps,
-      log: (msg) => s.log.info({ probe: inst.manifest.name, instance: inst.instance }, msg),
-      hasTraceEvent: (system, event, field) => {
-        if (!s.tracefs?.hasEvent(system, event)) return false;
-        return field ? s.tracefs.format(system, event).has(field) : true;
-      },
-      trace: (system, event, filter, handler) => {
-        const t = this.traceInstance(inst);
-        const fmt = t.enable(system, event, filter);
-        inst.traceHandlers.set(fmt.id, this.guard(inst, handler));
-      },
-      kprobe: (spec, filter, handler) => {
-        const tfs = s.tracefs;
-        if (!tfs) throw new VesperError(ErrorCode.TRACEFS_UNAVAILABLE, `kprobes need tracefs: ${s.tracefsWhy}`);
-        const t = this.traceInstance(inst);
-        const name = `vesper_${process.pid}_${inst.handle}_${inst.kprobes++}`;
-        tfs.addKprobe(name, spec);
-        own(`kprobe ${name}`, () => {
-          t.disable('vesper', name);
-          tfs.removeKprobe(name);
-        });
-        const fmt = t.enable('vesper', name, filter);
-        inst.traceHandlers.set(fmt.id, this.guard(inst, handler));
-        return name;
-      },
-      kmsg: (handler) => {
-        if (!s.caps.kmsg) throw new VesperError(ErrorCode.TRACEFS_UNAVAILABLE, '/dev/kmsg cannot be read here');
-        const off = s.kmsg.subscribe(this.guard(inst, handler));
-        own('kernel log subscription', off);
-      },
-      pressure: (o, handler) => {
-        const file = pressureFile(o.resource, o.cgroup);
-        if (!readPressure(file, o.kind))
-          throw new VesperError(
-            ErrorCode.PSI_UNAVAILABLE,
-            `no ${o.kind} line in ${file} (kernel without CONFIG_PSI, psi=0, or no such cgroup)`,
-          );
-        const w = new PressureWatcher(file, o.resource, o.kind, o.thresholdUs, o.windowUs, this.guard(inst, handler));
-        w.start();
-        own(`pressure watcher ${file}`, () => w.stop());
-      },
-      memoryEvents: (path, handler) => {
-        const w = new MemoryEventsWatcher(path, this.guard(inst, handler));
-        try {
-          w.start();
-        } catch (err) {
-          throw new VesperError(ErrorCode.CGROUP_UNAVAILABLE, `cannot watch ${w.file}: ${(err as Error).message}`);
-        }
-        own(`memory.events watcher ${w.file}`, () => w.stop());
-      },
-      every: (ms, fn) => {
-        const t = setInterval(this.guard(inst, fn), ms);
-        own('interval timer', () => clearInterval(t));
-      },
-      after: (ms, fn) => {
-        const t = setTimeout(this.guard(inst, fn), ms);
-        own('timer', () => clearTimeout(t));
-      },
-      emit: (event, payload: EventPayload, tsNs) => {
-        const spec = inst.eventIds.get(event);
-        if (!spec)
-          throw new VesperError(
-            ErrorCode.PROBE_BAD_MANIFEST,
-            `probe ${inst.manifest.name} emitted ${event}, which its manifest does not declare`,
-          );
-        const mono = tsNs ?? monoNow();
-        const rec: pb.IRecord = { monoNs: mono, wallNs: s.clock.wallFromMono(mono), handle: inst.handle, eventId: spec.id };
-        (rec as Record<string, unknown>)[spec.payload] = (payload as Record<string, unknown>)[spec.payload] ?? {};
-        return s.append(rec);
-      },
-      lost: (count) => {
-        const c = s.clock.now();
-        s.append({
-          monoNs: c.mono,
-          wallNs: c.wall,
-          handle: 0,
-          eventId: 0,
-          loss: { source: v1.LossEvent.Source.PROBE, count, firstMonoNs: c.mono, lastMonoNs: c.mono, handle: inst.handle },
-        });
-      },
-      comm: (pid) => s.proc.comm(pid),
-      procStatus: (pid) => s.proc.status(pid),
-      now: monoNow,
-    };
-  }
-}
-
-async function importModule(code: Uint8Array, name: string): Promise<ProbeModule> {
-  let ns: { default?: ProbeModule };
-  try {
-    ns = (await import(`data:text/javascript;base64,${Buffer.from(code).toString('base64')}`)) as { default?: ProbeModule };
-  } catch (err) {
-    throw new VesperError(ErrorCode.PROBE_LOAD_FAILED, `probe ${name} does not evaluate: ${(err as Error).message}`);
-  }
-  const m = ns.default;
-  if (!m || typeof m.setup !== 'function')
-    throw new VesperError(ErrorCode.PROBE_LOAD_FAILED, `probe ${name} has no default export with a setup(ctx) function`);
-  return m;
 }

@@ -31,6 +31,8 @@ describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
     first.close(); // the session below keeps the link from now on
     session = new GuestSession({ socket: rig.agentSocket, module: (n) => rig.module(n), maxBackoffMs: 1000 });
     session.on('record', (r) => records.push(r));
+    // A failed re-push after a reboot is told only this way: show it.
+    session.on('protocolError', (e: Error & { code?: string }) => console.warn(`vm session: ${e.code ?? ''} ${e.message}`));
     session.on('connected', (i) => connected.push(i));
     session.on('heartbeat-lost', (i) => hbLost.push(i.silentMs));
     session.start();
@@ -103,6 +105,7 @@ describe.skipIf(Boolean(why))('a real guest under libvirt', () => {
       find((r) => r.kind === 'oom' && r.raw.oom?.victim?.pid === hog),
       30_000,
     );
+    if (!o.raw.oom?.memcg) console.warn(`vm: OOM record without a memcg: ${JSON.stringify(o.raw.oom)}`);
     expect(o.raw.oom?.victim?.comm).toBe('tail');
     expect(Number(o.raw.oom?.anonRssKb)).toBeGreaterThan(8 * 1024);
     expect(o.raw.oom?.memcg).toContain('vesper-oom');
