@@ -173,8 +173,9 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     expect(recs2.filter((r) => r.kind === 'probeFault')).toEqual([]);
   }, 60_000);
 
-  it('a probe that throws under a signal storm is unloaded; another keeps receiving', async () => {
-    const a = new LocalAgent({ stateFile: join(stateDir, 'run-state-2') });
+  /** An agent with the signal probe on SIGUSR1 to a `sleep` that ignores it, and its records. */
+  async function signalAgent(state: string, extraArgs: string[] = []) {
+    const a = new LocalAgent({ stateFile: join(stateDir, state), extraArgs });
     agents.push(a);
     await a.start();
     const c = await a.connect();
@@ -185,6 +186,11 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     children.push(target);
     await sleep(200);
     await c.load(a.module('signal'), { params: { signals: 'USR1', include_ignored: 'true', comms: 'sleep' } });
+    return { a, c, recs, target };
+  }
+
+  it('a probe that throws under a signal storm is unloaded; another keeps receiving', async () => {
+    const { a, c, recs, target } = await signalAgent('run-state-2');
     // It throws on the 200th signal it sees.
     const throwerCode = Buffer.from(
       `export default { setup(ctx) {
@@ -225,17 +231,7 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     expect(a.proc!.exitCode).toBeNull();
   }, 60_000);
   it('a slow probe under a storm is not taken for a loop; what it cannot keep up with is told as loss', async () => {
-    const a = new LocalAgent({ stateFile: join(stateDir, 'run-state-3'), extraArgs: ['--probe-backlog', '3000'] });
-    agents.push(a);
-    await a.start();
-    const c = await a.connect();
-    clients.push(c);
-    const recs: AgentRecord[] = [];
-    c.on('record', (r) => recs.push(r));
-    const target = spawn('sh', ['-c', 'trap "" USR1; exec sleep 600'], { stdio: 'ignore' });
-    children.push(target);
-    await sleep(200);
-    await c.load(a.module('signal'), { params: { signals: 'USR1', include_ignored: 'true', comms: 'sleep' } });
+    const { a, c, recs, target } = await signalAgent('run-state-3', ['--probe-backlog', '3000']);
     // 1 ms of work per signal, and a record for each: at most ~1000 a second.
     const slowCode = Buffer.from(
       `export default { setup(ctx) {

@@ -131,19 +131,25 @@ export class PacemakerVm {
 
   /** vesperd's link to the guest agent is up and every attached probe is loaded in it. */
   async waitLinked(timeoutMs: number): Promise<void> {
+    let last: unknown = null;
     await waitFor(
       'vesperd linked to the guest, probes loaded',
       async () => {
         try {
           const s = await this.vesperd.json<{ link: string; attached: Array<{ loaded: boolean }> }>(['status', this.rig.name]);
+          last = s;
           return s.link === 'connected' && s.attached.every((p) => p.loaded);
-        } catch {
+        } catch (err) {
+          last = (err as Error).message;
           return false;
         }
       },
       timeoutMs,
       250,
-    );
+    ).catch((err: Error) => {
+      // what vesperd said last, and its log: why the link or a probe did not come back
+      throw new Error(`${err.message}\nlast status: ${JSON.stringify(last)}\nvesperd log:\n${this.vesperd.log.slice(-6000)}`);
+    });
   }
 
   /** Events of one plugin for the guest that vesperd stored after `afterId`. */
