@@ -55,7 +55,13 @@ export class IngestBatcher {
     const batch = this.pending;
     this.pending = [];
     this.pendingEvents = 0;
-    const all = batch.length === 1 ? batch[0]!.events : batch.flatMap((p) => p.events);
+    // A plain loop: flatMap was a measurable part of the manager's CPU with a thousand guests.
+    let all: VesperEvent[];
+    if (batch.length === 1) all = batch[0]!.events;
+    else {
+      all = [];
+      for (const p of batch) for (const e of p.events) all.push(e);
+    }
     let err: Error | null = null;
     try {
       this.sink.ingest(all);

@@ -79,6 +79,12 @@ export const INDEX_EVERY_MS = 1000;
 
 const DIRECTORY_MODE = 0o750;
 
+/** An agent run's highest stored seq; dirty until an index pass has saved it in `runs`. */
+interface RunHigh {
+  seq: number;
+  dirty: boolean;
+}
+
 function checkOptions(path: string, opts: EventStoreOptions): void {
   const bad = (what: string): never => {
     throw new VesperError(ErrorCode.CONFIG_INVALID, `event store ${path}: ${what}`);
@@ -98,7 +104,7 @@ export class EventStore {
   private readonly insertOne: Database.Statement<unknown[]>;
   private readonly insertMany: Database.Statement<unknown[]>;
   private readonly insertBatch: Database.Transaction<(events: readonly VesperEvent[], firstId: number) => void>;
-  private readonly indexPass: Database.Transaction<(through: number, raised: Map<string, Set<string>>) => void>;
+  private readonly indexPass: Database.Transaction<(through: number) => void>;
   private readonly vmIndex: VmIndex;
   private readonly runHighStmt: Database.Statement<[string, string], number | null>;
   private readonly tailHighStmt: Database.Statement<[number, string, string], number | null>;
@@ -121,9 +127,7 @@ export class EventStore {
   private indexedAtMs = Date.now();
   private readonly indexEveryMs: number;
   /** highest seq stored per VM and agent run, as far as it was asked or written */
-  private readonly highs = new Map<string, Map<string, number>>();
-  /** per VM, the runs whose highest seq went up since the last index pass (which saves them) */
-  private raisedRuns = new Map<string, Set<string>>();
+  private readonly highs = new Map<string, Map<string, RunHigh>>();
 
   private constructor(
     private readonly db: Database.Database,
@@ -185,9 +189,9 @@ export class EventStore {
     const setIndexed = db.prepare<[string]>(
       `INSERT INTO meta (key, value) VALUES ('${INDEXED_THROUGH_KEY}', ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`,
     );
-    this.indexPass = db.transaction((through: number, raised: Map<string, Set<string>>) => {
+    this.indexPass = db.transaction((through: number) => {
       vmIndex.write();
-      for (const [vm, runs] of raised) for (const run of runs) raiseRun.run(vm, run, this.highs.get(vm)?.get(run) ?? 0);
+      for (const [vm, runs] of this.highs) for (const [run, high] of runs) if (high.dirty) raiseRun.run(vm, run, high.seq);
       setIndexed.run(String(through));
     });
     this.runHighStmt = db.prepare<[string, string], number | null>('SELECT high_seq FROM runs WHERE vm = ? AND agent_run = ?').pluck();
@@ -280,30 +284,31 @@ export class EventStore {
    */
   append(events: readonly VesperEvent[]): AppendResult {
     const fresh: VesperEvent[] = [];
-    /** per VM, the seqs this batch raises, kept apart until it is committed */
-    const raised = new Map<string, Map<string, number>>();
+    // A run's remembered high is raised as its records are taken, and put back if the batch does
+    // not commit: (entry, seq before, dirty before) for every raise. With a thousand guests the
+    // events of a batch alternate between VMs, so what costs per event is map look-ups: two here.
+    const undo: (RunHigh | number | boolean)[] = [];
     let duplicates = 0;
     let lastHostUs = this.lastHostUs;
-    // consecutive events nearly always share a VM: look its maps up once per run of them
     let vm: string | null = null;
-    let mine = new Map<string, number>();
+    let runs: Map<string, RunHigh> | null = null;
     try {
       for (let i = 0; i < events.length; i++) {
         const e = events[i] as VesperEvent;
         const src = e.source;
         if (src !== null) {
-          if (e.vm !== vm) {
+          if (e.vm !== vm || runs === null) {
             vm = e.vm;
-            const m = raised.get(vm);
-            if (m === undefined) raised.set(vm, (mine = new Map()));
-            else mine = m;
+            runs = this.runsOf(vm);
           }
-          const high = mine.get(src.agentRun) ?? this.knownHigh(vm, src.agentRun);
-          if (src.seq <= high) {
+          const high = runs.get(src.agentRun) ?? this.loadHigh(vm, src.agentRun, runs);
+          if (src.seq <= high.seq) {
             duplicates++;
             continue;
           }
-          mine.set(src.agentRun, src.seq);
+          undo.push(high, high.seq, high.dirty);
+          high.seq = src.seq;
+          high.dirty = true;
         }
         if (e.hostTimeUs < lastHostUs) e.hostTimeUs = lastHostUs;
         else lastHostUs = e.hostTimeUs;
@@ -311,10 +316,15 @@ export class EventStore {
       }
       if (fresh.length > 0) this.insertBatch.immediate(fresh, this.nextId);
     } catch (err) {
+      // not committed: the caller's events and the store's memory are as they were
+      for (let k = undo.length - 3; k >= 0; k -= 3) {
+        const h = undo[k] as RunHigh;
+        h.seq = undo[k + 1] as number;
+        h.dirty = undo[k + 2] as boolean;
+      }
       throw storeError(this.path, `appending ${events.length} events`, err);
     }
-    // ids and highs change only now that the batch is committed: a rolled-back batch leaves the
-    // caller's events and the store's memory untouched.
+    // ids change only now that the batch is committed
     for (let i = 0; i < fresh.length; i++) {
       const e = fresh[i] as VesperEvent;
       e.id = this.nextId + i;
@@ -322,15 +332,6 @@ export class EventStore {
     }
     this.nextId += fresh.length;
     this.lastHostUs = lastHostUs;
-    for (const [vmName, seqs] of raised) {
-      const known = this.runsOf(vmName);
-      let dirty = this.raisedRuns.get(vmName);
-      if (dirty === undefined) this.raisedRuns.set(vmName, (dirty = new Set()));
-      for (const [run, seq] of seqs) {
-        known.set(run, seq);
-        dirty.add(run);
-      }
-    }
     if (this.nextId - 1 - this.indexedThrough >= INDEX_EVERY_ROWS || Date.now() - this.indexedAtMs >= this.indexEveryMs) {
       this.indexTail();
     }
@@ -346,9 +347,9 @@ export class EventStore {
     const through = this.nextId - 1;
     if (through <= this.indexedThrough) return;
     try {
-      this.indexPass.immediate(through, this.raisedRuns);
+      this.indexPass.immediate(through);
       this.indexedThrough = through;
-      this.raisedRuns = new Map();
+      for (const runs of this.highs.values()) for (const high of runs.values()) high.dirty = false;
       this.vmIndex.clearPending();
     } catch {
       // kept in the tail; see above
@@ -358,15 +359,18 @@ export class EventStore {
   /** The highest seq stored for a run: remembered, or the runs table and the unindexed tail. */
   private knownHigh(vm: string, agentRun: string): number {
     const runs = this.runsOf(vm);
-    let high = runs.get(agentRun);
-    if (high === undefined) {
-      high = Math.max(this.runHighStmt.get(vm, agentRun) ?? 0, this.tailHighStmt.get(this.indexedThrough, vm, agentRun) ?? 0);
-      runs.set(agentRun, high);
-    }
+    return (runs.get(agentRun) ?? this.loadHigh(vm, agentRun, runs)).seq;
+  }
+
+  /** A run not remembered yet: its high from the runs table and the unindexed tail, remembered. */
+  private loadHigh(vm: string, agentRun: string, runs: Map<string, RunHigh>): RunHigh {
+    const seq = Math.max(this.runHighStmt.get(vm, agentRun) ?? 0, this.tailHighStmt.get(this.indexedThrough, vm, agentRun) ?? 0);
+    const high: RunHigh = { seq, dirty: false };
+    runs.set(agentRun, high);
     return high;
   }
 
-  private runsOf(vm: string): Map<string, number> {
+  private runsOf(vm: string): Map<string, RunHigh> {
     let runs = this.highs.get(vm);
     if (runs === undefined) this.highs.set(vm, (runs = new Map()));
     return runs;
