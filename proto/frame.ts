@@ -50,8 +50,11 @@ export interface FrameDecoderOptions {
  * Turns a byte stream back into payloads. Payload buffers passed to onFrame are views into
  * the decoder's buffer, valid only during the call.
  */
+/** Nothing held: one shared empty buffer, not a new one after every read. */
+const EMPTY = Buffer.alloc(0);
+
 export class FrameDecoder {
-  private buf: Buffer = Buffer.alloc(0);
+  private buf: Buffer = EMPTY;
   private skipped = 0; // garbage bytes skipped since the last good frame
   private afterFailure = false; // skipped bytes are the rest of a frame already reported
   private partialSince = 0; // Date.now() when an incomplete frame started waiting
@@ -165,12 +168,12 @@ export class FrameDecoder {
     }
     const rest = end - pos;
     if (rest === 0) {
-      this.buf = Buffer.alloc(0);
+      this.buf = EMPTY;
       this.partialSince = 0;
     } else if (need > 0) {
       this.frame = Buffer.allocUnsafe(need);
       this.filled = buf.copy(this.frame, 0, pos);
-      this.buf = Buffer.alloc(0);
+      this.buf = EMPTY;
       if (this.partialSince === 0 || pos > 0) this.partialSince = Date.now();
     } else {
       // Copy: keeping a view would pin the whole chunk behind a few bytes.
@@ -195,7 +198,7 @@ export class FrameDecoder {
       }
       if (this.buf.length === 0) break;
       const held = this.buf;
-      this.buf = Buffer.alloc(0);
+      this.buf = EMPTY;
       this.partialSince = 0;
       if (this.markerAt(held, 0)) {
         const before = this.bytesSkipped;
