@@ -208,7 +208,9 @@ class Daemon {
   ) {}
 
   start(): void {
-    const p = spawn(process.execPath, ['--import', 'tsx', CLI, 'daemon', '--config', this.configPath], {
+    // FUZZ_VESPERD_NODE_ARGS: node options for vesperd alone (e.g. `--cpu-prof --cpu-prof-dir=DIR`)
+    const nodeArgs = (process.env['FUZZ_VESPERD_NODE_ARGS'] ?? '').split(' ').filter(Boolean);
+    const p = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', CLI, 'daemon', '--config', this.configPath], {
       cwd: ROOT,
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, VESPER_KEY_DIR: this.keyDir },
