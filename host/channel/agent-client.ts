@@ -104,8 +104,19 @@ export const MAX_UNSENT_BYTES = 8 << 20;
  * a hello with a 100 KB boot id would make every row of that guest 100 KB.
  */
 export const MAX_HELLO_STRING = 256;
-/** The longest probe name the host takes from an agent. */
-const MAX_PROBE_NAME = 64;
+/** The longest probe name the host takes from an agent; event and parameter names too. */
+export const MAX_PROBE_NAME = 64;
+/**
+ * What else the host takes from an agent about a probe it runs: the version (a semver string),
+ * its parameters (the host's own values, echoed back: a kprobe's fetch arguments are the
+ * longest), and how many events and parameters. A probe the agent describes beyond these is
+ * refused like a probe with a bad name: a guest must not make the host hold (or `vesper status`
+ * print, or every stored event carry) a megabyte per probe.
+ */
+export const MAX_PROBE_VERSION = 64;
+export const MAX_PARAM_VALUE = 4096;
+export const MAX_PROBE_PARAMS = 64;
+export const MAX_PROBE_EVENTS = 256;
 
 interface Pending {
   resolve: (f: pb.Frame) => void;
@@ -358,24 +369,41 @@ export class AgentClient extends EventEmitter {
   private remember(l: pb.ILoadedProbe): ProbeInfo {
     const handle = l.handle ?? 0;
     const name = l.name ?? '';
-    const info: ProbeInfo = {
-      handle,
-      name,
-      instance: l.instance ?? 0,
-      version: l.version ?? '',
-      params: Object.fromEntries((l.params ?? []).map((p) => [p.name ?? '', p.value ?? ''])),
-      events: new Map((l.events ?? []).filter((e) => isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? ''])),
-    };
-    if (handle === 0 || name.length > MAX_PROBE_NAME || !isName(name) || HOST_PLUGIN_NAMES.has(name)) {
+    const version = l.version ?? '';
+    const params = l.params ?? [];
+    const events = l.events ?? [];
+    const tooLong =
+      version.length > MAX_PROBE_VERSION
+        ? `a ${version.length}-character version`
+        : params.length > MAX_PROBE_PARAMS
+          ? `${params.length} parameters`
+          : events.length > MAX_PROBE_EVENTS
+            ? `${events.length} events`
+            : params.some((p) => (p.name ?? '').length > MAX_PROBE_NAME || (p.value ?? '').length > MAX_PARAM_VALUE)
+              ? 'an overlong parameter'
+              : '';
+    if (tooLong !== '' || handle === 0 || name.length > MAX_PROBE_NAME || !isName(name) || HOST_PLUGIN_NAMES.has(name)) {
       this.emit(
         'protocolError',
         new VesperError(
           ErrorCode.PROTOCOL_UNEXPECTED,
-          `agent claims a probe ${JSON.stringify(name.slice(0, 64))} at handle ${handle}: refused, its records are told by handle`,
+          `agent claims a probe ${JSON.stringify(name.slice(0, 64))}${tooLong ? ` with ${tooLong}` : ''} at handle ${handle}: refused, its records are told by handle`,
         ),
       );
-      return { ...info, name: `handle-${handle}` };
+      // nothing of what it sent is kept: a refused probe is its handle
+      return { handle, name: `handle-${handle}`, instance: l.instance ?? 0, version: '', params: {}, events: new Map() };
     }
+    const info: ProbeInfo = {
+      handle,
+      name,
+      instance: l.instance ?? 0,
+      version,
+      params: Object.fromEntries(params.map((p) => [p.name ?? '', p.value ?? ''])),
+      // an event name is a name, and no longer than a probe's: every stored event of it carries it
+      events: new Map(
+        events.filter((e) => (e.name ?? '').length <= MAX_PROBE_NAME && isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? '']),
+      ),
+    };
     this.probes.set(handle, info);
     return info;
   }

@@ -8,7 +8,17 @@ import { join } from 'node:path';
 import { Duplex, PassThrough } from 'node:stream';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
-import { AgentClient, HELLO_MIN_INTERVAL_MS, MAX_UNSENT_BYTES, type AgentRecord } from '../../host/channel/agent-client.js';
+import {
+  AgentClient,
+  HELLO_MIN_INTERVAL_MS,
+  MAX_PARAM_VALUE,
+  MAX_PROBE_EVENTS,
+  MAX_PROBE_NAME,
+  MAX_PROBE_PARAMS,
+  MAX_PROBE_VERSION,
+  MAX_UNSENT_BYTES,
+  type AgentRecord,
+} from '../../host/channel/agent-client.js';
 import { eventOfRecord } from '../../host/notify/record-event.js';
 import { payloadFromColumn } from '../../host/store/event-row.js';
 import { encodeBatchFrame } from '../../proto/batch.js';
@@ -254,5 +264,56 @@ describe('a hello with overlong identity strings', () => {
     expect(hellos).toBe(1);
     expect(ok.c.isClosed).toBe(false);
     ok.c.close();
+  });
+});
+
+describe('probes an agent describes with overlong strings', () => {
+  it('are refused (told by handle, nothing of them kept): versions, parameters, event names', () => {
+    const l = link();
+    const ev = [{ id: 1, name: 'signal' }];
+    l.feed(
+      hello([
+        { handle: 1, name: 'signal', version: 'v'.repeat(MAX_PROBE_VERSION + 1), events: ev },
+        { handle: 2, name: 'oom', version: '1.0.0', params: [{ name: 'p', value: 'x'.repeat(MAX_PARAM_VALUE + 1) }], events: ev },
+        { handle: 3, name: 'psi', version: '1.0.0', params: [{ name: 'n'.repeat(MAX_PROBE_NAME + 1), value: '1' }], events: ev },
+        {
+          handle: 4,
+          name: 'process',
+          version: '1.0.0',
+          params: Array.from({ length: MAX_PROBE_PARAMS + 1 }, (_, i) => ({ name: `p${i}`, value: '1' })),
+          events: ev,
+        },
+        {
+          handle: 5,
+          name: 'kprobe',
+          version: '1.0.0',
+          events: Array.from({ length: MAX_PROBE_EVENTS + 1 }, (_, i) => ({ id: i, name: `e${i}` })),
+        },
+        // a probe within every bound is kept, but an overlong event name of it is not
+        {
+          handle: 6,
+          name: 'heartbeat',
+          version: '1.2.3',
+          params: [{ name: 'interval_ms', value: '1000' }],
+          events: [
+            { id: 1, name: 'beat' },
+            { id: 2, name: 'e'.repeat(MAX_PROBE_NAME + 1) },
+          ],
+        },
+      ]),
+    );
+    expect([...l.c.probes.keys()]).toEqual([6]);
+    const hb = l.c.probes.get(6)!;
+    expect(hb.version).toBe('1.2.3');
+    expect(hb.params).toEqual({ interval_ms: '1000' });
+    expect([...hb.events.entries()]).toEqual([[1, 'beat']]);
+    expect(l.errors.filter((e) => e.includes('refused'))).toHaveLength(5);
+    expect(l.errors.some((e) => e.includes(`${MAX_PROBE_VERSION + 1}-character version`))).toBe(true);
+    // a refused probe's records are told by handle
+    l.feed(encodeBatchFrame([Buffer.from(v1.Record.encode({ seq: 1, handle: 1, eventId: 1, heartbeat: { count: 1 } }).finish())]));
+    expect(l.records.map((r) => r.probe)).toEqual(['handle-1']);
+    // and the error line of it stays short whatever the agent sent
+    expect(Math.max(...l.errors.map((e) => e.length))).toBeLessThan(300);
+    l.c.close();
   });
 });
