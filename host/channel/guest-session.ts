@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 import type { pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { AgentClient, type AgentClientOptions, type AgentRecord } from './agent-client.js';
+import type { IngestBudgetOptions } from './ingest-budget.js';
 
 /**
  * Makes one link to the agent and completes its handshake with these options (resumeFor,
@@ -43,6 +44,8 @@ export interface GuestSessionOptions {
    * would otherwise be relinked every minBackoffMs for ever.
    */
   stableLinkMs?: number;
+  /** each link's ingest budget (see AgentClientOptions.budget); unlimited when absent */
+  budget?: IngestBudgetOptions;
   /** heartbeat lost after this many missed intervals (default 3) */
   heartbeatMisses?: number;
   /** how often to ping the agent (ms); see AgentClientOptions.keepaliveMs */
@@ -168,6 +171,7 @@ export class GuestSession extends EventEmitter {
           return run === this.agentId ? this.lastSeq : 0;
         },
         autoAck: this.o.autoAck ?? true,
+        ...(this.o.budget ? { budget: this.o.budget } : {}),
       });
     } catch (err) {
       if (this.stopped) return;

@@ -104,7 +104,13 @@ export interface Config {
     retention: { maxAge: number; maxSize: number };
   };
   /** all in ms */
-  channel: { keepalive: number; reconnectMin: number; reconnectMax: number };
+  channel: {
+    keepalive: number;
+    reconnectMin: number;
+    reconnectMax: number;
+    /** one guest's ingest budget: records and bytes a second (0: no limit), burst in ms */
+    ingest: { recordsPerS: number; bytesPerS: number; burst: number };
+  };
   actions: {
     /** ms */
     execTimeout: number;
@@ -177,6 +183,27 @@ function size(def: string) {
         return bytes;
       } catch (err) {
         ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    })
+    .prefault(def);
+}
+
+/** A size of at least minBytes, or 0 for "no limit". */
+function sizeOrZero(def: string, minBytes: number, minHint: string) {
+  return z
+    .union([z.string(), z.number()], { error: `must be ${SIZE_HINT}, or 0 for no limit` })
+    .transform((s, ctx) => {
+      if (s === 0 || s === '0') return 0;
+      try {
+        const bytes = parseSize(s);
+        if (bytes < minBytes) {
+          ctx.addIssue({ code: 'custom', message: `must be at least ${minHint}, or 0 for no limit; got ${JSON.stringify(s)}` });
+          return z.NEVER;
+        }
+        return bytes;
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: `${(err as Error).message}, or 0 for no limit` });
         return z.NEVER;
       }
     })
@@ -315,6 +342,18 @@ export const fileSchema = mapping('a mapping of sections', {
     keepalive: duration('1s'),
     reconnect_min: duration('200ms'),
     reconnect_max: duration('10s'),
+    // How fast one guest's link is read at most; past it the link is paused (the guest's ring
+    // holds its records), so that one guest cannot keep vesperd's one thread to itself.
+    ingest: mapping('a mapping', {
+      records_per_s: z
+        .number({ error: 'must be a whole number >= 1000, or 0 for no limit' })
+        .int({ error: 'must be a whole number >= 1000, or 0 for no limit' })
+        .refine((n) => n === 0 || n >= 1000, { error: 'must be a whole number >= 1000, or 0 for no limit' })
+        .prefault(100_000),
+      // at least one largest frame (1 MiB) a second: a guest must be able to send any frame it may
+      bytes_per_s: sizeOrZero('32MiB', 1 << 20, '1MiB'),
+      burst: duration('1s'),
+    }).prefault({}),
   }).prefault({}),
   actions: mapping('a mapping', {
     exec_timeout: duration('30s'),
@@ -346,7 +385,12 @@ export function toConfig(f: FileConfig): Config {
       sync: f.store.sync,
       retention: { maxAge: f.store.retention.max_age, maxSize: f.store.retention.max_size },
     },
-    channel: { keepalive: f.channel.keepalive, reconnectMin: f.channel.reconnect_min, reconnectMax: f.channel.reconnect_max },
+    channel: {
+      keepalive: f.channel.keepalive,
+      reconnectMin: f.channel.reconnect_min,
+      reconnectMax: f.channel.reconnect_max,
+      ingest: { recordsPerS: f.channel.ingest.records_per_s, bytesPerS: f.channel.ingest.bytes_per_s, burst: f.channel.ingest.burst },
+    },
     actions: {
       execTimeout: f.actions.exec_timeout,
       rateLimit: { max: f.actions.rate_limit.max, per: f.actions.rate_limit.per },

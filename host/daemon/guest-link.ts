@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { AgentRecord } from '../channel/agent-client.js';
 import { ProblemLog } from '../channel/problem-log.js';
 import { GuestSession, unixOpener, type AttachedProbe, type LinkOpener } from '../channel/guest-session.js';
+import type { IngestBudgetOptions } from '../channel/ingest-budget.js';
 import type { HostKey } from '../keys.js';
 import type { VesperEvent } from '../notify/event.js';
 import { readProbeBundle, signModule } from '../probes/package.js';
@@ -26,6 +27,8 @@ export interface GuestLinkDeps {
   keepaliveMs?: number;
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** how fast one guest's link is read at most (channel.ingest in the config); unlimited when absent */
+  budget?: IngestBudgetOptions;
 }
 
 /**
@@ -100,6 +103,7 @@ export class GuestLink {
       keepaliveMs: d.keepaliveMs ?? 1000,
       minBackoffMs: d.minBackoffMs ?? 200,
       maxBackoffMs: d.maxBackoffMs ?? 10_000,
+      ...(d.budget ? { budget: d.budget } : {}),
     });
     const s = this.session;
     s.on('batch', (rs, run) => this.onBatch(rs, run));

@@ -330,6 +330,7 @@ export class Vesperd implements ManagerApi {
       keepaliveMs: c.keepalive,
       minBackoffMs: c.reconnectMin,
       maxBackoffMs: c.reconnectMax,
+      budget: { recordsPerS: c.ingest.recordsPerS, bytesPerS: c.ingest.bytesPerS, burstMs: c.ingest.burst },
     });
   }
 

@@ -15,8 +15,17 @@ const EXAMPLE = resolve(import.meta.dirname, '../../host/config/vesper.example.y
 const DEFAULTS: Config = {
   daemon: { socket: '/run/vesper/vesperd.sock', group: 'vesper', logLevel: 'info' },
   libvirt: { uri: 'qemu:///system', channel: 'org.vesper.agent.0', domains: ['*'] },
-  store: { path: '/var/lib/vesper/events.db', sync: 'full', retention: { maxAge: 30 * 86_400_000, maxSize: 1024 ** 3 } },
-  channel: { keepalive: 1000, reconnectMin: 200, reconnectMax: 10_000 },
+  store: {
+    path: '/var/lib/vesper/events.db',
+    sync: 'full',
+    retention: { maxAge: 30 * 86_400_000, maxSize: 1024 ** 3 },
+  },
+  channel: {
+    keepalive: 1000,
+    reconnectMin: 200,
+    reconnectMax: 10_000,
+    ingest: { recordsPerS: 100_000, bytesPerS: 32 * 1024 ** 2, burst: 1000 },
+  },
   actions: { execTimeout: 30_000, rateLimit: { max: 3, per: 600_000 }, fenceLockDir: '/var/lib/vesper/fence' },
   filters: [],
   attach: [],
@@ -104,6 +113,7 @@ channel:
   keepalive: 500ms
   reconnect_min: 1s
   reconnect_max: 2m
+  ingest: { records_per_s: 30000, bytes_per_s: 8MiB, burst: 250ms }
 actions:
   exec_timeout: 1.5s
   rate_limit: { max: 10, per: 1h }
@@ -143,7 +153,12 @@ attach:
       daemon: { socket: '/tmp/v/api.sock', group: 'wheel', logLevel: 'warn' },
       libvirt: { uri: 'qemu+ssh://root@h1/system', channel: 'org.example.port.1', domains: ['db*', 'web-?'] },
       store: { path: '/srv/vesper/events.db', sync: 'normal', retention: { maxAge: 5_400_000, maxSize: 64 * 1024 ** 2 } },
-      channel: { keepalive: 500, reconnectMin: 1000, reconnectMax: 120_000 },
+      channel: {
+        keepalive: 500,
+        reconnectMin: 1000,
+        reconnectMax: 120_000,
+        ingest: { recordsPerS: 30_000, bytesPerS: 8 * 1024 ** 2, burst: 250 },
+      },
       actions: {
         execTimeout: 1500,
         rateLimit: { max: 10, per: 3_600_000 },
@@ -300,6 +315,16 @@ describe('mistakes', () => {
         'x',
       ).filters[0]!.decision,
     ).toEqual({ kind: 'action', action: 'failover', args: [] });
+  });
+
+  it('an ingest budget out of range is a mistake; 0 turns it off', () => {
+    const err = mistakes('channel:\n  ingest:\n    records_per_s: 10\n    bytes_per_s: 4KiB\n    burst: 0ms\n');
+    expect(err.message.split('\n')).toEqual([      'vesper.yaml:3:20: channel.ingest.records_per_s: must be a whole number >= 1000, or 0 for no limit',
+      'vesper.yaml:4:18: channel.ingest.bytes_per_s: must be at least 1MiB, or 0 for no limit; got "4KiB"',
+      'vesper.yaml:5:12: channel.ingest.burst: must be at least 1 ms, got "0ms"',
+    ]);
+    const off = parseConfig('channel:\n  ingest: { records_per_s: 0, bytes_per_s: 0 }\n', 'x').channel.ingest;
+    expect(off).toEqual({ recordsPerS: 0, bytesPerS: 0, burst: 1000 });
   });
 
   it('reconnect_min longer than reconnect_max is a mistake, reported with the others', () => {
@@ -482,6 +507,10 @@ describe('the example file', () => {
       'keepalive:',
       'reconnect_min:',
       'reconnect_max:',
+      'ingest:',
+      'records_per_s:',
+      'bytes_per_s:',
+      'burst:',
       'exec_timeout:',
       'rate_limit:',
       'max:',
