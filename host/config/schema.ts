@@ -100,8 +100,11 @@ export interface Config {
   store: {
     path: string;
     sync: StoreSync;
-    /** maxAge in ms, maxSize in bytes */
-    retention: { maxAge: number; maxSize: number };
+    /**
+     * maxAge in ms, maxSize in bytes; vmShare: the share of the store's events (0-1] one VM may
+     * hold before size retention takes its oldest events ahead of everyone else's (1: oldest first)
+     */
+    retention: { maxAge: number; maxSize: number; vmShare: number };
   };
   /** all in ms */
   channel: {
@@ -336,7 +339,15 @@ export const fileSchema = mapping('a mapping of sections', {
   store: mapping('a mapping', {
     path: absolutePath('the event database file').prefault('/var/lib/vesper/events.db'),
     sync: oneOf(['full', 'normal'] as const).prefault('full'),
-    retention: mapping('a mapping', { max_age: duration('30d'), max_size: size('1GiB') }).prefault({}),
+    retention: mapping('a mapping', {
+      max_age: duration('30d'),
+      max_size: size('1GiB'),
+      max_vm_share: z
+        .number({ error: 'must be a number above 0 and at most 1 (a share of the store, e.g. 0.5)' })
+        .gt(0, { error: 'must be a number above 0 and at most 1 (a share of the store, e.g. 0.5)' })
+        .lte(1, { error: 'must be a number above 0 and at most 1 (a share of the store, e.g. 0.5)' })
+        .prefault(0.5),
+    }).prefault({}),
   }).prefault({}),
   channel: mapping('a mapping', {
     keepalive: duration('1s'),
@@ -383,7 +394,7 @@ export function toConfig(f: FileConfig): Config {
     store: {
       path: f.store.path,
       sync: f.store.sync,
-      retention: { maxAge: f.store.retention.max_age, maxSize: f.store.retention.max_size },
+      retention: { maxAge: f.store.retention.max_age, maxSize: f.store.retention.max_size, vmShare: f.store.retention.max_vm_share },
     },
     channel: {
       keepalive: f.channel.keepalive,

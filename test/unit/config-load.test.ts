@@ -18,7 +18,7 @@ const DEFAULTS: Config = {
   store: {
     path: '/var/lib/vesper/events.db',
     sync: 'full',
-    retention: { maxAge: 30 * 86_400_000, maxSize: 1024 ** 3 },
+    retention: { maxAge: 30 * 86_400_000, maxSize: 1024 ** 3, vmShare: 0.5 },
   },
   channel: {
     keepalive: 1000,
@@ -63,7 +63,7 @@ describe('defaults', () => {
 
   it('a section given in part keeps the defaults of the rest', () => {
     const c = parseConfig('store:\n  retention:\n    max_age: 7d\nactions:\n  rate_limit:\n    max: 5\n', 'x');
-    expect(c.store).toEqual({ ...DEFAULTS.store, retention: { maxAge: 7 * 86_400_000, maxSize: 1024 ** 3 } });
+    expect(c.store).toEqual({ ...DEFAULTS.store, retention: { maxAge: 7 * 86_400_000, maxSize: 1024 ** 3, vmShare: 0.5 } });
     expect(c.actions.rateLimit).toEqual({ max: 5, per: 600_000 });
     expect(c.daemon).toEqual(DEFAULTS.daemon);
   });
@@ -109,6 +109,7 @@ store:
   retention:
     max_age: 1h30m
     max_size: 64MiB
+    max_vm_share: 0.25
 channel:
   keepalive: 500ms
   reconnect_min: 1s
@@ -152,7 +153,7 @@ attach:
     expect(c).toEqual({
       daemon: { socket: '/tmp/v/api.sock', group: 'wheel', logLevel: 'warn' },
       libvirt: { uri: 'qemu+ssh://root@h1/system', channel: 'org.example.port.1', domains: ['db*', 'web-?'] },
-      store: { path: '/srv/vesper/events.db', sync: 'normal', retention: { maxAge: 5_400_000, maxSize: 64 * 1024 ** 2 } },
+      store: { path: '/srv/vesper/events.db', sync: 'normal', retention: { maxAge: 5_400_000, maxSize: 64 * 1024 ** 2, vmShare: 0.25 } },
       channel: {
         keepalive: 500,
         reconnectMin: 1000,
@@ -317,12 +318,17 @@ describe('mistakes', () => {
     ).toEqual({ kind: 'action', action: 'failover', args: [] });
   });
 
-  it('an ingest budget out of range is a mistake; 0 turns it off', () => {
-    const err = mistakes('channel:\n  ingest:\n    records_per_s: 10\n    bytes_per_s: 4KiB\n    burst: 0ms\n');
-    expect(err.message.split('\n')).toEqual([      'vesper.yaml:3:20: channel.ingest.records_per_s: must be a whole number >= 1000, or 0 for no limit',
-      'vesper.yaml:4:18: channel.ingest.bytes_per_s: must be at least 1MiB, or 0 for no limit; got "4KiB"',
-      'vesper.yaml:5:12: channel.ingest.burst: must be at least 1 ms, got "0ms"',
+  it('an ingest budget and a VM share out of range are mistakes; 0 turns the budget off', () => {
+    const err = mistakes(
+      'store:\n  retention:\n    max_vm_share: 0\nchannel:\n  ingest:\n    records_per_s: 10\n    bytes_per_s: 4KiB\n    burst: 0ms\n',
+    );
+    expect(err.message.split('\n')).toEqual([
+      'vesper.yaml:3:19: store.retention.max_vm_share: must be a number above 0 and at most 1 (a share of the store, e.g. 0.5), got 0',
+      'vesper.yaml:6:20: channel.ingest.records_per_s: must be a whole number >= 1000, or 0 for no limit',
+      'vesper.yaml:7:18: channel.ingest.bytes_per_s: must be at least 1MiB, or 0 for no limit; got "4KiB"',
+      'vesper.yaml:8:12: channel.ingest.burst: must be at least 1 ms, got "0ms"',
     ]);
+    expect(mistakes('store:\n  retention:\n    max_vm_share: 1.5\n').message).toContain('at most 1');
     const off = parseConfig('channel:\n  ingest: { records_per_s: 0, bytes_per_s: 0 }\n', 'x').channel.ingest;
     expect(off).toEqual({ recordsPerS: 0, bytesPerS: 0, burst: 1000 });
   });
@@ -507,6 +513,7 @@ describe('the example file', () => {
       'keepalive:',
       'reconnect_min:',
       'reconnect_max:',
+      'max_vm_share:',
       'ingest:',
       'records_per_s:',
       'bytes_per_s:',
