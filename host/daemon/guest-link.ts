@@ -57,6 +57,18 @@ function scheduleAcks(): void {
 
 export type LinkState = 'connecting' | 'connected' | 'stopped';
 
+/**
+ * The longest link error kept (and shown by `vesper status`). Its message may carry what the
+ * other end said (an SSH relay's stderr): a guest must not decide how much vesperd holds and
+ * prints for it.
+ */
+export const MAX_LINK_ERROR = 1024;
+
+function capped(e: VesperError): VesperError {
+  if (e.message.length <= MAX_LINK_ERROR) return e;
+  return new VesperError(e.code, `${e.message.slice(0, MAX_LINK_ERROR)}… (${e.message.length} characters)`);
+}
+
 /** How a VM's agent is reached. */
 export interface LinkSpec {
   transport: 'virtio' | 'ssh';
@@ -107,7 +119,8 @@ export class GuestLink {
     });
     const s = this.session;
     s.on('batch', (rs, run) => this.onBatch(rs, run));
-    s.on('linkFailed', (e) => {
+    s.on('linkFailed', (failed) => {
+      const e = capped(failed);
       // Told once per change, not at every retry: a refused host key stays refused until the
       // operator acts, and a log line every backoff step would bury everything else.
       const same = this.linkError?.code === e.code && this.linkError.message === e.message;
