@@ -14,6 +14,8 @@ export const ErrorCode = {
   HANDSHAKE_TIMEOUT: 'VSP_HANDSHAKE_TIMEOUT',
   REQUEST_TIMEOUT: 'VSP_REQUEST_TIMEOUT',
   DISCONNECTED: 'VSP_DISCONNECTED',
+  /** a guest sent more than its ingest budget: its link is read more slowly, nothing is dropped */
+  INGEST_THROTTLED: 'VSP_INGEST_THROTTLED',
   CONNECT_FAILED: 'VSP_CONNECT_FAILED',
   // probe modules
   PROBE_UNSIGNED: 'VSP_PROBE_UNSIGNED',

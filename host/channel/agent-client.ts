@@ -12,6 +12,7 @@ import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import { HOST_PLUGIN_NAMES } from '../notify/host-plugins.js';
+import { IngestBudget, type IngestBudgetOptions } from './ingest-budget.js';
 import { isName } from '../notify/names.js';
 import { readPacer } from './read-pacer.js';
 
@@ -78,6 +79,11 @@ export interface AgentClientOptions {
    * speak, and the client then sees a second hello on the same link.
    */
   keepaliveMs?: number;
+  /**
+   * Bytes and records a second this link is read at, at most (ingest-budget.ts): past them the
+   * link is paused until the budget has caught up. Unlimited when absent.
+   */
+  budget?: IngestBudgetOptions;
 }
 
 /**
@@ -105,8 +111,27 @@ export const MAX_UNSENT_BYTES = 8 << 20;
  * a hello with a 100 KB boot id would make every row of that guest 100 KB.
  */
 export const MAX_HELLO_STRING = 256;
-/** The longest probe name the host takes from an agent. */
-const MAX_PROBE_NAME = 64;
+/**
+ * The largest message other than a record batch the host decodes from an agent. A hello, a load
+ * result or a probe list is a few kilobytes; only batches need the whole maximum frame size. A
+ * larger one is refused before it is decoded: decoding a 1 MiB hello of long strings took the
+ * manager's one thread 40-70 ms (and its garbage as long again), during which no other guest's
+ * records moved.
+ */
+export const MAX_CONTROL_FRAME = 64 * 1024;
+/** The longest probe name the host takes from an agent; event and parameter names too. */
+export const MAX_PROBE_NAME = 64;
+/**
+ * What else the host takes from an agent about a probe it runs: the version (a semver string),
+ * its parameters (the host's own values, echoed back: a kprobe's fetch arguments are the
+ * longest), and how many events and parameters. A probe the agent describes beyond these is
+ * refused like a probe with a bad name: a guest must not make the host hold (or `vesper status`
+ * print, or every stored event carry) a megabyte per probe.
+ */
+export const MAX_PROBE_VERSION = 64;
+export const MAX_PARAM_VALUE = 4096;
+export const MAX_PROBE_PARAMS = 64;
+export const MAX_PROBE_EVENTS = 256;
 
 interface Pending {
   resolve: (f: pb.Frame) => void;
@@ -134,6 +159,13 @@ export class AgentClient extends EventEmitter {
   duplicates = 0;
   gaps = 0;
   recordsReceived = 0;
+  /** records seen in batches, duplicates and refused ones included: what the budget counts */
+  recordsSeen = 0;
+  /** times the link was paused for being over its budget, and for how long in all (ms) */
+  throttles = 0;
+  throttledMs = 0;
+  private readonly budget: IngestBudget | null;
+  private resumeTimer: NodeJS.Timeout | null = null;
   private nextReq = 1;
   private lastHelloAt = 0;
   private heldHello: pb.Hello | null = null;
@@ -142,7 +174,7 @@ export class AgentClient extends EventEmitter {
   private readonly decoder: FrameDecoder;
   private closed = false;
   private readonly ready: Promise<void>;
-  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor'>> & Pick<AgentClientOptions, 'resumeFor'>;
+  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget'>> & Pick<AgentClientOptions, 'resumeFor'>;
 
   constructor(
     readonly stream: Duplex,
@@ -150,6 +182,7 @@ export class AgentClient extends EventEmitter {
   ) {
     super();
     const fedExternally = opts.fedExternally === true;
+    this.budget = opts.budget && !new IngestBudget(opts.budget).unlimited ? new IngestBudget(opts.budget) : null;
     this.opts = {
       resumeAfterSeq: opts.resumeAfterSeq ?? 0,
       autoAck: opts.autoAck ?? true,
@@ -198,7 +231,7 @@ export class AgentClient extends EventEmitter {
       clearTimeout(t);
       helloReject(new VesperError(ErrorCode.DISCONNECTED, `link closed before the handshake: ${why}`));
     });
-    if (!fedExternally) stream.on('data', (c: Buffer) => this.decoder.push(c));
+    if (!fedExternally) stream.on('data', (c: Buffer) => this.read(c));
     // On a virtio-serial port the guest cannot see us connect; these bytes are how it
     // learns, and it answers with its hello. Elsewhere the agent just answers the ping.
     this.send({ reqId: 0, ping: { nonce: 0, sentMonoNs: Number(process.hrtime.bigint()) } });
@@ -211,7 +244,35 @@ export class AgentClient extends EventEmitter {
    * into a shared buffer). The chunk is only valid during the call.
    */
   feed(chunk: Buffer): void {
-    if (!this.closed) this.decoder.push(chunk);
+    this.read(chunk);
+  }
+
+  /** One read from the link: decoded, then charged to the budget, which may pause the link. */
+  private read(chunk: Buffer): void {
+    if (this.closed) return;
+    const seen = this.recordsSeen;
+    this.decoder.push(chunk);
+    if (this.budget === null || this.closed) return;
+    const wait = this.budget.charge(chunk.length, this.recordsSeen - seen);
+    if (wait <= 0 || this.resumeTimer !== null) return;
+    // Not read for a while: the guest's writes block, its records wait in its ring. Reads
+    // already under way may still come; they are charged, and the next wait is longer.
+    const ms = Math.max(1, Math.ceil(wait));
+    this.throttles++;
+    this.throttledMs += ms;
+    if (this.throttles === 1)
+      this.emit(
+        'protocolError',
+        new VesperError(
+          ErrorCode.INGEST_THROTTLED,
+          `over its ingest budget (${this.budget.o.recordsPerS || 'any'} records/s, ${this.budget.o.bytesPerS || 'any'} bytes/s): reads paused`,
+        ),
+      );
+    this.stream.pause();
+    this.resumeTimer = setTimeout(() => {
+      this.resumeTimer = null;
+      if (!this.closed) this.stream.resume();
+    }, ms);
   }
 
   /** Connects to an agent listening on a unix socket and completes the handshake. */
@@ -360,24 +421,41 @@ export class AgentClient extends EventEmitter {
   private remember(l: pb.ILoadedProbe): ProbeInfo {
     const handle = l.handle ?? 0;
     const name = l.name ?? '';
-    const info: ProbeInfo = {
-      handle,
-      name,
-      instance: l.instance ?? 0,
-      version: l.version ?? '',
-      params: Object.fromEntries((l.params ?? []).map((p) => [p.name ?? '', p.value ?? ''])),
-      events: new Map((l.events ?? []).filter((e) => isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? ''])),
-    };
-    if (handle === 0 || name.length > MAX_PROBE_NAME || !isName(name) || HOST_PLUGIN_NAMES.has(name)) {
+    const version = l.version ?? '';
+    const params = l.params ?? [];
+    const events = l.events ?? [];
+    const tooLong =
+      version.length > MAX_PROBE_VERSION
+        ? `a ${version.length}-character version`
+        : params.length > MAX_PROBE_PARAMS
+          ? `${params.length} parameters`
+          : events.length > MAX_PROBE_EVENTS
+            ? `${events.length} events`
+            : params.some((p) => (p.name ?? '').length > MAX_PROBE_NAME || (p.value ?? '').length > MAX_PARAM_VALUE)
+              ? 'an overlong parameter'
+              : '';
+    if (tooLong !== '' || handle === 0 || name.length > MAX_PROBE_NAME || !isName(name) || HOST_PLUGIN_NAMES.has(name)) {
       this.emit(
         'protocolError',
         new VesperError(
           ErrorCode.PROTOCOL_UNEXPECTED,
-          `agent claims a probe ${JSON.stringify(name.slice(0, 64))} at handle ${handle}: refused, its records are told by handle`,
+          `agent claims a probe ${JSON.stringify(name.slice(0, 64))}${tooLong ? ` with ${tooLong}` : ''} at handle ${handle}: refused, its records are told by handle`,
         ),
       );
-      return { ...info, name: `handle-${handle}` };
+      // nothing of what it sent is kept: a refused probe is its handle
+      return { handle, name: `handle-${handle}`, instance: l.instance ?? 0, version: '', params: {}, events: new Map() };
     }
+    const info: ProbeInfo = {
+      handle,
+      name,
+      instance: l.instance ?? 0,
+      version,
+      params: Object.fromEntries(params.map((p) => [p.name ?? '', p.value ?? ''])),
+      // an event name is a name, and no longer than a probe's: every stored event of it carries it
+      events: new Map(
+        events.filter((e) => (e.name ?? '').length <= MAX_PROBE_NAME && isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? '']),
+      ),
+    };
     this.probes.set(handle, info);
     return info;
   }
@@ -416,6 +494,7 @@ export class AgentClient extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     if (this.helloTimer) clearTimeout(this.helloTimer);
+    if (this.resumeTimer) clearTimeout(this.resumeTimer);
     this.decoder.discardPartial('ended');
     for (const [, p] of this.pending) {
       clearTimeout(p.timer);
@@ -426,12 +505,16 @@ export class AgentClient extends EventEmitter {
   }
 
   private onFrame(payload: Buffer): void {
+    // A closed link's last bytes (the frames found behind an incomplete one when it ended) are
+    // not read: nothing on it can be acknowledged any more, and the agent sends it all again.
+    if (this.closed) return;
     // Record batches, nearly every frame: each record is decoded from its own bytes, which
     // are kept (copied once, out of the decoder's buffer) for the store.
     if (isBatchFrame(payload)) {
       const own = Buffer.from(payload);
       const parts = splitBatchFrame(own);
       if (parts !== null) {
+        this.recordsSeen += parts.length;
         const out: AgentRecord[] = [];
         for (const bytes of parts) {
           const h = readRecordHeader(bytes);
@@ -453,6 +536,13 @@ export class AgentClient extends EventEmitter {
         return;
       }
     }
+    if (payload.length > MAX_CONTROL_FRAME && !isBatchFrame(payload)) {
+      this.emit(
+        'protocolError',
+        new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `a ${payload.length}-byte message that is no record batch: not decoded`),
+      );
+      return;
+    }
     let f: pb.Frame;
     try {
       // a copy: the payload is a view into a read buffer that is reused, and a decoded message's
@@ -466,6 +556,7 @@ export class AgentClient extends EventEmitter {
       case 'batch':
         {
           const out: AgentRecord[] = [];
+          this.recordsSeen += f.batch!.records?.length ?? 0;
           for (const raw of (f.batch!.records ?? []) as pb.Record[]) this.received(out, headerOf(raw), raw, v1.Record.encode(raw).finish());
           this.deliver(out);
         }

@@ -8,6 +8,7 @@ import { EventEmitter } from 'node:events';
 import type { pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { AgentClient, type AgentClientOptions, type AgentRecord } from './agent-client.js';
+import type { IngestBudgetOptions } from './ingest-budget.js';
 
 /**
  * Makes one link to the agent and completes its handshake with these options (resumeFor,
@@ -37,6 +38,14 @@ export interface GuestSessionOptions {
   module: (name: string) => pb.IProbeModule;
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /**
+   * A link must stay up this long (ms, default STABLE_LINK_MS) before the backoff goes back to
+   * minBackoffMs. A handshake alone does not reset it: a guest that says hello and hangs up
+   * would otherwise be relinked every minBackoffMs for ever.
+   */
+  stableLinkMs?: number;
+  /** each link's ingest budget (see AgentClientOptions.budget); unlimited when absent */
+  budget?: IngestBudgetOptions;
   /** heartbeat lost after this many missed intervals (default 3) */
   heartbeatMisses?: number;
   /** how often to ping the agent (ms); see AgentClientOptions.keepaliveMs */
@@ -52,6 +61,9 @@ export interface GuestSessionOptions {
    */
   heldFor?: (agentRun: string) => number;
 }
+
+/** How long a link must stay up before the reconnect backoff starts again from its minimum. */
+export const STABLE_LINK_MS = 10_000;
 
 export interface ConnectedInfo {
   hello: pb.Hello;
@@ -84,6 +96,7 @@ export class GuestSession extends EventEmitter {
   private stopped = false;
   private backoff: number;
   private retry: NodeJS.Timeout | null = null;
+  private stableTimer: NodeJS.Timeout | null = null;
   private hbTimer: NodeJS.Timeout | null = null;
   private lastBeat = 0;
   private hbLost = false;
@@ -138,6 +151,7 @@ export class GuestSession extends EventEmitter {
   stop(): void {
     this.stopped = true;
     if (this.retry) clearTimeout(this.retry);
+    if (this.stableTimer) clearTimeout(this.stableTimer);
     if (this.hbTimer) clearTimeout(this.hbTimer);
     this.client?.close();
     this.client = null;
@@ -157,16 +171,24 @@ export class GuestSession extends EventEmitter {
           return run === this.agentId ? this.lastSeq : 0;
         },
         autoAck: this.o.autoAck ?? true,
+        ...(this.o.budget ? { budget: this.o.budget } : {}),
       });
     } catch (err) {
       if (this.stopped) return;
       this.emit('linkFailed', VesperError.from(err, ErrorCode.DISCONNECTED));
-      this.retry = setTimeout(() => void this.connect(), this.backoff);
-      this.backoff = Math.min(this.backoff * 2, this.o.maxBackoffMs ?? 5000);
+      this.retryLater();
       return;
     }
     if (this.stopped) return c.close();
-    this.backoff = this.o.minBackoffMs ?? 200;
+    // The backoff starts again from its minimum only once this link has stayed up a while: a
+    // guest that completes its handshake and hangs up at once is retried later and later, as
+    // if the link had failed.
+    if (this.stableTimer) clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => {
+      this.stableTimer = null;
+      if (this.client === c && !c.isClosed) this.backoff = this.o.minBackoffMs ?? 200;
+    }, this.o.stableLinkMs ?? STABLE_LINK_MS);
+    this.stableTimer.unref();
     this.client = c;
     // Per batch, not per record: with a thousand busy guests, two emits per record were a
     // measurable part of the manager's CPU.
@@ -179,13 +201,21 @@ export class GuestSession extends EventEmitter {
     c.on('protocolError', (e) => this.emit('protocolError', e));
     c.once('close', (why) => {
       if (this.client === c) this.client = null;
+      if (this.stableTimer) clearTimeout(this.stableTimer);
+      this.stableTimer = null;
       this.emit('disconnected', why);
-      if (!this.stopped) this.retry = setTimeout(() => void this.connect(), this.backoff);
+      if (!this.stopped) this.retryLater();
     });
     // A later hello on the same link: the guest rebooted or its agent restarted behind a
     // host connection that never dropped.
     c.on('hello', (h: pb.Hello) => void this.onHello(c, h));
     await this.onHello(c, c.hello);
+  }
+
+  /** The next link attempt after the current backoff, which then doubles (up to maxBackoffMs). */
+  private retryLater(): void {
+    this.retry = setTimeout(() => void this.connect(), this.backoff);
+    this.backoff = Math.min(this.backoff * 2, this.o.maxBackoffMs ?? 5000);
   }
 
   private async onHello(c: AgentClient, h: pb.Hello): Promise<void> {

@@ -100,12 +100,22 @@ export interface Config {
   store: {
     path: string;
     sync: StoreSync;
-    /** maxAge in ms, maxSize in bytes */
-    retention: { maxAge: number; maxSize: number };
+    /**
+     * maxAge in ms, maxSize in bytes; vmShare: the share of the store's events (0-1] one VM may
+     * hold before size retention takes its oldest events ahead of everyone else's (1: oldest first)
+     */
+    retention: { maxAge: number; maxSize: number; vmShare: number };
   };
   /** all in ms */
-  /** readCoalesce: ms a busy turn of reads is stretched to (read-pacer.ts); 0 never; absent, the default */
-  channel: { keepalive: number; reconnectMin: number; reconnectMax: number; readCoalesce?: number };
+  channel: {
+    keepalive: number;
+    reconnectMin: number;
+    reconnectMax: number;
+    /** one guest's ingest budget: records and bytes a second (0: no limit), burst in ms */
+    ingest: { recordsPerS: number; bytesPerS: number; burst: number };
+    /** ms a busy turn of reads is stretched to (read-pacer.ts); 0 never; absent, the default */
+    readCoalesce?: number;
+  };
   actions: {
     /** ms */
     execTimeout: number;
@@ -181,6 +191,27 @@ function size(def: string) {
         return bytes;
       } catch (err) {
         ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    })
+    .prefault(def);
+}
+
+/** A size of at least minBytes, or 0 for "no limit". */
+function sizeOrZero(def: string, minBytes: number, minHint: string) {
+  return z
+    .union([z.string(), z.number()], { error: `must be ${SIZE_HINT}, or 0 for no limit` })
+    .transform((s, ctx) => {
+      if (s === 0 || s === '0') return 0;
+      try {
+        const bytes = parseSize(s);
+        if (bytes < minBytes) {
+          ctx.addIssue({ code: 'custom', message: `must be at least ${minHint}, or 0 for no limit; got ${JSON.stringify(s)}` });
+          return z.NEVER;
+        }
+        return bytes;
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: `${(err as Error).message}, or 0 for no limit` });
         return z.NEVER;
       }
     })
@@ -313,7 +344,15 @@ export const fileSchema = mapping('a mapping of sections', {
   store: mapping('a mapping', {
     path: absolutePath('the event database file').prefault('/var/lib/vesper/events.db'),
     sync: oneOf(['full', 'normal'] as const).prefault('full'),
-    retention: mapping('a mapping', { max_age: duration('30d'), max_size: size('1GiB') }).prefault({}),
+    retention: mapping('a mapping', {
+      max_age: duration('30d'),
+      max_size: size('1GiB'),
+      max_vm_share: z
+        .number({ error: 'must be a number above 0 and at most 1 (a share of the store, e.g. 0.5)' })
+        .gt(0, { error: 'must be a number above 0 and at most 1 (a share of the store, e.g. 0.5)' })
+        .lte(1, { error: 'must be a number above 0 and at most 1 (a share of the store, e.g. 0.5)' })
+        .prefault(0.5),
+    }).prefault({}),
   }).prefault({}),
   channel: mapping('a mapping', {
     keepalive: duration('1s'),
@@ -323,6 +362,18 @@ export const fileSchema = mapping('a mapping of sections', {
     read_coalesce: duration('20ms', 0).refine((ms) => ms <= MAX_READ_COALESCE_MS, {
       error: `must be at most ${MAX_READ_COALESCE_MS}ms: it is added to the latency of every event under load`,
     }),
+    // How fast one guest's link is read at most; past it the link is paused (the guest's ring
+    // holds its records), so that one guest cannot keep vesperd's one thread to itself.
+    ingest: mapping('a mapping', {
+      records_per_s: z
+        .number({ error: 'must be a whole number >= 1000, or 0 for no limit' })
+        .int({ error: 'must be a whole number >= 1000, or 0 for no limit' })
+        .refine((n) => n === 0 || n >= 1000, { error: 'must be a whole number >= 1000, or 0 for no limit' })
+        .prefault(100_000),
+      // at least one largest frame (1 MiB) a second: a guest must be able to send any frame it may
+      bytes_per_s: sizeOrZero('32MiB', 1 << 20, '1MiB'),
+      burst: duration('1s'),
+    }).prefault({}),
   }).prefault({}),
   actions: mapping('a mapping', {
     exec_timeout: duration('30s'),
@@ -352,12 +403,13 @@ export function toConfig(f: FileConfig): Config {
     store: {
       path: f.store.path,
       sync: f.store.sync,
-      retention: { maxAge: f.store.retention.max_age, maxSize: f.store.retention.max_size },
+      retention: { maxAge: f.store.retention.max_age, maxSize: f.store.retention.max_size, vmShare: f.store.retention.max_vm_share },
     },
     channel: {
       keepalive: f.channel.keepalive,
       reconnectMin: f.channel.reconnect_min,
       reconnectMax: f.channel.reconnect_max,
+      ingest: { recordsPerS: f.channel.ingest.records_per_s, bytesPerS: f.channel.ingest.bytes_per_s, burst: f.channel.ingest.burst },
       readCoalesce: f.channel.read_coalesce,
     },
     actions: {

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { AgentRecord } from '../channel/agent-client.js';
 import { ProblemLog } from '../channel/problem-log.js';
 import { GuestSession, unixOpener, type AttachedProbe, type LinkOpener } from '../channel/guest-session.js';
+import type { IngestBudgetOptions } from '../channel/ingest-budget.js';
 import type { HostKey } from '../keys.js';
 import type { VesperEvent } from '../notify/event.js';
 import { readProbeBundle, signModule } from '../probes/package.js';
@@ -26,6 +27,8 @@ export interface GuestLinkDeps {
   keepaliveMs?: number;
   minBackoffMs?: number;
   maxBackoffMs?: number;
+  /** how fast one guest's link is read at most (channel.ingest in the config); unlimited when absent */
+  budget?: IngestBudgetOptions;
 }
 
 /**
@@ -53,6 +56,18 @@ function scheduleAcks(): void {
 }
 
 export type LinkState = 'connecting' | 'connected' | 'stopped';
+
+/**
+ * The longest link error kept (and shown by `vesper status`). Its message may carry what the
+ * other end said (an SSH relay's stderr): a guest must not decide how much vesperd holds and
+ * prints for it.
+ */
+export const MAX_LINK_ERROR = 1024;
+
+function capped(e: VesperError): VesperError {
+  if (e.message.length <= MAX_LINK_ERROR) return e;
+  return new VesperError(e.code, `${e.message.slice(0, MAX_LINK_ERROR)}… (${e.message.length} characters)`);
+}
 
 /** How a VM's agent is reached. */
 export interface LinkSpec {
@@ -100,10 +115,12 @@ export class GuestLink {
       keepaliveMs: d.keepaliveMs ?? 1000,
       minBackoffMs: d.minBackoffMs ?? 200,
       maxBackoffMs: d.maxBackoffMs ?? 10_000,
+      ...(d.budget ? { budget: d.budget } : {}),
     });
     const s = this.session;
     s.on('batch', (rs, run) => this.onBatch(rs, run));
-    s.on('linkFailed', (e) => {
+    s.on('linkFailed', (failed) => {
+      const e = capped(failed);
       // Told once per change, not at every retry: a refused host key stays refused until the
       // operator acts, and a log line every backoff step would bury everything else.
       const same = this.linkError?.code === e.code && this.linkError.message === e.message;

@@ -103,7 +103,7 @@ export class Vesperd implements ManagerApi {
     this.key = o.key ?? loadOrCreateHostKey();
     this.store = EventStore.open(c.store.path, {
       sync: c.store.sync,
-      retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize },
+      retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize, vmShare: c.store.retention.vmShare },
     });
     this.queue = new EventQueue();
     const pc = c.pacemaker;
@@ -332,6 +332,7 @@ export class Vesperd implements ManagerApi {
       keepaliveMs: c.keepalive,
       minBackoffMs: c.reconnectMin,
       maxBackoffMs: c.reconnectMax,
+      budget: { recordsPerS: c.ingest.recordsPerS, bytesPerS: c.ingest.bytesPerS, burstMs: c.ingest.burst },
     });
   }
 

@@ -45,7 +45,7 @@ export async function openAgentLink(
   const ch = await conn.exec(relayCommand(o.layout), o.execTimeoutMs ?? 15_000);
   let stderr = '';
   ch.stderr.on('data', (d: Buffer) => {
-    if (stderr.length < 4096) stderr += d.toString();
+    if (stderr.length < 4096) stderr = (stderr + d.toString()).slice(0, 4096);
   });
   let exit: number | null = null;
   ch.on('exit', (c: number | null) => (exit = c));

@@ -96,6 +96,8 @@ function checkOptions(path: string, opts: EventStoreOptions): void {
     if (value !== undefined && !(Number.isFinite(value) && value > 0))
       bad(`retention.${name} must be a positive number, not ${String(value)}`);
   }
+  if (r.vmShare !== undefined && !(Number.isFinite(r.vmShare) && r.vmShare > 0 && r.vmShare <= 1))
+    bad(`retention.vmShare must be above 0 and at most 1, not ${String(r.vmShare)}`);
   if (opts.indexEveryMs !== undefined && !(Number.isFinite(opts.indexEveryMs) && opts.indexEveryMs > 0))
     bad(`indexEveryMs must be a positive number, not ${String(opts.indexEveryMs)}`);
 }
@@ -126,6 +128,7 @@ export class EventStore {
   private indexedThrough: number;
   private indexedAtMs = Date.now();
   private readonly indexEveryMs: number;
+  private readonly retention: Retention;
   /** highest seq stored per VM and agent run, as far as it was asked or written */
   private readonly highs = new Map<string, Map<string, RunHigh>>();
 
@@ -215,7 +218,8 @@ export class EventStore {
       'SELECT count(*) AS events, min(host_time_us) AS oldestUs, max(host_time_us) AS newestUs FROM events WHERE id > ? AND vm = ?',
     );
     this.queries = new EventQueryRunner(db);
-    this.pruner = new RetentionPruner(db, opts.retention ?? {});
+    this.retention = opts.retention ?? {};
+    this.pruner = new RetentionPruner(db, this.retention);
     this.attachments = new AttachmentTable(db);
     this.filters = new FilterTable(db);
     this.meta = new MetaTable(db);
@@ -392,6 +396,8 @@ export class EventStore {
 
   /** Applies the retention given to open(); see retention.ts for the bounds of one call. */
   prune(nowUs: number = Date.now() * 1000): PruneResult {
+    // the newest rows into vm_ids first: size retention finds each VM's events there
+    if (this.retention.maxBytes !== undefined && (this.retention.vmShare ?? 1) < 1) this.indexTail();
     return this.guard('pruning', () => this.pruner.prune(nowUs, this.nextId, this.vmIndex));
   }
 
@@ -412,8 +418,8 @@ export class EventStore {
         if (all.oldestUs === null || (s.oldestUs !== null && s.oldestUs < all.oldestUs)) all.oldestUs = s.oldestUs;
         if (all.newestUs === null || (s.newestUs !== null && s.newestUs > all.newestUs)) all.newestUs = s.newestUs;
       };
-      // Retention deletes the oldest events first, so the table holds every id from its oldest
-      // on: an indexed id at or above it is an event.
+      // Retention deletes the oldest events first, or a VM's own oldest along with their vm_ids
+      // entries, so an indexed id at or above the oldest event left is an event.
       const oldest = this.oldestIdStmt.get() ?? null;
       if (oldest !== null) {
         let count = 0;

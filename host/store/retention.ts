@@ -3,6 +3,14 @@
 // for long: deletes go in chunks, each its own transaction, and one call deletes at most
 // `pruneBudgetRows` rows; `complete: false` tells the caller to come back soon.
 //
+// Size retention takes from the VMs over their share first: while the store is over maxBytes,
+// a VM holding more than `vmShare` of the indexed events loses its own oldest events (the
+// largest such VM first), and only when no VM is over its share are the oldest events deleted
+// whoever's they are. So a guest that floods the store with valid records pushes out its own
+// history, not every other VM's. A VM's events are found through vm_ids (no per-row index:
+// see schema.ts), deleted as one id range filtered by vm, and its vm_ids entries go with them,
+// so vm_ids stays exact above the oldest event left.
+//
 // Size is measured as the database's live pages: (page_count - freelist_count) x page_size of
 // the main file, as SQLite sees it including committed WAL frames. The WAL file itself is not
 // counted: it is bounded separately (wal_autocheckpoint and journal_size_limit) and emptied by
@@ -19,6 +27,11 @@ export interface Retention {
   maxBytes?: number;
   /** at most this many rows deleted per prune() call (default PRUNE_BUDGET_ROWS) */
   pruneBudgetRows?: number;
+  /**
+   * Over maxBytes, a VM holding more than this share (0-1] of the events loses its own oldest
+   * first. Default 1: the oldest events first, whoever's.
+   */
+  vmShare?: number;
 }
 
 export interface PruneResult {
@@ -43,6 +56,8 @@ export class RetentionPruner {
   private readonly times: TimeIds;
   private readonly deleteOldestStmt: Database.Statement<[number]>;
   private readonly oldestIdStmt: Database.Statement<[], number | null>;
+  private readonly deleteVmRangeStmt: Database.Statement<[number, number, string]>;
+  private readonly deleteVmOldest: Database.Transaction<(vm: string, lo: number, hi: number, index: VmIndex) => number>;
 
   constructor(
     private readonly db: Database.Database,
@@ -65,6 +80,13 @@ export class RetentionPruner {
     this.times = new TimeIds(db);
     this.deleteOldestStmt = db.prepare('DELETE FROM events WHERE id IN (SELECT id FROM events ORDER BY id LIMIT ?)');
     this.oldestIdStmt = db.prepare<[], number | null>('SELECT min(id) FROM events').pluck();
+    // A range of the rowid B-tree, each row's vm checked: the VM holds a large share of it.
+    this.deleteVmRangeStmt = db.prepare('DELETE FROM events WHERE id >= ? AND id <= ? AND vm = ?');
+    this.deleteVmOldest = db.transaction((vm: string, lo: number, hi: number, index: VmIndex) => {
+      const n = this.deleteVmRangeStmt.run(lo, hi, vm).changes;
+      index.dropVmThrough(vm, hi);
+      return n;
+    });
   }
 
   liveBytes(): number {
@@ -91,8 +113,26 @@ export class RetentionPruner {
 
     if (maxBytes !== undefined) {
       let live = this.liveBytes();
+      const share = this.retention.vmShare ?? 1;
+      /** indexed events per VM, read once per call when first needed, then kept up to date */
+      let counts: Map<string, number> | null = null;
       while (live > maxBytes && budget > 0) {
-        const n = this.deleteOldestStmt.run(Math.min(this.sizeChunk(live, maxBytes), budget)).changes;
+        let n = 0;
+        if (share < 1) {
+          counts ??= vmIndex.counts(this.oldestIdStmt.get() ?? nextId);
+          const over = overShare(counts, share);
+          if (over !== null) {
+            // rows counted, not estimated from the id span: a VM's deleted rows leave holes in it
+            const rows = [...counts.values()].reduce((a, b) => a + b, 0);
+            n = this.deleteOwnOldest(over, Math.min(this.sizeChunk(live, maxBytes, rows), budget), vmIndex);
+            if (n > 0) counts.set(over, (counts.get(over) ?? 0) - n);
+            else counts.delete(over); // nothing of it left to take (its events are all unindexed)
+          }
+        }
+        if (n === 0) {
+          n = this.deleteOldestStmt.run(Math.min(this.sizeChunk(live, maxBytes), budget)).changes;
+          counts = null; // whose they were is not known: counted again if needed
+        }
         if (n === 0) break; // nothing left to delete; the schema alone is larger than maxBytes
         deleted += n;
         budget -= n;
@@ -109,18 +149,30 @@ export class RetentionPruner {
     return { deleted, complete };
   }
 
+  /** Deletes up to `n` of the VM's oldest events and their vm_ids entries; how many went. */
+  private deleteOwnOldest(vm: string, n: number, vmIndex: VmIndex): number {
+    const ids = vmIndex.oldest(vm, this.oldestIdStmt.get() ?? 0, n);
+    if (ids.length === 0) return 0;
+    return this.deleteVmOldest(vm, ids[0] as number, ids[ids.length - 1] as number, vmIndex);
+  }
+
   /**
    * How many of the oldest rows to delete next: the excess divided by the average row size
-   * (max - min + 1 estimates the row count without a scan; ids skipped by refused duplicates
-   * make it high, so a chunk errs on the large side, which the CHUNK_ROWS cap bounds),
+   * (`rows` when the caller counted them; else max - min + 1 estimates the row count without
+   * a scan: ids skipped by refused duplicates make it high, so a chunk errs on the large side,
+   * which the CHUNK_ROWS cap bounds),
    * within [MIN_SIZE_CHUNK_ROWS, CHUNK_ROWS].
    */
-  private sizeChunk(live: number, maxBytes: number): number {
-    const { lo, hi } = this.idSpanStmt.get() ?? { lo: null, hi: null };
-    if (lo === null || hi === null) return MIN_SIZE_CHUNK_ROWS;
-    const bytesPerRow = live / (hi - lo + 1);
-    const rows = Math.ceil((live - maxBytes) / bytesPerRow);
-    return Math.min(CHUNK_ROWS, Math.max(MIN_SIZE_CHUNK_ROWS, rows));
+  private sizeChunk(live: number, maxBytes: number, rows?: number): number {
+    let bytesPerRow: number;
+    if (rows !== undefined && rows > 0) bytesPerRow = live / rows;
+    else {
+      const { lo, hi } = this.idSpanStmt.get() ?? { lo: null, hi: null };
+      if (lo === null || hi === null) return MIN_SIZE_CHUNK_ROWS;
+      bytesPerRow = live / (hi - lo + 1);
+    }
+    const excess = Math.ceil((live - maxBytes) / bytesPerRow);
+    return Math.min(CHUNK_ROWS, Math.max(MIN_SIZE_CHUNK_ROWS, excess));
   }
 
   /**
@@ -134,4 +186,16 @@ export class RetentionPruner {
     if (freePages > 0) this.db.pragma('incremental_vacuum');
     if (deletedRows || freePages > 0) this.db.pragma('wal_checkpoint(PASSIVE)');
   }
+}
+
+/** The VM with the most events, if it holds more than `share` of them all; else null. */
+function overShare(counts: Map<string, number>, share: number): string | null {
+  let total = 0;
+  let top: string | null = null;
+  let most = 0;
+  for (const [vm, n] of counts) {
+    total += n;
+    if (n > most) [top, most] = [vm, n];
+  }
+  return top !== null && most > share * total ? top : null;
 }

@@ -53,6 +53,10 @@ export class VmIndex {
   private readonly rowsAscStmt: Database.Statement<[string, number, number], { bucket: number; ids: Buffer }>;
   private readonly rowsDescStmt: Database.Statement<[string, number, number], { bucket: number; ids: Buffer }>;
   private readonly dropStmt: Database.Statement<[number]>;
+  private readonly sizesStmt: Database.Statement<[number], { vm: string; n: number }>;
+  private readonly bucketRowsStmt: Database.Statement<[number], { vm: string; ids: Buffer }>;
+  private readonly dropVmBelowStmt: Database.Statement<[string, number]>;
+  private readonly deleteRowStmt: Database.Statement<[string, number]>;
 
   constructor(db: Database.Database) {
     this.rowStmt = db.prepare<[string, number], Buffer>('SELECT ids FROM vm_ids WHERE vm = ? AND bucket = ?').pluck();
@@ -64,6 +68,50 @@ export class VmIndex {
     this.rowsAscStmt = db.prepare(rows('ASC'));
     this.rowsDescStmt = db.prepare(rows('DESC'));
     this.dropStmt = db.prepare('DELETE FROM vm_ids WHERE bucket < ?');
+    // length() of a blob is read from the record's header, without loading the blob
+    this.sizesStmt = db.prepare('SELECT vm, sum(length(ids)) / 2 AS n FROM vm_ids WHERE bucket > ? GROUP BY vm');
+    this.bucketRowsStmt = db.prepare('SELECT vm, ids FROM vm_ids WHERE bucket = ?');
+    this.dropVmBelowStmt = db.prepare('DELETE FROM vm_ids WHERE vm = ? AND bucket < ?');
+    this.deleteRowStmt = db.prepare('DELETE FROM vm_ids WHERE vm = ? AND bucket = ?');
+  }
+
+  /**
+   * Indexed events per VM, counting only ids at or above `oldestId` (the oldest event left: the
+   * bucket it is in may still hold entries of events deleted before it). One row per VM and
+   * bucket is read, and only the oldest bucket's ids are decoded.
+   */
+  counts(oldestId: number): Map<string, number> {
+    const first = bucketOf(oldestId);
+    const out = new Map<string, number>();
+    for (const r of this.sizesStmt.iterate(first)) out.set(r.vm, r.n);
+    for (const r of this.bucketRowsStmt.iterate(first)) {
+      const n = decodeIds(first, r.ids).filter((id) => id >= oldestId).length;
+      if (n > 0) out.set(r.vm, (out.get(r.vm) ?? 0) + n);
+    }
+    return out;
+  }
+
+  /** The VM's `n` oldest indexed ids at or above `fromId`, ascending. */
+  oldest(vm: string, fromId: number, n: number): number[] {
+    const out: number[] = [];
+    for (const ids of this.idsOf(vm, fromId - 1, Number.MAX_SAFE_INTEGER, false)) {
+      for (const id of ids) {
+        if (out.length >= n) return out;
+        out.push(id);
+      }
+    }
+    return out;
+  }
+
+  /** Forgets the VM's ids up to `id` (retention deleted its events up to there); in the caller's transaction. */
+  dropVmThrough(vm: string, id: number): void {
+    const bucket = bucketOf(id);
+    this.dropVmBelowStmt.run(vm, bucket);
+    const had = this.rowStmt.get(vm, bucket);
+    if (had === undefined) return;
+    const left = decodeIds(bucket, had).filter((x) => x > id);
+    if (left.length === 0) this.deleteRowStmt.run(vm, bucket);
+    else this.upsertStmt.run(vm, bucket, encode(bucket, left));
   }
 
   /** An appended (committed) event; ids come in ascending order. */

@@ -8,7 +8,7 @@
 // each VM cost, and does the store hold anything of a hostile guest under another VM's name,
 // or a record twice.
 import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -208,9 +208,12 @@ class Daemon {
   ) {}
 
   start(): void {
-    const p = spawn(process.execPath, ['--import', 'tsx', CLI, 'daemon', '--config', this.configPath], {
+    // FUZZ_VESPERD_NODE_ARGS: node options for vesperd alone (e.g. `--cpu-prof --cpu-prof-dir=DIR`, `--trace-gc`);
+    // FUZZ_VESPERD_STDOUT: a file for what it writes to stdout (--trace-gc does)
+    const nodeArgs = (process.env['FUZZ_VESPERD_NODE_ARGS'] ?? '').split(' ').filter(Boolean);
+    const p = spawn(process.execPath, [...nodeArgs, '--import', 'tsx', CLI, 'daemon', '--config', this.configPath], {
       cwd: ROOT,
-      stdio: ['ignore', 'ignore', 'pipe'],
+      stdio: ['ignore', process.env['FUZZ_VESPERD_STDOUT'] ? openSync(process.env['FUZZ_VESPERD_STDOUT'], 'w') : 'ignore', 'pipe'],
       env: { ...process.env, VESPER_KEY_DIR: this.keyDir },
     });
     this.proc = p;

@@ -15,8 +15,18 @@ const EXAMPLE = resolve(import.meta.dirname, '../../host/config/vesper.example.y
 const DEFAULTS: Config = {
   daemon: { socket: '/run/vesper/vesperd.sock', group: 'vesper', logLevel: 'info' },
   libvirt: { uri: 'qemu:///system', channel: 'org.vesper.agent.0', domains: ['*'] },
-  store: { path: '/var/lib/vesper/events.db', sync: 'full', retention: { maxAge: 30 * 86_400_000, maxSize: 1024 ** 3 } },
-  channel: { keepalive: 1000, reconnectMin: 200, reconnectMax: 10_000, readCoalesce: 20 },
+  store: {
+    path: '/var/lib/vesper/events.db',
+    sync: 'full',
+    retention: { maxAge: 30 * 86_400_000, maxSize: 1024 ** 3, vmShare: 0.5 },
+  },
+  channel: {
+    keepalive: 1000,
+    reconnectMin: 200,
+    reconnectMax: 10_000,
+    ingest: { recordsPerS: 100_000, bytesPerS: 32 * 1024 ** 2, burst: 1000 },
+    readCoalesce: 20,
+  },
   actions: { execTimeout: 30_000, rateLimit: { max: 3, per: 600_000 }, fenceLockDir: '/var/lib/vesper/fence' },
   filters: [],
   attach: [],
@@ -54,7 +64,7 @@ describe('defaults', () => {
 
   it('a section given in part keeps the defaults of the rest', () => {
     const c = parseConfig('store:\n  retention:\n    max_age: 7d\nactions:\n  rate_limit:\n    max: 5\n', 'x');
-    expect(c.store).toEqual({ ...DEFAULTS.store, retention: { maxAge: 7 * 86_400_000, maxSize: 1024 ** 3 } });
+    expect(c.store).toEqual({ ...DEFAULTS.store, retention: { maxAge: 7 * 86_400_000, maxSize: 1024 ** 3, vmShare: 0.5 } });
     expect(c.actions.rateLimit).toEqual({ max: 5, per: 600_000 });
     expect(c.daemon).toEqual(DEFAULTS.daemon);
   });
@@ -100,11 +110,13 @@ store:
   retention:
     max_age: 1h30m
     max_size: 64MiB
+    max_vm_share: 0.25
 channel:
   keepalive: 500ms
   reconnect_min: 1s
   reconnect_max: 2m
   read_coalesce: 0ms
+  ingest: { records_per_s: 30000, bytes_per_s: 8MiB, burst: 250ms }
 actions:
   exec_timeout: 1.5s
   rate_limit: { max: 10, per: 1h }
@@ -143,8 +155,14 @@ attach:
     expect(c).toEqual({
       daemon: { socket: '/tmp/v/api.sock', group: 'wheel', logLevel: 'warn' },
       libvirt: { uri: 'qemu+ssh://root@h1/system', channel: 'org.example.port.1', domains: ['db*', 'web-?'] },
-      store: { path: '/srv/vesper/events.db', sync: 'normal', retention: { maxAge: 5_400_000, maxSize: 64 * 1024 ** 2 } },
-      channel: { keepalive: 500, reconnectMin: 1000, reconnectMax: 120_000, readCoalesce: 0 },
+      store: { path: '/srv/vesper/events.db', sync: 'normal', retention: { maxAge: 5_400_000, maxSize: 64 * 1024 ** 2, vmShare: 0.25 } },
+      channel: {
+        keepalive: 500,
+        reconnectMin: 1000,
+        reconnectMax: 120_000,
+        ingest: { recordsPerS: 30_000, bytesPerS: 8 * 1024 ** 2, burst: 250 },
+        readCoalesce: 0,
+      },
       actions: {
         execTimeout: 1500,
         rateLimit: { max: 10, per: 3_600_000 },
@@ -307,6 +325,21 @@ describe('mistakes', () => {
     expect(mistakes('channel:\n  read_coalesce: 1s\n').message).toBe(
       'vesper.yaml:2:18: channel.read_coalesce: must be at most 200ms: it is added to the latency of every event under load, got "1s"',
     );
+  });
+
+  it('an ingest budget and a VM share out of range are mistakes; 0 turns the budget off', () => {
+    const err = mistakes(
+      'store:\n  retention:\n    max_vm_share: 0\nchannel:\n  ingest:\n    records_per_s: 10\n    bytes_per_s: 4KiB\n    burst: 0ms\n',
+    );
+    expect(err.message.split('\n')).toEqual([
+      'vesper.yaml:3:19: store.retention.max_vm_share: must be a number above 0 and at most 1 (a share of the store, e.g. 0.5), got 0',
+      'vesper.yaml:6:20: channel.ingest.records_per_s: must be a whole number >= 1000, or 0 for no limit',
+      'vesper.yaml:7:18: channel.ingest.bytes_per_s: must be at least 1MiB, or 0 for no limit; got "4KiB"',
+      'vesper.yaml:8:12: channel.ingest.burst: must be at least 1 ms, got "0ms"',
+    ]);
+    expect(mistakes('store:\n  retention:\n    max_vm_share: 1.5\n').message).toContain('at most 1');
+    const off = parseConfig('channel:\n  ingest: { records_per_s: 0, bytes_per_s: 0 }\n', 'x').channel.ingest;
+    expect(off).toEqual({ recordsPerS: 0, bytesPerS: 0, burst: 1000 });
   });
 
   it('reconnect_min longer than reconnect_max is a mistake, reported with the others', () => {
@@ -489,6 +522,11 @@ describe('the example file', () => {
       'keepalive:',
       'reconnect_min:',
       'reconnect_max:',
+      'max_vm_share:',
+      'ingest:',
+      'records_per_s:',
+      'bytes_per_s:',
+      'burst:',
       'exec_timeout:',
       'rate_limit:',
       'max:',

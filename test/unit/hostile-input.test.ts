@@ -8,7 +8,18 @@ import { join } from 'node:path';
 import { Duplex, PassThrough } from 'node:stream';
 import fc from 'fast-check';
 import { describe, expect, it, vi } from 'vitest';
-import { AgentClient, HELLO_MIN_INTERVAL_MS, MAX_UNSENT_BYTES, type AgentRecord } from '../../host/channel/agent-client.js';
+import {
+  AgentClient,
+  HELLO_MIN_INTERVAL_MS,
+  MAX_CONTROL_FRAME,
+  MAX_PARAM_VALUE,
+  MAX_PROBE_EVENTS,
+  MAX_PROBE_NAME,
+  MAX_PROBE_PARAMS,
+  MAX_PROBE_VERSION,
+  MAX_UNSENT_BYTES,
+  type AgentRecord,
+} from '../../host/channel/agent-client.js';
 import { eventOfRecord } from '../../host/notify/record-event.js';
 import { payloadFromColumn } from '../../host/store/event-row.js';
 import { encodeBatchFrame } from '../../proto/batch.js';
@@ -243,10 +254,11 @@ describe('a hello with overlong identity strings', () => {
     const l = link();
     let hellos = 0;
     l.c.on('hello', () => hellos++);
-    l.feed(hello([], { bootId: 'b'.repeat(100_000) }));
+    // (a 100 KB one is not even decoded now: see MAX_CONTROL_FRAME below)
+    l.feed(hello([], { bootId: 'b'.repeat(10_000) }));
     expect(hellos).toBe(0);
     expect(l.c.isClosed).toBe(true);
-    expect(l.errors.some((e) => e.includes('100000-character bootId'))).toBe(true);
+    expect(l.errors.some((e) => e.includes('10000-character bootId'))).toBe(true);
     // a real agent's hello: a UUID boot id, a kernel release, a hostname
     const ok = link();
     ok.c.on('hello', () => hellos++);
@@ -254,5 +266,96 @@ describe('a hello with overlong identity strings', () => {
     expect(hellos).toBe(1);
     expect(ok.c.isClosed).toBe(false);
     ok.c.close();
+  });
+});
+
+describe('probes an agent describes with overlong strings', () => {
+  it('are refused (told by handle, nothing of them kept): versions, parameters, event names', () => {
+    const l = link();
+    const ev = [{ id: 1, name: 'signal' }];
+    l.feed(
+      hello([
+        { handle: 1, name: 'signal', version: 'v'.repeat(MAX_PROBE_VERSION + 1), events: ev },
+        { handle: 2, name: 'oom', version: '1.0.0', params: [{ name: 'p', value: 'x'.repeat(MAX_PARAM_VALUE + 1) }], events: ev },
+        { handle: 3, name: 'psi', version: '1.0.0', params: [{ name: 'n'.repeat(MAX_PROBE_NAME + 1), value: '1' }], events: ev },
+        {
+          handle: 4,
+          name: 'process',
+          version: '1.0.0',
+          params: Array.from({ length: MAX_PROBE_PARAMS + 1 }, (_, i) => ({ name: `p${i}`, value: '1' })),
+          events: ev,
+        },
+        {
+          handle: 5,
+          name: 'kprobe',
+          version: '1.0.0',
+          events: Array.from({ length: MAX_PROBE_EVENTS + 1 }, (_, i) => ({ id: i, name: `e${i}` })),
+        },
+        // a probe within every bound is kept, but an overlong event name of it is not
+        {
+          handle: 6,
+          name: 'heartbeat',
+          version: '1.2.3',
+          params: [{ name: 'interval_ms', value: '1000' }],
+          events: [
+            { id: 1, name: 'beat' },
+            { id: 2, name: 'e'.repeat(MAX_PROBE_NAME + 1) },
+          ],
+        },
+      ]),
+    );
+    expect([...l.c.probes.keys()]).toEqual([6]);
+    const hb = l.c.probes.get(6)!;
+    expect(hb.version).toBe('1.2.3');
+    expect(hb.params).toEqual({ interval_ms: '1000' });
+    expect([...hb.events.entries()]).toEqual([[1, 'beat']]);
+    expect(l.errors.filter((e) => e.includes('refused'))).toHaveLength(5);
+    expect(l.errors.some((e) => e.includes(`${MAX_PROBE_VERSION + 1}-character version`))).toBe(true);
+    // a refused probe's records are told by handle
+    l.feed(encodeBatchFrame([Buffer.from(v1.Record.encode({ seq: 1, handle: 1, eventId: 1, heartbeat: { count: 1 } }).finish())]));
+    expect(l.records.map((r) => r.probe)).toEqual(['handle-1']);
+    // and the error line of it stays short whatever the agent sent
+    expect(Math.max(...l.errors.map((e) => e.length))).toBeLessThan(300);
+    l.c.close();
+  });
+});
+
+describe('a large message that is no record batch', () => {
+  it('is refused before it is decoded (a hello of 4,000 probes), while a batch of the same size is read', () => {
+    const l = link();
+    let hellos = 0;
+    l.c.on('hello', () => hellos++);
+    const many = Array.from({ length: 4000 }, (_, i) => ({ handle: i + 1, name: `p${i}`, version: '1.0.0', events: [{ id: 1, name: 'e' }] }));
+    const big = hello(many);
+    expect(big.length).toBeGreaterThan(MAX_CONTROL_FRAME);
+    l.feed(big);
+    expect(hellos).toBe(0);
+    expect(l.c.probes.size).toBe(0);
+    expect(l.errors.some((e) => e.includes('no record batch: not decoded'))).toBe(true);
+    // the link goes on: a real hello, then a batch larger than MAX_CONTROL_FRAME
+    l.feed(hello());
+    expect(hellos).toBe(1);
+    const recs = Array.from({ length: 400 }, (_, i) =>
+      Buffer.from(v1.Record.encode({ seq: i + 1, handle: 0, exec: { task: { pid: 1 }, filename: 'f'.repeat(200) } }).finish()),
+    );
+    const batch = encodeBatchFrame(recs);
+    expect(batch.length).toBeGreaterThan(MAX_CONTROL_FRAME);
+    l.feed(batch);
+    expect(l.records).toHaveLength(400);
+    l.c.close();
+  });
+});
+
+describe('a link that ends inside a frame', () => {
+  it('does not read the frames found behind the incomplete one: nothing more is delivered once it is closed', () => {
+    const l = link();
+    l.feed(hello());
+    const rec = (seq: number): Buffer => Buffer.from(v1.Record.encode({ seq, handle: 0, heartbeat: { count: seq } }).finish());
+    // a frame header announcing 5,000 bytes, then a whole batch frame (inside the 5,000 the host waits for)
+    const header = encodeFrame(Buffer.alloc(5000, 0x41)).subarray(0, 10);
+    l.feed(Buffer.concat([header, encodeBatchFrame([rec(1), rec(2)])]));
+    expect(l.records).toHaveLength(0);
+    l.c.close();
+    expect(l.records).toHaveLength(0);
   });
 });
