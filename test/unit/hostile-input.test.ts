@@ -325,7 +325,12 @@ describe('a large message that is no record batch', () => {
     const l = link();
     let hellos = 0;
     l.c.on('hello', () => hellos++);
-    const many = Array.from({ length: 4000 }, (_, i) => ({ handle: i + 1, name: `p${i}`, version: '1.0.0', events: [{ id: 1, name: 'e' }] }));
+    const many = Array.from({ length: 4000 }, (_, i) => ({
+      handle: i + 1,
+      name: `p${i}`,
+      version: '1.0.0',
+      events: [{ id: 1, name: 'e' }],
+    }));
     const big = hello(many);
     expect(big.length).toBeGreaterThan(MAX_CONTROL_FRAME);
     l.feed(big);

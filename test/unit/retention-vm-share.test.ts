@@ -43,7 +43,7 @@ function seqsOf(s: EventStore, vm: string): number[] {
 }
 
 describe('size retention with a per-VM share', () => {
-  it('takes the flooding VM\'s oldest events, leaving the others\' whole; oldest-first (share 1) took theirs', () => {
+  it("takes the flooding VM's oldest events, leaving the others' whole; oldest-first (share 1) took theirs", () => {
     const shared = open({ retention: { maxBytes: MAX_BYTES, vmShare: 0.5 } });
     const plain = open({ retention: { maxBytes: MAX_BYTES } });
     for (const s of [shared, plain]) {
@@ -72,7 +72,7 @@ describe('size retention with a per-VM share', () => {
     expect(plain.vmStats('quiet-b').events).toBe(0);
   });
 
-  it('with no VM over its share, deletes the oldest events whoever\'s', () => {
+  it("with no VM over its share, deletes the oldest events whoever's", () => {
     const s = open({ retention: { maxBytes: MAX_BYTES, vmShare: 0.5 } });
     // three VMs of a third each, interleaved in time
     for (let b = 0; b < 6; b++) for (const vm of ['a', 'b', 'c']) s.append(guestBatch(vm, 'r', b * 200 + 1, 200, 400));
@@ -95,7 +95,10 @@ describe('size retention with a per-VM share', () => {
     for (const vm of ['quiet-a', 'quiet-b', 'flood']) {
       const seqs = seqsOf(s, vm);
       expect(s.vmStats(vm).events, vm).toBe(seqs.length);
-      expect(s.query({ vm, order: 'desc', limit: 3 }).map((e) => e.source!.seq), vm).toEqual(seqs.slice(-3).reverse());
+      expect(
+        s.query({ vm, order: 'desc', limit: 3 }).map((e) => e.source!.seq),
+        vm,
+      ).toEqual(seqs.slice(-3).reverse());
     }
     expect(seqsOf(s, 'quiet-b')).toHaveLength(155);
     expect(seqsOf(s, 'quiet-a')).toHaveLength(160);
