@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
 import { DEFAULT_COALESCE_MS, readPacer } from '../../host/channel/read-pacer.js';
+import { defaultConfig } from '../../host/config/schema.js';
 import { GuestLink } from '../../host/daemon/guest-link.js';
 import { IngestBatcher } from '../../host/daemon/ingest.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
@@ -43,7 +44,18 @@ function managerCore(dir: string) {
   return { store, queue, framework, batcher };
 }
 
-function simLink(core: ReturnType<typeof managerCore>, dir: string, i: number, key: ReturnType<typeof loadOrCreateHostKey>): GuestLink {
+/**
+ * A GuestLink as vesperd makes one; with `asVesperd`, also with vesperd's default per-guest ingest
+ * budget (the ingest figure measures the path's own capacity, so its one link has none).
+ */
+function simLink(
+  core: ReturnType<typeof managerCore>,
+  dir: string,
+  i: number,
+  key: ReturnType<typeof loadOrCreateHostKey>,
+  asVesperd = false,
+): GuestLink {
+  const ingest = defaultConfig().channel.ingest;
   return new GuestLink(`sim-${i}`, join(dir, `a${i}.sock`), {
     key,
     batcher: core.batcher,
@@ -51,6 +63,7 @@ function simLink(core: ReturnType<typeof managerCore>, dir: string, i: number, k
     hostEvent: (e) => core.batcher.push([e], () => undefined),
     log: pino({ level: 'silent' }),
     keepaliveMs: 1000,
+    ...(asVesperd ? { budget: { recordsPerS: ingest.recordsPerS, bytesPerS: ingest.bytesPerS, burstMs: ingest.burst } } : {}),
   });
 }
 
@@ -128,7 +141,7 @@ export async function sessions(
     await simsListening(sim);
     const key = loadOrCreateHostKey(join(dir, 'keys'));
     for (let i = 0; i < n; i++) {
-      const link = simLink(core, dir, i, key);
+      const link = simLink(core, dir, i, key, true);
       link.start();
       links.push(link);
     }
