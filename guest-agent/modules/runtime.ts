@@ -147,6 +147,12 @@ export class ProbeRuntime {
     return run;
   }
 
+  /** One of the agent's own records (handle 0: a probe fault, a loss), stamped now. */
+  private agentRecord(body: pb.IRecord | ((monoNs: number) => pb.IRecord)): boolean {
+    const c = this.s.clock.now();
+    return this.append({ ...(typeof body === 'function' ? body(c.mono) : body), monoNs: c.mono, wallNs: c.wall, handle: 0, eventId: 0 });
+  }
+
   private append(rec: pb.IRecord): boolean {
     const ok = this.s.append(rec);
     // What emit() tells a probe: whether the ring took the last record.
@@ -371,12 +377,7 @@ export class ProbeRuntime {
       { probe: inst.manifest.name, instance: inst.instance, handle: inst.handle, code, err: stack },
       code === ErrorCode.PROBE_LOOPED ? 'probe stuck in its code; worker terminated, unloading it' : 'probe crashed; unloading it',
     );
-    const c = this.s.clock.now();
-    this.append({
-      monoNs: c.mono,
-      wallNs: c.wall,
-      handle: 0,
-      eventId: 0,
+    this.agentRecord({
       probeFault: { handle: inst.handle, probe: inst.manifest.name, instance: inst.instance, code, message, unloaded: true },
     });
     if (this.instances.has(inst.handle)) void this.serial(() => this.stop(inst));
@@ -447,14 +448,9 @@ export class ProbeRuntime {
           break;
         }
         case 'lost': {
-          const c = this.s.clock.now();
-          this.append({
-            monoNs: c.mono,
-            wallNs: c.wall,
-            handle: 0,
-            eventId: 0,
-            loss: { source: v1.LossEvent.Source.PROBE, count: it[2], firstMonoNs: c.mono, lastMonoNs: c.mono, handle: h },
-          });
+          this.agentRecord((mono) => ({
+            loss: { source: v1.LossEvent.Source.PROBE, count: it[2], firstMonoNs: mono, lastMonoNs: mono, handle: h },
+          }));
           break;
         }
         case 'fault': {
@@ -561,20 +557,15 @@ export class ProbeRuntime {
     inst.droppedFirst = this.s.clock.now().mono;
     // Told once per turn of this thread, as one loss record.
     queueMicrotask(() => {
-      const c = this.s.clock.now();
-      this.append({
-        monoNs: c.mono,
-        wallNs: c.wall,
-        handle: 0,
-        eventId: 0,
+      this.agentRecord((mono) => ({
         loss: {
           source: v1.LossEvent.Source.PROBE,
           count: inst.dropped,
           firstMonoNs: inst.droppedFirst,
-          lastMonoNs: c.mono,
+          lastMonoNs: mono,
           handle: inst.handle,
         },
-      });
+      }));
       this.s.log.warn({ probe: inst.manifest.name, dropped: inst.dropped }, "events dropped: the probe's worker is not keeping up");
       inst.dropped = 0;
     });

@@ -8,23 +8,11 @@ import { signModule } from '../../host/probes/package.js';
 import { keyId, moduleDigest } from '../../proto/module-digest.js';
 import { ErrorCode } from '../../proto/errors.js';
 import { useLocalAgent } from '../helpers/agent-fixture.js';
+import { testProbeManifest } from '../helpers/agent-fixture.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { waitFor } from '../helpers/wait.js';
 
 const why = whyNoKernelAccess();
-
-const faultyManifest = (name: string) =>
-  Buffer.from(
-    JSON.stringify({
-      name,
-      version: '1.0.0',
-      agent: '>=0.1.0 <1.0.0',
-      description: 'test probe',
-      maxInstances: 1,
-      events: [{ id: 1, name: 'beat', payload: 'heartbeat', description: '' }],
-      params: [],
-    }),
-  );
 
 describe.skipIf(Boolean(why))('probe modules: signatures and containment', () => {
   const f = useLocalAgent();
@@ -84,7 +72,7 @@ describe.skipIf(Boolean(why))('probe modules: signatures and containment', () =>
   it('unloads and reports a probe that throws, and keeps serving the others', async () => {
     const [hb] = await client.load(agent.module('heartbeat'), { params: { interval_ms: '50' } });
     const code = Buffer.from("export default { setup(ctx) { ctx.every(30, () => { throw new Error('probe bug: boom'); }); } };\n");
-    const [bad] = await client.load(signModule({ manifestBytes: faultyManifest('faulty'), code }, agent.key));
+    const [bad] = await client.load(signModule({ manifestBytes: testProbeManifest('faulty'), code }, agent.key));
     const fault = await waitFor('probe fault record', () => records.find((r) => r.kind === 'probeFault'));
     expect(fault.raw.probeFault).toMatchObject({ handle: bad!.handle, probe: 'faulty', code: ErrorCode.PROBE_CRASHED, unloaded: true });
     expect(fault.raw.probeFault?.message).toContain('probe bug: boom');
@@ -99,9 +87,11 @@ describe.skipIf(Boolean(why))('probe modules: signatures and containment', () =>
     expect(loaded[0]!.handle).toBe(hb!.handle);
     // A setup that throws is a failed load, not a crash of anything.
     const throwing = Buffer.from("export default { setup() { throw new Error('cannot start'); } };\n");
-    await expect(client.load(signModule({ manifestBytes: faultyManifest('nostart'), code: throwing }, agent.key))).rejects.toMatchObject({
-      code: ErrorCode.PROBE_LOAD_FAILED,
-    });
+    await expect(client.load(signModule({ manifestBytes: testProbeManifest('nostart'), code: throwing }, agent.key))).rejects.toMatchObject(
+      {
+        code: ErrorCode.PROBE_LOAD_FAILED,
+      },
+    );
     await client.unload('heartbeat');
     expect(agent.proc?.exitCode).toBeNull();
   });

@@ -13,25 +13,14 @@ import { LocalAgent } from '../../host/channel/local-agent.js';
 import { signModule } from '../../host/probes/package.js';
 import { moduleDigest } from '../../proto/module-digest.js';
 import { ErrorCode } from '../../proto/errors.js';
+import { testProbeManifest } from '../helpers/agent-fixture.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const why = whyNoKernelAccess();
 if (why) console.warn(`SKIP probe-loop test: ${why}`);
 
-const manifestOf = (name: string) =>
-  Buffer.from(
-    JSON.stringify({
-      name,
-      version: '1.0.0',
-      agent: '>=0.1.0 <1.0.0',
-      description: 'test probe',
-      maxInstances: 1,
-      events: [{ id: 1, name: 'beat', payload: 'heartbeat', description: '' }],
-      params: [],
-    }),
-  );
-const manifest = manifestOf('looper');
+const manifest = testProbeManifest('looper');
 // It attaches a tracing instance (and a kprobe where the kernel has them), emits a record,
 // and 300 ms after setup its timer never returns.
 const code = Buffer.from(
@@ -198,7 +187,7 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
         ctx.trace('signal', 'signal_generate', 'sig == 10', () => { if (++n === 200) throw new Error('thrower gives up at ' + n); });
       } };\n`,
     );
-    const [thrower] = await c.load(signModule({ manifestBytes: manifestOf('thrower'), code: throwerCode }, a.key));
+    const [thrower] = await c.load(signModule({ manifestBytes: testProbeManifest('thrower'), code: throwerCode }, a.key));
     const signals = () => recs.filter((r) => r.kind === 'signal').length;
     // The storm: 20 000 signals in bursts, from this process.
     let sent = 0;
@@ -242,7 +231,7 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
         });
       } };\n`,
     );
-    const [slow] = await c.load(signModule({ manifestBytes: manifestOf('slow'), code: slowCode }, a.key));
+    const [slow] = await c.load(signModule({ manifestBytes: testProbeManifest('slow'), code: slowCode }, a.key));
     const sent = 12_000;
     for (let burst = 0; burst < sent / 500; burst++) {
       for (let i = 0; i < 500; i++) process.kill(target.pid!, 'SIGUSR1');

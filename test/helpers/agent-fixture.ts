@@ -24,3 +24,18 @@ export function useLocalAgent(opts: LocalAgentOptions = {}): AgentFixture {
   });
   return f;
 }
+
+/** The manifest of a one-event test probe (a heartbeat-shaped `beat`), for modules a test writes. */
+export function testProbeManifest(name: string): Buffer {
+  return Buffer.from(
+    JSON.stringify({
+      name,
+      version: '1.0.0',
+      agent: '>=0.1.0 <1.0.0',
+      description: 'test probe',
+      maxInstances: 1,
+      events: [{ id: 1, name: 'beat', payload: 'heartbeat', description: '' }],
+      params: [],
+    }),
+  );
+}
