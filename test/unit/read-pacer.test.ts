@@ -3,7 +3,7 @@
 // before the pause, not after it.
 import { describe, expect, it } from 'vitest';
 import { ReadPacer } from '../../host/channel/read-pacer.js';
-import { IngestBatcher } from '../../host/daemon/ingest.js';
+import { COMMIT_AFTER_MS, IngestBatcher } from '../../host/daemon/ingest.js';
 import type { VesperEvent } from '../../host/notify/event.js';
 import { NotificationFramework } from '../../host/notify/framework.js';
 import { EventQueue } from '../../host/notify/queue.js';
@@ -113,5 +113,24 @@ describe('IngestBatcher with a pacer', () => {
     batcher.push([ev(1)], () => undefined);
     for (let i = 0; i < 5 && got === 0; i++) await new Promise((r) => setImmediate(r));
     expect(got).toBe(1);
+  });
+
+  it('commits within a long turn once the oldest waiting record is COMMIT_AFTER_MS old, and hands it on at once', () => {
+    const queue = new EventQueue();
+    const batcher = new IngestBatcher(new NotificationFramework({ queue }), 20_000, null);
+    const sub = queue.subscribe();
+    let delivered = 0;
+    sub.onReadable(() => (delivered += sub.take().events.length));
+    let stored = 0;
+    batcher.push([ev(1)], () => stored++);
+    const end = performance.now() + COMMIT_AFTER_MS + 1;
+    while (performance.now() < end); // the turn goes on reading
+    batcher.push([ev(2)], () => stored++);
+    // both committed and delivered before the turn ended (no setImmediate has run)
+    expect(stored).toBe(2);
+    expect(batcher.commits).toBe(1);
+    expect(delivered).toBe(2);
+    batcher.push([ev(3)], () => stored++);
+    expect(stored).toBe(2); // a fresh record waits for the end of the turn, as before
   });
 });
