@@ -1,7 +1,8 @@
 // Group commit: record batches from every guest gather for one turn of the event loop (or, in a
 // long turn, a couple of milliseconds of it), go through the framework (filter, store, publish)
-// in one store transaction, and only then is each guest told what it may drop from its ring. A crash before the commit loses nothing (the
-// agents resend); a crash after it duplicates nothing (the store keeps a record once).
+// in one store transaction, and only then is each guest told what it may drop from its ring. A
+// crash before the commit loses nothing (the agents resend); a crash after it duplicates
+// nothing (the store keeps a record once).
 import { readPacer, type ReadPacer } from '../channel/read-pacer.js';
 import type { VesperEvent } from '../notify/event.js';
 
@@ -64,12 +65,12 @@ export class IngestBatcher {
 
   /** The commit after a poll phase's reads; then the pacer may hold the next turn back. */
   private endOfTurn(): void {
+    this.scheduled = false;
     this.flush();
     this.pacer?.pace(() => this.sink.publishNow?.());
   }
 
   flush(): void {
-    this.scheduled = false;
     if (!this.pending.length) return;
     const batch = this.pending;
     this.pending = [];
