@@ -64,19 +64,25 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     rmSync(stateDir, { recursive: true, force: true });
   });
 
-  it('is terminated in its own worker: no restart, no loss, the heartbeat never stops', async () => {
-    const a = new LocalAgent({ stateFile });
+  /** A started agent (stopped by afterAll), its client, and every record it sent, in order. */
+  async function startAgent(file: string, extraArgs: string[] = []) {
+    const a = new LocalAgent({ stateFile: file, extraArgs });
     agents.push(a);
     await a.start();
     const c = await a.connect();
     clients.push(c);
     const recs: AgentRecord[] = [];
+    c.on('record', (r) => recs.push(r));
+    return { a, c, recs };
+  }
+
+  it('is terminated in its own worker: no restart, no loss, the heartbeat never stops', async () => {
+    const { a, c, recs } = await startAgent(stateFile);
     const beats: number[] = []; // arrival times, ms
     const seqs: number[] = [];
     const protocolErrors: Error[] = [];
     c.on('protocolError', (e: Error) => protocolErrors.push(e));
     c.on('record', (r) => {
-      recs.push(r);
       seqs.push(r.seq);
       if (r.kind === 'heartbeat') beats.push(performance.now());
     });
@@ -147,13 +153,7 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     // host a second time.
     c.close();
     await a.stop();
-    const b = new LocalAgent({ stateFile });
-    agents.push(b);
-    await b.start();
-    const c2 = await b.connect();
-    clients.push(c2);
-    const recs2: AgentRecord[] = [];
-    c2.on('record', (r) => recs2.push(r));
+    const { a: b, c: c2, recs: recs2 } = await startAgent(stateFile);
     await expect(c2.load(signModule({ manifestBytes: manifest, code }, b.key))).rejects.toMatchObject({
       code: ErrorCode.PROBE_QUARANTINED,
     });
@@ -164,13 +164,7 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
 
   /** An agent with the signal probe on SIGUSR1 to a `sleep` that ignores it, and its records. */
   async function signalAgent(state: string, extraArgs: string[] = []) {
-    const a = new LocalAgent({ stateFile: join(stateDir, state), extraArgs });
-    agents.push(a);
-    await a.start();
-    const c = await a.connect();
-    clients.push(c);
-    const recs: AgentRecord[] = [];
-    c.on('record', (r) => recs.push(r));
+    const { a, c, recs } = await startAgent(join(stateDir, state), extraArgs);
     const target = spawn('sh', ['-c', 'trap "" USR1; exec sleep 600'], { stdio: 'ignore' });
     children.push(target);
     await sleep(200);
@@ -254,13 +248,7 @@ describe.skipIf(Boolean(why))('a probe stuck in a loop, or throwing', () => {
     expect((await c.list()).map((p) => p.name).sort()).toEqual(['signal', 'slow']);
   }, 90_000);
   it('a paused agent (as in a paused guest) is not taken for a loop', async () => {
-    const a = new LocalAgent({ stateFile: join(stateDir, 'run-state-4') });
-    agents.push(a);
-    await a.start();
-    const c = await a.connect();
-    clients.push(c);
-    const recs: AgentRecord[] = [];
-    c.on('record', (r) => recs.push(r));
+    const { a, c, recs } = await startAgent(join(stateDir, 'run-state-4'));
     await c.load(a.module('heartbeat'), { params: { interval_ms: '50' } });
     await waitFor('heartbeats', () => recs.filter((r) => r.kind === 'heartbeat').length >= 5, 10_000);
     // Every thread stops for longer than the 3 s stall, then runs again.
