@@ -256,9 +256,10 @@ export class ApiServer {
     // was stored first, so the follower then reads from the store, page by page, until a page
     // comes back short; events the queue hands out meanwhile are in those pages too.
     let fromStore = false;
-    const send = (events: VesperEvent[], missed: number): void => {
+    // missed stays 0: what the queue overwrote comes from the store instead
+    const send = (events: VesperEvent[]): void => {
       if (events.length) lastId = events[events.length - 1]!.id ?? lastId;
-      link.send({ id, reply: { done: false, events: { events: events.map(wireEvent), missed } } });
+      link.send({ id, reply: { done: false, events: { events: events.map(wireEvent) } } });
     };
     const pump = (): void => {
       if (link.closed || waitingDrain) return;
@@ -278,13 +279,13 @@ export class ApiServer {
           // leaves nothing between it and what the queue hands out next.
           const page = this.m.queryEvents({ ...q, afterId: lastId, limit: FOLLOW_BATCH });
           fromStore = page.length === FOLLOW_BATCH;
-          if (page.length) send(page, 0);
+          if (page.length) send(page);
           else if (!events.length) return;
           continue;
         }
         const fresh = events.filter((x) => (x.id ?? 0) > lastId);
         if (!fresh.length) return;
-        send(fresh, 0);
+        send(fresh);
       }
       setImmediate(pump); // a flood: let other work run between rounds
     };
