@@ -49,10 +49,11 @@ export class IngestBatcher {
   ) {}
 
   push(events: VesperEvent[], done: (err: Error | null) => void): void {
-    if (this.pending.length === 0) this.firstAt = performance.now();
+    const now = performance.now();
+    if (this.pending.length === 0) this.firstAt = now;
     this.pending.push({ events, done });
     this.pendingEvents += events.length;
-    if (this.pendingEvents >= this.maxEvents || performance.now() - this.firstAt >= this.commitAfterMs) {
+    if (this.pendingEvents >= this.maxEvents || now - this.firstAt >= this.commitAfterMs) {
       // Within the turn: what was read first is committed and handed on now, not after the
       // turn's last read.
       this.flush();
