@@ -25,10 +25,17 @@ const children = (pid: number): number[] =>
 describe.skipIf(Boolean(why))('the agent started without UV_THREADPOOL_SIZE', () => {
   const dir = mkdtempSync(join(tmpdir(), 'vesper-reexec-'));
   let p: ChildProcess | null = null;
+  let agentPid = 0;
   afterAll(async () => {
     if (p && p.exitCode === null) {
       p.kill('SIGTERM');
       await waitFor('agent gone', () => p!.exitCode !== null || p!.signalCode !== null, 10_000).catch(() => p!.kill('SIGKILL'));
+    }
+    // A parent killed outright leaves its child behind: that one goes too.
+    try {
+      if (agentPid > 0 && readFileSync(`/proc/${agentPid}/cmdline`, 'utf8').includes('vesper-agent')) process.kill(agentPid, 'SIGKILL');
+    } catch {
+      /* already gone */
     }
     rmSync(dir, { recursive: true, force: true });
   });
@@ -56,6 +63,7 @@ describe.skipIf(Boolean(why))('the agent started without UV_THREADPOOL_SIZE', ()
     await waitFor('the agent socket', () => existsSync(socket), 15_000);
     const [child] = children(p.pid!);
     expect(child).toBeGreaterThan(0);
+    agentPid = child!;
     expect(readFileSync(`/proc/${child}/environ`, 'utf8').split('\0')).toContain('UV_THREADPOOL_SIZE=64');
     if (canProtect) {
       expect(adj(p.pid!)).toBe('-1000');
