@@ -5,6 +5,7 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
+import { ErrorCode, exitStatusFor } from '../../proto/errors.js';
 import { anchorsOf, linkProblems, linksOf, markdownFiles, openingCommands } from '../helpers/markdown-links.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../..');
@@ -36,6 +37,15 @@ describe('the repository documentation', () => {
     const { before, commands } = openingCommands(readFileSync(join(root, 'README.md'), 'utf8'));
     expect(before).toEqual([]);
     expect(commands).toEqual(['bash scripts/demo.sh', 'npm test']);
+  });
+});
+
+describe('docs/errors.md', () => {
+  it('lists every code of proto/errors.ts, and nothing else, with the exit status exitStatusFor gives it', () => {
+    const page = readFileSync(join(root, 'docs/errors.md'), 'utf8');
+    const listed = [...page.matchAll(/^\| `(VSP_[A-Z0-9_]+)` +\| (\d+) +\|/gm)].map((m) => `${m[1]} ${m[2]}`);
+    const catalogue = Object.values(ErrorCode).map((c) => `${c} ${exitStatusFor(c)}`);
+    expect(listed.sort()).toEqual(catalogue.sort());
   });
 });
 
