@@ -12,6 +12,8 @@ const INVOKED = /^(.*) invoked oom-killer:/;
 // memory.oom.group (mm/memcontrol.c): printed after the chosen victim's "Killed process" line,
 // before the kernel kills every other task of that cgroup (a mark_victim and a "Killed
 // process" line each, but no summary of their own).
+/** The group's kills are printed in one go; a later "Killed process" line is another OOM's. */
+const GROUP_KILL_NS = 1e9;
 const GROUP = /^Tasks in (.*) are going to be killed due to memory\.oom\.group set$/;
 
 interface Pending {
@@ -29,7 +31,8 @@ const probe: ProbeModule = {
     let lastInvoker = '';
     let lastSummary: Record<string, string> | null = null;
     // The group being killed by memory.oom.group, with the summary of the kill that chose it.
-    let group: { cgroup: string; summary: Record<string, string> | null } | null = null;
+    let group: { cgroup: string; summary: Record<string, string> | null; ts: number } | null = null;
+    const killedAt = new Map<number, number>(); // kernel time of each "Killed process" line
 
     const send = (pid: number): void => {
       const p = pending.get(pid);
@@ -39,6 +42,7 @@ const probe: ProbeModule = {
       const k = killed.get(pid);
       const s = summaries.get(pid);
       killed.delete(pid);
+      killedAt.delete(pid);
       summaries.delete(pid);
       const o = p.oom;
       if (k) {
@@ -56,7 +60,7 @@ const probe: ProbeModule = {
         o.constraint = s['constraint'] ?? '';
         o.memcg = s['oom_memcg'] ?? '';
         o.taskMemcg = s['task_memcg'] ?? '';
-      } else if (group && k) {
+      } else if (group && k && (killedAt.get(pid) ?? Infinity) - group.ts < GROUP_KILL_NS) {
         // A member of an oom.group kill: its "Killed process" line followed the group's.
         o.oomGroup = group.cgroup;
         o.constraint = group.summary?.['constraint'] ?? '';
@@ -106,7 +110,7 @@ const probe: ProbeModule = {
         }
         m = GROUP.exec(t);
         if (m) {
-          group = { cgroup: m[1]!, summary: lastSummary };
+          group = { cgroup: m[1]!, summary: lastSummary, ts: line.ts };
           return;
         }
         m = SUMMARY.exec(t);
@@ -126,8 +130,10 @@ const probe: ProbeModule = {
         if (m) {
           const pid = Number(m[1]);
           killed.set(pid, m);
+          killedAt.set(pid, line.ts);
           if (pending.has(pid)) send(pid);
           if (killed.size > 64) killed.delete(killed.keys().next().value!);
+          if (killedAt.size > 64) killedAt.delete(killedAt.keys().next().value!);
         }
       });
 
