@@ -6,7 +6,7 @@ import { afterAll, describe, expect, it } from 'vitest';
 import type { AgentRecord } from '../../host/channel/agent-client.js';
 import { GuestSession, type ConnectedInfo } from '../../host/channel/guest-session.js';
 import { LocalAgent } from '../../host/channel/local-agent.js';
-import { segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import { segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

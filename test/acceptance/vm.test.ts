@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { AgentRecord } from '../../host/channel/agent-client.js';
 import { GuestSession, type ConnectedInfo } from '../../host/channel/guest-session.js';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

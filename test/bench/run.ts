@@ -10,7 +10,7 @@ import Table from 'cli-table3';
 import { Command } from 'commander';
 import { AgentClient, type AgentRecord } from '../../host/channel/agent-client.js';
 import { LocalAgent } from '../../host/channel/local-agent.js';
-import { exitProgram, segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import { exitProgram, segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { encodeBatchFrame } from '../../proto/batch.js';
 import { PROTOCOL_VERSION, encodeMessage, v1 } from '../../proto/codec.js';
 import { encodeFrame } from '../../proto/frame.js';

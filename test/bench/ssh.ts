@@ -15,7 +15,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { AgentClient, type AgentRecord } from '../../host/channel/agent-client.js';
-import { segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import { segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { loadOrCreateHostKey, type HostKey } from '../../host/keys.js';
 import { readProbeBundle, signModule } from '../../host/probes/package.js';
 import { DEFAULT_AGENT_LAYOUT, openAgentLink, type AgentLayout } from '../../host/ssh/agent-link.js';

@@ -3,7 +3,7 @@
 // agent's ping answers (offset from the shortest round trip; error within half of it).
 import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

@@ -10,9 +10,9 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { createGzip, gunzipSync } from 'node:zlib';
-import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { ErrorCode, VesperError } from '../../../proto/errors.js';
 import { crashOnSignalProgram, exitWithArgProgram, segfaultProgram } from '../demo/tiny-elf.js';
-import { projectRoot } from '../probes/package.js';
+import { projectRoot } from '../../../host/probes/package.js';
 import { cpioChunks, type CpioEntry } from './cpio.js';
 import {
   AGENT_PATH,

@@ -13,7 +13,7 @@ import { XMLParser } from 'fast-xml-parser';
 
 const execFileP = promisify(execFile);
 
-export const RIG_SCRIPT = join(import.meta.dirname, '..', '..', 'scripts', 'pacemaker-rig.sh');
+export const RIG_SCRIPT = join(import.meta.dirname, '..', '..', '..', 'scripts', 'pacemaker-rig.sh');
 /** Where the rig's corosync.log and pacemaker.log go (one directory per node); kept after stop. */
 export const RIG_LOG_DIR = '/var/log/vesper-pcmk-rig';
 

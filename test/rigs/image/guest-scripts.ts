@@ -19,7 +19,7 @@ export interface InitOptions {
 export function initScript(o: InitOptions): string {
   const loads = o.modules.map((m) => `load ${m.name} ${m.path}`).join('\n');
   return `#!/bin/sh
-# vesper guest /init, written by host/image/build.ts.
+# vesper guest /init, written by test/rigs/image/build.ts.
 export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root
 
 say() { echo "vesper-guest: $*" > /dev/console; }
@@ -153,7 +153,7 @@ export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesp
  */
 export function faultHelperScript(): string {
   return `#!/bin/sh
-# vesper-fault: test-only fault injector (see host/image/guest-scripts.ts for the protocol).
+# vesper-fault: test-only fault injector (see test/rigs/image/guest-scripts.ts for the protocol).
 CG=/sys/fs/cgroup/vesper-oom
 SVC_CG=/sys/fs/cgroup/vesper-svc
 HOLD=/run/vesper-demo-svc.hold
