@@ -9,7 +9,7 @@
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { VesperEvent } from './event.js';
 import { FilterTable } from './filter.js';
-import { vmLabel } from './names.js';
+import { vmLabel } from '../../contract/names.js';
 import { checkParamValue } from './params.js';
 import { EventQueue } from './queue.js';
 import { PluginRegistry, type Plugin, type PluginHandle } from './registry.js';

@@ -10,7 +10,7 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { GuestSession } from '../../host/channel/guest-session.js';
 import { segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { SEGV_PROGRAM } from '../rigs/image/guest-scripts.js';

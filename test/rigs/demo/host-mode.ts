@@ -5,7 +5,7 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Table from 'cli-table3';
-import type { AgentRecord } from '../../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../../proto/record.js';
 import { LocalAgent } from '../../../host/channel/local-agent.js';
 import { describeRecord } from './describe.js';
 import { exitProgram, segfaultProgram, writeProgram } from './tiny-elf.js';
