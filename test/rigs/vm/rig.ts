@@ -14,7 +14,8 @@ import type { Hypervisor } from '../../../host/libvirt/hypervisor.js';
 import { LibvirtEvents } from '../../../host/libvirt/events.js';
 import { UnraidHypervisor } from '../../../host/libvirt/unraid.js';
 import { projectRoot, readProbeBundle, signModule } from '../../../host/probes/package.js';
-import { AGENT_PORT, TEST_PORT, channelXml, guestDomainXml, type Accel } from './domain.js';
+import { AGENT_PORT, TEST_PORT } from '../image/guest-scripts.js';
+import { channelXml, guestDomainXml, type Accel } from './domain.js';
 
 export interface VmRigOptions {
   name?: string;
