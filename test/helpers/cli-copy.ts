@@ -3,7 +3,9 @@
 // `mktemp -d` directory is 0700) or hold files of mode 0600, and the CLI run from there could
 // not load its own code. The copy is dist/host/vesper.mjs and the packages it imports at run
 // time (package.json's dependencies and theirs, found as Node resolves them), under a fresh
-// directory of the system's temporary directory, every file readable by all.
+// directory of the system's temporary directory, every file readable by all. Pacemaker's alert
+// agent, which runs as hacluster, is copied too, with the alert sender it runs beside it in
+// the same layout as in the checkout (host/pacemaker/alert-agent.sh, dist/host/vesper-alert.mjs).
 import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -13,6 +15,8 @@ import { projectRoot } from '../../host/probes/package.js';
 export interface CliCopy {
   /** the copied dist/host/vesper.mjs */
   vesper: string;
+  /** the copied host/pacemaker/alert-agent.sh (it finds ../../dist/host/vesper-alert.mjs) */
+  alertAgent: string;
   /** the directory holding the copy */
   dir: string;
   remove(): void;
@@ -70,13 +74,22 @@ export function readableCliCopy(): CliCopy {
     }
     mkdirSync(join(dir, 'dist', 'host'), { recursive: true });
     cpSync(bundle, join(dir, 'dist', 'host', 'vesper.mjs'));
+    const sender = join(root, 'dist', 'host', 'vesper-alert.mjs');
+    if (existsSync(sender)) cpSync(sender, join(dir, 'dist', 'host', 'vesper-alert.mjs'));
+    mkdirSync(join(dir, 'host', 'pacemaker'), { recursive: true });
+    cpSync(join(root, 'host', 'pacemaker', 'alert-agent.sh'), join(dir, 'host', 'pacemaker', 'alert-agent.sh'));
     // readable (and directories enterable) by all, whatever modes the checkout had
     execFileSync('chmod', ['-R', 'a+rX', dir]);
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });
     throw err;
   }
-  return { vesper: join(dir, 'dist', 'host', 'vesper.mjs'), dir, remove: () => rmSync(dir, { recursive: true, force: true }) };
+  return {
+    vesper: join(dir, 'dist', 'host', 'vesper.mjs'),
+    alertAgent: join(dir, 'host', 'pacemaker', 'alert-agent.sh'),
+    dir,
+    remove: () => rmSync(dir, { recursive: true, force: true }),
+  };
 }
 
 /** '' when `node COPY --version` runs as this user; else why not (the reason to skip with). */

@@ -9,13 +9,12 @@ import { join } from 'node:path';
 import { execFile } from 'node:child_process';
 import { PacemakerRig, RIG_LOG_DIR } from '../../host/pacemaker/rig.js';
 import { virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../../host/pacemaker/virtual-domain.js';
-import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../../host/vm/rig.js';
+import { readableCliCopy, type CliCopy } from './cli-copy.js';
 import { VesperdProcess, writeVesperdConfig, type EventLine } from './vesperd-process.js';
 import { waitFor } from './wait.js';
 
 export const NODE = 'node1';
-const ALERT_AGENT = join(projectRoot(), 'host/pacemaker/alert-agent.sh');
 
 export interface PacemakerVmOptions {
   onProgress?: (line: string) => void;
@@ -34,6 +33,8 @@ export class PacemakerVm {
   /** every event vesperd stores, as `vesper events -f -o json` prints it, from the start */
   events: EventLine[] = [];
   private stopFollow: (() => void) | null = null;
+  /** the alert agent and its sender where hacluster can read them, wherever the checkout lies */
+  private alertCopy: CliCopy | null = null;
   private readonly say: (line: string) => void;
 
   private constructor(private readonly o: PacemakerVmOptions) {
@@ -99,12 +100,13 @@ export class PacemakerVm {
     // Pacemaker's default alert timeout (30 s): the agent's own bound, VESPER_ALERT_TIMEOUT
     // (20 s by default), stays below it, so that on a loaded machine an alert is late, not lost.
     this.say('pacemaker: registering vesper alert agent');
+    this.alertCopy = readableCliCopy();
     await this.pcmk.check(NODE, 'cibadmin', [
       '--create',
       '--scope',
       'configuration',
       '--xml-text',
-      `<alerts><alert id="vesper" path="${ALERT_AGENT}">` +
+      `<alerts><alert id="vesper" path="${this.alertCopy.alertAgent}">` +
         '<meta_attributes id="vesper-meta">' +
         '<nvpair id="vesper-meta-ts" name="timestamp-format" value="%Y-%m-%d %H:%M:%S.%06N"/>' +
         '<nvpair id="vesper-meta-timeout" name="timeout" value="30s"/></meta_attributes>' +
@@ -235,6 +237,7 @@ export class PacemakerVm {
       await this.rig.stop().catch(() => undefined);
     }
     await this.vesperd?.killAll();
+    this.alertCopy?.remove();
     rmSync(this.dir, { recursive: true, force: true });
   }
 }
