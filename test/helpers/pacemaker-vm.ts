@@ -133,11 +133,21 @@ export class PacemakerVm {
 
   /** The resource runs (its start includes the guest's boot and the demo service answering). */
   async waitRunning(timeoutMs: number): Promise<void> {
-    await waitFor(`${this.resource} running`, async () => (await this.pcmk.resourceState(this.resource)).running, timeoutMs, 250);
+    await this.waitForPacemaker(
+      `${this.resource} running`,
+      async () => (await this.pcmk.resourceState(this.resource)).running,
+      timeoutMs,
+      250,
+    );
   }
 
   async waitStopped(timeoutMs: number): Promise<void> {
-    await waitFor(`${this.resource} stopped`, async () => !(await this.pcmk.resourceState(this.resource)).running, timeoutMs, 250);
+    await this.waitForPacemaker(
+      `${this.resource} stopped`,
+      async () => !(await this.pcmk.resourceState(this.resource)).running,
+      timeoutMs,
+      250,
+    );
   }
 
   /** vesperd's link to the guest agent is up and every attached probe is loaded in it. */
@@ -205,7 +215,12 @@ export class PacemakerVm {
   }
 
   /** waitFor(), and on a timeout the error carries diagnose()'s account of what was seen. */
-  async waitForPacemaker<T>(what: string, probe: () => T | undefined | false, timeoutMs: number, everyMs = 100): Promise<T> {
+  async waitForPacemaker<T>(
+    what: string,
+    probe: () => T | undefined | false | Promise<T | undefined | false>,
+    timeoutMs: number,
+    everyMs = 100,
+  ): Promise<T> {
     try {
       return await waitFor(what, probe, timeoutMs, everyMs);
     } catch (err) {
