@@ -377,7 +377,7 @@ describe('vesper agent (the built CLI): stable codes and exit statuses', () => {
     expect(nobodyThere.code, nobodyThere.stderr).toBe(69);
     expect(nobodyThere.stderr).toMatch(/VSP_SSH_CONNECT/);
     expect(existsSync(keys)).toBe(false);
-  });
+  }, 60_000);
 
   it('a VM name is looked up in the config ssh.targets (its password from the variable it names); unknown VMs and bad usage have their codes', async () => {
     const s = await server({ password: 'from the config env' });
