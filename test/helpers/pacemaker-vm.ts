@@ -7,9 +7,9 @@
 import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
-import { PacemakerRig, RIG_LOG_DIR } from '../../host/pacemaker/rig.js';
-import { virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../../host/pacemaker/virtual-domain.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { PacemakerRig, RIG_LOG_DIR } from '../rigs/pacemaker/rig.js';
+import { virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../rigs/pacemaker/virtual-domain.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { readableCliCopy, type CliCopy } from './cli-copy.js';
 import { VesperdProcess, writeVesperdConfig, type EventLine } from './vesperd-process.js';
 import { waitFor } from './wait.js';
