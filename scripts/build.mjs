@@ -32,10 +32,10 @@ await build({
   banner: { js: '#!/usr/bin/env node' },
 });
 
-// The alert agent's sender alone (host/pacemaker/alert-send.ts says why it is apart).
+// The alert agent's sender alone (host/cli/alert-send.ts says why it is apart).
 await build({
   ...common,
-  entryPoints: [join(root, 'host/pacemaker/alert-main.ts')],
+  entryPoints: [join(root, 'host/cli/alert-main.ts')],
   outfile: join(out, 'host/vesper-alert.mjs'),
   packages: 'external',
   banner: { js: '#!/usr/bin/env node' },

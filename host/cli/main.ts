@@ -11,7 +11,7 @@ import { renderHtml } from '../analysis/report-html.js';
 import { analysisText } from '../analysis/text.js';
 import type { Analysis } from '../analysis/types.js';
 import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
-import { sendAlert } from '../pacemaker/alert-send.js';
+import { sendAlert } from './alert-send.js';
 import { addAgentCommands } from './agent.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';

@@ -7,8 +7,8 @@
 // 3–5 s on a loaded 2-core machine) spent most of the agent's old 6 s bound before it even
 // connected, and was killed with the alert unsent. This path loads only what an alert needs.
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { ApiClient } from '../cli/api-client.js';
-import { alertEvent, type AlertEnv } from './alert-event.js';
+import { ApiClient } from './api-client.js';
+import { alertEvent, type AlertEnv } from '../pacemaker/alert-event.js';
 
 export interface SendAlertOptions {
   env: AlertEnv;

@@ -5,7 +5,7 @@
 import { parseArgs } from 'node:util';
 import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
 import { parseDuration } from '../config/units.js';
-import { DEFAULT_ALERT_SOCKET, alertEvent } from './alert-event.js';
+import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
 import { sendAlert } from './alert-send.js';
 
 async function main(): Promise<void> {
