@@ -93,6 +93,7 @@ export function exitStatusFor(code: string): number {
   if (code === ErrorCode.SSH_HOSTKEY_UNKNOWN || code === ErrorCode.SSH_HOSTKEY_CHANGED) return 76; // EX_PROTOCOL
   if (code === ErrorCode.SSH_CONNECT || code === ErrorCode.SSH_TIMEOUT || code === ErrorCode.SSH_DISCONNECTED) return 69; // EX_UNAVAILABLE
   if (code === ErrorCode.AGENT_NOT_INSTALLED) return 3;
+  if (code === ErrorCode.KEY_MISSING) return 66; // EX_NOINPUT: a key file not there or not readable
   if (code === ErrorCode.AGENT_NOT_ANSWERING) return 69;
   if (code === ErrorCode.DAEMON_UNREACHABLE || code === ErrorCode.PACEMAKER_UNAVAILABLE) return 69; // EX_UNAVAILABLE
   if (

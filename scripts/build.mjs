@@ -32,10 +32,21 @@ await build({
   banner: { js: '#!/usr/bin/env node' },
 });
 
+// The alert agent's sender alone (host/cli/alert-send.ts says why it is apart).
+await build({
+  ...common,
+  entryPoints: [join(root, 'host/cli/alert-main.ts')],
+  outfile: join(out, 'host/vesper-alert.mjs'),
+  packages: 'external',
+  banner: { js: '#!/usr/bin/env node' },
+});
+
 const probes = readdirSync(join(root, 'probes')).filter((d) => existsSync(join(root, 'probes', d, 'manifest.json')));
 await Promise.all(
   probes.map((name) =>
     build({ ...common, entryPoints: [join(root, 'probes', name, 'index.ts')], outfile: join(out, 'probes', `${name}.mjs`) }),
   ),
 );
-console.error(`built dist/host/vesper.mjs, dist/guest-agent/vesper-agent.mjs and ${probes.length} probe modules: ${probes.join(', ')}`);
+console.error(
+  `built dist/host/vesper.mjs, dist/host/vesper-alert.mjs, dist/guest-agent/vesper-agent.mjs and ${probes.length} probe modules: ${probes.join(', ')}`,
+);

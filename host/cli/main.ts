@@ -11,6 +11,7 @@ import { renderHtml } from '../analysis/report-html.js';
 import { analysisText } from '../analysis/text.js';
 import type { Analysis } from '../analysis/types.js';
 import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
+import { sendAlert } from './alert-send.js';
 import { addAgentCommands } from './agent.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
@@ -315,30 +316,13 @@ export function buildProgram(): Command {
       } catch (err) {
         throw new VesperError(ErrorCode.USAGE, `--timeout: ${(err as Error).message}`);
       }
-      const { event, payload } = alertEvent(process.env);
       if (o.dryRun) {
+        const { event, payload } = alertEvent(process.env);
         process.stdout.write(`${JSON.stringify({ plugin: 'pacemaker', vm: '', event, payload })}\n`);
         return;
       }
       const socket = (cmd.optsWithGlobals() as { socket?: string }).socket ?? process.env['VESPER_SOCKET'] ?? DEFAULT_ALERT_SOCKET;
-      const started = Date.now();
-      const c = await ApiClient.connect(socket, ms);
-      let timer: NodeJS.Timeout | undefined;
-      try {
-        const r = await Promise.race([
-          c.request({ hostEvent: { plugin: 'pacemaker', vm: '', event, payloadJson: JSON.stringify(payload) } }),
-          new Promise<never>((_, reject) => {
-            timer = setTimeout(
-              () => reject(new VesperError(ErrorCode.REQUEST_TIMEOUT, `vesperd did not take the alert within ${ms} ms`)),
-              Math.max(1, ms - (Date.now() - started)),
-            );
-          }),
-        ]);
-        process.stdout.write(`${r.ok?.message ?? 'sent'}\n`);
-      } finally {
-        clearTimeout(timer);
-        c.close();
-      }
+      process.stdout.write(`${await sendAlert({ env: process.env, socket, timeoutMs: ms })}\n`);
     });
 
   program

@@ -87,6 +87,11 @@ export interface CliUser {
   gid: number;
   /** supplementary groups (none when empty) */
   groups?: number[];
+  /**
+   * the CLI bundle to run (default VESPER): another user may not be able to read the checkout,
+   * so such tests run a copy (test/helpers/cli-copy.ts)
+   */
+  vesper?: string;
 }
 
 export class VesperdProcess {
@@ -104,7 +109,7 @@ export class VesperdProcess {
 
   /** The CLI against this daemon, as a separate process; as another user when `as` is given. */
   cli(args: string[], timeoutMs = 60_000, as?: CliUser): Promise<Run> {
-    const argv = [VESPER, '--socket', this.socket, ...args];
+    const argv = [as?.vesper ?? VESPER, '--socket', this.socket, ...args];
     const [cmd, full] = as
       ? [
           'setpriv',
