@@ -10,7 +10,9 @@
 // the channel (its SSH entry unused, said once in the log); one without it, or not running here,
 // over SSH. The link follows the domain: a channel hot-plugged later takes over from SSH.
 import type { Logger } from 'pino';
+import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { dirname } from 'node:path';
 import { API_MAX_FRAME_BYTES, type apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { PacemakerActions, DEFAULT_PACEMAKER_SETTINGS } from '../actions/pacemaker.js';
@@ -39,6 +41,7 @@ import { EventStore } from '../store/event-store.js';
 import { ApiServer, type EventFeed, type EventQuery, type ManagerApi } from './api-server.js';
 import { GuestLink, unixLink, type LinkSpec } from './guest-link.js';
 import { sshLink } from './ssh-link.js';
+import { DaemonLock, lockPathOf } from './daemon-lock.js';
 import { readPacer } from '../channel/read-pacer.js';
 import { IngestBatcher } from './ingest.js';
 import { eventOfLibvirt } from './libvirt-plugin.js';
@@ -91,6 +94,8 @@ export class Vesperd implements ManagerApi {
   /** Pacemaker resource → VM, for alerts */
   private readonly resourceVm: Map<string, string>;
   private key: HostKey;
+  /** this vesperd's hold on its store (none for an in-memory store) */
+  private readonly lock: DaemonLock | null;
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
   private scanning: Promise<void> | null = null;
@@ -100,11 +105,19 @@ export class Vesperd implements ManagerApi {
     const c = o.config;
     this.log = o.log;
     this.domainFilter = globsToRegExp(c.libvirt.domains ?? ['*']);
-    this.key = o.key ?? loadOrCreateHostKey();
-    this.store = EventStore.open(c.store.path, {
-      sync: c.store.sync,
-      retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize, vmShare: c.store.retention.vmShare },
-    });
+    // Before anything is opened or created: a second vesperd on this store stops here.
+    if (c.store.path !== ':memory:') mkdirSync(dirname(c.store.path), { recursive: true, mode: 0o750 }); // as the store makes it
+    this.lock = c.store.path === ':memory:' ? null : DaemonLock.acquire(lockPathOf(c.store.path));
+    try {
+      this.key = o.key ?? loadOrCreateHostKey();
+      this.store = EventStore.open(c.store.path, {
+        sync: c.store.sync,
+        retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize, vmShare: c.store.retention.vmShare },
+      });
+    } catch (err) {
+      this.lock?.release();
+      throw err;
+    }
     this.queue = new EventQueue();
     const pc = c.pacemaker;
     this.pacemaker = new PacemakerActions(
@@ -202,6 +215,7 @@ export class Vesperd implements ManagerApi {
     if (!this.o.hypervisor) await this.hv?.close().catch(() => undefined);
     for (const h of this.others.values()) await h.then((x) => x.close()).catch(() => undefined);
     this.store.close();
+    this.lock?.release();
     this.log.info('vesperd stopped');
   }
 

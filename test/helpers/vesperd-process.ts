@@ -152,6 +152,18 @@ export class VesperdProcess {
     await waitFor('vesperd answers', async () => existsSync(this.socket) && (await this.cli(['list'])).code === 0, 60_000, 200);
   }
 
+  /** the running daemon's pid (0 when none) */
+  get pid(): number {
+    const p = this.daemon;
+    return p && p.exitCode === null && p.signalCode === null ? (p.pid ?? 0) : 0;
+  }
+
+  /** Sends a signal to the running daemon without waiting for anything. */
+  signal(sig: NodeJS.Signals): void {
+    this.note(`vesperd ${this.daemon?.pid}: ${sig}`);
+    this.daemon?.kill(sig);
+  }
+
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
     const p = this.daemon;
     this.daemon = null;
