@@ -84,6 +84,11 @@ export interface AgentClientOptions {
    * link is paused until the budget has caught up. Unlimited when absent.
    */
   budget?: IngestBudgetOptions;
+  /**
+   * Told every protocol problem from the first byte on, the handshake's included (a caller that
+   * adds its 'protocolError' listener once connectUnix resolved would miss those).
+   */
+  onProtocolError?: (e: VesperError) => void;
 }
 
 /**
@@ -173,14 +178,26 @@ export class AgentClient extends EventEmitter {
   private readonly pending = new Map<number, Pending>();
   private readonly decoder: FrameDecoder;
   private closed = false;
+  /** the first protocol problem before the agent's hello: what the failed handshake is named by */
+  private preHelloProblem: VesperError | null = null;
+  private helloSeen = false;
   private readonly ready: Promise<void>;
-  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget'>> & Pick<AgentClientOptions, 'resumeFor'>;
+  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget' | 'onProtocolError'>> &
+    Pick<AgentClientOptions, 'resumeFor'>;
 
   constructor(
     readonly stream: Duplex,
     opts: AgentClientOptions & { fedExternally?: boolean } = {},
   ) {
     super();
+    if (opts.onProtocolError) this.on('protocolError', opts.onProtocolError);
+    // The first problem before the hello names a handshake that then fails (times out, or the link
+    // closes): garbage, an oversized frame, another protocol version are not a silent agent. The
+    // link is not closed for it here: a virtio-serial port may hold the end of what the guest
+    // wrote before we connected, and the hello comes after it.
+    this.on('protocolError', (e: VesperError) => {
+      if (!this.helloSeen && this.preHelloProblem === null && e.code !== ErrorCode.INGEST_THROTTLED) this.preHelloProblem = e;
+    });
     const fedExternally = opts.fedExternally === true;
     this.budget = opts.budget && !new IngestBudget(opts.budget).unlimited ? new IngestBudget(opts.budget) : null;
     this.opts = {
@@ -219,8 +236,14 @@ export class AgentClient extends EventEmitter {
     // Nobody may be waiting on the handshake (a caller that only listens for records):
     // its failure must not become an unhandled rejection.
     this.ready.catch(() => undefined);
+    /** why the handshake failed: the problem seen before it, if any, else `fallback` */
+    const named = (fallback: VesperError): VesperError => {
+      const p = this.preHelloProblem;
+      return p ? new VesperError(p.code, `before the handshake: ${p.message} (then: ${fallback.message})`, p.detail) : fallback;
+    };
     const t = setTimeout(
-      () => helloReject(new VesperError(ErrorCode.HANDSHAKE_TIMEOUT, `agent sent no hello within ${this.opts.handshakeTimeoutMs} ms`)),
+      () =>
+        helloReject(named(new VesperError(ErrorCode.HANDSHAKE_TIMEOUT, `agent sent no hello within ${this.opts.handshakeTimeoutMs} ms`))),
       this.opts.handshakeTimeoutMs,
     );
     this.once('hello', () => {
@@ -229,7 +252,7 @@ export class AgentClient extends EventEmitter {
     });
     this.once('close', (why: string) => {
       clearTimeout(t);
-      helloReject(new VesperError(ErrorCode.DISCONNECTED, `link closed before the handshake: ${why}`));
+      helloReject(named(new VesperError(ErrorCode.DISCONNECTED, `link closed before the handshake: ${why}`)));
     });
     if (!fedExternally) stream.on('data', (c: Buffer) => this.read(c));
     // On a virtio-serial port the guest cannot see us connect; these bytes are how it
@@ -627,6 +650,7 @@ export class AgentClient extends EventEmitter {
 
   /** A hello answered: resume point, the probes it says it runs, the ack, and 'hello' to listeners. */
   private onHello(h: pb.Hello): void {
+    this.helloSeen = true;
     this.lastHelloAt = Date.now();
     this.hello = h;
     if (this.opts.resumeFor) this.lastSeq = this.opts.resumeFor(h);

@@ -50,6 +50,8 @@ export interface GuestSessionOptions {
   heartbeatMisses?: number;
   /** how often to ping the agent (ms); see AgentClientOptions.keepaliveMs */
   keepaliveMs?: number;
+  /** how long a link's handshake may take (ms, default 10,000) */
+  handshakeTimeoutMs?: number;
   /**
    * Acknowledge records as soon as they are emitted (default). A manager that stores them
    * turns this off and calls ack() once they are safe, so a crash loses nothing.
@@ -162,7 +164,7 @@ export class GuestSession extends EventEmitter {
     let c: AgentClient;
     try {
       c = await this.open({
-        handshakeTimeoutMs: 10_000,
+        handshakeTimeoutMs: this.o.handshakeTimeoutMs ?? 10_000,
         keepaliveMs: this.o.keepaliveMs ?? 1000,
         // Same agent as before: it resends after what we hold. A new one starts at 1.
         resumeFor: (h) => {
@@ -172,6 +174,8 @@ export class GuestSession extends EventEmitter {
         },
         autoAck: this.o.autoAck ?? true,
         ...(this.o.budget ? { budget: this.o.budget } : {}),
+        // from the first byte: a problem during the handshake is named, not lost
+        onProtocolError: (e) => this.emit('protocolError', e),
       });
     } catch (err) {
       if (this.stopped) return;
@@ -198,7 +202,6 @@ export class GuestSession extends EventEmitter {
       if (this.listenerCount('record') > 0) for (const r of rs) this.emit('record', r);
       this.emit('batch', rs, this.agentId);
     });
-    c.on('protocolError', (e) => this.emit('protocolError', e));
     c.once('close', (why) => {
       if (this.client === c) this.client = null;
       if (this.stableTimer) clearTimeout(this.stableTimer);

@@ -15,7 +15,9 @@ export async function runDaemon(o: { configPath?: string | undefined }): Promise
   // SIGHUP's default is death (status 129, socket left behind, and systemd's Restart=on-failure
   // does not restart a service killed by it). There is no configuration reload yet: say so and
   // keep serving. Set before start: a HUP while libvirt is slow to answer must not kill it either.
-  process.on('SIGHUP', () => log.warn({ signal: 'SIGHUP' }, 'SIGHUP ignored: vesperd does not reload its configuration yet; restart it to apply changes'));
+  process.on('SIGHUP', () =>
+    log.warn({ signal: 'SIGHUP' }, 'SIGHUP ignored: vesperd does not reload its configuration yet; restart it to apply changes'),
+  );
   const d = new Vesperd({ config, log });
   await d.start();
   await new Promise<void>((resolve) => {
