@@ -23,6 +23,8 @@ export interface ProbeInfo {
   version: string;
   params: Record<string, string>;
   events: Map<number, string>;
+  /** the module's digest as the agent reports it (hex; '' when it gave none or an overlong one) */
+  digest: string;
 }
 
 export type RecordKind = 'signal' | 'oom' | 'exec' | 'exit' | 'fork' | 'psi' | 'kprobe' | 'heartbeat' | 'loss' | 'probeFault' | 'generic';
@@ -396,8 +398,10 @@ export class AgentClient extends EventEmitter {
     return this.remember(r.probe);
   }
 
+  /** What the agent runs now; it replaces what the client knew (a hello's list may be stale). */
   async list(): Promise<ProbeInfo[]> {
     const f = await this.request({ listProbes: {} });
+    this.probes.clear();
     return (f.probeList?.loaded ?? []).map((l) => this.remember(l));
   }
 
@@ -466,7 +470,7 @@ export class AgentClient extends EventEmitter {
         ),
       );
       // nothing of what it sent is kept: a refused probe is its handle
-      return { handle, name: `handle-${handle}`, instance: l.instance ?? 0, version: '', params: {}, events: new Map() };
+      return { handle, name: `handle-${handle}`, instance: l.instance ?? 0, version: '', params: {}, events: new Map(), digest: '' };
     }
     const info: ProbeInfo = {
       handle,
@@ -474,6 +478,7 @@ export class AgentClient extends EventEmitter {
       instance: l.instance ?? 0,
       version,
       params: Object.fromEntries(params.map((p) => [p.name ?? '', p.value ?? ''])),
+      digest: l.digest && l.digest.length <= 64 ? Buffer.from(l.digest).toString('hex') : '',
       // an event name is a name, and no longer than a probe's: every stored event of it carries it
       events: new Map(
         events.filter((e) => (e.name ?? '').length <= MAX_PROBE_NAME && isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? '']),

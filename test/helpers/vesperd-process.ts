@@ -100,6 +100,8 @@ export class VesperdProcess {
   constructor(
     readonly configPath: string,
     readonly socket: string,
+    /** VESPER_KEY_DIR for the daemon (default the checkout's .cache/keys); a host-mode agent's own keys to trust it */
+    readonly keyDir = join(projectRoot(), '.cache', 'keys'),
   ) {}
 
   /** The CLI against this daemon, as a separate process; as another user when `as` is given. */
@@ -142,7 +144,7 @@ export class VesperdProcess {
   async start(): Promise<void> {
     const p = spawn(process.execPath, [VESPER, 'daemon', '--config', this.configPath], {
       stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, VESPER_KEY_DIR: join(projectRoot(), '.cache', 'keys') },
+      env: { ...process.env, VESPER_KEY_DIR: this.keyDir },
     });
     p.stderr!.on('data', (c: Buffer) => (this.log = (this.log + c.toString()).slice(-65_536)));
     p.on('exit', (code, sig) => this.note(`vesperd ${p.pid} exited: ${code ?? sig}`));
