@@ -42,6 +42,7 @@ import { ApiServer, type EventFeed, type EventQuery, type ManagerApi } from './a
 import { GuestLink, unixLink, type LinkSpec } from './guest-link.js';
 import { sshLink } from './ssh-link.js';
 import { DaemonLock, lockPathOf } from './daemon-lock.js';
+import { LibvirtConnection } from './libvirt-connection.js';
 import { readPacer } from '../channel/read-pacer.js';
 import { IngestBatcher } from './ingest.js';
 import { eventOfLibvirt } from './libvirt-plugin.js';
@@ -80,7 +81,9 @@ export class Vesperd implements ManagerApi {
   readonly store: EventStore;
   readonly batcher: IngestBatcher;
   readonly vms = new Map<string, VmEntry>();
-  private hv!: Hypervisor;
+  /** libvirt, when there is a connection (optional: see libvirt-connection.ts) */
+  private hv: Hypervisor | null = null;
+  private libvirt: LibvirtConnection | null = null;
   /** other libvirts (failover standbys), connected once and kept */
   private readonly others = new Map<string, Promise<Hypervisor>>();
   /** libvirt.domains as one regular expression */
@@ -171,14 +174,16 @@ export class Vesperd implements ManagerApi {
     // rule keeps the whole FilterRule as its decision column (see filterSet).
     for (const f of c.filters) this.filters.set(f as FilterRule);
     for (const f of this.store.listFilters()) this.filters.set(f.decision as FilterRule);
-    this.hv = this.o.hypervisor ?? (await UnraidHypervisor.connect(c.libvirt.uri));
-    const ev = new LibvirtEvents(c.libvirt.uri);
-    this.libvirtEvents = ev;
-    ev.on('event', (e) => this.onLibvirt(e));
-    // Events missed while virsh was away: reconcile with libvirt's state.
-    ev.on('ready', () => void this.rescan());
-    ev.start();
-    await ev.whenReady(30_000).catch((err: Error) => this.log.warn({ err: err.message }, 'libvirt events not ready yet'));
+    if (this.o.hypervisor) await this.libvirtUp(this.o.hypervisor);
+    else {
+      this.libvirt = new LibvirtConnection({
+        uri: c.libvirt.uri,
+        log: this.log,
+        connect: (uri) => UnraidHypervisor.connect(uri),
+        onConnected: (hv) => this.libvirtUp(hv),
+      });
+      await this.libvirt.start();
+    }
     await this.rescan();
     this.api = new ApiServer(this, { socket: c.daemon.socket, group: c.daemon.group, log: this.log });
     await this.api.listen();
@@ -202,6 +207,20 @@ export class Vesperd implements ManagerApi {
     this.log.info({ vms: this.vms.size, store: c.store.path }, 'vesperd started');
   }
 
+  /** libvirt is there (at start, or later): its events, then its domains. */
+  private async libvirtUp(hv: Hypervisor): Promise<void> {
+    if (this.stopped) return;
+    this.hv = hv;
+    const ev = new LibvirtEvents(this.o.config.libvirt.uri);
+    this.libvirtEvents = ev;
+    ev.on('event', (e) => this.onLibvirt(e));
+    // Events missed while virsh was away: reconcile with libvirt's state.
+    ev.on('ready', () => void this.rescan());
+    ev.start();
+    await ev.whenReady(30_000).catch((err: Error) => this.log.warn({ err: err.message }, 'libvirt events not ready yet'));
+    await this.rescan();
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
@@ -212,7 +231,7 @@ export class Vesperd implements ManagerApi {
     await this.libvirtEvents?.stop();
     // An action in flight (a failover waiting for its fence) gets a few seconds, not forever.
     await Promise.race([this.actions.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
-    if (!this.o.hypervisor) await this.hv?.close().catch(() => undefined);
+    await this.libvirt?.stop(); // closes its connection, if it made one
     for (const h of this.others.values()) await h.then((x) => x.close()).catch(() => undefined);
     this.store.close();
     this.lock?.release();
@@ -220,7 +239,8 @@ export class Vesperd implements ManagerApi {
   }
 
   private hypervisorFor(uri?: string): Promise<Hypervisor> {
-    if (!uri || uri === this.o.config.libvirt.uri) return Promise.resolve(this.hv);
+    if (!uri || uri === this.o.config.libvirt.uri)
+      return this.hv ? Promise.resolve(this.hv) : (this.libvirt?.get() ?? Promise.reject(new VesperError(ErrorCode.LIBVIRT_UNAVAILABLE, 'no libvirt')));
     let h = this.others.get(uri);
     if (!h) {
       h = UnraidHypervisor.connect(uri);
@@ -246,7 +266,8 @@ export class Vesperd implements ManagerApi {
     let doms: DomainInfo[] | null = null;
     let libvirtErr: unknown = null;
     try {
-      doms = await this.hv.listDomains();
+      // without libvirt (not there, or not yet), no domain is known: SSH targets only
+      doms = this.hv ? await this.hv.listDomains() : [];
     } catch (err) {
       libvirtErr = err; // SSH targets are still brought up; libvirt's VMs stay as they were
     }
@@ -306,7 +327,7 @@ export class Vesperd implements ManagerApi {
     let socket: string | null = null;
     if (running && d.state !== EXTERNAL) {
       try {
-        socket = channelSocketPath(await this.hv.xml(d.name), this.o.config.libvirt.channel ?? AGENT_CHANNEL);
+        if (this.hv) socket = channelSocketPath(await this.hv.xml(d.name), this.o.config.libvirt.channel ?? AGENT_CHANNEL);
       } catch (err) {
         this.log.warn({ vm: d.name, err: (err as Error).message }, 'cannot read the domain XML');
       }

@@ -98,4 +98,41 @@ describe.skipIf(Boolean(why))('vesperd lifecycle', () => {
     expect(d.pid).toBe(pid);
     expect((await d.cli(['list'])).code).toBe(0);
   }, 120_000);
+
+  it('starts without libvirt: a clear warning, SSH targets managed, the API answering', async () => {
+    const dir = mkdtempSync('/tmp/vesperd-life-');
+    dirs.push(dir);
+    const socket = join(dir, 'run', 'vesperd.sock');
+    const config = writeVesperdConfig(join(dir, 'vesper.yaml'), {
+      socket,
+      store: join(dir, 'events.db'),
+      domains: ['*'],
+      more: {
+        // a libvirtd that is not there
+        libvirt: { uri: `qemu+unix:///system?socket=${join(dir, 'no-libvirtd.sock')}` },
+        ssh: { targets: { 'cloud-vm': { target: 'root@127.0.0.1:1' } } },
+      },
+    });
+    const d = new VesperdProcess(config, socket);
+    daemons.push(d);
+    await d.start();
+    expect(d.log).toContain(ErrorCode.LIBVIRT_UNAVAILABLE);
+    expect(d.log).toMatch(/libvirt is not available: vesperd runs without it/);
+    const vms = await d.json<Array<{ name: string; transport: string; state: string }>>(['list']);
+    expect(vms.map((v) => v.name)).toEqual(['cloud-vm']);
+    expect(vms[0]!.transport).toBe('ssh');
+    // the SSH target's link is tried (and fails on its own terms, not libvirt's)
+    await waitFor(
+      'the SSH link tried',
+      async () => (await d.json<{ linkErrorCode: string | null }>(['status', 'cloud-vm'])).linkErrorCode,
+      30_000,
+      250,
+    );
+    const st = await d.json<{ linkErrorCode: string }>(['status', 'cloud-vm']);
+    expect(st.linkErrorCode).toMatch(/^VSP_SSH_/);
+    // still alive after a few background retries
+    await sleep(3000);
+    expect(d.pid).toBeGreaterThan(0);
+    expect((await d.cli(['list'])).code).toBe(0);
+  }, 120_000);
 });
