@@ -240,7 +240,9 @@ export class Vesperd implements ManagerApi {
 
   private hypervisorFor(uri?: string): Promise<Hypervisor> {
     if (!uri || uri === this.o.config.libvirt.uri)
-      return this.hv ? Promise.resolve(this.hv) : (this.libvirt?.get() ?? Promise.reject(new VesperError(ErrorCode.LIBVIRT_UNAVAILABLE, 'no libvirt')));
+      return this.hv
+        ? Promise.resolve(this.hv)
+        : (this.libvirt?.get() ?? Promise.reject(new VesperError(ErrorCode.LIBVIRT_UNAVAILABLE, 'no libvirt')));
     let h = this.others.get(uri);
     if (!h) {
       h = UnraidHypervisor.connect(uri);
