@@ -8,7 +8,7 @@
 // nothing else, so the cluster's user can report alerts without the vesper group's power to
 // set filters that run programs as root.
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { ApiLink, errorReply, type apipb } from '../../proto/api-codec.js';
@@ -88,6 +88,21 @@ export function groupId(name: string): number | null {
   return null;
 }
 
+/** Whether something accepts connections on a unix socket (a live server, not a stale file). */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createConnection({ path });
+    const t = setTimeout(() => done(true), 2000); // accepted but silent, or a full backlog: alive
+    const done = (v: boolean): void => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(v);
+    };
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
 export class ApiServer {
   private server: Server | null = null;
   private readonly links = new Set<ApiLink>();
@@ -106,7 +121,16 @@ export class ApiServer {
     // vesperd's umask (0007 under systemd) would keep others — hacluster — from reaching a
     // socket in a directory of its own making.
     if (created && this.o.dirMode !== undefined) chmodSync(dir, this.o.dirMode);
-    if (existsSync(socket)) unlinkSync(socket); // a stale socket of an earlier run
+    // A socket file of an earlier run is stale only if nobody answers on it: a live one is another
+    // vesperd's (another store, the same socket), never ours to unlink.
+    if (existsSync(socket)) {
+      if (await answers(socket))
+        throw new VesperError(
+          ErrorCode.DAEMON_RUNNING,
+          `${socket} is in use by another process (another vesperd?): not taken over; give this vesperd another daemon.socket`,
+        );
+      unlinkSync(socket);
+    }
     const server = createServer((s) => this.accept(s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);

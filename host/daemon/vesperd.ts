@@ -10,7 +10,9 @@
 // the channel (its SSH entry unused, said once in the log); one without it, or not running here,
 // over SSH. The link follows the domain: a channel hot-plugged later takes over from SSH.
 import type { Logger } from 'pino';
+import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { dirname } from 'node:path';
 import { API_MAX_FRAME_BYTES, type apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { PacemakerActions, DEFAULT_PACEMAKER_SETTINGS } from '../actions/pacemaker.js';
@@ -40,6 +42,8 @@ import { ApiServer, type EventFeed, type ManagerApi } from './api-server.js';
 import type { EventQuery } from '../store/event-query.js';
 import { GuestLink, unixLink, type LinkSpec } from './guest-link.js';
 import { sshLink } from './ssh-link.js';
+import { DaemonLock, lockPathOf } from './daemon-lock.js';
+import { LibvirtConnection } from './libvirt-connection.js';
 import { readPacer } from '../channel/read-pacer.js';
 import { IngestBatcher } from './ingest.js';
 import { eventOfLibvirt } from './libvirt-plugin.js';
@@ -78,7 +82,9 @@ export class Vesperd implements ManagerApi {
   readonly store: EventStore;
   readonly batcher: IngestBatcher;
   readonly vms = new Map<string, VmEntry>();
-  private hv!: Hypervisor;
+  /** libvirt, when there is a connection (optional: see libvirt-connection.ts) */
+  private hv: Hypervisor | null = null;
+  private libvirt: LibvirtConnection | null = null;
   /** other libvirts (failover standbys), connected once and kept */
   private readonly others = new Map<string, Promise<Hypervisor>>();
   /** libvirt.domains as one regular expression */
@@ -92,6 +98,8 @@ export class Vesperd implements ManagerApi {
   /** Pacemaker resource → VM, for alerts */
   private readonly resourceVm: Map<string, string>;
   private key: HostKey;
+  /** this vesperd's hold on its store (none for an in-memory store) */
+  private readonly lock: DaemonLock | null;
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
   private scanning: Promise<void> | null = null;
@@ -101,11 +109,19 @@ export class Vesperd implements ManagerApi {
     const c = o.config;
     this.log = o.log;
     this.domainFilter = globsToRegExp(c.libvirt.domains ?? ['*']);
-    this.key = o.key ?? loadOrCreateHostKey();
-    this.store = EventStore.open(c.store.path, {
-      sync: c.store.sync,
-      retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize, vmShare: c.store.retention.vmShare },
-    });
+    // Before anything is opened or created: a second vesperd on this store stops here.
+    if (c.store.path !== ':memory:') mkdirSync(dirname(c.store.path), { recursive: true, mode: 0o750 }); // as the store makes it
+    this.lock = c.store.path === ':memory:' ? null : DaemonLock.acquire(lockPathOf(c.store.path));
+    try {
+      this.key = o.key ?? loadOrCreateHostKey();
+      this.store = EventStore.open(c.store.path, {
+        sync: c.store.sync,
+        retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize, vmShare: c.store.retention.vmShare },
+      });
+    } catch (err) {
+      this.lock?.release();
+      throw err;
+    }
     this.queue = new EventQueue();
     const pc = c.pacemaker;
     this.pacemaker = new PacemakerActions(
@@ -159,14 +175,16 @@ export class Vesperd implements ManagerApi {
     // rule keeps the whole FilterRule as its decision column (see filterSet).
     for (const f of c.filters) this.filters.set(f as FilterRule);
     for (const f of this.store.listFilters()) this.filters.set(f.decision as FilterRule);
-    this.hv = this.o.hypervisor ?? (await UnraidHypervisor.connect(c.libvirt.uri));
-    const ev = new LibvirtEvents(c.libvirt.uri);
-    this.libvirtEvents = ev;
-    ev.on('event', (e) => this.onLibvirt(e));
-    // Events missed while virsh was away: reconcile with libvirt's state.
-    ev.on('ready', () => void this.rescan());
-    ev.start();
-    await ev.whenReady(30_000).catch((err: Error) => this.log.warn({ err: err.message }, 'libvirt events not ready yet'));
+    if (this.o.hypervisor) await this.libvirtUp(this.o.hypervisor);
+    else {
+      this.libvirt = new LibvirtConnection({
+        uri: c.libvirt.uri,
+        log: this.log,
+        connect: (uri) => UnraidHypervisor.connect(uri),
+        onConnected: (hv) => this.libvirtUp(hv),
+      });
+      await this.libvirt.start();
+    }
     await this.rescan();
     this.api = new ApiServer(this, { socket: c.daemon.socket, group: c.daemon.group, log: this.log });
     await this.api.listen();
@@ -190,6 +208,20 @@ export class Vesperd implements ManagerApi {
     this.log.info({ vms: this.vms.size, store: c.store.path }, 'vesperd started');
   }
 
+  /** libvirt is there (at start, or later): its events, then its domains. */
+  private async libvirtUp(hv: Hypervisor): Promise<void> {
+    if (this.stopped) return;
+    this.hv = hv;
+    const ev = new LibvirtEvents(this.o.config.libvirt.uri);
+    this.libvirtEvents = ev;
+    ev.on('event', (e) => this.onLibvirt(e));
+    // Events missed while virsh was away: reconcile with libvirt's state.
+    ev.on('ready', () => void this.rescan());
+    ev.start();
+    await ev.whenReady(30_000).catch((err: Error) => this.log.warn({ err: err.message }, 'libvirt events not ready yet'));
+    await this.rescan();
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
@@ -200,14 +232,18 @@ export class Vesperd implements ManagerApi {
     await this.libvirtEvents?.stop();
     // An action in flight (a failover waiting for its fence) gets a few seconds, not forever.
     await Promise.race([this.actions.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
-    if (!this.o.hypervisor) await this.hv?.close().catch(() => undefined);
+    await this.libvirt?.stop(); // closes its connection, if it made one
     for (const h of this.others.values()) await h.then((x) => x.close()).catch(() => undefined);
     this.store.close();
+    this.lock?.release();
     this.log.info('vesperd stopped');
   }
 
   private hypervisorFor(uri?: string): Promise<Hypervisor> {
-    if (!uri || uri === this.o.config.libvirt.uri) return Promise.resolve(this.hv);
+    if (!uri || uri === this.o.config.libvirt.uri)
+      return this.hv
+        ? Promise.resolve(this.hv)
+        : (this.libvirt?.get() ?? Promise.reject(new VesperError(ErrorCode.LIBVIRT_UNAVAILABLE, 'no libvirt')));
     let h = this.others.get(uri);
     if (!h) {
       h = UnraidHypervisor.connect(uri);
@@ -233,7 +269,8 @@ export class Vesperd implements ManagerApi {
     let doms: DomainInfo[] | null = null;
     let libvirtErr: unknown = null;
     try {
-      doms = await this.hv.listDomains();
+      // without libvirt (not there, or not yet), no domain is known: SSH targets only
+      doms = this.hv ? await this.hv.listDomains() : [];
     } catch (err) {
       libvirtErr = err; // SSH targets are still brought up; libvirt's VMs stay as they were
     }
@@ -293,7 +330,7 @@ export class Vesperd implements ManagerApi {
     let socket: string | null = null;
     if (running && d.state !== EXTERNAL) {
       try {
-        socket = channelSocketPath(await this.hv.xml(d.name), this.o.config.libvirt.channel ?? AGENT_CHANNEL);
+        if (this.hv) socket = channelSocketPath(await this.hv.xml(d.name), this.o.config.libvirt.channel ?? AGENT_CHANNEL);
       } catch (err) {
         this.log.warn({ vm: d.name, err: (err as Error).message }, 'cannot read the domain XML');
       }
