@@ -121,8 +121,8 @@ describe.skipIf(Boolean(why))('vesper events and the CLI against a real vesperd'
 
   it('-f --all shows discarded events as they happen; the live and stored paths agree', async () => {
     await d.ok(['filter', 'set', '--vm', '', 'pacemaker', '*', 'attribute', 'discard']);
-    const all = d.follow(['--all', '-n', '1']);
-    const kept = d.follow(['-n', '1']);
+    const all = d.follow(['--all', '--limit', '1']);
+    const kept = d.follow(['--limit', '1']);
     try {
       await waitFor('both backlogs', () => all.lines.length >= 1 && kept.lines.length >= 1, 20_000);
       await submit(3, 'attribute');
