@@ -3,7 +3,7 @@
 // `vesper param set` / `vesper attach`, with the known names in the message, instead of being
 // accepted and then never matching (or breaking the probe's next push).
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { SIGNALS, signalNumber } from '../../probes/_shared/signals.js';
+import { SIGNALS, signalNumber } from '../../contract/signals.js';
 import { WILDCARD } from '../notify/filter.js';
 
 /** A plugin a filter may name: its name and its events. */
