@@ -37,6 +37,7 @@ import { EventQueue } from '../notify/queue.js';
 import { PluginRegistry } from '../notify/registry.js';
 import { eventOfHostRequest, resourceIndex } from '../pacemaker/alert-event.js';
 import { probeNames, readProbeBundle } from '../probes/package.js';
+import { checkFilterKey, checkProbeParamValue, notPushedReason, type KnownPlugin } from './api-checks.js';
 import { EventStore } from '../store/event-store.js';
 import { ApiServer, type EventFeed, type ManagerApi } from './api-server.js';
 import type { EventQuery } from '../store/event-query.js';
@@ -314,7 +315,7 @@ export class Vesperd implements ManagerApi {
             p.name,
             this.registry.register(
               hostPluginSpec(
-                p,
+                this.inEffect(p),
                 d.name,
                 p.params.length
                   ? () => Promise.reject(new VesperError(ErrorCode.USAGE, `${p.name} parameters are set in the config file (channel: ...)`))
@@ -399,6 +400,27 @@ export class Vesperd implements ManagerApi {
     v.link?.stop();
     for (const h of v.handles.values()) this.registry.unregister(h);
     this.vms.delete(name);
+  }
+
+  /** A host plugin with the values the config sets shown as its defaults (`param get VM channel`). */
+  private inEffect(p: (typeof HOST_PLUGINS)[number]): (typeof HOST_PLUGINS)[number] {
+    if (p.name !== 'channel') return p;
+    const c = this.o.config.channel;
+    const now: Record<string, number> = { keepalive: c.keepalive, reconnect_min: c.reconnectMin, reconnect_max: c.reconnectMax };
+    return { ...p, params: p.params.map((x) => (now[x.name] !== undefined ? { ...x, default: String(now[x.name]) } : x)) };
+  }
+
+  /** Every plugin a filter rule may name: the probes, the host's plugins, and their events. */
+  private knownPlugins(): KnownPlugin[] {
+    const probes = probeNames().map((n) => {
+      const m = readProbeBundle(n).manifest;
+      return { name: m.name, events: m.events.map((e) => e.name) };
+    });
+    const host = [...HOST_PLUGINS, PACEMAKER_PLUGIN].map((p) => ({ name: p.name, events: p.events.map((e) => e.name) }));
+    // action results (host/actions) and the agent's own records
+    const action = { name: 'action', events: ['done', 'failed'] };
+    const agent = { name: 'agent', events: null }; // the agent's own records (probe faults...)
+    return [...probes, ...host, action, agent];
   }
 
   private registerProbe(v: VmEntry, probe: string, instances: number): void {
@@ -548,6 +570,7 @@ export class Vesperd implements ManagerApi {
           ErrorCode.PARAM_UNKNOWN,
           `${name} has no parameter ${unknown.join(', ')} (it has: ${[...known].join(', ') || 'none'})`,
         );
+      for (const [k, val] of Object.entries(mine)) checkProbeParamValue(name, k, val);
       const p: AttachedProbe = { name, instances: n, params: mine };
       // Re-attaching with other instances: the registration changes with it.
       const old = v.handles.get(name);
@@ -558,22 +581,35 @@ export class Vesperd implements ManagerApi {
       if (v.link) await v.link.attach(p); // the agent's refusal (bad parameter value...) stops here
       this.store.saveAttachment(vm, name, { instances: n, params: mine });
       this.registerProbe(v, name, n);
-      out.push({ name, instances: n, params: mine, loaded: v.link?.loadedNow().has(name) ?? false });
+      out.push({
+        name,
+        instances: n,
+        params: mine,
+        loaded: v.link?.loadedNow().has(name) ?? false,
+        pending: v.link ? '' : notPushedReason(vm, v.state, this.o.config.libvirt.channel ?? AGENT_CHANNEL),
+      });
     }
     return out;
   }
 
-  async detach(vm: string, probes: string[]): Promise<void> {
+  /** Detaching what is not attached is not an error (as `agent uninstall`): returns those names. */
+  async detach(vm: string, probes: string[]): Promise<string[]> {
     const v = this.vmOrThrow(vm);
     const have = new Set(this.store.listAttachments(vm).map((a) => a.probe));
+    const absent: string[] = [];
     for (const name of probes) {
-      if (!have.has(name)) throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `probe ${name} is not attached to ${vm}`);
+      if (!have.has(name)) {
+        readProbeBundle(name); // a name no probe has is still VSP_PROBE_NOT_FOUND
+        absent.push(name);
+        continue;
+      }
       this.store.removeAttachment(vm, name);
       if (v.link?.attached.has(name)) await v.link.detach(name);
       const h = v.handles.get(name);
       if (h !== undefined) this.registry.unregister(h);
       v.handles.delete(name);
     }
+    return absent;
   }
 
   paramGet(vm: string, plugin: string): Record<string, string> {
@@ -590,6 +626,7 @@ export class Vesperd implements ManagerApi {
 
   async paramSet(vm: string, plugin: string, instance: number | null, params: Record<string, string>): Promise<void> {
     this.vmOrThrow(vm);
+    for (const [k, val] of Object.entries(params)) checkProbeParamValue(plugin, k, val);
     for (const [k, val] of Object.entries(params)) await this.framework.setParam(vm, plugin, instance, k, val);
   }
 
@@ -607,6 +644,7 @@ export class Vesperd implements ManagerApi {
 
   filterSet(w: apipb.IFilterRule): void {
     const rule = ruleOfWire(w);
+    checkFilterKey(rule.plugin, rule.event, this.knownPlugins()); // a rule nothing could match
     // An action that could never run is refused now, not when the failure comes.
     if (rule.decision.kind === 'action') {
       let parsed;
@@ -676,10 +714,13 @@ export class Vesperd implements ManagerApi {
 
   queryEvents(q: EventQuery): VesperEvent[] {
     this.batcher.flush(); // what was received is visible
-    return this.store.query({ ...q, limit: q.limit ?? 1000, order: 'asc' });
+    return this.store.query({ ...q, limit: q.limit ?? 1000, order: q.order ?? 'asc' });
   }
 
   follow(q: EventQuery): EventFeed {
+    // Discarded events are published only while someone follows them (`events -f --all`).
+    if (q.includeDiscarded) this.queue.discardedWanted++;
+    let open = true;
     const sub = this.queue.subscribe({
       match: (e) =>
         (!q.vm || e.vm === q.vm) &&
@@ -690,7 +731,11 @@ export class Vesperd implements ManagerApi {
     return {
       pull: (max) => sub.take(max),
       onReadable: (cb) => sub.onReadable(cb),
-      close: () => sub.close(),
+      close: () => {
+        if (open && q.includeDiscarded) this.queue.discardedWanted--;
+        open = false;
+        sub.close();
+      },
     };
   }
 }
