@@ -31,8 +31,13 @@ import { ProbeWorker, type WorkerOut } from './probe-worker.js';
 import { resolveParams } from './params.js';
 import type { TrustedKeys } from './verify.js';
 
-/** How often the main thread looks at the probe workers' liveness counters. */
-const CHECK_MS = 250;
+/**
+ * How often the main thread looks at the probe workers' liveness: three looks per stall, at
+ * most one a second (an idle agent pays one wake-up of its main thread per look).
+ */
+function checkMsFor(stallMs: number): number {
+  return Math.max(50, Math.min(1000, Math.floor(stallMs / 3)));
+}
 
 export interface RuntimeServices {
   agentVersion: string;
@@ -292,7 +297,7 @@ export class ProbeRuntime {
     if (this.s.onThread) worker.worker.once('online', this.s.onThread);
     this.loads.add(load);
     if (!this.watchdog) {
-      this.watchdog = setInterval(() => this.checkWorkers(), CHECK_MS);
+      this.watchdog = setInterval(() => this.checkWorkers(), checkMsFor(this.s.loopStallMs ?? 3000));
       this.watchdog.unref();
     }
     return load;
@@ -387,7 +392,7 @@ export class ProbeRuntime {
   private checkWorkers(): void {
     const stallMs = this.s.loopStallMs ?? 3000;
     for (const load of this.loads) {
-      if (!load.worker.stalled(CHECK_MS, stallMs)) continue;
+      if (!load.worker.stalled(checkMsFor(stallMs), stallMs)) continue;
       const q: QuarantineEntry = {
         digest: load.digest.toString('hex'),
         probe: load.manifest.name,
