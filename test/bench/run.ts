@@ -2,7 +2,7 @@
 // Prints a table and, with --json, writes a flat object of metric -> number (or string).
 // Each figure comes from real kernel events on this machine, measured in this run.
 import { spawn, spawnSync } from 'node:child_process';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { PassThrough, Duplex } from 'node:stream';
 import { Worker } from 'node:worker_threads';
