@@ -32,11 +32,12 @@ import { resolveParams } from './params.js';
 import type { TrustedKeys } from './verify.js';
 
 /**
- * How often the main thread looks at the probe workers' liveness: three looks per stall, at
- * most one a second (an idle agent pays one wake-up of its main thread per look).
+ * How often the main thread looks at the probe workers' liveness: six looks per stall, at
+ * most two a second (an idle agent pays one wake-up of its main thread per look; a loop is
+ * reported at most one look after the stall, 3.5 s at the default 3 s).
  */
 function checkMsFor(stallMs: number): number {
-  return Math.max(50, Math.min(1000, Math.floor(stallMs / 3)));
+  return Math.max(50, Math.min(500, Math.floor(stallMs / 6)));
 }
 
 export interface RuntimeServices {
