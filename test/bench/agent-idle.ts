@@ -4,7 +4,6 @@ import { readFileSync, readdirSync } from 'node:fs';
 import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
 import { LocalAgent } from '../../host/channel/local-agent.js';
 import { signModule } from '../../host/probes/package.js';
-import { testProbeManifest } from '../helpers/agent-fixture.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 import { round, type Metrics } from './stats.js';
 
@@ -91,6 +90,19 @@ export async function agentIdle(m: Metrics, tick: number, idleS = 60): Promise<v
   }
 }
 
+// The manifest of test/helpers/agent-fixture.ts (which imports vitest, so not from here).
+const LOOPER_MANIFEST = Buffer.from(
+  JSON.stringify({
+    name: 'looper',
+    version: '1.0.0',
+    agent: '>=0.1.0 <1.0.0',
+    description: 'test probe',
+    maxInstances: 1,
+    events: [{ id: 1, name: 'beat', payload: 'heartbeat', description: '' }],
+    params: [],
+  }),
+);
+
 const LOOPER = Buffer.from(
   `export default { setup(ctx) {
     ctx.trace('signal', 'signal_generate', 'sig == 12', () => {});
@@ -113,7 +125,7 @@ export async function loopCost(m: Metrics): Promise<void> {
     });
     await c.load(a.module('heartbeat'), { params: { interval_ms: '50' } });
     await waitFor('heartbeats', () => beats.length >= 5, 10_000);
-    await c.load(signModule({ manifestBytes: testProbeManifest('looper'), code: LOOPER }, a.key));
+    await c.load(signModule({ manifestBytes: LOOPER_MANIFEST, code: LOOPER }, a.key));
     const loopAt = performance.now() + 300;
     const fault = await waitFor('the ProbeFault record', () => recs.find((r) => r.kind === 'probeFault'), 15_000, 10);
     const faultMs = performance.now() - loopAt;
