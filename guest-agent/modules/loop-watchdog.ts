@@ -45,7 +45,7 @@ export class MainThreadWatchdog {
 
   constructor(readonly stallMs = 10_000) {
     const checkMs = Math.max(50, Math.min(MAX_CHECK_MS, Math.floor(stallMs / 4)));
-    const workerData: MainWatchData = { shared: this.shared.buffer as SharedArrayBuffer, stallMs, checkMs };
+    const workerData: MainWatchData = { shared: this.shared.buffer, stallMs, checkMs };
     this.worker = new Worker(workerCode('main-watch'), {
       eval: true,
       name: 'main-thread watchdog',

@@ -94,7 +94,7 @@ export class ProbeWorker {
     this.rpc = ch.port1;
     const data: ProbeWorkerData = {
       rpc: ch.port2,
-      shared: this.shared.buffer as SharedArrayBuffer,
+      shared: this.shared.buffer,
       ring: o.ringFull,
       caps: o.caps,
       tracefsPath: o.tracefsPath,
@@ -174,7 +174,7 @@ export class ProbeWorker {
     const id = this.nextId++;
     return new Promise((resolve, reject) => {
       this.pending.set(id, { resolve, reject });
-      this.worker.postMessage({ ...msg, id } as ToWorker);
+      this.worker.postMessage({ ...msg, id });
     });
   }
 

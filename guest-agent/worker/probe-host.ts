@@ -102,7 +102,7 @@ function call(op: string, args: unknown[]): unknown {
   try {
     for (;;) {
       Atomics.wait(s, S_REPLY, 0, 1000);
-      r = receiveMessageOnPort(data.rpc) as typeof r;
+      r = receiveMessageOnPort(data.rpc);
       if (r) break;
     }
   } finally {
@@ -192,7 +192,7 @@ function context(handle: number, instance: number, params: Record<string, ParamV
     comm: (pid) => proc.comm(pid),
     procStatus: (pid) => proc.status(pid),
     now: monoNow,
-  } as ProbeContext;
+  };
 }
 
 async function start(m: Extract<ToWorker, { t: 'start' }>): Promise<void> {

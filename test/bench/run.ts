@@ -195,7 +195,7 @@ async function execExitRate(m: Metrics): Promise<void> {
     const t0 = mono();
     const r = spawnSync('sh', ['-c', `i=0; while [ $i -lt ${N} ]; do ${prog}; i=$((i+1)); done`]);
     const elapsed = (mono() - t0) / 1e9;
-    if (r.status !== 7 && r.status !== 0) throw new Error(`exec loop failed: ${r.stderr}`);
+    if (r.status !== 7 && r.status !== 0) throw new Error(`exec loop failed: ${r.stderr.toString()}`);
     const count = (k: string) => recs.filter((x) => x.kind === k).length;
     await waitFor('all exec/exit records', () => count('exec') >= N && count('exit') >= N, 30_000).catch(() => undefined);
     const exits = recs.filter((x) => x.kind === 'exit');
