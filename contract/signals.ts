@@ -56,3 +56,14 @@ export function signalNumber(s: string): number {
   if (n === undefined) throw new Error(`unknown signal ${JSON.stringify(s)}`);
   return n;
 }
+
+/** si_code the kernel uses for its own signals that are not a fault (OOM killer, rlimits); below it, a fault's code. */
+export const SI_KERNEL = 128;
+
+/** What a fault's si_code means, per signal (asm-generic/siginfo.h), for the codes worth naming. */
+export const FAULT_CODES: Readonly<Record<number, Readonly<Record<number, string>>>> = {
+  11: { 1: 'SEGV_MAPERR: address not mapped', 2: 'SEGV_ACCERR: no permission for the access' },
+  7: { 1: 'BUS_ADRALN: misaligned address', 2: 'BUS_ADRERR: no such physical address', 3: 'BUS_OBJERR: hardware error' },
+  8: { 1: 'FPE_INTDIV: integer divide by zero', 2: 'FPE_INTOVF: integer overflow' },
+  4: { 1: 'ILL_ILLOPC: illegal opcode', 2: 'ILL_ILLOPN: illegal operand' },
+};

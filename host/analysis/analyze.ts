@@ -8,7 +8,8 @@
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { VesperEvent } from '../notify/event.js';
 import type { EventQuery } from '../store/event-query.js';
-import { classify, FAILURE_KINDS, isFailureLike } from './classify.js';
+import { classify } from './classify.js';
+import { FAILURE_KINDS, isFailureLike } from './failure-like.js';
 import { entryOf, placeEvents, reconcileClocks, type Placed } from './timeline.js';
 import type { Analysis, TimelineEntry } from './types.js';
 

@@ -8,8 +8,9 @@
 // the record that waited least. Adding it to a guest time gives a host time that is never
 // earlier than the event and late by at most that shortest transit (milliseconds on a live
 // link), while the guest's own times keep their order and spacing within the run.
-import { SIGNALS } from '../../contract/signals.js';
+import { SIGNALS, SI_KERNEL } from '../../contract/signals.js';
 import type { VesperEvent } from '../notify/event.js';
+import { num, obj, str, type Obj } from './payload.js';
 import type { ClockReconciliation, ClockRun, TimelineEntry } from './types.js';
 
 /** An event of the window placed on the host clock; the payload is not touched (not decoded). */
@@ -91,11 +92,6 @@ export function entryOf(p: Placed): TimelineEntry {
 
 // ------------------------------------------------------------------ descriptions
 
-type Obj = Record<string, unknown>;
-const obj = (v: unknown): Obj => (v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Obj) : {});
-const num = (v: unknown): number | undefined => (typeof v === 'number' && Number.isFinite(v) ? v : undefined);
-const str = (v: unknown): string => (typeof v === 'string' ? v : '');
-
 export function task(t: unknown): string {
   const o = obj(t);
   const pid = num(o['pid']);
@@ -150,7 +146,7 @@ function describeSignal(e: VesperEvent): string {
   const s = signalOf(e);
   if (!s) return 'signal (no payload)';
   const from = s.senderIsKernel
-    ? `from the kernel (${s.code > 0 && s.code < 128 ? `fault in ${task(s.sender)}, code ${s.code}` : `code ${s.code}`})`
+    ? `from the kernel (${s.code > 0 && s.code < SI_KERNEL ? `fault in ${task(s.sender)}, code ${s.code}` : `code ${s.code}`})`
     : num(s.sender['pid']) === num(s.target['pid'])
       ? 'from itself'
       : `from ${task(s.sender)}${senderOrigin(e)}`;
@@ -158,12 +154,18 @@ function describeSignal(e: VesperEvent): string {
   return `${signalName(s.sig)} to ${task(s.target)} ${from}${result}`;
 }
 
-/** ", child of 700 (bash), unit x.service" when the signal probe said who the sender is. */
-function senderOrigin(e: VesperEvent): string {
+/** The sending process's parent, cgroup and unit, as the signal probe read them (null when unknown). */
+export function senderOriginOf(e: VesperEvent): { parent: Obj | null; cgroup: string | null; unit: string | null } {
   const s = obj(e.payload['signal']);
   const parent = obj(s['senderParent']);
-  const unit = unitOfCgroup(str(s['senderCgroup']));
-  return `${num(parent['pid']) !== undefined ? `, child of ${task(parent)}` : ''}${unit ? `, unit ${unit}` : ''}`;
+  const cgroup = str(s['senderCgroup']);
+  return { parent: num(parent['pid']) !== undefined ? parent : null, cgroup: cgroup || null, unit: unitOfCgroup(cgroup) || null };
+}
+
+/** ", child of 700 (bash), unit x.service" when the signal probe said who the sender is. */
+function senderOrigin(e: VesperEvent): string {
+  const o = senderOriginOf(e);
+  return `${o.parent ? `, child of ${task(o.parent)}` : ''}${o.unit ? `, unit ${o.unit}` : ''}`;
 }
 
 function describeExit(p: Obj): string {

@@ -2,7 +2,7 @@
 // and "uncertain" rather than a confident wrong answer when the evidence is thin.
 import { describe, expect, it } from 'vitest';
 import { analyze, windowAround } from '../../host/analysis/analyze.js';
-import { isFailureLike } from '../../host/analysis/classify.js';
+import { isFailureLike } from '../../host/analysis/failure-like.js';
 import type { Analysis, Verdict } from '../../host/analysis/types.js';
 import type { VesperEvent } from '../../host/notify/event.js';
 import { DEMO, Scenario } from '../helpers/analysis-scenario.js';

@@ -3,7 +3,7 @@
 // the (plugin, event) list and the backwards cursor it needs.
 import { afterEach, describe, expect, it } from 'vitest';
 import { analyzeFromStore, findLastFailure, windowAround } from '../../host/analysis/analyze.js';
-import { FAILURE_KINDS } from '../../host/analysis/classify.js';
+import { FAILURE_KINDS } from '../../host/analysis/failure-like.js';
 import { EventStore } from '../../host/store/event-store.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { DEMO, Scenario, asStored } from '../helpers/analysis-scenario.js';

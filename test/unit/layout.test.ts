@@ -19,7 +19,6 @@ const KNOWN_OVERSIZED = new Set([
   'host/channel/agent-client.ts',
   'guest-agent/modules/runtime.ts',
   'guest-agent/modules/probe-worker.ts',
-  'host/analysis/classify.ts',
 ]);
 
 interface SourceFile {

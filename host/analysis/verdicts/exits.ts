@@ -1,0 +1,38 @@
+// Deaths by a fatal signal that no signal record explains (the signal probe not attached, or
+// the signal not watched): only the process's exit says it died, so the verdict is uncertain,
+// and who sent the signal is unknown.
+import { FATAL_SIGNALS, FAULT_SIGNALS, SIGNALS } from '../../../contract/signals.js';
+import { num, obj } from '../payload.js';
+import { signalName, task } from '../timeline.js';
+import { type Window, clock, draft, type Draft } from './window.js';
+
+/** Exits by a fatal signal left unclaimed once the signal records are explained. */
+export function exits(w: Window, out: Draft[]): void {
+  for (const p of w.of('process/exit')) {
+    if (w.claimed.has(p.id)) continue;
+    const x = obj(p.ev.payload['exit']);
+    const sig = num(x['signal']) ?? 0;
+    if (!sig || !FATAL_SIGNALS.has(sig) || x['thread'] === true) continue;
+    const who = task(x['task']);
+    const sn = signalName(sig);
+    const d =
+      FAULT_SIGNALS.has(sig) || sig === SIGNALS.ABRT!
+        ? draft(
+            'app-crash',
+            'service',
+            'uncertain',
+            p.timeUs,
+            `${who} died of ${sn} at ${clock(p.timeUs)}; no signal record says who sent it (most often a fault of its own).`,
+          )
+        : draft(
+            'app-killed',
+            'service',
+            'uncertain',
+            p.timeUs,
+            `${who} was killed by ${sn} at ${clock(p.timeUs)}; no signal record says by whom (an administrator, a script or the kernel).`,
+          );
+    d.details = { signal: sn, sig, target: x['task'] };
+    w.claim(d, [p]);
+    out.push(d);
+  }
+}
