@@ -12,6 +12,7 @@ import { analysisText } from '../analysis/text.js';
 import type { Analysis } from '../analysis/types.js';
 import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
 import { addAgentCommands } from './agent.js';
+import { addChannelCommands } from './channel.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
 
@@ -351,6 +352,7 @@ export function buildProgram(): Command {
     });
 
   addAgentCommands(program); // vesper agent install|uninstall|status: over SSH, from this process
+  addChannelCommands(program); // vesper channel add|remove: the agent's channel in a libvirt domain
 
   return program;
 }
