@@ -91,7 +91,7 @@ export function bashCompletion(program: Command): string {
   const subs: string[] = [];
   const opts: string[] = [];
   for (const { path, cmd } of walk(program)) {
-    const key = bashWord(path.join(' '));
+    const key = bashWord(['vesper', ...path].join(' ')); // bash refuses an empty key
     const children = cmd.commands.filter((c) => !(c as unknown as Hidden)._hidden).map((c) => c.name());
     const flags = visibleOptions(cmd).flatMap((o) => [o.short, o.long].filter((f): f is string => !!f));
     if (path.length === 0) flags.push('--help', '--version');
@@ -108,11 +108,11 @@ export function bashCompletion(program: Command): string {
     ...opts,
     ')',
     '_vesper() {',
-    '  local cur=${COMP_WORDS[COMP_CWORD]} path="" next w i',
+    '  local cur=${COMP_WORDS[COMP_CWORD]} path=vesper next w i',
     '  for ((i = 1; i < COMP_CWORD; i++)); do',
     '    w=${COMP_WORDS[i]}',
     '    [[ $w == -* ]] && continue',
-    '    next=${path:+$path }$w',
+    '    next="$path $w"',
     '    [[ -n ${_vesper_subs[$next]+set} ]] && path=$next',
     '  done',
     '  if [[ $cur == -* ]]; then',

@@ -9,7 +9,19 @@
 // binary running this script. The Debian revision is VESPER_DEB_REVISION (default 1), so that
 // a test can build a newer package of the same source.
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, cpSync, existsSync, mkdirSync, readFileSync, readdirSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import {
+  chmodSync,
+  copyFileSync,
+  cpSync,
+  existsSync,
+  mkdirSync,
+  readFileSync,
+  readdirSync,
+  realpathSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+} from 'node:fs';
 import { gzipSync } from 'node:zlib';
 import { basename, dirname, join, relative } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -224,7 +236,11 @@ function hostPackage(version: string): string {
   for (const f of readdirSync(join(DIST, 'probes'))) copy(join(DIST, 'probes', f), join(lib, 'probes', f));
   copy(join(DIST, 'guest-agent', 'vesper-agent.mjs'), join(lib, 'agent', 'vesper-agent.mjs'));
   copy(join(ROOT, 'host/pacemaker/alert-agent.sh'), join(lib, 'alert-agent.sh'), 0o755);
-  write(join(stage, 'usr/bin/vesper'), '#!/bin/sh\n# vesper: the CLI and daemon, on the runtime shipped with it\nexec /usr/lib/vesper/node /usr/lib/vesper/host/vesper.mjs "$@"\n', 0o755);
+  write(
+    join(stage, 'usr/bin/vesper'),
+    '#!/bin/sh\n# vesper: the CLI and daemon, on the runtime shipped with it\nexec /usr/lib/vesper/node /usr/lib/vesper/host/vesper.mjs "$@"\n',
+    0o755,
+  );
   copy(join(ROOT, 'host/systemd/vesperd.service'), join(stage, 'lib/systemd/system/vesperd.service'));
   copy(join(ROOT, 'host/config/vesper.example.yaml'), join(stage, 'etc/vesper/vesper.yaml'));
   const program = buildProgram();
@@ -324,7 +340,18 @@ async function main(): Promise<void> {
     // ssh2's optional sshcrypto.node stays out: ssh2 then uses Node's own crypto (it tries the
     // addon in a try/catch); cpu-features likewise.
     external: [...NATIVE, '*.node', 'cpu-features'],
-    banner: { js: "import { createRequire as __vesperCreateRequire } from 'node:module'; const require = __vesperCreateRequire(import.meta.url);" },
+    // CommonJS dependencies bundled into ESM: require() for Node built-ins, and __dirname and
+    // __filename, which ssh2's crypto code reads (found by test/acceptance/package.test.ts).
+    banner: {
+      js: [
+        "import { createRequire as __vesperCreateRequire } from 'node:module';",
+        "import { fileURLToPath as __vesperFileURLToPath } from 'node:url';",
+        "import { dirname as __vesperDirname } from 'node:path';",
+        'const require = __vesperCreateRequire(import.meta.url);',
+        'const __filename = __vesperFileURLToPath(import.meta.url);',
+        'const __dirname = __vesperDirname(__filename);',
+      ].join(' '),
+    },
   });
 
   rmSync(OUT, { recursive: true, force: true });
@@ -334,7 +361,9 @@ async function main(): Promise<void> {
   rmSync(join(OUT, 'stage'), { recursive: true, force: true });
   for (const p of [host, agent]) {
     const size = sh('dpkg-deb', ['-f', p, 'Installed-Size']).trim();
-    console.error(`built ${relative(ROOT, p)}: ${(statSync(p).size / 1048576).toFixed(1)} MiB, installed ${(Number(size) / 1024).toFixed(1)} MiB`);
+    console.error(
+      `built ${relative(ROOT, p)}: ${(statSync(p).size / 1048576).toFixed(1)} MiB, installed ${(Number(size) / 1024).toFixed(1)} MiB`,
+    );
   }
 }
 

@@ -64,7 +64,7 @@ describe('findAssets', () => {
     );
   });
 
-  it("a checkout uses its own dist/, even when an install exists at the default prefix", () => {
+  it('a checkout uses its own dist/, even when an install exists at the default prefix', () => {
     const root = join(tmp, 'src', 'vesper');
     const prefix = join(tmp, 'usr', 'lib', 'vesper');
     makeCheckout(root);
