@@ -11,7 +11,7 @@ import { psiAvailable } from './kernel/pressure.js';
 import { WallClock, monoNow } from './kernel/proc.js';
 import { ReaderBudget, TraceFs, locateTracefs } from './kernel/tracefs.js';
 import type { Logger } from './log.js';
-import type { Capabilities } from './modules/api.js';
+import type { Capabilities } from '../contract/probe-api.js';
 import { ProbeRuntime } from './modules/runtime.js';
 import type { TrustedKeys } from './modules/verify.js';
 import { RecordRing } from './ring/record-ring.js';

@@ -8,6 +8,6 @@ cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
 if [ "${1:-}" = "--host-mode" ]; then
   shift
-  exec node_modules/.bin/tsx host/demo/host-mode.ts "$@"
+  exec node_modules/.bin/tsx test/rigs/demo/host-mode.ts "$@"
 fi
-exec node_modules/.bin/tsx host/demo/vm-demo.ts "$@"
+exec node_modules/.bin/tsx test/rigs/demo/vm-demo.ts "$@"

@@ -12,7 +12,7 @@
 # Exit status: 0 done, 1 failed, 3 (status) not running or not all online, 100 the Debian packages
 # could not be installed. Progress and errors go to stderr. `start` prints, on stdout, one line per
 # node: the node name, a tab, and the command prefix (possibly empty) that runs a program in that
-# node's context; host/pacemaker/rig.ts reads it.
+# node's context; test/rigs/pacemaker/rig.ts reads it.
 #
 # Nodes are named node1 and node2. Logs are kept after `stop` (overwritten by the next `start`):
 #   /var/log/vesper-pcmk-rig/NODE/{corosync,pacemaker}.log, and the daemons' stdout/stderr in *.out.

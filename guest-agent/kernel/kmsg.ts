@@ -2,7 +2,7 @@
 // process ... total-vm ... anon-rss ...", "oom-kill:constraint=... oom_memcg=...") lives
 // here on kernels whose oom/mark_victim event carries only the pid.
 import * as fs from 'node:fs';
-import type { KmsgLine } from '../modules/api.js';
+import type { KmsgLine } from '../../contract/probe-api.js';
 import { monoNow } from './proc.js';
 
 export function parseKmsg(raw: string): KmsgLine | null {

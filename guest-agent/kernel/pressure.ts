@@ -4,7 +4,7 @@
 // fire when stalled time within the sliding window reaches the threshold, at most once per
 // window. One read of a small file per sample.
 import { readFileSync, existsSync } from 'node:fs';
-import type { PsiSample } from '../modules/api.js';
+import type { PsiSample } from '../../contract/probe-api.js';
 import { monoNow } from './proc.js';
 
 export function pressureFile(resource: string, cgroup?: string): string {

@@ -24,7 +24,7 @@
 // counted as stuck.
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import type { Capabilities } from './api.js';
+import type { Capabilities } from '../../contract/probe-api.js';
 
 const TICK_MS = 100;
 /** the heap a probe's worker may hold */

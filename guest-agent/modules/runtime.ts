@@ -24,11 +24,11 @@ import { PressureWatcher, pressureFile, readPressure } from '../kernel/pressure.
 import type { WallClock } from '../kernel/proc.js';
 import type { TraceFs, TraceInstance } from '../kernel/tracefs.js';
 import type { Logger } from '../log.js';
-import type { Capabilities, ParamValue, ProbeManifest, PsiSample, TraceEvent } from './api.js';
+import type { Capabilities, ParamValue, ProbeManifest, PsiSample, TraceEvent } from '../../contract/probe-api.js';
 import { appendQuarantine, type QuarantineEntry } from './loop-watchdog.js';
-import { parseManifest } from './manifest.js';
+import { parseManifest } from '../../contract/manifest.js';
 import { ProbeWorker, type WorkerOut } from './probe-worker.js';
-import { resolveParams } from './params.js';
+import { resolveParams } from '../../contract/params.js';
 import type { TrustedKeys } from './verify.js';
 
 /** How often the main thread looks at the probe workers' liveness counters. */

@@ -7,19 +7,15 @@
 // same boot claims the heartbeat gap before it; the watchdog claims the silence of a hang.
 // Whatever silence is left unexplained becomes a verdict marked uncertain: a heartbeat gap
 // alone does not say whether the guest hung, the agent stalled or the host was slow.
+import { FATAL_SIGNALS, FAULT_SIGNALS, SIGNALS, STOP_SIGNALS } from '../../contract/signals.js';
 import type { VesperEvent } from '../notify/event.js';
 import { signalName, signalOf, task, type Placed } from './timeline.js';
 import type { Verdict, VerdictConfidence, VerdictKind, VerdictScope } from './types.js';
 
 const S = 1_000_000;
 
-/** Signals the kernel sends for a fault of the task itself. */
-const FAULT_SIGNALS = new Set([4, 5, 7, 8, 11, 31]); // ILL, TRAP, BUS, FPE, SEGV, SYS
-const ABRT = 6;
-/** What administrators and service managers stop processes with. */
-const STOP_SIGNALS = new Set([1, 2, 3, 9, 15]); // HUP, INT, QUIT, KILL, TERM
-/** Fatal by default and not usually handled: a delivery is worth a verdict even unconfirmed. */
-const FATAL_SIGNALS = new Set([...FAULT_SIGNALS, ABRT, ...STOP_SIGNALS, 24, 25]); // + XCPU, XFSZ
+const ABRT = SIGNALS.ABRT!;
+const KILL = SIGNALS.KILL!;
 /** si_code the kernel uses for its own signals that are not a fault (OOM killer, rlimits). */
 const SI_KERNEL = 128;
 
@@ -356,14 +352,14 @@ function ooms(w: Window, out: Draft[]): void {
         d,
         w.near('signal/signal', first.timeUs - 2 * S, end + 10 * S).filter((p) => {
           const s = signalOf(p.ev);
-          return s !== null && s.sig === 9 && pids.has(num(s.target['pid']) ?? -1);
+          return s !== null && s.sig === KILL && pids.has(num(s.target['pid']) ?? -1);
         }),
       );
       const exits = w.near('process/exit', first.timeUs - S, end + 10 * S).filter((p) => {
         const x = obj(p.ev.payload['exit']);
         const pid = num(obj(x['task'])['pid']) ?? -1;
         // A memory.oom.group kill takes the others of the group without a record each.
-        return pids.has(pid) || num(x['signal']) === 9;
+        return pids.has(pid) || num(x['signal']) === KILL;
       });
       w.claim(d, exits);
       const trig = obj(oom0['trigger']);
@@ -445,9 +441,9 @@ function signals(w: Window, runs: RunInfo[], out: Draft[], agentKills: AgentKill
       summary = `${who} crashed at ${clock(p.timeUs)}: the kernel sent ${sn} after a fault of its own (si_code ${s.code}${why ? `, ${why}` : ''}).${fate}`;
     } else if (s.senderIsKernel) {
       kind = 'app-killed';
-      confidence = s.sig === 9 ? 'uncertain' : 'confident';
+      confidence = s.sig === KILL ? 'uncertain' : 'confident';
       summary =
-        s.sig === 9
+        s.sig === KILL
           ? `${who} was killed by the kernel with SIGKILL at ${clock(p.timeUs)} (si_code ${s.code}) and no OOM record explains it: the OOM killer with the oom probe not attached, or another kernel kill.${fate}`
           : `${who} was sent ${sn} by the kernel at ${clock(p.timeUs)} (si_code ${s.code}: a resource limit or a kernel decision, not a fault).${fate}`;
     } else if (spid === tpid) {

@@ -8,7 +8,7 @@
 // the record that waited least. Adding it to a guest time gives a host time that is never
 // earlier than the event and late by at most that shortest transit (milliseconds on a live
 // link), while the guest's own times keep their order and spacing within the run.
-import { SIGNALS } from '../../probes/_shared/signals.js';
+import { SIGNALS } from '../../contract/signals.js';
 import type { VesperEvent } from '../notify/event.js';
 import type { ClockReconciliation, ClockRun, TimelineEntry } from './types.js';
 

@@ -7,13 +7,13 @@ import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { isBatchFrame, readRecordHeader, splitBatchFrame, type RecordHeader } from '../../proto/batch.js';
-import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, decodeRecord, encodeMessage, v1, type pb } from '../../proto/codec.js';
+import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, v1, type pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
+import { AgentRecord, type RecordKind } from '../../proto/record.js';
 import { VESPER_VERSION } from '../../proto/version.js';
-import { HOST_PLUGIN_NAMES } from '../notify/host-plugins.js';
 import { IngestBudget, type IngestBudgetOptions } from './ingest-budget.js';
-import { isName } from '../notify/names.js';
+import { HOST_PLUGIN_NAMES, isName } from '../../contract/names.js';
 import { readPacer } from './read-pacer.js';
 
 export interface ProbeInfo {
@@ -23,44 +23,6 @@ export interface ProbeInfo {
   version: string;
   params: Record<string, string>;
   events: Map<number, string>;
-}
-
-export type RecordKind = 'signal' | 'oom' | 'exec' | 'exit' | 'fork' | 'psi' | 'kprobe' | 'heartbeat' | 'loss' | 'probeFault' | 'generic';
-
-/**
- * One record from the agent, typed with its probe's names. Its full decode (`raw`, the payload's
- * objects and strings) is made only when read: the manager's ingest path needs the header and
- * the bytes, not the payload.
- */
-export class AgentRecord {
-  #raw: pb.Record | null;
-
-  constructor(
-    readonly seq: number,
-    readonly monoNs: number,
-    readonly wallNs: number,
-    readonly handle: number,
-    /** probe name, or "agent" for the agent's own records (loss, probe faults) */
-    readonly probe: string,
-    readonly instance: number,
-    /** event name from the probe's manifest ("loss" / "probe_fault" for the agent's own) */
-    readonly event: string,
-    readonly kind: RecordKind,
-    /** the record exactly as the agent sent it (an encoded vesper.v1.Record) */
-    readonly bytes: Uint8Array,
-    raw: pb.Record | null,
-  ) {
-    this.#raw = raw;
-  }
-
-  get raw(): pb.Record {
-    return (this.#raw ??= decodeRecord(this.bytes));
-  }
-
-  /** the decoded record if something decoded it already, else null */
-  get rawIfDecoded(): pb.Record | null {
-    return this.#raw;
-  }
 }
 
 export interface AgentClientOptions {

@@ -7,7 +7,8 @@
 import { EventEmitter } from 'node:events';
 import type { pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { AgentClient, type AgentClientOptions, type AgentRecord } from './agent-client.js';
+import { AgentClient, type AgentClientOptions } from './agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import type { IngestBudgetOptions } from './ingest-budget.js';
 
 /**

@@ -14,16 +14,7 @@ import type { Logger } from 'pino';
 import { ApiLink, errorReply, type apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { VesperEvent } from '../notify/event.js';
-
-export interface EventQuery {
-  vm?: string;
-  plugin?: string;
-  event?: string;
-  sinceUs?: number;
-  afterId?: number;
-  limit?: number;
-  includeDiscarded?: boolean;
-}
+import type { EventQuery } from '../store/event-query.js';
 
 /** A follower's feed: `pull` returns what is new, `onReadable` says when to pull. */
 export interface EventFeed {

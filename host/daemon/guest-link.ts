@@ -4,7 +4,7 @@
 // plugin's events (agent connected / lost, heartbeat lost / back). The link is a virtio-serial
 // port's unix socket or an SSH target's exec channel (LinkSpec); everything above it is the same.
 import type { Logger } from 'pino';
-import type { AgentRecord } from '../channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { ProblemLog } from '../channel/problem-log.js';
 import { GuestSession, unixOpener, type AttachedProbe, type LinkOpener } from '../channel/guest-session.js';
 import type { IngestBudgetOptions } from '../channel/ingest-budget.js';

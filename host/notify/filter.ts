@@ -19,7 +19,7 @@
 // (events carry guest-influenced names), and starts over when full.
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { VesperEvent } from './event.js';
-import { isVmName, nameProblem } from './names.js';
+import { isVmName, nameProblem } from '../../contract/names.js';
 
 export const WILDCARD = '*';
 

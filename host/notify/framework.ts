@@ -9,17 +9,19 @@
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { VesperEvent } from './event.js';
 import { FilterTable } from './filter.js';
-import { vmLabel } from './names.js';
+import { vmLabel } from '../../contract/names.js';
 import { checkParamValue } from './params.js';
 import { EventQueue } from './queue.js';
 import { PluginRegistry, type Plugin, type PluginHandle } from './registry.js';
 
-export interface EventStore {
+/** Where the framework stores events (store/event-store.ts's EventStore in the daemon). */
+export interface EventSink {
   /** Stores the events in one go; answers those newly stored (ids set) and how many it already had. */
   append(events: VesperEvent[]): { stored: VesperEvent[]; duplicates: number };
 }
 
-export interface ActionRunner {
+/** Who starts the filters' actions (actions/runner.ts's ActionRunner in the daemon). */
+export interface ActionDispatch {
   /** Starts an action for an event. Must not block; failures are counted, never passed to ingest. */
   run(ev: VesperEvent, action: string, args: string[]): void;
 }
@@ -29,8 +31,8 @@ export interface FrameworkOptions {
   filters?: FilterTable;
   queue?: EventQueue;
   /** without a store, every event counts as new (nothing is de-duplicated) */
-  store?: EventStore;
-  actions?: ActionRunner;
+  store?: EventSink;
+  actions?: ActionDispatch;
 }
 
 export interface FrameworkCounters {
@@ -73,8 +75,8 @@ export class NotificationFramework {
   readonly registry: PluginRegistry;
   readonly filters: FilterTable;
   readonly queue: EventQueue;
-  private readonly store: EventStore | null;
-  private readonly actions: ActionRunner | null;
+  private readonly store: EventSink | null;
+  private readonly actions: ActionDispatch | null;
   private readonly params = new Map<PluginHandle, ParamState>();
   private readonly c: FrameworkCounters = {
     ingested: 0,

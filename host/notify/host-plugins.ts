@@ -2,6 +2,7 @@
 // into the framework next to the guest's probes. The daemon registers libvirt and channel for
 // every VM it manages (instance 0), wiring setParams to the code that does the work, and
 // pacemaker where the config maps a VM to a Pacemaker resource.
+import { HOST_PLUGIN } from '../../contract/names.js';
 import type { PluginEvent, PluginParam, PluginSpec } from './registry.js';
 
 export interface HostPluginDescription {
@@ -13,7 +14,7 @@ export interface HostPluginDescription {
 
 /** libvirt's view of a domain (host/libvirt/events.ts), one event per lifecycle change. */
 export const LIBVIRT_PLUGIN: HostPluginDescription = {
-  name: 'libvirt',
+  name: HOST_PLUGIN.libvirt,
   description: 'the domain as libvirt sees it: lifecycle, guest panic (pvpanic), watchdog, I/O errors',
   events: [
     { name: 'started', description: 'the domain started (booted, restored, migrated in)' },
@@ -33,7 +34,7 @@ export const LIBVIRT_PLUGIN: HostPluginDescription = {
 
 /** The host↔guest channel and the agent behind it (host/channel/guest-session.ts). */
 export const CHANNEL_PLUGIN: HostPluginDescription = {
-  name: 'channel',
+  name: HOST_PLUGIN.channel,
   description: 'the link to the guest agent: connection, heartbeat, records the agent had to drop',
   events: [
     { name: 'agent-connected', description: 'the agent answered for the first time (payload: hello)' },
@@ -57,7 +58,7 @@ export const CHANNEL_PLUGIN: HostPluginDescription = {
  * for the host, which gets node, fencing and attribute alerts and those of unmapped resources.
  */
 export const PACEMAKER_PLUGIN: HostPluginDescription = {
-  name: 'pacemaker',
+  name: HOST_PLUGIN.pacemaker,
   description: "Pacemaker's alerts: its operations on the VM's resource, node membership, fencing, node attributes",
   events: [
     {
@@ -80,19 +81,6 @@ export const PACEMAKER_PLUGIN: HostPluginDescription = {
 };
 
 export const HOST_PLUGINS: readonly HostPluginDescription[] = [LIBVIRT_PLUGIN, CHANNEL_PLUGIN];
-
-/**
- * Plugin names of the host's own events (and `agent`, the agent's own records): a guest's probe
- * is never called so, or a guest could make its records pass for libvirt's crash or the
- * channel's agent-lost, and set off what filters do on those.
- */
-export const HOST_PLUGIN_NAMES: ReadonlySet<string> = new Set([
-  LIBVIRT_PLUGIN.name,
-  CHANNEL_PLUGIN.name,
-  PACEMAKER_PLUGIN.name,
-  'action',
-  'agent',
-]);
 
 /** A registration for one host plugin on one VM ('' for the host itself). */
 export function hostPluginSpec(plugin: HostPluginDescription, vm: string, setParams?: PluginSpec['setParams']): PluginSpec {

@@ -3,7 +3,7 @@
 // the record itself, exactly as the agent sent it. The payload (plain data) is made from the
 // record only when something reads it: the ingest path stores the record's bytes, so a storm
 // nobody is watching costs no conversion at all.
-import type { AgentRecord } from '../channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { decodeRecord, isUndecodable, type pb } from '../../proto/codec.js';
 import type { Disposition, VesperEvent } from './event.js';
 

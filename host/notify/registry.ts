@@ -5,10 +5,8 @@
 // back a handle, and the handle, never reused, is what unregisters.
 import { EventEmitter } from 'node:events';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { isVmName, nameProblem, vmLabel } from './names.js';
-import { PARAM_TYPES, checkParamValue, type ParamType } from './params.js';
-
-export type { ParamType } from './params.js';
+import { isVmName, nameProblem, vmLabel } from '../../contract/names.js';
+import { PARAM_TYPES, checkParamValue, type PluginParamType } from './params.js';
 
 export type PluginKind = 'probe' | 'host';
 export type PluginHandle = number;
@@ -20,7 +18,7 @@ export interface PluginEvent {
 
 export interface PluginParam {
   name: string;
-  type: ParamType;
+  type: PluginParamType;
   /** text form, as an operator would type it; absent: the parameter has no value until set */
   default?: string;
   description?: string;

@@ -14,7 +14,7 @@
 // it ran the agent, so the time Pacemaker acted is known exactly however late the event came.
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { VesperEvent } from '../notify/event.js';
-import { isVmName } from '../notify/names.js';
+import { isVmName } from '../../contract/names.js';
 import { PACEMAKER_PLUGIN } from '../notify/host-plugins.js';
 
 export type AlertEnv = Readonly<Record<string, string | undefined>>;

@@ -7,7 +7,7 @@ import { fileURLToPath } from 'node:url';
 import type { pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { moduleDigest, signedBytes } from '../../proto/module-digest.js';
-import type { ProbeManifest } from '../../guest-agent/modules/api.js';
+import type { ProbeManifest } from '../../contract/probe-api.js';
 import { findAssets } from '../assets.js';
 import type { HostKey } from '../keys.js';
 

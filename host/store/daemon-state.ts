@@ -19,15 +19,18 @@ export interface Attachment {
   attachedAtMs: number;
 }
 
-/** A filter rule's key; '*' in any field means "any". */
-export interface FilterKey {
+/**
+ * A filter rule's key as saved: all text, '*' in any field means "any". The live rules are
+ * notify/filter.ts's FilterRule; the daemon saves each whole as the decision.
+ */
+export interface SavedFilterKey {
   vm: string;
   plugin: string;
   instance: string;
   event: string;
 }
 
-export interface FilterRule extends FilterKey {
+export interface SavedFilterRule extends SavedFilterKey {
   /** opaque to the store: whatever the filter framework decides for matching events, as JSON */
   decision: unknown;
 }
@@ -85,7 +88,8 @@ export class AttachmentTable {
   }
 }
 
-export class FilterTable {
+/** The saved filter rules, restored into notify/filter.ts's FilterTable at start. */
+export class SavedFilterTable {
   private readonly upsert: Database.Statement<[string, string, string, string, string]>;
   private readonly remove: Database.Statement<[string, string, string, string]>;
   private readonly removeAll: Database.Statement<[]>;
@@ -102,13 +106,13 @@ export class FilterTable {
     this.listAll = db.prepare('SELECT vm, plugin, instance, event, decision FROM filters ORDER BY rowid');
   }
 
-  save(rule: FilterRule): void {
+  save(rule: SavedFilterRule): void {
     // undefined has no JSON form; a rule without a decision is stored as null
     this.upsert.run(rule.vm, rule.plugin, rule.instance, rule.event, JSON.stringify(rule.decision ?? null));
   }
 
   /** true if there was one */
-  delete(key: FilterKey): boolean {
+  delete(key: SavedFilterKey): boolean {
     return this.remove.run(key.vm, key.plugin, key.instance, key.event).changes > 0;
   }
 
@@ -118,7 +122,7 @@ export class FilterTable {
   }
 
   /** in the order the rules were first saved */
-  list(): FilterRule[] {
+  list(): SavedFilterRule[] {
     return this.listAll.all().map((r) => ({
       vm: r.vm,
       plugin: r.plugin,

@@ -10,12 +10,12 @@ import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { VesperEvent } from '../notify/event.js';
 import {
   AttachmentTable,
-  FilterTable,
+  SavedFilterTable,
   MetaTable,
   type Attachment,
   type AttachmentSpec,
-  type FilterKey,
-  type FilterRule,
+  type SavedFilterKey,
+  type SavedFilterRule,
 } from './daemon-state.js';
 import { EventQueryRunner, type EventQuery } from './event-query.js';
 import { payloadColumn } from './event-row.js';
@@ -24,7 +24,7 @@ import { INDEXED_THROUGH_KEY, migrate } from './schema.js';
 import { VmIndex } from './vm-index.js';
 import { storeError } from './store-error.js';
 
-export type { Attachment, AttachmentSpec, FilterKey, FilterRule } from './daemon-state.js';
+export type { Attachment, AttachmentSpec, SavedFilterKey, SavedFilterRule } from './daemon-state.js';
 export { DEFAULT_QUERY_LIMIT, MAX_QUERY_LIMIT, type EventQuery } from './event-query.js';
 export { PRUNE_BUDGET_ROWS, type PruneResult, type Retention } from './retention.js';
 export { SCHEMA_VERSION } from './schema.js';
@@ -118,7 +118,7 @@ export class EventStore {
   private readonly queries: EventQueryRunner;
   private readonly pruner: RetentionPruner;
   private readonly attachments: AttachmentTable;
-  private readonly filters: FilterTable;
+  private readonly filters: SavedFilterTable;
   private readonly meta: MetaTable;
   /** the next event's id: ids are given here, so a batch's ids are known before its commit */
   private nextId: number;
@@ -221,7 +221,7 @@ export class EventStore {
     this.retention = opts.retention ?? {};
     this.pruner = new RetentionPruner(db, this.retention);
     this.attachments = new AttachmentTable(db);
-    this.filters = new FilterTable(db);
+    this.filters = new SavedFilterTable(db);
     this.meta = new MetaTable(db);
     this.indexEveryMs = opts.indexEveryMs ?? INDEX_EVERY_MS;
     this.nextId = this.idAfterLast();
@@ -452,12 +452,12 @@ export class EventStore {
   }
 
   /** Adds the rule, or replaces the decision of the rule with the same key. */
-  saveFilter(rule: FilterRule): void {
+  saveFilter(rule: SavedFilterRule): void {
     this.guard('saving a filter', () => this.filters.save(rule));
   }
 
   /** true if there was one */
-  deleteFilter(key: FilterKey): boolean {
+  deleteFilter(key: SavedFilterKey): boolean {
     return this.guard('deleting a filter', () => this.filters.delete(key));
   }
 
@@ -467,7 +467,7 @@ export class EventStore {
   }
 
   /** in the order the rules were first saved */
-  listFilters(): FilterRule[] {
+  listFilters(): SavedFilterRule[] {
     return this.guard('listing filters', () => this.filters.list());
   }
 

@@ -1,4 +1,4 @@
-import type { ProbeContext, ProbeModule } from '../../guest-agent/modules/api.js';
+import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
 
 const probe: ProbeModule = {
   setup(ctx: ProbeContext) {

@@ -1,5 +1,5 @@
 import type { pb } from '../../proto/codec.js';
-import type { ProbeContext, ProbeModule } from '../../guest-agent/modules/api.js';
+import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
 
 // The kernel's OOM report in /dev/kmsg (mm/oom_kill.c):
 //   "<comm> invoked oom-killer: gfp_mask=..., order=0, oom_score_adj=0"

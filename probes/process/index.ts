@@ -1,6 +1,7 @@
 import { readdirSync } from 'node:fs';
-import type { ProbeContext, ProbeModule } from '../../guest-agent/modules/api.js';
-import { NOT_FATAL_BY_DEFAULT, anyOf } from '../_shared/signals.js';
+import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
+import { NOT_FATAL_BY_DEFAULT } from '../../contract/signals.js';
+import { anyOf } from '../_shared/trace-filter.js';
 
 const CLONE_THREAD = 0x10000;
 const STATUS_WAIT_MS = 5; // an exit seen on one CPU before its cause arrives from another

@@ -1,5 +1,6 @@
-import type { ProbeContext, ProbeModule } from '../../guest-agent/modules/api.js';
-import { allOf, anyOf, signalNumber } from '../_shared/signals.js';
+import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
+import { signalNumber } from '../../contract/signals.js';
+import { allOf, anyOf } from '../_shared/trace-filter.js';
 
 const TRACE_SIGNAL_IGNORED = 1;
 

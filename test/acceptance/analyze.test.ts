@@ -8,7 +8,7 @@ import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Analysis, TimelineEntry, Verdict } from '../../host/analysis/types.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { checkReportInChromium, whyNoChromium } from '../helpers/chromium.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { VesperdProcess, writeVesperdConfig } from '../helpers/vesperd-process.js';

@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { AgentClient } from '../../host/channel/agent-client.js';
 import { findChannel, hasVirtioSerialController } from '../../host/libvirt/channel.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { waitFor } from '../helpers/wait.js';
 
 const VESPER = join(import.meta.dirname, '..', '..', 'dist', 'host', 'vesper.mjs');

@@ -5,9 +5,9 @@
 // limited cgroup; this one has nothing but the guest's RAM to run out of, so the killer ranks
 // every process of the guest, the agent's node (tens of MiB) among them.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { GuestSession, type ConnectedInfo } from '../../host/channel/guest-session.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { waitFor } from '../helpers/wait.js';
 

@@ -7,8 +7,8 @@ import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectRoot } from '../../host/probes/package.js';
-import { CHECK_GUEST_SERVICE, virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../../host/pacemaker/virtual-domain.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { CHECK_GUEST_SERVICE, virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../rigs/pacemaker/virtual-domain.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

@@ -4,9 +4,10 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
-import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentClient } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import type { LocalAgent } from '../../host/channel/local-agent.js';
-import { exitProgram, segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import { exitProgram, segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { createMemoryCgroup, memoryCgroupWhyNot } from '../helpers/cgroup.js';
 import { useLocalAgent } from '../helpers/agent-fixture.js';
 import { whyNoKernelAccess } from '../helpers/root.js';

@@ -3,10 +3,10 @@
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { GuestSession, type ConnectedInfo } from '../../host/channel/guest-session.js';
 import { LocalAgent } from '../../host/channel/local-agent.js';
-import { segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import { segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

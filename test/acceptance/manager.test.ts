@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import type Database from 'better-sqlite3';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { openStoreForSql } from '../helpers/store-sql.js';
 import { USR1_STORM_PROBE, VesperdProcess, writeVesperdConfig, type EventLine } from '../helpers/vesperd-process.js';

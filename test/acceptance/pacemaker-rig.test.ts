@@ -8,7 +8,7 @@ import { spawnSync } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { PacemakerRig, RIG_LOG_DIR, RIG_SCRIPT } from '../../host/pacemaker/rig.js';
+import { PacemakerRig, RIG_LOG_DIR, RIG_SCRIPT } from '../rigs/pacemaker/rig.js';
 import { waitFor } from '../helpers/wait.js';
 
 /** Why this suite cannot run here, or '' once the cluster stack is installed (install is idempotent). */

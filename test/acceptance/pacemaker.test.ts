@@ -7,7 +7,7 @@
 // is still stored.
 import { spawnSync } from 'node:child_process';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { RIG_SCRIPT } from '../../host/pacemaker/rig.js';
+import { RIG_SCRIPT } from '../rigs/pacemaker/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { NODE, PacemakerVm } from '../helpers/pacemaker-vm.js';
 import type { EventLine } from '../helpers/vesperd-process.js';

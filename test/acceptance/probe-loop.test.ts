@@ -8,7 +8,8 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
-import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentClient } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { LocalAgent } from '../../host/channel/local-agent.js';
 import { signModule } from '../../host/probes/package.js';
 import { moduleDigest } from '../../proto/module-digest.js';

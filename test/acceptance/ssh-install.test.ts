@@ -8,8 +8,9 @@ import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
-import { segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import type { AgentClient } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
+import { segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
 import { readProbeBundle, signModule } from '../../host/probes/package.js';
 import { openAgentLink, type AgentLayout } from '../../host/ssh/agent-link.js';

@@ -11,7 +11,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { segfaultProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import { segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
 import { projectRoot } from '../../host/probes/package.js';
 import { DEFAULT_AGENT_LAYOUT } from '../../host/ssh/agent-link.js';

@@ -2,10 +2,10 @@
 // inside, the host reaching it over the virtio-serial channel, real faults caused inside
 // the guest by a test-only helper on a second port, and libvirt's own events.
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import type { AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { GuestSession, type ConnectedInfo } from '../../host/channel/guest-session.js';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

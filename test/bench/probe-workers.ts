@@ -7,7 +7,7 @@ import { spawn } from 'node:child_process';
 import { readFileSync, readdirSync } from 'node:fs';
 import { join, resolve } from 'node:path';
 import { Worker } from 'node:worker_threads';
-import type { AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import type { LocalAgent as LocalAgentType } from '../../host/channel/local-agent.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

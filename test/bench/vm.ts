@@ -1,9 +1,10 @@
 // VM benchmarks: a real guest under libvirt (TCG unless KVM boots), the agent inside, real
 // faults from the guest's test helper. Guest times are put on the host's clock with the
 // agent's ping answers (offset from the shortest round trip; error within half of it).
-import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentClient } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

@@ -1,7 +1,8 @@
 // One agent on this machine for a whole describe block: started before, stopped after
 // (also when a test fails), with every record it sent collected in order.
 import { afterAll, beforeAll } from 'vitest';
-import type { AgentClient, AgentRecord } from '../../host/channel/agent-client.js';
+import type { AgentClient } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { LocalAgent, type LocalAgentOptions } from '../../host/channel/local-agent.js';
 
 export interface AgentFixture {

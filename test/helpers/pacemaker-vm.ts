@@ -7,10 +7,10 @@
 import { chmodSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
-import { PacemakerRig } from '../../host/pacemaker/rig.js';
-import { virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../../host/pacemaker/virtual-domain.js';
+import { PacemakerRig } from '../rigs/pacemaker/rig.js';
+import { virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../rigs/pacemaker/virtual-domain.js';
 import { projectRoot } from '../../host/probes/package.js';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { VesperdProcess, writeVesperdConfig, type EventLine } from './vesperd-process.js';
 import { waitFor } from './wait.js';
 

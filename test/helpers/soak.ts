@@ -27,7 +27,7 @@
 import { execFileSync } from 'node:child_process';
 import { chmodSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { VmRig } from '../../host/vm/rig.js';
+import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from './fault-answer.js';
 import { openStoreForSql } from './store-sql.js';
 import { VesperdProcess, writeVesperdConfig } from './vesperd-process.js';

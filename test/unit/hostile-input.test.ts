@@ -18,8 +18,8 @@ import {
   MAX_PROBE_PARAMS,
   MAX_PROBE_VERSION,
   MAX_UNSENT_BYTES,
-  type AgentRecord,
 } from '../../host/channel/agent-client.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { eventOfRecord } from '../../host/notify/record-event.js';
 import { payloadFromColumn } from '../../host/store/event-row.js';
 import { encodeBatchFrame } from '../../proto/batch.js';

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import type { VesperEvent } from '../../host/notify/event.js';
-import { NotificationFramework, type EventStore } from '../../host/notify/framework.js';
+import { NotificationFramework, type EventSink } from '../../host/notify/framework.js';
 import { CHANNEL_PLUGIN, hostPluginSpec } from '../../host/notify/host-plugins.js';
 import { EventQueue } from '../../host/notify/queue.js';
 import type { PluginSpec } from '../../host/notify/registry.js';
@@ -19,7 +19,7 @@ const ev = (plugin: string, event: string, vm = 'vm1', instance = 0): VesperEven
 });
 
 /** Keeps a guest record once, as the real store does (by agent run and sequence number). */
-class MemoryStore implements EventStore {
+class MemoryStore implements EventSink {
   calls: VesperEvent[][] = [];
   rows: VesperEvent[] = [];
   private seen = new Set<string>();
@@ -157,7 +157,7 @@ describe('NotificationFramework.ingest', () => {
   });
 
   it('when the store throws, ingest throws and nothing of the batch is published', () => {
-    const store: EventStore = {
+    const store: EventSink = {
       append: () => {
         throw new VesperError(ErrorCode.STORE_FAILED, 'disk full');
       },

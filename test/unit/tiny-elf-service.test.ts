@@ -3,7 +3,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { arch, platform, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { crashOnSignalProgram, exitWithArgProgram, writeProgram } from '../../host/demo/tiny-elf.js';
+import { crashOnSignalProgram, exitWithArgProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 
 // The programs are raw x86-64 Linux machine code.
 const native = platform() === 'linux' && arch() === 'x64';

@@ -5,8 +5,8 @@ import { spawn } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import Table from 'cli-table3';
-import type { AgentRecord } from '../channel/agent-client.js';
-import { LocalAgent } from '../channel/local-agent.js';
+import type { AgentRecord } from '../../../proto/record.js';
+import { LocalAgent } from '../../../host/channel/local-agent.js';
 import { describeRecord } from './describe.js';
 import { exitProgram, segfaultProgram, writeProgram } from './tiny-elf.js';
 

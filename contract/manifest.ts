@@ -1,6 +1,6 @@
 import semver from 'semver';
-import { ErrorCode, VesperError } from '../../proto/errors.js';
-import type { ProbeManifest } from './api.js';
+import { ErrorCode, VesperError } from '../proto/errors.js';
+import type { ProbeManifest } from './probe-api.js';
 
 const PAYLOADS = new Set(['signal', 'oom', 'exec', 'exit', 'fork', 'psi', 'kprobe', 'heartbeat', 'generic']);
 const TYPES = new Set(['string', 'int', 'bool', 'list', 'duration_ms']);

@@ -1,4 +1,4 @@
-import type { AgentRecord } from '../channel/agent-client.js';
+import type { AgentRecord } from '../../../proto/record.js';
 
 /** One line a person can read for a record. */
 export function describeRecord(r: AgentRecord): string {

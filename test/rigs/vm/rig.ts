@@ -6,15 +6,16 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync
 import * as net from 'node:net';
 import { join } from 'node:path';
 import { execFileSync } from 'node:child_process';
-import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { AgentClient, type AgentClientOptions } from '../channel/agent-client.js';
+import { ErrorCode, VesperError } from '../../../proto/errors.js';
+import { AgentClient, type AgentClientOptions } from '../../../host/channel/agent-client.js';
 import { buildGuestImage, GUEST_KERNEL_CMDLINE } from '../image/build.js';
-import { loadOrCreateHostKey, type HostKey } from '../keys.js';
-import type { Hypervisor } from '../libvirt/hypervisor.js';
-import { LibvirtEvents } from '../libvirt/events.js';
-import { UnraidHypervisor } from '../libvirt/unraid.js';
-import { projectRoot, readProbeBundle, signModule } from '../probes/package.js';
-import { AGENT_PORT, TEST_PORT, channelXml, guestDomainXml, type Accel } from './domain.js';
+import { loadOrCreateHostKey, type HostKey } from '../../../host/keys.js';
+import type { Hypervisor } from '../../../host/libvirt/hypervisor.js';
+import { LibvirtEvents } from '../../../host/libvirt/events.js';
+import { UnraidHypervisor } from '../../../host/libvirt/unraid.js';
+import { projectRoot, readProbeBundle, signModule } from '../../../host/probes/package.js';
+import { AGENT_PORT, TEST_PORT } from '../image/guest-scripts.js';
+import { channelXml, guestDomainXml, type Accel } from './domain.js';
 
 export interface VmRigOptions {
   name?: string;

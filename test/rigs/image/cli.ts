@@ -1,10 +1,10 @@
 // Builds (or finds in the cache) the guest image and prints its paths as JSON on stdout.
-//   tsx host/image/cli.ts [--test-helpers] [--key PEM-FILE] [--cache DIR]
+//   tsx test/rigs/image/cli.ts [--test-helpers] [--key PEM-FILE] [--cache DIR]
 // Progress goes to stderr, so stdout stays machine-readable.
 import { readFileSync } from 'node:fs';
 import { parseArgs } from 'node:util';
-import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
-import { loadOrCreateHostKey } from '../keys.js';
+import { ErrorCode, VesperError, exitStatusFor } from '../../../proto/errors.js';
+import { loadOrCreateHostKey } from '../../../host/keys.js';
 import { GUEST_KERNEL_CMDLINE, buildGuestImage } from './build.js';
 
 async function main(): Promise<void> {

@@ -1,6 +1,6 @@
 // Parameters arrive as text; the manifest says what each one is.
-import { ErrorCode, VesperError } from '../../proto/errors.js';
-import type { ManifestParam, ParamValue, ProbeManifest } from './api.js';
+import { ErrorCode, VesperError } from '../proto/errors.js';
+import type { ManifestParam, ParamValue, ProbeManifest } from './probe-api.js';
 
 export function parseParam(p: ManifestParam, text: string): ParamValue {
   const t = text.trim();

@@ -5,7 +5,7 @@
 // Each load runs in a worker thread of its own (probe-worker.ts): the context's calls are
 // synchronous as written here, but the probe shares no memory with the agent, and a loop or
 // an uncaught throw ends only its worker.
-import type { pb } from '../../proto/codec.js';
+import type { pb } from '../proto/codec.js';
 
 export type ParamType = 'string' | 'int' | 'bool' | 'list' | 'duration_ms';
 export type ParamValue = string | number | boolean | string[];

@@ -20,9 +20,6 @@ export interface GuestDomainSpec {
   disks?: string[];
 }
 
-export const AGENT_PORT = 'org.vesper.agent.0';
-export const TEST_PORT = 'org.vesper.test.0';
-
 const esc = (s: string): string =>
   s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/'/g, '&apos;').replace(/"/g, '&quot;');
 

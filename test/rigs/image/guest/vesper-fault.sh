@@ -1,163 +1,73 @@
-// The shell scripts baked into the guest image. They run under busybox ash with no udev and no
-// init system, so they do by hand what those would: mounts, module loading, respawning.
+#!/bin/sh
+# vesper-fault: the TEST-ONLY fault injector baked into test images, never part of the agent.
+# It runs under busybox ash in the guest; init.sh respawns it.
+# shellcheck disable=SC3045 # busybox ash's read has -t
+#
+# One command per line on the virtio-serial
+# port TEST_PORT, one answer per command, "ok CMD DETAIL..." or "err CMD WHY":
+#   ping             ok ping pong
+#   segv             ok segv PID            the demo service faults (SIGUSR1 -> store to 0)
+#   term             ok term SENDER TARGET  a separate process SIGTERMs the demo service
+#   oom              ok oom PID             tail /dev/zero in a 32M cgroup (answered at start)
+#   oom-global       ok oom-global PID MS   tail /dev/zero with no cgroup limit, so that the whole
+#                                           guest runs out and the kernel's global OOM killer
+#                                           fires (answered at start; MS: guest uptime in ms
+#                                           then); killed by the helper if still alive after 90 s
+#   agent-oom        ok agent-oom PID ADJ SCORE RSS_KB THREADS   the agent's pid (its pid file),
+#                                           oom_score_adj, oom_score, VmRSS and thread count
+#   storm N          ok storm MS            runs vesper-exit N times
+#   exit CODE        ok exit PID STATUS     runs vesper-exit CODE
+#   panic            ok panic               then sysrq-c
+#   hang SECONDS     ok hang SECONDS        then a SCHED_FIFO 99 busy loop freezes userspace
+#   kill-agent       ok kill-agent PID      then SIGKILL to the agent (init restarts it)
+#   stop-agent S     ok stop-agent PID      the agent is SIGSTOPped for S seconds, then SIGCONT:
+#                                           its heartbeats stop and nothing else shows (thin
+#                                           evidence for the analysis)
+#   reboot           ok reboot              then the guest reboots itself (reboot -f)
+#   crash            ok crash PID           a fresh process stores to address 0 (no respawn wait)
+#   panic-now        ok panic-now           then sysrq-c at once (for timing the panic)
+#   sigstorm N [R]   ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them,
+#                                          paced at R per second when R is given
+#   sigstorm-bg N [R] ok sigstorm-bg PID    the same, answered at once (the storm runs on)
+#   sigstorm-done PID ok sigstorm-done MS PID  that storm has finished (err ... running: not yet)
+#   stat PID         ok stat TICKS HZ UPTIME UTIME STIME  CPU time of a task (benchmarks)
+#   svc [TAG]        ok svc PID [TAG]       the demo service runs (cheap: builtins only, no fork)
+#                    err svc down [TAG]     it does not (dead, a zombie, or between restarts);
+#                                           TAG is echoed so a caller can tell its own answer
+#                                           from a late one meant for a client that gave up
+# The *-svc faults leave the demo service DOWN: they create /run/vesper-demo-svc.hold, which
+# keeps init from restarting it (for up to 10 min) until release-svc.
+#   segv-svc         ok segv-svc PID        as segv (a real SIGSEGV), held down
+#   oom-svc          ok oom-svc SVC HOG     the demo service and a tail /dev/zero hog share a
+#                                           fresh cgroup (memory.max 4M, memory.oom.group 1):
+#                                           the kernel OOM-kills the whole group, the service
+#                                           with it (answered before the kill), held down
+#   svc-events       ok svc-events KEY N... memory.events of the oom-svc group, flattened
+#                                           (e.g. "... oom 1 oom_kill 3 oom_group_kill 1")
+#   release-svc      ok release-svc         removes the hold (init restarts the service within
+#                                           1 s) and the oom-svc group; a no-op otherwise
+#   agent-sched M    ok agent-sched M N      the agent's scheduling, for measuring what it buys:
+#                                           main-only (nice -10 on its main thread only, as
+#                                           the agent once left it), all (nice -10 on all N
+#                                           threads, what the agent sets), rr (SCHED_RR 1, all)
+# Only in images with stress tools (the busy-guest soak):
+#   stress S ARGS... ok stress PID DIR     stress-ng ARGS for S seconds, in its own cgroup
+#                                           (vesper-stress), its files in DIR: /mnt/scratch, the
+#                                           scratch disk /dev/vda mounted on first use, or /tmp
+#                                           when the guest has no disk (no block I/O then)
+#   stress-stop      ok stress-stop STATUS  SIGINT (stress-ng stops its workers and writes its
+#                                           report), the group killed if still there after 10 s
+#   stress-report    ok stress-report NAME BOGO_OPS... vda_read_kb N vda_write_kb N
+#                                           what the last run's report says each stressor did,
+#                                           and the scratch disk's I/O since boot
 
-export const AGENT_PORT = 'org.vesper.agent.0';
-export const TEST_PORT = 'org.vesper.test.0';
-export const DEMO_SERVICE = '/usr/sbin/vesper-demo-svc';
-export const EXIT_PROGRAM = '/usr/sbin/vesper-exit';
-export const SEGV_PROGRAM = '/usr/sbin/vesper-segv';
-export const FAULT_HELPER = '/usr/sbin/vesper-fault';
-export const AGENT_PATH = '/opt/vesper/vesper-agent.mjs';
-export const HOST_KEY_PATH = '/etc/vesper/host.pub';
-
-export interface InitOptions {
-  /** Modules in load order (dependencies first), as paths inside the image. */
-  modules: { name: string; path: string }[];
-  testHelpers: boolean;
-}
-
-export function initScript(o: InitOptions): string {
-  const loads = o.modules.map((m) => `load ${m.name} ${m.path}`).join('\n');
-  return `#!/bin/sh
-# vesper guest /init, written by host/image/build.ts.
-export PATH=/sbin:/usr/sbin:/bin:/usr/bin HOME=/root
-
-say() { echo "vesper-guest: $*" > /dev/console; }
-
-mount -t proc proc /proc
-mount -t sysfs sysfs /sys
-# Without udev, devtmpfs is what creates /dev/vportNpM when virtio_console finds the ports.
-mount -t devtmpfs devtmpfs /dev
-mount -t tmpfs -o mode=1777 tmpfs /tmp
-mount -t tmpfs -o mode=0755 tmpfs /run
-mount -t tracefs tracefs /sys/kernel/tracing || say "cannot mount tracefs"
-# The OOM fault and the agent's memory probes need the memory controller in child cgroups.
-mount -t cgroup2 cgroup2 /sys/fs/cgroup && echo +memory > /sys/fs/cgroup/cgroup.subtree_control || say "cannot set up cgroup2 memory"
-
-loaded=
-load() {
-  if insmod "$2"; then loaded="$loaded $1"; else say "module $1 failed to load"; fi
-}
-${loads}
-say "modules loaded:$loaded"
-
-hostname vesper-guest
-ip link set lo up
-
-# virtio_console announces ports from a work queue, after insmod returned: give it 5 s.
-i=0
-while [ $i -lt 50 ] && ! grep -qsx ${AGENT_PORT} /sys/class/virtio-ports/*/name; do sleep 0.1; i=$((i + 1)); done
-
-# respawn NAME PIDFILE CMD...: runs CMD forever, 1 s apart. The pid file is how the fault
-# helper finds its targets. While the hold file next to it (/run/NAME.hold for /run/NAME.pid)
-# exists, a dead CMD stays dead: the fault helper's *-svc faults create it so that a polling
-# monitor (Pacemaker's, every 10 s) can see the service down, as it would a service that does
-# not come back. A forgotten hold must not keep the guest broken, so it lapses after 10 min.
-mkfifo /run/vesper-respawn.idle
-respawn() {
-  name=$1 pidfile=$2
-  hold=\${pidfile%.pid}.hold
-  shift 2
-  while :; do
-    say "$name starting"
-    "$@" < /dev/null &
-    echo $! > "$pidfile"
-    wait $!
-    say "$name exited with status $?, restarting in 1 s"
-    sleep 1
-    held=0
-    while [ -e "$hold" ] && [ $held -lt 3000 ]; do
-      [ $held -eq 0 ] && say "$name held down while $hold exists"
-      # A timed read on a FIFO nobody writes waits without forking sleep 5 times a second,
-      # which would flood the exec events the tests watch.
-      if [ -p /run/vesper-respawn.idle ]; then read -r -t 0.2 _ <> /run/vesper-respawn.idle; else sleep 0.2; fi
-      held=$((held + 1))
-    done
-    [ $held -gt 0 ] && say "$name was held down for $((held / 5)) s, restarting"
-  done
-}
-
-(export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node ${AGENT_PATH} --transport virtio:${AGENT_PORT} --host-key ${HOST_KEY_PATH} --state-file /run/vesper-agent/run-state) &
-respawn vesper-demo-svc /run/vesper-demo-svc.pid ${DEMO_SERVICE} &
-httpd -p 80 -h /srv/www
-# The i6300esb watchdog, fed by its own small process at normal priority (not by the agent):
-# it stops being fed only when userspace as a whole cannot run (a hang), not when the agent
-# alone dies, so its firing (reported by libvirt, action none) tells those two apart.
-[ -e /dev/watchdog ] && watchdog -t 1 -T 3 /dev/watchdog || say "no watchdog device"
-${o.testHelpers ? `respawn vesper-fault /run/vesper-fault.pid ${FAULT_HELPER} &\n` : ''}
-# PID 1 must not exit. Waiting on a foreground child also reaps orphans as they die.
-while :; do sleep 3600; done
-`;
-}
-
-export const INDEX_HTML = '<!doctype html>\n<title>vesper-guest</title>\n<p>vesper demo guest</p>\n';
-
-/**
- * TEST-ONLY fault injector, never part of the agent: one command per line on the virtio-serial
- * port TEST_PORT, one answer per command, "ok CMD DETAIL..." or "err CMD WHY":
- *   ping             ok ping pong
- *   segv             ok segv PID            the demo service faults (SIGUSR1 -> store to 0)
- *   term             ok term SENDER TARGET  a separate process SIGTERMs the demo service
- *   oom              ok oom PID             tail /dev/zero in a 32M cgroup (answered at start)
- *   oom-global       ok oom-global PID MS   tail /dev/zero with no cgroup limit, so that the whole
- *                                           guest runs out and the kernel's global OOM killer
- *                                           fires (answered at start; MS: guest uptime in ms
- *                                           then); killed by the helper if still alive after 90 s
- *   agent-oom        ok agent-oom PID ADJ SCORE RSS_KB THREADS   the agent's pid (its pid file),
- *                                           oom_score_adj, oom_score, VmRSS and thread count
- *   storm N          ok storm MS            runs vesper-exit N times
- *   exit CODE        ok exit PID STATUS     runs vesper-exit CODE
- *   panic            ok panic               then sysrq-c
- *   hang SECONDS     ok hang SECONDS        then a SCHED_FIFO 99 busy loop freezes userspace
- *   kill-agent       ok kill-agent PID      then SIGKILL to the agent (init restarts it)
- *   stop-agent S     ok stop-agent PID      the agent is SIGSTOPped for S seconds, then SIGCONT:
- *                                           its heartbeats stop and nothing else shows (thin
- *                                           evidence for the analysis)
- *   reboot           ok reboot              then the guest reboots itself (reboot -f)
- *   crash            ok crash PID           a fresh process stores to address 0 (no respawn wait)
- *   panic-now        ok panic-now           then sysrq-c at once (for timing the panic)
- *   sigstorm N [R]   ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them,
- *                                          paced at R per second when R is given
- *   sigstorm-bg N [R] ok sigstorm-bg PID    the same, answered at once (the storm runs on)
- *   sigstorm-done PID ok sigstorm-done MS PID  that storm has finished (err ... running: not yet)
- *   stat PID         ok stat TICKS HZ UPTIME UTIME STIME  CPU time of a task (benchmarks)
- *   svc [TAG]        ok svc PID [TAG]       the demo service runs (cheap: builtins only, no fork)
- *                    err svc down [TAG]     it does not (dead, a zombie, or between restarts);
- *                                           TAG is echoed so a caller can tell its own answer
- *                                           from a late one meant for a client that gave up
- * The *-svc faults leave the demo service DOWN: they create /run/vesper-demo-svc.hold, which
- * keeps init from restarting it (for up to 10 min) until release-svc.
- *   segv-svc         ok segv-svc PID        as segv (a real SIGSEGV), held down
- *   oom-svc          ok oom-svc SVC HOG     the demo service and a tail /dev/zero hog share a
- *                                           fresh cgroup (memory.max 4M, memory.oom.group 1):
- *                                           the kernel OOM-kills the whole group, the service
- *                                           with it (answered before the kill), held down
- *   svc-events       ok svc-events KEY N... memory.events of the oom-svc group, flattened
- *                                           (e.g. "... oom 1 oom_kill 3 oom_group_kill 1")
- *   release-svc      ok release-svc         removes the hold (init restarts the service within
- *                                           1 s) and the oom-svc group; a no-op otherwise
- *   agent-sched M    ok agent-sched M N      the agent's scheduling, for measuring what it buys:
- *                                           main-only (nice -10 on its main thread only, as
- *                                           the agent once left it), all (nice -10 on all N
- *                                           threads, what the agent sets), rr (SCHED_RR 1, all)
- * Only in images with stress tools (the busy-guest soak):
- *   stress S ARGS... ok stress PID DIR     stress-ng ARGS for S seconds, in its own cgroup
- *                                           (vesper-stress), its files in DIR: /mnt/scratch, the
- *                                           scratch disk /dev/vda mounted on first use, or /tmp
- *                                           when the guest has no disk (no block I/O then)
- *   stress-stop      ok stress-stop STATUS  SIGINT (stress-ng stops its workers and writes its
- *                                           report), the group killed if still there after 10 s
- *   stress-report    ok stress-report NAME BOGO_OPS... vda_read_kb N vda_write_kb N
- *                                           what the last run's report says each stressor did,
- *                                           and the scratch disk's I/O since boot
- */
-export function faultHelperScript(): string {
-  return `#!/bin/sh
-# vesper-fault: test-only fault injector (see host/image/guest-scripts.ts for the protocol).
+# AGENT_PORT, TEST_PORT, EXIT_PROGRAM, SEGV_PROGRAM...: written by test/rigs/image/build.ts.
+# shellcheck source=/dev/null
+. /etc/vesper-guest.conf
 CG=/sys/fs/cgroup/vesper-oom
 SVC_CG=/sys/fs/cgroup/vesper-svc
 HOLD=/run/vesper-demo-svc.hold
-CR=$(printf '\\r')
+CR=$(printf '\r')
 # Sends N SIGUSR1s to PID, paced at R per second (as fast as it can when R is 0): it sleeps
 # when ahead of the schedule instead of spinning, so a single-vCPU guest still runs the agent.
 SIGSTORM_JS='const [p, n, r] = process.argv.slice(1).map(Number);
@@ -176,10 +86,10 @@ port=
 for d in /sys/class/virtio-ports/*; do
   n=
   read -r n 2> /dev/null < "$d/name"
-  [ "$n" = ${TEST_PORT} ] && port=/dev/\${d##*/}
+  [ "$n" = "$TEST_PORT" ] && port=/dev/${d##*/}
 done
 set -f # commands are split into words below, never globbed
-[ -n "$port" ] || { echo "vesper-fault: no virtio-serial port named ${TEST_PORT}" > /dev/console; exit 1; }
+[ -n "$port" ] || { echo "vesper-fault: no virtio-serial port named $TEST_PORT" > /dev/console; exit 1; }
 # A virtio-serial port opens only once at a time: every child below closes fd 3 (and 4), so a
 # straggler cannot keep the next instance of this helper out.
 exec 3<> "$port" || exit 1
@@ -195,8 +105,8 @@ reply() { echo "$*" >&3; }
 # Milliseconds of uptime: busybox date has no %N. /proc/uptime counts hundredths.
 now_ms() {
   read -r up _ < /proc/uptime
-  cs=\${up#*.}
-  echo $((\${up%.*} * 1000 + \${cs#0} * 10))
+  cs=${up#*.}
+  echo $((${up%.*} * 1000 + ${cs#0} * 10))
 }
 
 # Sets $demo to the demo service's pid once its SIGUSR1 handler is installed (a SIGUSR1 sent
@@ -205,9 +115,9 @@ now_ms() {
 demo_ready() {
   i=0
   while [ $i -lt 50 ]; do
-    demo= cgt=
+    demo='' cgt=''
     read -r demo 2> /dev/null < /run/vesper-demo-svc.pid
-    [ -n "$demo" ] && while read -r k v; do [ "$k" = SigCgt: ] && cgt=$v; done 2> /dev/null < /proc/$demo/status
+    [ -n "$demo" ] && while read -r k v; do [ "$k" = SigCgt: ] && cgt=$v; done 2> /dev/null < /proc/"$demo"/status
     [ -n "$cgt" ] && [ $((0x$cgt & 0x200)) -ne 0 ] && return 0
     idle 0.1
     i=$((i + 1))
@@ -222,12 +132,12 @@ number() { case $1 in '' | *[!0-9]*) return 1 ;; esac; }
 # file outlives the process: a zombie, a reused pid or init's child between fork and exec is
 # not the service.
 svc_alive() {
-  svc= comm= st=
+  svc='' comm='' st=''
   read -r svc 2> /dev/null < /run/vesper-demo-svc.pid
   if number "$svc"; then
-    read -r comm 2> /dev/null < /proc/$svc/comm
-    read -r st 2> /dev/null < /proc/$svc/stat
-    st=\${st##*) }
+    read -r comm 2> /dev/null < /proc/"$svc"/comm
+    read -r st 2> /dev/null < /proc/"$svc"/stat
+    st=${st##*) }
     case $comm:$st in vesper-demo-svc:[!ZX]*) return 0 ;; esac
   fi
   svc=
@@ -274,7 +184,7 @@ do_oom_svc() {
     return
   fi
   [ -e $SVC_CG/memory.swap.max ] && echo 0 > $SVC_CG/memory.swap.max
-  /bin/sh -c "echo \\$\\$ > $SVC_CG/cgroup.procs && exec /usr/bin/tail /dev/zero" < /dev/null 3>&- 4>&- &
+  /bin/sh -c "echo \$\$ > $SVC_CG/cgroup.procs && exec /usr/bin/tail /dev/zero" < /dev/null 3>&- 4>&- &
   svchog=$!
   reply "ok oom-svc $demo $svchog"
 }
@@ -285,7 +195,7 @@ do_oom() {
   [ -e $CG/memory.swap.max ] && echo 0 > $CG/memory.swap.max
   # The shell moves itself into the cgroup, then becomes tail, which buffers /dev/zero forever
   # looking for a newline.
-  /bin/sh -c "echo \\$\\$ > $CG/cgroup.procs && exec /usr/bin/tail /dev/zero" < /dev/null 3>&- 4>&- &
+  /bin/sh -c "echo \$\$ > $CG/cgroup.procs && exec /usr/bin/tail /dev/zero" < /dev/null 3>&- 4>&- &
   hog=$!
   reply "ok oom $hog"
   wait $hog
@@ -303,8 +213,8 @@ do_oom_global() {
   i=0
   while [ $i -lt 450 ]; do
     st=
-    read -r st 2> /dev/null < /proc/$hog/stat
-    st=\${st##*) }
+    read -r st 2> /dev/null < /proc/"$hog"/stat
+    st=${st##*) }
     case $st in '' | [ZX]*) break ;; esac
     idle 0.2
     i=$((i + 1))
@@ -318,14 +228,14 @@ do_oom_global() {
 do_agent_oom() {
   p=
   read -r p 2> /dev/null < /run/vesper-agent.pid
-  if ! number "$p" || [ ! -d /proc/$p ]; then reply "err agent-oom agent not running"; return; fi
-  adj= score= rss= threads=
-  read -r adj 2> /dev/null < /proc/$p/oom_score_adj
-  read -r score 2> /dev/null < /proc/$p/oom_score
+  if ! number "$p" || [ ! -d /proc/"$p" ]; then reply "err agent-oom agent not running"; return; fi
+  adj='' score='' rss='' threads=''
+  read -r adj 2> /dev/null < /proc/"$p"/oom_score_adj
+  read -r score 2> /dev/null < /proc/"$p"/oom_score
   while read -r k v _; do
     case $k in VmRSS:) rss=$v ;; Threads:) threads=$v ;; esac
-  done 2> /dev/null < /proc/$p/status
-  reply "ok agent-oom $p \${adj:-?} \${score:-?} \${rss:-?} \${threads:-?}"
+  done 2> /dev/null < /proc/"$p"/status
+  reply "ok agent-oom $p ${adj:-?} ${score:-?} ${rss:-?} ${threads:-?}"
 }
 
 STRESS_CG=/sys/fs/cgroup/vesper-stress
@@ -346,15 +256,15 @@ do_stress() {
   secs=$1
   shift
   if ! number "$secs" || [ $# -eq 0 ]; then reply "err stress usage: stress SECONDS STRESS-NG-ARGS..."; return; fi
-  if [ -n "$stress" ] && [ -d /proc/$stress ]; then reply "err stress already running ($stress)"; return; fi
+  if [ -n "$stress" ] && [ -d /proc/"$stress" ]; then reply "err stress already running ($stress)"; return; fi
   if [ ! -x /usr/bin/stress-ng ]; then reply "err stress no stress-ng in this image"; return; fi
   if ! scratch_dir; then reply "err stress cannot mount /dev/vda on /mnt/scratch"; return; fi
   rmdir $STRESS_CG 2> /dev/null
   if ! mkdir -p $STRESS_CG; then reply "err stress cannot set up $STRESS_CG"; return; fi
   rm -f $STRESS_REPORT
   # In its own group, so that stress-stop can end every worker whatever stress-ng does.
-  /bin/sh -c 'echo $$ > '$STRESS_CG'/cgroup.procs && exec /usr/bin/stress-ng "$@"' stress-ng \\
-    --timeout "$secs" --temp-path "$scratch" --metrics-brief --yaml $STRESS_REPORT "$@" \\
+  /bin/sh -c 'echo $$ > '$STRESS_CG'/cgroup.procs && exec /usr/bin/stress-ng "$@"' stress-ng \
+    --timeout "$secs" --temp-path "$scratch" --metrics-brief --yaml $STRESS_REPORT "$@" \
     < /dev/null > /run/vesper-stress.log 2>&1 3>&- 4>&- &
   stress=$!
   reply "ok stress $stress $scratch"
@@ -382,7 +292,7 @@ do_stress_stop() {
 }
 
 do_stress_report() {
-  out= s=
+  out='' s=''
   while read -r a b c; do
     case $a:$b in
       -:stressor:) s=$c ;;
@@ -401,7 +311,8 @@ do_hang() {
   echo -1 > /proc/sys/kernel/sched_rt_runtime_us
   # Nothing else gets the (single) CPU, not even a killer, so the loop times itself, with
   # shell builtins only.
-  /usr/bin/chrt -f 99 /bin/sh -c 'read -r up _ < /proc/uptime; end=$((\${up%.*} + $1)); while :; do read -r up _ < /proc/uptime; [ \${up%.*} -lt $end ] || exit 0; done' hang "$1" 3>&- 4>&- &
+  # shellcheck disable=SC2016 # expanded by the child shell, not here
+  /usr/bin/chrt -f 99 /bin/sh -c 'read -r up _ < /proc/uptime; end=$((${up%.*} + $1)); while :; do read -r up _ < /proc/uptime; [ ${up%.*} -lt $end ] || exit 0; done' hang "$1" 3>&- 4>&- &
   hog=$!
   wait $hog
   kill -9 $hog 2> /dev/null
@@ -411,9 +322,10 @@ do_hang() {
 while :; do
   # EOF means no host on the other end yet: poll until one connects.
   read -r line <&3 || { idle 0.5; continue; }
-  set -- \${line%"$CR"}
-  cmd=\${1:-}
-  arg=\${2:-}
+  # shellcheck disable=SC2086 # split into words on purpose (globbing is off)
+  set -- ${line%"$CR"}
+  cmd=${1:-}
+  arg=${2:-}
   case $cmd in
     '') ;;
     ping) reply "ok ping pong" ;;
@@ -437,7 +349,7 @@ while :; do
         t0=$(now_ms)
         i=0
         while [ $i -lt "$arg" ]; do
-          ${EXIT_PROGRAM} 0
+          "$EXIT_PROGRAM" 0
           i=$((i + 1))
         done 3>&- 4>&-
         reply "ok storm $(($(now_ms) - t0))"
@@ -445,7 +357,7 @@ while :; do
       ;;
     exit)
       if number "$arg"; then
-        ${EXIT_PROGRAM} "$arg" 3>&- 4>&- &
+        "$EXIT_PROGRAM" "$arg" 3>&- 4>&- &
         p=$!
         wait $p
         reply "ok exit $p $?"
@@ -462,7 +374,7 @@ while :; do
       reboot -f
       ;;
     crash)
-      ${SEGV_PROGRAM} 3>&- 4>&- &
+      "$SEGV_PROGRAM" 3>&- 4>&- &
       reply "ok crash $!"
       ;;
     panic-now)
@@ -470,7 +382,7 @@ while :; do
       echo c > /proc/sysrq-trigger
       ;;
     sigstorm)
-      rate=\${3:-0}
+      rate=${3:-0}
       if number "$arg" && number "$rate"; then
         /bin/sh -c 'trap "" USR1; exec /bin/sleep 600' 3>&- 4>&- &
         t=$!
@@ -483,38 +395,39 @@ while :; do
     sigstorm-bg)
       # as sigstorm, but answered at once: the helper stays free for other commands (a fault
       # injected in the middle of the storm); sigstorm-done tells when it has finished
-      rate=\${3:-0}
+      rate=${3:-0}
       if number "$arg" && number "$rate"; then
         /bin/sh -c 'trap "" USR1; exec /bin/sleep 600' 3>&- 4>&- &
         t=$!
         idle 0.3
         (
           ms=$(/usr/bin/node -e "$SIGSTORM_JS" "$t" "$arg" "$rate")
-          echo "$ms" > /run/vesper-sigstorm.$t.tmp && mv /run/vesper-sigstorm.$t.tmp /run/vesper-sigstorm.$t
+          echo "$ms" > /run/vesper-sigstorm."$t".tmp && mv /run/vesper-sigstorm."$t".tmp /run/vesper-sigstorm."$t"
           kill -9 $t
         ) 3>&- 4>&- < /dev/null > /dev/null 2>&1 &
         reply "ok sigstorm-bg $t"
       else reply "err sigstorm-bg usage: sigstorm-bg COUNT [PER_SECOND]"; fi
       ;;
     sigstorm-done)
-      if number "$arg" && [ -f /run/vesper-sigstorm.$arg ]; then
-        read -r ms < /run/vesper-sigstorm.$arg
-        rm -f /run/vesper-sigstorm.$arg
+      if number "$arg" && [ -f /run/vesper-sigstorm."$arg" ]; then
+        read -r ms < /run/vesper-sigstorm."$arg"
+        rm -f /run/vesper-sigstorm."$arg"
         reply "ok sigstorm-done $ms $arg"
       else reply "err sigstorm-done running"; fi
       ;;
     stat)
-      if number "$arg" && read -r st 2> /dev/null < /proc/$arg/stat; then
-        set -- \${st##*) }
+      if number "$arg" && read -r st 2> /dev/null < /proc/"$arg"/stat; then
+        # shellcheck disable=SC2086 # the fields of /proc/PID/stat after the comm
+        set -- ${st##*) }
         read -r up _ < /proc/uptime
-        reply "ok stat $((\${12} + \${13})) 100 $up \${12} \${13}"
+        reply "ok stat $((${12} + ${13})) 100 $up ${12} ${13}"
       else reply "err stat no such task"; fi
       ;;
     hang)
       if number "$arg"; then do_hang "$arg"; else reply "err hang usage: hang SECONDS"; fi
       ;;
     svc)
-      if svc_alive; then reply "ok svc $svc\${arg:+ $arg}"; else reply "err svc down\${arg:+ $arg}"; fi
+      if svc_alive; then reply "ok svc $svc${arg:+ $arg}"; else reply "err svc down${arg:+ $arg}"; fi
       ;;
     segv-svc)
       # demo_ready first: a service held down would keep it waiting 5 s for nothing, and one in
@@ -545,7 +458,7 @@ while :; do
     kill-agent)
       p=
       read -r p 2> /dev/null < /run/vesper-agent.pid
-      if [ -n "$p" ] && [ -d /proc/$p ]; then
+      if [ -n "$p" ] && [ -d /proc/"$p" ]; then
         reply "ok kill-agent $p"
         kill -KILL "$p"
       else reply "err kill-agent agent not running"; fi
@@ -554,7 +467,7 @@ while :; do
       p=
       read -r p 2> /dev/null < /run/vesper-agent.pid
       if ! number "$arg"; then reply "err stop-agent usage: stop-agent SECONDS"
-      elif [ -n "$p" ] && [ -d /proc/$p ]; then
+      elif [ -n "$p" ] && [ -d /proc/"$p" ]; then
         kill -STOP "$p"
         reply "ok stop-agent $p"
         # In the background, so that the helper keeps answering while the agent is stopped.
@@ -564,14 +477,15 @@ while :; do
     agent-sched)
       p=
       read -r p 2> /dev/null < /run/vesper-agent.pid
-      if [ -z "$p" ] || [ ! -d /proc/$p ]; then reply "err agent-sched agent not running"
+      if [ -z "$p" ] || [ ! -d /proc/"$p" ]; then reply "err agent-sched agent not running"
       elif [ "$arg" != main-only ] && [ "$arg" != all ] && [ "$arg" != rr ]; then reply "err agent-sched usage: agent-sched main-only|all|rr"
       else
         /usr/bin/chrt -a -o -p 0 "$p" > /dev/null 2>&1 3>&- 4>&-
         [ "$arg" = rr ] && /usr/bin/chrt -a -r -p 1 "$p" > /dev/null 2>&1 3>&- 4>&-
         n=0
         # ls, not a glob: globbing is off in this script.
-        for t in $(ls /proc/$p/task 3>&- 4>&-); do
+        # shellcheck disable=SC2045 # task ids are digits only
+        for t in $(ls /proc/"$p"/task 3>&- 4>&-); do
           v=-10
           [ "$arg" = main-only ] && [ "$t" != "$p" ] && v=0
           renice "$v" -p "$t" > /dev/null 2>&1 3>&- 4>&- && n=$((n + 1))
@@ -588,5 +502,3 @@ while :; do
     *) reply "err $cmd unknown command" ;;
   esac
 done
-`;
-}

@@ -10,9 +10,9 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { promisify } from 'node:util';
 import { createGzip, gunzipSync } from 'node:zlib';
-import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { ErrorCode, VesperError } from '../../../proto/errors.js';
 import { crashOnSignalProgram, exitWithArgProgram, segfaultProgram } from '../demo/tiny-elf.js';
-import { projectRoot } from '../probes/package.js';
+import { projectRoot } from '../../../host/probes/package.js';
 import { cpioChunks, type CpioEntry } from './cpio.js';
 import {
   AGENT_PATH,
@@ -22,7 +22,9 @@ import {
   FAULT_HELPER,
   HOST_KEY_PATH,
   INDEX_HTML,
+  GUEST_CONF_PATH,
   faultHelperScript,
+  guestConf,
   initScript,
 } from './guest-scripts.js';
 
@@ -130,7 +132,7 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
   const files = await userspaceEntries(root, opts.hostPubKeyPem, testHelpers, stressTools);
   // /init lists module paths, known only after unpacking; hashing its template with the
   // wanted names stands for it, since the kernel version fixes the rest.
-  const initTemplate = initScript({ modules: wantedModules.map((name) => ({ name, path: '' })), testHelpers });
+  const initTemplate = initScript() + guestConf({ modules: wantedModules.map((name) => ({ name, path: '' })), testHelpers });
   const hash = imageHash(pkg, initTemplate, files, testHelpers, wantedModules, stressTools);
 
   const imagesDir = join(cacheDir, 'images');
@@ -157,7 +159,8 @@ export async function buildGuestImage(opts: BuildGuestImageOptions): Promise<Gue
     const entries: CpioEntry[] = [
       ...files,
       ...modules.map((m, i): CpioEntry => ({ kind: 'file', path: modulePaths[i]!.path, mode: 0o644, data: m.data })),
-      { kind: 'file', path: '/init', mode: 0o755, data: Buffer.from(initScript({ modules: modulePaths, testHelpers })) },
+      { kind: 'file', path: '/init', mode: 0o755, data: Buffer.from(initScript()) },
+      { kind: 'file', path: GUEST_CONF_PATH, mode: 0o644, data: Buffer.from(guestConf({ modules: modulePaths, testHelpers })) },
     ];
 
     progress('cpio', 'writing the initramfs (cpio newc, gzip -1)');

@@ -13,7 +13,7 @@ import { XMLParser } from 'fast-xml-parser';
 
 const execFileP = promisify(execFile);
 
-export const RIG_SCRIPT = join(import.meta.dirname, '..', '..', 'scripts', 'pacemaker-rig.sh');
+export const RIG_SCRIPT = join(import.meta.dirname, '..', '..', '..', 'scripts', 'pacemaker-rig.sh');
 /** Where the rig's corosync.log and pacemaker.log go (one directory per node); kept after stop. */
 export const RIG_LOG_DIR = '/var/log/vesper-pcmk-rig';
 
@@ -33,7 +33,7 @@ export interface RunOptions {
   env?: Record<string, string>;
 }
 
-export interface RunResult {
+export interface NodeCommandResult {
   stdout: string;
   stderr: string;
   /** exit status; run() does not throw for a non-zero one */
@@ -209,7 +209,7 @@ export class PacemakerRig {
   }
 
   /** Runs a Pacemaker CLI tool (crm_mon, cibadmin, crm_resource, attrd_updater, ...) in `node`'s context. */
-  async run(node: string, cmd: string, args: string[], opts: RunOptions = {}): Promise<RunResult> {
+  async run(node: string, cmd: string, args: string[], opts: RunOptions = {}): Promise<NodeCommandResult> {
     const { file, args: argv } = this.commandFor(node, cmd, args);
     const timeoutMs = opts.timeoutMs ?? 30_000;
     const p = execFileP(file, argv, {

@@ -1,6 +1,7 @@
 // What a plugin, event, parameter or action may be called, and what a VM name may hold. One
 // rule for the registry, the filter table and the CLI, so a name accepted in one place is never
-// refused in another. '*' is never a name: it is the filter's wildcard.
+// refused in another. '*' is never a name: it is the filter's wildcard. The channel checks
+// the probe names a guest announces against the same rules and the host's own plugin names.
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.:-]*$/;
 // libvirt domain names are free text in practice; we refuse only what would break a one-line
@@ -31,3 +32,21 @@ export function nameProblem(what: string, s: string): string {
 export function vmLabel(vm: string): string {
   return vm === '' ? 'the host' : `vm ${JSON.stringify(vm)}`;
 }
+
+/** The host's own plugins (host/notify/host-plugins.ts) and the two names of its bookkeeping. */
+export const HOST_PLUGIN = {
+  libvirt: 'libvirt',
+  channel: 'channel',
+  pacemaker: 'pacemaker',
+  /** the outcome of a filter's action */
+  action: 'action',
+  /** the agent's own records: loss, probe faults */
+  agent: 'agent',
+} as const;
+
+/**
+ * Plugin names of the host's own events (and `agent`, the agent's own records): a guest's probe
+ * is never called so, or a guest could make its records pass for libvirt's crash or the
+ * channel's agent-lost, and set off what filters do on those.
+ */
+export const HOST_PLUGIN_NAMES: ReadonlySet<string> = new Set(Object.values(HOST_PLUGIN));

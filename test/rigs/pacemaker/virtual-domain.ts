@@ -4,11 +4,11 @@
 // the CIB primitive with a 10 s monitor.
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { projectRoot } from '../probes/package.js';
+import { projectRoot } from '../../../host/probes/package.js';
 import type { Accel } from '../vm/domain.js';
 import type { VmRig } from '../vm/rig.js';
 
-export const CHECK_GUEST_SERVICE = 'host/pacemaker/check-guest-service.mjs';
+export const CHECK_GUEST_SERVICE = 'test/rigs/pacemaker/check-guest-service.mjs';
 
 export interface VirtualDomainFiles {
   /** the domain XML, for VirtualDomain's `config` */
