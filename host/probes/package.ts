@@ -40,7 +40,10 @@ export function probeNames(dir = findAssets().probesDir): string[] {
   try {
     names = readdirSync(dir);
   } catch (err) {
-    throw new VesperError(ErrorCode.ASSETS_MISSING, `cannot read the probe catalogue ${dir}: ${(err as Error).message} (in a source checkout: npm run build)`);
+    throw new VesperError(
+      ErrorCode.ASSETS_MISSING,
+      `cannot read the probe catalogue ${dir}: ${(err as Error).message} (in a source checkout: npm run build)`,
+    );
   }
   return names
     .filter((f) => f.endsWith(MANIFEST_SUFFIX))
