@@ -156,13 +156,17 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
         "printf 'libvirt:\\n  uri: test:///default\\n' > /tmp/t.yaml",
         'vesper daemon --config /tmp/t.yaml > /tmp/d.log 2>&1 & pid=$!',
         'i=0; while [ ! -S /run/vesper/vesperd.sock ]; do i=$((i+1)); [ $i -gt 300 ] && { cat /tmp/d.log; exit 1; }; sleep 0.1; done',
-        'vesper list -o json; echo ---; vesper status -o json; echo ---',
+        'vesper list -o json; echo ---; vesper probes -o json; echo ---',
         'kill -TERM $pid; wait $pid || true',
       ].join('\n'),
       120_000,
     );
-    const [list] = daemon.split('---\n');
+    const [list, probes] = daemon.split('---\n');
     expect(list).toContain('"test"'); // the test driver's one domain
+    // the daemon's catalogue is the installed one (/usr/lib/vesper/probes), no source tree in the root
+    const names = readdirSync(join(ROOT, 'dist', 'probes')).filter((f) => f.endsWith('.manifest.json'));
+    for (const f of names) expect(probes).toContain(`"${f.slice(0, -'.manifest.json'.length)}"`);
+    expect(inRoot(root, 'ls / /usr/lib/vesper | grep -x -e package.json -e dist').status).toBe(1);
     expect(ok(root, 'test -s /var/lib/vesper/events.db && test -s /etc/vesper/host.key && echo yes').trim()).toBe('yes');
     const key = ok(root, 'sha256sum /etc/vesper/host.key /etc/vesper/host.pub /var/lib/vesper/events.db');
 
