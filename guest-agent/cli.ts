@@ -1,4 +1,4 @@
-import { Command, InvalidArgumentError } from 'commander';
+import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ErrorCode, VesperError, exitStatusFor } from '../proto/errors.js';
 import { VESPER_VERSION } from '../proto/version.js';
 import { Agent } from './agent.js';
@@ -6,6 +6,25 @@ import { relay } from './channel/relay.js';
 import { parseTransport } from './channel/transports.js';
 import { createLogger } from './log.js';
 import { TrustedKeys } from './modules/verify.js';
+
+/**
+ * Parses the command line as documented: a usage error prints `VSP_USAGE` and its message and
+ * ends with exit status 2 (commander's own default is 1); --help and --version end with 0.
+ * Returns false when the program must not go on.
+ */
+export function parseUsage(program: Command, argv: string[]): boolean {
+  program.exitOverride().configureOutput({
+    outputError: (s, write) => write(`${program.name()}: ${ErrorCode.USAGE}: ${s.replace(/^error: /, '')}`),
+  });
+  try {
+    program.parse(argv);
+    return true;
+  } catch (err) {
+    if (!(err instanceof CommanderError)) throw err;
+    process.exitCode = err.exitCode === 0 ? 0 : exitStatusFor(ErrorCode.USAGE);
+    return false;
+  }
+}
 
 function int(min: number) {
   return (v: string): number => {
@@ -33,7 +52,7 @@ export async function run(argv: string[]): Promise<void> {
     .option('--probe-backlog <n>', "events a probe's worker may have waiting before more are dropped (and told as a loss)", int(16), 16_384)
     .option('--no-protect', 'do not set oom_score_adj or raise priority (tests)')
     .showHelpAfterError();
-  program.parse(argv);
+  if (!parseUsage(program, argv)) return;
   const o = program.opts<{
     transport: string;
     hostKey: string;
@@ -102,7 +121,13 @@ export async function runRelay(argv: string[]): Promise<number> {
     .option('--state-file <path>', "with --spawn: the started agent's run-state file (its --state-file)")
     .option('--wait-ms <n>', 'how long to wait for the socket', int(0), 15_000)
     .showHelpAfterError();
-  program.parse(argv.filter((_, i) => i !== 2));
+  if (
+    !parseUsage(
+      program,
+      argv.filter((_, i) => i !== 2),
+    )
+  )
+    return Number(process.exitCode ?? 2);
   const o = program.opts<{
     socket: string;
     spawn?: boolean;

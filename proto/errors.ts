@@ -65,6 +65,8 @@ export const ErrorCode = {
   FENCE_LOCKED: 'VSP_FENCE_LOCKED',
   PERMISSION_DENIED: 'VSP_PERMISSION_DENIED',
   DAEMON_UNREACHABLE: 'VSP_DAEMON_UNREACHABLE',
+  /** another vesperd holds this configuration's store (its lock beside the store) */
+  DAEMON_RUNNING: 'VSP_DAEMON_RUNNING',
   // Pacemaker (host/actions/pacemaker.ts): its tools missing or its cluster not reachable here;
   // a VM, resource or node that Pacemaker does not know by the name vesper gave
   PACEMAKER_UNAVAILABLE: 'VSP_PACEMAKER_UNAVAILABLE',
@@ -95,8 +97,10 @@ export function exitStatusFor(code: string): number {
   if (code === ErrorCode.SSH_HOSTKEY_UNKNOWN || code === ErrorCode.SSH_HOSTKEY_CHANGED) return 76; // EX_PROTOCOL
   if (code === ErrorCode.SSH_CONNECT || code === ErrorCode.SSH_TIMEOUT || code === ErrorCode.SSH_DISCONNECTED) return 69; // EX_UNAVAILABLE
   if (code === ErrorCode.AGENT_NOT_INSTALLED) return 3;
+  if (code === ErrorCode.KEY_MISSING) return 66; // EX_NOINPUT: a key file not there or not readable
   if (code === ErrorCode.AGENT_NOT_ANSWERING) return 69;
   if (code === ErrorCode.DAEMON_UNREACHABLE || code === ErrorCode.PACEMAKER_UNAVAILABLE) return 69; // EX_UNAVAILABLE
+  if (code === ErrorCode.DAEMON_RUNNING) return 75; // EX_TEMPFAIL
   if (
     code === ErrorCode.VM_NOT_FOUND ||
     code === ErrorCode.DOMAIN_NOT_FOUND ||

@@ -32,6 +32,15 @@ await build({
   banner: { js: '#!/usr/bin/env node' },
 });
 
+// The alert agent's sender alone (host/cli/alert-send.ts says why it is apart).
+await build({
+  ...common,
+  entryPoints: [join(root, 'host/cli/alert-main.ts')],
+  outfile: join(out, 'host/vesper-alert.mjs'),
+  packages: 'external',
+  banner: { js: '#!/usr/bin/env node' },
+});
+
 const probes = readdirSync(join(root, 'probes')).filter((d) => existsSync(join(root, 'probes', d, 'manifest.json')));
 await Promise.all(
   probes.map((name) =>
@@ -40,4 +49,6 @@ await Promise.all(
 );
 // The catalogue's layout, as installed (host/assets.ts): <name>.mjs beside <name>.manifest.json.
 for (const name of probes) copyFileSync(join(root, 'probes', name, 'manifest.json'), join(out, 'probes', `${name}.manifest.json`));
-console.error(`built dist/host/vesper.mjs, dist/guest-agent/vesper-agent.mjs and ${probes.length} probe modules: ${probes.join(', ')}`);
+console.error(
+  `built dist/host/vesper.mjs, dist/host/vesper-alert.mjs, dist/guest-agent/vesper-agent.mjs and ${probes.length} probe modules: ${probes.join(', ')}`,
+);

@@ -9,7 +9,7 @@
 // alone does not say whether the guest hung, the agent stalled or the host was slow.
 import { FATAL_SIGNALS, FAULT_SIGNALS, SIGNALS, STOP_SIGNALS } from '../../contract/signals.js';
 import type { VesperEvent } from '../notify/event.js';
-import { signalName, signalOf, task, type Placed } from './timeline.js';
+import { signalName, signalOf, task, unitOfCgroup, type Placed } from './timeline.js';
 import type { Verdict, VerdictConfidence, VerdictKind, VerdictScope } from './types.js';
 
 const S = 1_000_000;
@@ -37,7 +37,7 @@ const SEVERITY: VerdictKind[] = [
   'app-killed',
   'channel-loss',
   'guest-stopped',
-  'admin-kill',
+  'planned-stop',
   'unknown',
 ];
 
@@ -343,23 +343,44 @@ function ooms(w: Window, out: Draft[]): void {
         };
       });
       const pids = new Set(victims.map((v) => v.pid));
+      const oomGroup = group.map((p) => str(obj(p.ev.payload['oom'])['oomGroup'])).find(Boolean) ?? '';
       // Limited to a cgroup: that group's services; the whole guest's memory: the guest.
       const scope: VerdictScope = constraint === 'CONSTRAINT_MEMCG' || (constraint === '' && cg !== '/') ? 'service' : 'guest';
-      const d = draft('oom', scope, 'confident', first.timeUs, '', { victims, cgroup: cg, constraint: constraint || null });
+      const d = draft('oom', scope, 'confident', first.timeUs, '', {
+        victims,
+        cgroup: cg,
+        constraint: constraint || null,
+        oomGroup: oomGroup || null,
+      });
       w.claim(d, group);
-      // The OOM killer's SIGKILL and the victims' exits are its consequence, not crashes.
-      w.claim(
-        d,
-        w.near('signal/signal', first.timeUs - 2 * S, end + 10 * S).filter((p) => {
+      // The OOM killer's SIGKILL and the victims' exits are its consequence, not crashes; and
+      // only those: another SIGKILL near an OOM is not the OOM's. Each task the OOM killer
+      // kills (with memory.oom.group, every task of the group) has a record of its own; should
+      // one be missing, its SIGKILL is still the kernel's (SI_KERNEL), sent in the same moment
+      // by the same task as a victim's.
+      const kills = w.near('signal/signal', first.timeUs - 2 * S, end + 10 * S).filter((p) => {
+        const s = signalOf(p.ev);
+        return s !== null && s.sig === KILL && pids.has(num(s.target['pid']) ?? -1);
+      });
+      if (oomGroup) {
+        const by = kills.map((p) => ({ pid: num(signalOf(p.ev)!.sender['pid']), us: p.timeUs }));
+        const more = w.near('signal/signal', first.timeUs - 2 * S, end + 10 * S).filter((p) => {
           const s = signalOf(p.ev);
-          return s !== null && s.sig === KILL && pids.has(num(s.target['pid']) ?? -1);
-        }),
-      );
+          return (
+            s !== null &&
+            s.sig === KILL &&
+            s.senderIsKernel &&
+            s.code === SI_KERNEL &&
+            by.some((b) => b.pid === num(s.sender['pid']) && Math.abs(b.us - p.timeUs) <= S)
+          );
+        });
+        for (const p of more) if (!kills.includes(p)) kills.push(p);
+      }
+      w.claim(d, kills);
+      const killed = new Set([...pids, ...kills.map((p) => num(signalOf(p.ev)!.target['pid']) ?? -1)]);
       const exits = w.near('process/exit', first.timeUs - S, end + 10 * S).filter((p) => {
         const x = obj(p.ev.payload['exit']);
-        const pid = num(obj(x['task'])['pid']) ?? -1;
-        // A memory.oom.group kill takes the others of the group without a record each.
-        return pids.has(pid) || num(x['signal']) === KILL;
+        return killed.has(num(obj(x['task'])['pid']) ?? -1) && num(x['signal']) === KILL;
       });
       w.claim(d, exits);
       const trig = obj(oom0['trigger']);
@@ -373,7 +394,12 @@ function ooms(w: Window, out: Draft[]): void {
       if (Array.isArray(consumers)) d.details['otherConsumers'] = consumers.slice(0, 5);
       const v0 = victims[0]!;
       const rss = v0.anonRssKb + v0.fileRssKb + v0.shmemRssKb;
-      const others = victims.length > 1 ? ` and ${victims.length - 1} other task${victims.length > 2 ? 's' : ''} of the group` : '';
+      const others =
+        victims.length > 1
+          ? ` and ${victims.length - 1} other task${victims.length > 2 ? 's' : ''}${oomGroup ? ` of ${oomGroup} (memory.oom.group: the whole group is killed together)` : ''}`
+          : oomGroup
+            ? ` (memory.oom.group: every task of ${oomGroup} is killed with it)`
+            : '';
       const where =
         scope === 'service'
           ? `cgroup ${cg} reached its memory limit (${constraint || 'a cgroup limit'})`
@@ -393,6 +419,36 @@ function ooms(w: Window, out: Draft[]): void {
         (Array.isArray(consumers) ? '' : ' The probe does not list the other consumers of memory.');
       out.push(d);
     }
+}
+
+/** The sending process's parent, cgroup and unit, as the signal probe read them (empty when unknown). */
+function senderOriginOf(p: Placed): { parent: Obj | null; cgroup: string | null; unit: string | null } {
+  const s = obj(p.ev.payload['signal']);
+  const parent = obj(s['senderParent']);
+  const cgroup = str(s['senderCgroup']);
+  return { parent: num(parent['pid']) !== undefined ? parent : null, cgroup: cgroup || null, unit: unitOfCgroup(cgroup) || null };
+}
+
+/** "1234 (pkill), child of 1000 (bash), in unit session-3.scope": who sent a signal, as far as known. */
+function senderText(p: Placed): string {
+  const s = signalOf(p.ev)!;
+  const o = senderOriginOf(p);
+  const extra: string[] = [];
+  if (num(s.sender['pid']) === 1) extra.push('the service manager');
+  if (o.parent) extra.push(`child of ${task(o.parent)}`);
+  if (o.unit) extra.push(`in unit ${o.unit}`);
+  else if (o.cgroup) extra.push(`in cgroup ${o.cgroup}`);
+  return `${task(s.sender)}${extra.length ? ` (${extra.join(', ')})` : ''}`;
+}
+
+/**
+ * The guest's shutdown or reboot this signal was part of: sent by PID 1 (the service manager
+ * stopping every unit, then systemd-shutdown killing what is left) within 2 min before the
+ * guest went down.
+ */
+function plannedShutdown(out: Draft[], p: Placed, senderPid: number): Draft | null {
+  if (senderPid !== 1) return null;
+  return out.find((d) => d.kind === 'guest-stopped' && d.atUs >= p.timeUs - S && d.atUs <= p.timeUs + 120 * S) ?? null;
 }
 
 interface AgentKill {
@@ -453,12 +509,23 @@ function signals(w: Window, runs: RunInfo[], out: Draft[], agentKills: AgentKill
         s.sig === ABRT
           ? `${who} aborted itself at ${clock(p.timeUs)} (${sn}: an assertion, abort() or a fatal runtime error).${fate}`
           : `${who} sent ${sn} to itself at ${clock(p.timeUs)}.${fate}`;
-    } else if (STOP_SIGNALS.has(s.sig)) {
-      kind = 'admin-kill';
-      summary = `${who} was stopped with ${sn} by ${task(s.sender)} at ${clock(p.timeUs)}: an administrator or a script, planned — not a failure.${fate}`;
     } else {
-      kind = 'app-killed';
-      summary = `${who} was sent ${sn} by ${task(s.sender)} at ${clock(p.timeUs)}: another process, not a fault of its own.${fate}`;
+      // Another process sent it. Who, vesper can say; why, it cannot: a supervisor killing a
+      // hung worker, a script killing the wrong pid and an administrator all look the same.
+      // Only a stop it knows to be planned (the guest's own shutdown) is called planned.
+      const from = senderText(p);
+      const shutdown = STOP_SIGNALS.has(s.sig) ? plannedShutdown(out, p, spid) : null;
+      if (shutdown) {
+        kind = 'planned-stop';
+        summary =
+          `${who} was stopped with ${sn} by ${from} at ${clock(p.timeUs)}, as part of the guest's shutdown at ${clock(shutdown.atUs)}: ` +
+          `planned, not a failure.${fate}`;
+      } else {
+        kind = 'app-killed';
+        summary =
+          `${who} was sent ${sn} by ${from} at ${clock(p.timeUs)}: another process ${STOP_SIGNALS.has(s.sig) ? 'stopped' : 'killed'} it, not a fault of its own. ` +
+          `vesper cannot tell whether that was planned (a stop, a supervisor) or a mistake.${fate}`;
+      }
     }
     const details: Obj = {
       signal: sn,
@@ -469,10 +536,16 @@ function signals(w: Window, runs: RunInfo[], out: Draft[], agentKills: AgentKill
       senderIsKernel: s.senderIsKernel,
       died: exit ? true : null,
     };
-    const key = `${p.ev.source?.agentRun ?? ''}:${tpid}:${kind}`;
+    if (!s.senderIsKernel && spid !== tpid) {
+      const o = senderOriginOf(p);
+      details['senderParent'] = o.parent;
+      details['senderCgroup'] = o.cgroup;
+      details['senderUnit'] = o.unit;
+    }
+    const key = `${p.ev.source?.agentRun ?? ''}:${tpid}:${kind}:${s.senderIsKernel ? 'kernel' : spid}`;
     const prev = pending.get(key);
-    if (prev && p.timeUs - prev.atUs <= 30 * S && kind === 'admin-kill') {
-      // SIGTERM, then SIGKILL when it did not go: one stop.
+    if (prev && p.timeUs - prev.atUs <= 30 * S && !s.senderIsKernel && spid !== tpid && STOP_SIGNALS.has(s.sig)) {
+      // SIGTERM, then SIGKILL from the same sender when it did not go: one stop.
       prev.summary = prev.summary.replace(/ by /, ` then ${sn} by `);
       w.claim(prev, [p, ...(exit ? [exit] : [])]);
       continue;

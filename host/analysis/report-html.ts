@@ -13,8 +13,8 @@ import type { Analysis, TimelineEntry, Verdict, VerdictKind, VerdictScope } from
 
 const KIND_TITLES: Record<VerdictKind, string> = {
   'app-crash': 'Application crash',
-  'app-killed': 'Application killed by another process',
-  'admin-kill': 'Stopped by an administrator or a script (planned)',
+  'app-killed': 'Application killed or stopped by another process',
+  'planned-stop': 'Stopped by the guest’s shutdown (planned)',
   oom: 'Out of memory: the OOM killer chose a victim',
   'guest-panic': 'Guest kernel panic',
   'guest-hang': 'Guest hang',
@@ -447,7 +447,7 @@ function evidenceLinks(v: Verdict, byId: Map<number, TimelineEntry>): string {
 
 function renderVerdict(v: Verdict, i: number, byId: Map<number, TimelineEntry>): string {
   const uncertain = v.confidence === 'uncertain';
-  const cls = ['verdict', uncertain ? 'uncertain' : 'confident', v.kind === 'admin-kill' ? 'planned' : ''].filter(Boolean).join(' ');
+  const cls = ['verdict', uncertain ? 'uncertain' : 'confident', v.kind === 'planned-stop' ? 'planned' : ''].filter(Boolean).join(' ');
   const conf = uncertain
     ? '<span class="pill conf-uncertain" title="the evidence is thin: a hint, not a finding">? UNCERTAIN: thin evidence</span>'
     : '<span class="pill conf-confident">confident</span>';

@@ -139,6 +139,13 @@ export function signalOf(e: VesperEvent): {
   };
 }
 
+/** A systemd unit named in a cgroup path: its last component that is a service or a scope. */
+export function unitOfCgroup(cgroup: string): string {
+  const parts = cgroup.split('/').filter(Boolean);
+  for (let i = parts.length - 1; i >= 0; i--) if (/\.(service|scope)$/.test(parts[i]!)) return parts[i]!;
+  return '';
+}
+
 function describeSignal(e: VesperEvent): string {
   const s = signalOf(e);
   if (!s) return 'signal (no payload)';
@@ -146,9 +153,17 @@ function describeSignal(e: VesperEvent): string {
     ? `from the kernel (${s.code > 0 && s.code < 128 ? `fault in ${task(s.sender)}, code ${s.code}` : `code ${s.code}`})`
     : num(s.sender['pid']) === num(s.target['pid'])
       ? 'from itself'
-      : `from ${task(s.sender)}`;
+      : `from ${task(s.sender)}${senderOrigin(e)}`;
   const result = s.result !== 0 ? ` (${SIGNAL_RESULTS[s.result] ?? `result ${s.result}`})` : '';
   return `${signalName(s.sig)} to ${task(s.target)} ${from}${result}`;
+}
+
+/** ", child of 700 (bash), unit x.service" when the signal probe said who the sender is. */
+function senderOrigin(e: VesperEvent): string {
+  const s = obj(e.payload['signal']);
+  const parent = obj(s['senderParent']);
+  const unit = unitOfCgroup(str(s['senderCgroup']));
+  return `${num(parent['pid']) !== undefined ? `, child of ${task(parent)}` : ''}${unit ? `, unit ${unit}` : ''}`;
 }
 
 function describeExit(p: Obj): string {

@@ -12,10 +12,13 @@ export type VerdictConfidence = 'confident' | 'uncertain';
 export type VerdictKind =
   /** a process died of a fatal signal the kernel sent after a fault (SIGSEGV, SIGBUS, ...) */
   | 'app-crash'
-  /** a process died of a fatal signal another process sent that is not a termination request */
+  /**
+   * a process was sent a fatal signal by another process (details name the sender, its parent
+   * and unit), or by the kernel without a fault; whether it was planned vesper cannot tell
+   */
   | 'app-killed'
-  /** SIGTERM/SIGKILL (or a clean shutdown) from another process or an operator: planned */
-  | 'admin-kill'
+  /** a stop vesper knows to be planned: SIGTERM/SIGKILL from PID 1 as the guest shut down */
+  | 'planned-stop'
   /** the kernel's OOM killer chose a victim */
   | 'oom'
   /** the guest kernel panicked or the domain crashed */

@@ -23,6 +23,8 @@ export interface ProbeInfo {
   version: string;
   params: Record<string, string>;
   events: Map<number, string>;
+  /** the module's digest as the agent reports it (hex; '' when it gave none or an overlong one) */
+  digest: string;
 }
 
 export interface AgentClientOptions {
@@ -46,6 +48,11 @@ export interface AgentClientOptions {
    * link is paused until the budget has caught up. Unlimited when absent.
    */
   budget?: IngestBudgetOptions;
+  /**
+   * Told every protocol problem from the first byte on, the handshake's included (a caller that
+   * adds its 'protocolError' listener once connectUnix resolved would miss those).
+   */
+  onProtocolError?: (e: VesperError) => void;
 }
 
 /**
@@ -135,14 +142,26 @@ export class AgentClient extends EventEmitter {
   private readonly pending = new Map<number, Pending>();
   private readonly decoder: FrameDecoder;
   private closed = false;
+  /** the first protocol problem before the agent's hello: what the failed handshake is named by */
+  private preHelloProblem: VesperError | null = null;
+  private helloSeen = false;
   private readonly ready: Promise<void>;
-  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget'>> & Pick<AgentClientOptions, 'resumeFor'>;
+  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget' | 'onProtocolError'>> &
+    Pick<AgentClientOptions, 'resumeFor'>;
 
   constructor(
     readonly stream: Duplex,
     opts: AgentClientOptions & { fedExternally?: boolean } = {},
   ) {
     super();
+    if (opts.onProtocolError) this.on('protocolError', opts.onProtocolError);
+    // The first problem before the hello names a handshake that then fails (times out, or the link
+    // closes): garbage, an oversized frame, another protocol version are not a silent agent. The
+    // link is not closed for it here: a virtio-serial port may hold the end of what the guest
+    // wrote before we connected, and the hello comes after it.
+    this.on('protocolError', (e: VesperError) => {
+      if (!this.helloSeen && this.preHelloProblem === null && e.code !== ErrorCode.INGEST_THROTTLED) this.preHelloProblem = e;
+    });
     const fedExternally = opts.fedExternally === true;
     this.budget = opts.budget && !new IngestBudget(opts.budget).unlimited ? new IngestBudget(opts.budget) : null;
     this.opts = {
@@ -181,8 +200,14 @@ export class AgentClient extends EventEmitter {
     // Nobody may be waiting on the handshake (a caller that only listens for records):
     // its failure must not become an unhandled rejection.
     this.ready.catch(() => undefined);
+    /** why the handshake failed: the problem seen before it, if any, else `fallback` */
+    const named = (fallback: VesperError): VesperError => {
+      const p = this.preHelloProblem;
+      return p ? new VesperError(p.code, `before the handshake: ${p.message} (then: ${fallback.message})`, p.detail) : fallback;
+    };
     const t = setTimeout(
-      () => helloReject(new VesperError(ErrorCode.HANDSHAKE_TIMEOUT, `agent sent no hello within ${this.opts.handshakeTimeoutMs} ms`)),
+      () =>
+        helloReject(named(new VesperError(ErrorCode.HANDSHAKE_TIMEOUT, `agent sent no hello within ${this.opts.handshakeTimeoutMs} ms`))),
       this.opts.handshakeTimeoutMs,
     );
     this.once('hello', () => {
@@ -191,7 +216,7 @@ export class AgentClient extends EventEmitter {
     });
     this.once('close', (why: string) => {
       clearTimeout(t);
-      helloReject(new VesperError(ErrorCode.DISCONNECTED, `link closed before the handshake: ${why}`));
+      helloReject(named(new VesperError(ErrorCode.DISCONNECTED, `link closed before the handshake: ${why}`)));
     });
     if (!fedExternally) stream.on('data', (c: Buffer) => this.read(c));
     // On a virtio-serial port the guest cannot see us connect; these bytes are how it
@@ -335,8 +360,10 @@ export class AgentClient extends EventEmitter {
     return this.remember(r.probe);
   }
 
+  /** What the agent runs now; it replaces what the client knew (a hello's list may be stale). */
   async list(): Promise<ProbeInfo[]> {
     const f = await this.request({ listProbes: {} });
+    this.probes.clear();
     return (f.probeList?.loaded ?? []).map((l) => this.remember(l));
   }
 
@@ -405,7 +432,7 @@ export class AgentClient extends EventEmitter {
         ),
       );
       // nothing of what it sent is kept: a refused probe is its handle
-      return { handle, name: `handle-${handle}`, instance: l.instance ?? 0, version: '', params: {}, events: new Map() };
+      return { handle, name: `handle-${handle}`, instance: l.instance ?? 0, version: '', params: {}, events: new Map(), digest: '' };
     }
     const info: ProbeInfo = {
       handle,
@@ -413,6 +440,7 @@ export class AgentClient extends EventEmitter {
       instance: l.instance ?? 0,
       version,
       params: Object.fromEntries(params.map((p) => [p.name ?? '', p.value ?? ''])),
+      digest: l.digest && l.digest.length <= 64 ? Buffer.from(l.digest).toString('hex') : '',
       // an event name is a name, and no longer than a probe's: every stored event of it carries it
       events: new Map(
         events.filter((e) => (e.name ?? '').length <= MAX_PROBE_NAME && isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? '']),
@@ -589,6 +617,7 @@ export class AgentClient extends EventEmitter {
 
   /** A hello answered: resume point, the probes it says it runs, the ack, and 'hello' to listeners. */
   private onHello(h: pb.Hello): void {
+    this.helloSeen = true;
     this.lastHelloAt = Date.now();
     this.hello = h;
     if (this.opts.resumeFor) this.lastSeq = this.opts.resumeFor(h);

@@ -7,7 +7,7 @@
 import { EventEmitter } from 'node:events';
 import type { pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { AgentClient, type AgentClientOptions } from './agent-client.js';
+import { AgentClient, type AgentClientOptions, type ProbeInfo } from './agent-client.js';
 import type { AgentRecord } from '../../proto/record.js';
 import type { IngestBudgetOptions } from './ingest-budget.js';
 
@@ -51,6 +51,8 @@ export interface GuestSessionOptions {
   heartbeatMisses?: number;
   /** how often to ping the agent (ms); see AgentClientOptions.keepaliveMs */
   keepaliveMs?: number;
+  /** how long a link's handshake may take (ms, default 10,000) */
+  handshakeTimeoutMs?: number;
   /**
    * Acknowledge records as soon as they are emitted (default). A manager that stores them
    * turns this off and calls ack() once they are safe, so a crash loses nothing.
@@ -62,6 +64,9 @@ export interface GuestSessionOptions {
    */
   heldFor?: (agentRun: string) => number;
 }
+
+/** Passes one burst of hellos may take to agree with the agent (each asks it what it runs). */
+const MAX_RECONCILE_PASSES = 4;
 
 /** How long a link must stay up before the reconnect backoff starts again from its minimum. */
 export const STABLE_LINK_MS = 10_000;
@@ -102,6 +107,11 @@ export class GuestSession extends EventEmitter {
   private lastBeat = 0;
   private hbLost = false;
   private readonly open: LinkOpener;
+  /** the pass that brings the agent's probes in line, per link (see onHello) */
+  private reconciling: { client: AgentClient; done: Promise<void> } | null = null;
+  private reconcileAgain = false;
+  private helloRestarted = false;
+  private readonly defaults = new Map<string, Record<string, string>>();
 
   constructor(private readonly o: GuestSessionOptions) {
     super();
@@ -163,7 +173,7 @@ export class GuestSession extends EventEmitter {
     let c: AgentClient;
     try {
       c = await this.open({
-        handshakeTimeoutMs: 10_000,
+        handshakeTimeoutMs: this.o.handshakeTimeoutMs ?? 10_000,
         keepaliveMs: this.o.keepaliveMs ?? 1000,
         // Same agent as before: it resends after what we hold. A new one starts at 1.
         resumeFor: (h) => {
@@ -173,6 +183,8 @@ export class GuestSession extends EventEmitter {
         },
         autoAck: this.o.autoAck ?? true,
         ...(this.o.budget ? { budget: this.o.budget } : {}),
+        // from the first byte: a problem during the handshake is named, not lost
+        onProtocolError: (e) => this.emit('protocolError', e),
       });
     } catch (err) {
       if (this.stopped) return;
@@ -199,7 +211,6 @@ export class GuestSession extends EventEmitter {
       if (this.listenerCount('record') > 0) for (const r of rs) this.emit('record', r);
       this.emit('batch', rs, this.agentId);
     });
-    c.on('protocolError', (e) => this.emit('protocolError', e));
     c.once('close', (why) => {
       if (this.client === c) this.client = null;
       if (this.stableTimer) clearTimeout(this.stableTimer);
@@ -219,23 +230,110 @@ export class GuestSession extends EventEmitter {
     this.backoff = Math.min(this.backoff * 2, this.o.maxBackoffMs ?? 5000);
   }
 
-  private async onHello(c: AgentClient, h: pb.Hello): Promise<void> {
+  /**
+   * A hello: the probes the host wants are brought in line with what the agent runs. One pass at
+   * a time per link: a hello that arrives while a pass pushes (a guest that restarted says hello
+   * twice, the second sent before our push reached it) does not start a second push, it makes
+   * the running pass look again, at what the agent says it runs now (a fresh list, not the stale
+   * hello). 'connected' is told once the views agree.
+   */
+  private onHello(c: AgentClient, h: pb.Hello): Promise<void> {
     const restarted = this.idOf(h) !== this.agentId;
     this.agentId = this.idOf(h);
     if (restarted) this.lastSeq = 0;
-    const loaded = new Set((h.loaded ?? []).map((l) => l.name));
-    const repushed: string[] = [];
-    for (const p of this.attached.values())
-      if (!loaded.has(p.name)) {
+    this.helloRestarted ||= restarted;
+    if (this.reconciling?.client === c) {
+      this.reconcileAgain = true;
+      return this.reconciling.done;
+    }
+    const done = this.reconcileLoop(c).finally(() => {
+      if (this.reconciling?.done === done) this.reconciling = null;
+    });
+    this.reconciling = { client: c, done };
+    return done;
+  }
+
+  private async reconcileLoop(c: AgentClient): Promise<void> {
+    const repushed = new Set<string>();
+    // the first pass takes the hello's list (the client holds it); later ones ask the agent
+    for (let pass = 0; pass < MAX_RECONCILE_PASSES && !c.isClosed; pass++) {
+      this.reconcileAgain = false;
+      if (pass > 0)
         try {
-          await this.push(c, p);
-          repushed.push(p.name);
+          await c.list();
         } catch (err) {
           this.emit('protocolError', VesperError.from(err));
+          break;
         }
-      }
-    this.emit('connected', { hello: h, agentRestarted: restarted, repushed });
+      for (const name of await this.reconcile(c)) repushed.add(name);
+      if (!this.reconcileAgain) break;
+    }
+    if (c.isClosed || this.client !== c) return;
+    const restarted = this.helloRestarted;
+    this.helloRestarted = false;
+    this.emit('connected', { hello: c.hello, agentRestarted: restarted, repushed: [...repushed] });
     this.armHeartbeat();
+  }
+
+  /**
+   * One pass: each attached probe that the agent runs as the same module with the same
+   * parameters and instances is adopted; one it runs otherwise is replaced; one it does not run
+   * is pushed. An agent that says it runs it already (its view moved since its hello) makes the
+   * caller look again.
+   */
+  private async reconcile(c: AgentClient): Promise<string[]> {
+    const pushed: string[] = [];
+    for (const p of [...this.attached.values()]) {
+      if (c.isClosed) break;
+      const have = [...c.probes.values()].filter((x) => x.name === p.name);
+      if (have.length > 0 && this.runsAsWanted(p, have)) continue;
+      try {
+        if (have.length > 0) await c.unload(p.name);
+        await this.push(c, p);
+        pushed.push(p.name);
+      } catch (err) {
+        const e = VesperError.from(err);
+        if (e.code === ErrorCode.PROBE_ALREADY_LOADED) this.reconcileAgain = true;
+        else this.emit('protocolError', e);
+      }
+    }
+    return pushed;
+  }
+
+  /** The agent runs `have` as `p` asks: the same module (digest), instances and parameters (defaults filled in). */
+  private runsAsWanted(p: AttachedProbe, have: ProbeInfo[]): boolean {
+    let mod: pb.IProbeModule;
+    try {
+      mod = this.o.module(p.name);
+    } catch {
+      return true; // a probe the host cannot push any more: what runs stays
+    }
+    if (!mod.digest) return false;
+    const digest = Buffer.from(mod.digest).toString('hex');
+    if (have.length !== (p.instances ?? 1)) return false;
+    const defaults = this.defaultsOf(p.name, mod);
+    return have.every((h) => {
+      if (h.digest !== digest) return false;
+      const want = { ...defaults, ...(p.params ?? {}), ...(p.instanceParams?.[h.instance] ?? {}) };
+      return Object.entries(want).every(([k, v]) => h.params[k] === String(v));
+    });
+  }
+
+  private defaultsOf(name: string, mod: pb.IProbeModule): Record<string, string> {
+    let d = this.defaults.get(name);
+    if (!d) {
+      d = {};
+      try {
+        const m = JSON.parse(Buffer.from(mod.manifest ?? new Uint8Array()).toString('utf8')) as {
+          params?: Array<{ name: string; default: string }>;
+        };
+        for (const x of m.params ?? []) d[x.name] = String(x.default);
+      } catch {
+        /* no manifest to read: the given parameters alone are compared */
+      }
+      this.defaults.set(name, d);
+    }
+    return d;
   }
 
   private idOf(h: pb.Hello): string {

@@ -7,6 +7,7 @@ import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
 import type { AgentLayout } from '../ssh/agent-link.js';
 import type { SshConnection, SshOptions } from '../ssh/connect.js';
 import type { InstallReport, StatusReport, UninstallReport } from '../ssh/install.js';
+import type { InstallKey } from '../keys.js';
 
 interface TargetFlags {
   ssh?: string;
@@ -100,8 +101,11 @@ async function withConnection<T>(
   vm: string | undefined,
   o: TargetFlags,
   fn: (c: SshConnection, layout: AgentLayout) => Promise<T>,
+  /** checks that need no connection (and create nothing), after the usage checks */
+  beforeConnect?: () => Promise<void>,
 ): Promise<T> {
   const r = await resolve(vm, o);
+  await beforeConnect?.();
   const { SshConnection } = await import('../ssh/connect.js');
   const c = await SshConnection.connect(r.ssh);
   if (c.hostKey.trust === 'accepted')
@@ -179,17 +183,34 @@ export function addAgentCommands(program: Command): void {
   const agent = program.command('agent').description('the agent on an SSH target: install, uninstall, status (run from here, not vesperd)');
 
   targetOptions(agent.command('install'))
-    .description('push the agent and this host key over SFTP, start it (systemd unit, or the relay), check it answers')
+    .description(
+      "push the agent and vesperd's public key (VESPER_KEY_DIR, else /etc/vesper) over SFTP, start it (systemd unit, or the relay), check it answers",
+    )
     .option('--push-node', "push this host's node even when the target has Node >= 20")
     .action(async (vm: string | undefined, o: TargetFlags & { pushNode?: boolean }) => {
       const { installAgent } = await import('../ssh/install.js');
       const { progressView } = await import('../ssh/progress.js');
-      const { loadOrCreateHostKey } = await import('../keys.js');
-      const key = loadOrCreateHostKey();
+      const { installKeyPlan, loadOrCreateHostKey } = await import('../keys.js');
+      // vesperd's key, found (or refused) before connecting; created, when it must be, only
+      // once the target is reached.
+      let plan: InstallKey | undefined;
       const view = progressView();
       try {
-        const r = await withConnection(vm, o, (c, layout) =>
-          installAgent(c, { layout, hostPublicPem: key.publicPem, forceNode: o.pushNode, onProgress: view.onProgress, log: view.log }),
+        const r = await withConnection(
+          vm,
+          o,
+          (c, layout) => {
+            let hostPublicPem: string;
+            if (plan!.create) {
+              hostPublicPem = loadOrCreateHostKey(plan!.dir).publicPem;
+              view.log(`created vesperd's signing key ${plan!.dir}/host.key (vesperd signs probe modules with it)`);
+            } else hostPublicPem = plan!.publicPem;
+            return installAgent(c, { layout, hostPublicPem, forceNode: o.pushNode, onProgress: view.onProgress, log: view.log });
+          },
+          () => {
+            plan = installKeyPlan();
+            return Promise.resolve();
+          },
         );
         view.stop();
         printInstall(r, o);

@@ -11,9 +11,11 @@ import { renderHtml } from '../analysis/report-html.js';
 import { analysisText } from '../analysis/text.js';
 import type { Analysis } from '../analysis/types.js';
 import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
+import { sendAlert } from './alert-send.js';
 import { addAgentCommands } from './agent.js';
 import { addChannelCommands } from './channel.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
+import { DEFAULT_TAIL } from '../daemon/api-server.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
 
 const outputOption = (): Option => new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table');
@@ -79,7 +81,11 @@ export function buildProgram(): Command {
     .option('--socket <path>', `vesperd's API socket (env VESPER_SOCKET; default ${DEFAULT_SOCKET})`)
     .enablePositionalOptions() // `filter set ... action failover --standby-uri URI`: the action's own options
     .showHelpAfterError()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s),
+      // commander's usage errors carry the code every other error of ours has
+      outputError: (s, write) => write(`vesper: ${ErrorCode.USAGE}: ${s.replace(/^error: /, '')}`),
+    });
   program.exitOverride();
 
   program
@@ -126,7 +132,7 @@ export function buildProgram(): Command {
       else
         for (const a of attached)
           process.stdout.write(
-            `attached ${a.name} to ${vm} (${a.instances} instance${a.instances === 1 ? '' : 's'}${a.loaded ? ', loaded' : ', pushed when the agent connects'})\n`,
+            `attached ${a.name} to ${vm} (${a.instances} instance${a.instances === 1 ? '' : 's'}${a.loaded ? ', loaded' : a.pending ? `; ${a.pending}` : ', pushed when the agent connects'})\n`,
           );
     });
 
@@ -217,26 +223,52 @@ export function buildProgram(): Command {
 
   program
     .command('events')
-    .description('stored events, oldest first; -f keeps following new ones')
-    .option('-f, --follow', 'keep the stream open')
+    .description(
+      `stored events, oldest first: the newest ${DEFAULT_TAIL} (or -n N); with --since/--until every event of the range; with --after-id every later one; -f keeps following new ones`,
+    )
+    .option('-f, --follow', 'after the past events, keep printing new ones as they come')
     .option('--vm <vm>')
     .option('--plugin <plugin>')
     .option('--event <event>')
-    .option('--since <when>', 'a duration back from now (90s, 15m, 2h, 7d) or a date')
-    .option('--limit <n>', 'at most this many past events', positiveInt('--limit'))
-    .option('--all', 'include events the filter discarded')
+    .option('--since <when>', 'from this time: a duration back from now (90s, 15m, 2h, 7d) or a date')
+    .option('--until <when>', 'before this time: a duration back from now or a date')
+    .option(
+      '--after-id <id>',
+      'only events after this id (every JSON line has its id): resume exactly where a reader stopped',
+      positiveInt('--after-id'),
+    )
+    .option(
+      '-n, --limit <n>',
+      `at most this many past events: the newest (default ${DEFAULT_TAIL} without a range); with --after-id the first`,
+      positiveInt('--limit'),
+    )
+    .option('--all', 'include events the filter discarded (stored and followed alike)')
     .addOption(outputOption())
     .action(
       async (
-        o: Output & { follow?: boolean; vm?: string; plugin?: string; event?: string; since?: string; limit?: number; all?: boolean },
+        o: Output & {
+          follow?: boolean;
+          vm?: string;
+          plugin?: string;
+          event?: string;
+          since?: string;
+          until?: string;
+          afterId?: number;
+          limit?: number;
+          all?: boolean;
+        },
         cmd: Command,
       ) => {
+        if (o.follow && o.until !== undefined) throw new VesperError(ErrorCode.USAGE, '--until and -f do not go together');
+        if (o.limit === 0) throw new VesperError(ErrorCode.USAGE, '--limit: expected at least 1');
         const req: apipb.IRequest = {
           events: {
             vm: o.vm ?? '',
             plugin: o.plugin ?? '',
             event: o.event ?? '',
             sinceUs: o.since ? sinceUs(o.since) : 0,
+            untilUs: o.until ? sinceUs(o.until, Date.now(), '--until') : 0,
+            afterId: o.afterId ?? 0,
             limit: o.limit ?? 0,
             follow: Boolean(o.follow),
             includeDiscarded: Boolean(o.all),
@@ -252,6 +284,7 @@ export function buildProgram(): Command {
           process.once('SIGTERM', stop);
           process.stdout.once('error', stop); // a closed pipe (| head)
           let header = true;
+          let lastId = o.afterId ?? 0;
           c.stream(req, (r) => {
             if (r.error) {
               c.close();
@@ -260,9 +293,21 @@ export function buildProgram(): Command {
             }
             const evs = r.events?.events ?? [];
             if (r.events?.missed) process.stderr.write(`vesper: ${r.events.missed} events were missed (this reader was too slow)\n`);
-            if (evs.length) printEvents(evs, o, header);
-            if (evs.length) header = false;
-            if (r.done) stop();
+            if (evs.length) {
+              printEvents(evs, o, header);
+              header = false;
+              lastId = Number(evs[evs.length - 1]!.id ?? lastId);
+            }
+            if (r.events?.truncated)
+              process.stderr.write(
+                o.afterId !== undefined
+                  ? `vesper: more events follow; the next ones: --after-id ${lastId}\n`
+                  : `vesper: older events are not shown; more with -n N, a range with --since/--until, or everything after an id with --after-id ID\n`,
+              );
+            if (r.done) {
+              if (header && o.output === 'table') printEvents([], o, true); // an empty answer still has its header
+              stop();
+            }
           });
         });
       },
@@ -316,30 +361,13 @@ export function buildProgram(): Command {
       } catch (err) {
         throw new VesperError(ErrorCode.USAGE, `--timeout: ${(err as Error).message}`);
       }
-      const { event, payload } = alertEvent(process.env);
       if (o.dryRun) {
+        const { event, payload } = alertEvent(process.env);
         process.stdout.write(`${JSON.stringify({ plugin: 'pacemaker', vm: '', event, payload })}\n`);
         return;
       }
       const socket = (cmd.optsWithGlobals() as { socket?: string }).socket ?? process.env['VESPER_SOCKET'] ?? DEFAULT_ALERT_SOCKET;
-      const started = Date.now();
-      const c = await ApiClient.connect(socket, ms);
-      let timer: NodeJS.Timeout | undefined;
-      try {
-        const r = await Promise.race([
-          c.request({ hostEvent: { plugin: 'pacemaker', vm: '', event, payloadJson: JSON.stringify(payload) } }),
-          new Promise<never>((_, reject) => {
-            timer = setTimeout(
-              () => reject(new VesperError(ErrorCode.REQUEST_TIMEOUT, `vesperd did not take the alert within ${ms} ms`)),
-              Math.max(1, ms - (Date.now() - started)),
-            );
-          }),
-        ]);
-        process.stdout.write(`${r.ok?.message ?? 'sent'}\n`);
-      } finally {
-        clearTimeout(timer);
-        c.close();
-      }
+      process.stdout.write(`${await sendAlert({ env: process.env, socket, timeoutMs: ms })}\n`);
     });
 
   program
@@ -367,15 +395,49 @@ function ruleOf(vm: string, plugin: string, instance: string, event: string, dec
   return { vm, plugin, instance, event, decision, action: action[0] ?? '', args: action.slice(1) };
 }
 
+/**
+ * The global --socket anywhere on the line (`vesper list --socket S` as well as `vesper
+ * --socket S list`): moved before the verb, where commander looks for it. Not after `--`, and
+ * not among the words of a filter's action (`filter set ... action exec CMD ARGS`), which are
+ * the action's own.
+ */
+export function hoistGlobalOptions(argv: string[]): string[] {
+  const head = argv.slice(0, 2);
+  const rest = argv.slice(2);
+  const moved: string[] = [];
+  const kept: string[] = [];
+  const isFilterSet = rest.indexOf('filter') >= 0 && rest.indexOf('set') === rest.indexOf('filter') + 1;
+  for (let i = 0; i < rest.length; i++) {
+    const w = rest[i]!;
+    if (w === '--' || (isFilterSet && w === 'action')) {
+      kept.push(...rest.slice(i));
+      break;
+    }
+    if (w === '--socket' && i + 1 < rest.length) {
+      moved.push(w, rest[i + 1]!);
+      i++;
+    } else if (w.startsWith('--socket=')) moved.push(w);
+    else kept.push(w);
+  }
+  return [...head, ...moved, ...kept];
+}
+
 export async function main(argv = process.argv): Promise<void> {
+  // `vesper analyze ... | head`: a reader that went away ends the output quietly (its status
+  // is the command's own), never with an EPIPE stack trace.
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE' || err.code === 'ERR_STREAM_DESTROYED') return;
+    process.stderr.write(`vesper: cannot write the output: ${err.message}\n`);
+    process.exitCode = 1;
+  });
   const program = buildProgram();
   try {
-    await program.parseAsync(argv);
+    await program.parseAsync(hoistGlobalOptions(argv));
   } catch (err) {
     const e = err as { code?: string; exitCode?: number };
     if (typeof e.code === 'string' && e.code.startsWith('commander.')) {
-      // commander printed its message (or the help) already
-      process.exitCode = e.code === 'commander.helpDisplayed' || e.code === 'commander.version' ? 0 : exitStatusFor(ErrorCode.USAGE);
+      // commander printed its message (or the help) already; `vesper help` and --help are not errors
+      process.exitCode = e.exitCode === 0 ? 0 : exitStatusFor(ErrorCode.USAGE);
       return;
     }
     const v = VesperError.from(err);

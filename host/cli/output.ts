@@ -9,10 +9,91 @@ export interface Output {
 
 const out = (s: string): void => void process.stdout.write(s);
 
-function table(head: string[], rows: Array<Array<string | number>>): string {
-  const t = new Table({ head, style: { head: [], border: [] }, chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' } });
-  t.push(...rows.map((r) => r.map(String)));
+/** Where the output goes: a terminal (boxes, fitted to its width) or a pipe/file (plain columns). */
+export interface Term {
+  tty: boolean;
+  /** the terminal's width in characters */
+  columns?: number;
+}
+
+export function stdoutTerm(): Term {
+  return { tty: Boolean(process.stdout.isTTY), columns: process.stdout.columns };
+}
+
+/**
+ * A table: on a terminal, boxed and fitted to its width (the widest columns wrap); elsewhere
+ * plain columns separated by two spaces, one line per row, as virsh prints them.
+ */
+export function formatTable(head: string[], rows: Array<Array<string | number>>, term: Term = stdoutTerm()): string {
+  const cells = rows.map((r) => r.map(String));
+  if (!term.tty) {
+    const widths = head.map((h, i) => Math.max(h.length, ...cells.map((r) => (r[i] ?? '').length)));
+    const line = (r: string[]): string =>
+      r
+        .map((c, i) => (i === r.length - 1 ? c : c.padEnd(widths[i]!)))
+        .join('  ')
+        .trimEnd();
+    return [head, ...cells].map((r) => `${line(r)}\n`).join('');
+  }
+  // Each column's natural width (its longest line, plus cli-table3's padding of 1 each side).
+  const natural = head.map((h, i) => Math.max(h.length, ...cells.map((r) => (r[i] ?? '').length)) + 2);
+  const columns = term.columns && term.columns > 0 ? term.columns : 80;
+  const room = columns - (head.length + 1); // the vertical borders
+  const widths = [...natural];
+  // Narrow the widest column, one character at a time, until the table fits (not below 8).
+  for (let total = widths.reduce((a, b) => a + b, 0); total > room; total--) {
+    let widest = 0;
+    for (let i = 1; i < widths.length; i++) if (widths[i]! > widths[widest]!) widest = i;
+    if (widths[widest]! <= 8) break;
+    widths[widest]!--;
+  }
+  const t = new Table({
+    head,
+    colWidths: widths,
+    style: { head: [], border: [] },
+    chars: { mid: '', 'left-mid': '', 'mid-mid': '', 'right-mid': '' },
+  });
+  t.push(...cells.map((r) => r.map((c, i) => wrapText(c, widths[i]! - 2))));
   return `${t.toString()}\n`;
+}
+
+/** Text broken into lines of at most `width`: at spaces where it can, inside a word where it must. */
+export function wrapText(text: string, width: number): string {
+  if (width < 1) return text;
+  const out: string[] = [];
+  for (const para of text.split('\n')) {
+    let line = '';
+    for (let word of para.split(' ')) {
+      while (word.length > width) {
+        const room = line ? width - line.length - 1 : width;
+        if (room < 1) {
+          out.push(line);
+          line = '';
+          continue;
+        }
+        out.push(line ? `${line} ${word.slice(0, room)}` : word.slice(0, room));
+        line = '';
+        word = word.slice(room);
+      }
+      if (!line) line = word;
+      else if (line.length + 1 + word.length <= width) line += ` ${word}`;
+      else {
+        out.push(line);
+        line = word;
+      }
+    }
+    out.push(line);
+  }
+  return out.join('\n');
+}
+
+function table(head: string[], rows: Array<Array<string | number>>): string {
+  return formatTable(head, rows);
+}
+
+/** The VM column of an event: host events have none. */
+export function vmColumn(vm: string | null | undefined): string {
+  return vm ? vm : '(host)';
 }
 
 function timeOf(us: number | null | undefined): string {
@@ -209,7 +290,7 @@ export function printEvents(evs: apipb.IEvent[], o: Output, header: boolean): vo
   const lines = evs.map((e) => {
     const j = eventJson(e);
     const d = j['disposition'] === 'discard' ? ' (discarded)' : j['disposition'] === 'action' ? ' (action)' : '';
-    return `${timeOf(Number(e.hostTimeUs))}  ${String(e.vm).padEnd(16)} ${`${e.plugin}/${e.instance ?? 0}`.padEnd(12)} ${String(e.event).padEnd(16)} ${summaryOf(j)}${d}\n`;
+    return `${timeOf(Number(e.hostTimeUs))}  ${vmColumn(e.vm).padEnd(16)} ${`${e.plugin}/${e.instance ?? 0}`.padEnd(12)} ${String(e.event).padEnd(16)} ${summaryOf(j)}${d}\n`;
   });
   if (header) out(`${'HOST TIME'.padEnd(24)}  ${'VM'.padEnd(16)} ${'PLUGIN'.padEnd(12)} ${'EVENT'.padEnd(16)} DETAIL\n`);
   out(lines.join(''));

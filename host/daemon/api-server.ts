@@ -8,7 +8,7 @@
 // nothing else, so the cluster's user can report alerts without the vesper group's power to
 // set filters that run programs as root.
 import { chmodSync, chownSync, existsSync, mkdirSync, readFileSync, unlinkSync } from 'node:fs';
-import { createServer, type Server, type Socket } from 'node:net';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 import type { Logger } from 'pino';
 import { ApiLink, errorReply, type apipb } from '../../proto/api-codec.js';
@@ -29,7 +29,8 @@ export interface ManagerApi {
   vmStatus(vm: string): Promise<apipb.IVmDetail>;
   probeCatalogue(): apipb.IProbeInfo[];
   attach(vm: string, probes: string[], params: Record<string, string>, instances: number): Promise<apipb.IAttachedProbe[]>;
-  detach(vm: string, probes: string[]): Promise<void>;
+  /** resolves with the probes that were not attached (nothing to do for those) */
+  detach(vm: string, probes: string[]): Promise<string[] | void>;
   paramGet(vm: string, plugin: string): Record<string, string>;
   paramSet(vm: string, plugin: string, instance: number | null, params: Record<string, string>): Promise<void>;
   filterList(): apipb.IFilterRule[];
@@ -58,6 +59,8 @@ export interface ApiServerOptions {
 /** A follower's socket buffer above this: stop pulling until it drains. */
 const FOLLOW_BACKLOG_BYTES = 1 << 20;
 const FOLLOW_BATCH = 1000;
+/** `vesper events` without a range or a cursor: the newest this many (journalctl's -n, with a larger default) */
+export const DEFAULT_TAIL = 100;
 
 export function wireEvent(e: VesperEvent): apipb.IEvent {
   return {
@@ -88,6 +91,21 @@ export function groupId(name: string): number | null {
   return null;
 }
 
+/** Whether something accepts connections on a unix socket (a live server, not a stale file). */
+function answers(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createConnection({ path });
+    const t = setTimeout(() => done(true), 2000); // accepted but silent, or a full backlog: alive
+    const done = (v: boolean): void => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(v);
+    };
+    s.once('connect', () => done(true));
+    s.once('error', () => done(false));
+  });
+}
+
 export class ApiServer {
   private server: Server | null = null;
   private readonly links = new Set<ApiLink>();
@@ -106,7 +124,16 @@ export class ApiServer {
     // vesperd's umask (0007 under systemd) would keep others — hacluster — from reaching a
     // socket in a directory of its own making.
     if (created && this.o.dirMode !== undefined) chmodSync(dir, this.o.dirMode);
-    if (existsSync(socket)) unlinkSync(socket); // a stale socket of an earlier run
+    // A socket file of an earlier run is stale only if nobody answers on it: a live one is another
+    // vesperd's (another store, the same socket), never ours to unlink.
+    if (existsSync(socket)) {
+      if (await answers(socket))
+        throw new VesperError(
+          ErrorCode.DAEMON_RUNNING,
+          `${socket} is in use by another process (another vesperd?): not taken over; give this vesperd another daemon.socket`,
+        );
+      unlinkSync(socket);
+    }
     const server = createServer((s) => this.accept(s));
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -175,8 +202,15 @@ export class ApiServer {
       }
       case 'detach': {
         const d = req.detach!;
-        await m.detach(need(d.vm, 'vm'), d.probes ?? []);
-        return reply({ ok: { message: `detached ${(d.probes ?? []).join(', ')} from ${d.vm}` } });
+        const absent = (await m.detach(need(d.vm, 'vm'), d.probes ?? [])) ?? [];
+        const gone = (d.probes ?? []).filter((p) => !absent.includes(p));
+        const said = [
+          ...(gone.length ? [`detached ${gone.join(', ')} from ${d.vm}`] : []),
+          ...(absent.length
+            ? [`${absent.join(', ')} ${absent.length === 1 ? 'was' : 'were'} not attached to ${d.vm} (nothing to do)`]
+            : []),
+        ];
+        return reply({ ok: { message: said.join('; ') } });
       }
       case 'paramGet': {
         const g = req.paramGet!;
@@ -219,29 +253,93 @@ export class ApiServer {
     }
   }
 
-  /** Past events from the store; with follow, then everything new, in order, none twice. */
-  private events(link: ApiLink, id: number, e: apipb.IEvents, feeds: Map<number, EventFeed>): void {
+  /**
+   * Past events from the store, oldest first, page by page at the pace the client reads them:
+   * after a cursor (after_id) every later one, in a time range every one of it, else the newest
+   * `limit` (DEFAULT_TAIL). A limit that leaves matching events out says so (`truncated`). With
+   * follow, then everything new, in order, none twice.
+   */
+  private async events(link: ApiLink, id: number, e: apipb.IEvents, feeds: Map<number, EventFeed>): Promise<void> {
     const q: EventQuery = {
       vm: e.vm || undefined,
       plugin: e.plugin || undefined,
       event: e.event || undefined,
-      sinceUs: e.sinceUs || undefined,
-      afterId: e.afterId || undefined,
-      limit: e.limit || undefined,
+      sinceUs: Number(e.sinceUs ?? 0) || undefined,
+      untilUs: Number(e.untilUs ?? 0) || undefined,
       includeDiscarded: Boolean(e.includeDiscarded),
     };
+    const afterId = Number(e.afterId ?? 0) || undefined;
+    const limit = e.limit || undefined;
+    if (e.follow && q.untilUs !== undefined)
+      throw new VesperError(ErrorCode.USAGE, 'an end time (--until) and following new events (-f) do not go together');
     // Subscribe before reading the store, so nothing published in between is missed; what the
     // store already returned is skipped by id.
     const feed = e.follow ? this.m.follow(q) : null;
-    const past = this.m.queryEvents(q);
-    let lastId = past.length ? (past[past.length - 1]!.id ?? 0) : (q.afterId ?? 0);
-    for (let i = 0; i < past.length; i += FOLLOW_BATCH)
-      link.send({ id, reply: { done: false, events: { events: past.slice(i, i + FOLLOW_BATCH).map(wireEvent) } } });
-    if (!feed) {
-      link.send({ id, reply: { done: true, events: { events: [] } } });
-      return;
+    if (feed) feeds.set(id, feed);
+    const open = (): boolean => !link.closed && (feed === null || feeds.get(id) === feed);
+    try {
+      const plan =
+        afterId !== undefined || (limit === undefined && (q.sinceUs !== undefined || q.untilUs !== undefined))
+          ? { lo: afterId, hi: undefined, max: limit ?? Infinity, truncated: false }
+          : this.newest(q, limit ?? DEFAULT_TAIL);
+      let lastId = plan.hi !== undefined ? plan.hi - 1 : (afterId ?? 0);
+      let cursor = plan.lo;
+      let sent = 0;
+      let truncated = plan.truncated;
+      while (sent < plan.max && open()) {
+        const want = Math.min(FOLLOW_BATCH, plan.max - sent);
+        const page = this.m.queryEvents({ ...q, afterId: cursor, beforeId: plan.hi, limit: want, order: 'asc' });
+        if (page.length) {
+          cursor = page[page.length - 1]!.id ?? cursor;
+          lastId = Math.max(lastId, cursor ?? 0);
+          sent += page.length;
+          link.send({ id, reply: { done: false, events: { events: page.map(wireEvent) } } });
+        }
+        if (page.length < want) break;
+        if (link.backlog > FOLLOW_BACKLOG_BYTES && !(await drained(link))) return;
+      }
+      if (!open()) return;
+      if (sent >= plan.max && plan.hi === undefined && Number.isFinite(plan.max))
+        truncated = this.m.queryEvents({ ...q, afterId: cursor, limit: 1, order: 'asc' }).length > 0;
+      if (truncated) link.send({ id, reply: { done: false, events: { events: [], truncated: true } } });
+      if (!feed) {
+        link.send({ id, reply: { done: true, events: { events: [] } } });
+        return;
+      }
+      this.followOn(link, id, q, feed, lastId);
+    } catch (err) {
+      feed?.close();
+      feeds.delete(id);
+      throw err;
     }
-    feeds.set(id, feed);
+  }
+
+  /**
+   * Where the newest `n` matching events start: walks back from the newest, a page at a time,
+   * keeping only ids. `lo` is just before the oldest of them, `hi` just after the newest.
+   */
+  private newest(q: EventQuery, n: number): { lo: number | undefined; hi: number | undefined; max: number; truncated: boolean } {
+    let before: number | undefined;
+    let count = 0;
+    let start: number | undefined;
+    let newestId: number | undefined;
+    while (count <= n) {
+      const want = Math.min(FOLLOW_BATCH, n + 1 - count);
+      const page = this.m.queryEvents({ ...q, beforeId: before, limit: want, order: 'desc' });
+      for (const ev of page) {
+        count++;
+        newestId ??= ev.id ?? 0;
+        if (count <= n) start = ev.id ?? 0;
+      }
+      if (page.length < want) break;
+      before = page[page.length - 1]!.id ?? 0;
+    }
+    if (start === undefined || newestId === undefined) return { lo: undefined, hi: undefined, max: 0, truncated: false };
+    return { lo: start - 1, hi: newestId + 1, max: n, truncated: count > n };
+  }
+
+  /** After the past: what the feed hands out, newer than lastId; from the store when it fell behind. */
+  private followOn(link: ApiLink, id: number, q: EventQuery, feed: EventFeed, lastId: number): void {
     let waitingDrain = false;
     // Set when the queue overwrote events before this follower took them. Every published event
     // was stored first, so the follower then reads from the store, page by page, until a page
@@ -268,7 +366,7 @@ export class ApiServer {
         if (fromStore) {
           // Read after the pull: the page holds everything stored up to now, so a short page
           // leaves nothing between it and what the queue hands out next.
-          const page = this.m.queryEvents({ ...q, afterId: lastId, limit: FOLLOW_BATCH });
+          const page = this.m.queryEvents({ ...q, afterId: lastId, limit: FOLLOW_BATCH, order: 'asc' });
           fromStore = page.length === FOLLOW_BATCH;
           if (page.length) send(page);
           else if (!events.length) return;
@@ -283,6 +381,21 @@ export class ApiServer {
     feed.onReadable(pump);
     pump();
   }
+}
+
+/** Resolves true when the link's socket drained, false when it closed first. */
+function drained(link: ApiLink): Promise<boolean> {
+  return new Promise((resolve) => {
+    const done = (ok: boolean): void => {
+      link.socket.off('drain', onDrain);
+      link.socket.off('close', onClose);
+      resolve(ok);
+    };
+    const onDrain = (): void => done(true);
+    const onClose = (): void => done(false);
+    link.socket.once('drain', onDrain);
+    link.socket.once('close', onClose);
+  });
 }
 
 function need(v: string | null | undefined, what: string): string {

@@ -13,7 +13,8 @@ import type { VesperEvent } from '../notify/event.js';
 import { readProbeBundle, signModule } from '../probes/package.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { IngestBatcher } from './ingest.js';
-import { eventOfRecord } from '../notify/record-event.js';
+import { RecordEvent, eventOfRecord } from '../notify/record-event.js';
+import { MAX_HONEST_RECORD_BYTES, capOversizedRecord } from '../notify/guest-strings.js';
 import { endedRunLosses } from './ended-runs.js';
 
 export interface GuestLinkDeps {
@@ -100,6 +101,8 @@ export class GuestLink {
   private ackSeq = 0;
   private ackRun = '';
   private ackedSeq = 0;
+  /** an oversized guest string was capped and said so in the log (once per VM) */
+  private toldCapped = false;
 
   constructor(
     readonly vm: string,
@@ -233,7 +236,8 @@ export class GuestLink {
     for (let i = 0; i < rs.length; i++) {
       const r = rs[i]!;
       if (r.kind === 'loss') this.recordsLost += Number(r.raw.loss?.count ?? 0);
-      events[i] = eventOfRecord(this.vm, run, r, now);
+      // larger than an honest record can be: its strings capped before it is stored (one comparison otherwise)
+      events[i] = r.bytes.length > MAX_HONEST_RECORD_BYTES ? this.cappedEvent(r, run, now) : eventOfRecord(this.vm, run, r, now);
     }
     this.recordsReceived += rs.length;
     const last = rs[rs.length - 1]!.seq;
@@ -247,6 +251,21 @@ export class GuestLink {
       }
       this.ackSoon(run, last);
     });
+  }
+
+  /** An oversized record's event, its strings capped (guest-strings.ts); said once per VM in the log. */
+  private cappedEvent(r: AgentRecord, run: string, now: number): VesperEvent {
+    const c = capOversizedRecord(r.bytes);
+    if (c === null) return eventOfRecord(this.vm, run, r, now);
+    if (!this.toldCapped) {
+      this.toldCapped = true;
+      this.d.log.warn(
+        { vm: this.vm, code: ErrorCode.PROTOCOL_UNEXPECTED, probe: r.probe, event: r.event, bytes: r.bytes.length, cut: c.cut },
+        'guest record with strings longer than the kernel allows (comm 15 bytes, paths PATH_MAX...): capped before storing; said once for this VM',
+      );
+    }
+    const e = eventOfRecord(this.vm, run, r, now);
+    return new RecordEvent(e.vm, e.plugin, e.instance, e.event, e.guestTimeUs, e.hostTimeUs, e.source, c.bytes, c.decoded);
   }
 
   private ackSoon(run: string, seq: number): void {

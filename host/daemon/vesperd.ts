@@ -10,7 +10,9 @@
 // the channel (its SSH entry unused, said once in the log); one without it, or not running here,
 // over SSH. The link follows the domain: a channel hot-plugged later takes over from SSH.
 import type { Logger } from 'pino';
+import { mkdirSync } from 'node:fs';
 import { hostname } from 'node:os';
+import { dirname } from 'node:path';
 import { API_MAX_FRAME_BYTES, type apipb } from '../../proto/api-codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { PacemakerActions, DEFAULT_PACEMAKER_SETTINGS } from '../actions/pacemaker.js';
@@ -35,11 +37,14 @@ import { EventQueue } from '../notify/queue.js';
 import { PluginRegistry } from '../notify/registry.js';
 import { eventOfHostRequest, resourceIndex } from '../pacemaker/alert-event.js';
 import { probeNames, readProbeBundle } from '../probes/package.js';
+import { checkFilterKey, checkProbeParamValue, notPushedReason, type KnownPlugin } from './api-checks.js';
 import { EventStore } from '../store/event-store.js';
 import { ApiServer, type EventFeed, type ManagerApi } from './api-server.js';
 import type { EventQuery } from '../store/event-query.js';
 import { GuestLink, unixLink, type LinkSpec } from './guest-link.js';
 import { sshLink } from './ssh-link.js';
+import { DaemonLock, lockPathOf } from './daemon-lock.js';
+import { LibvirtConnection } from './libvirt-connection.js';
 import { readPacer } from '../channel/read-pacer.js';
 import { IngestBatcher } from './ingest.js';
 import { eventOfLibvirt } from './libvirt-plugin.js';
@@ -78,7 +83,9 @@ export class Vesperd implements ManagerApi {
   readonly store: EventStore;
   readonly batcher: IngestBatcher;
   readonly vms = new Map<string, VmEntry>();
-  private hv!: Hypervisor;
+  /** libvirt, when there is a connection (optional: see libvirt-connection.ts) */
+  private hv: Hypervisor | null = null;
+  private libvirt: LibvirtConnection | null = null;
   /** other libvirts (failover standbys), connected once and kept */
   private readonly others = new Map<string, Promise<Hypervisor>>();
   /** libvirt.domains as one regular expression */
@@ -92,6 +99,8 @@ export class Vesperd implements ManagerApi {
   /** Pacemaker resource → VM, for alerts */
   private readonly resourceVm: Map<string, string>;
   private key: HostKey;
+  /** this vesperd's hold on its store (none for an in-memory store) */
+  private readonly lock: DaemonLock | null;
   private timers: NodeJS.Timeout[] = [];
   private stopped = false;
   private scanning: Promise<void> | null = null;
@@ -101,11 +110,19 @@ export class Vesperd implements ManagerApi {
     const c = o.config;
     this.log = o.log;
     this.domainFilter = globsToRegExp(c.libvirt.domains ?? ['*']);
-    this.key = o.key ?? loadOrCreateHostKey();
-    this.store = EventStore.open(c.store.path, {
-      sync: c.store.sync,
-      retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize, vmShare: c.store.retention.vmShare },
-    });
+    // Before anything is opened or created: a second vesperd on this store stops here.
+    if (c.store.path !== ':memory:') mkdirSync(dirname(c.store.path), { recursive: true, mode: 0o750 }); // as the store makes it
+    this.lock = c.store.path === ':memory:' ? null : DaemonLock.acquire(lockPathOf(c.store.path));
+    try {
+      this.key = o.key ?? loadOrCreateHostKey();
+      this.store = EventStore.open(c.store.path, {
+        sync: c.store.sync,
+        retention: { maxAgeMs: c.store.retention.maxAge, maxBytes: c.store.retention.maxSize, vmShare: c.store.retention.vmShare },
+      });
+    } catch (err) {
+      this.lock?.release();
+      throw err;
+    }
     this.queue = new EventQueue();
     const pc = c.pacemaker;
     this.pacemaker = new PacemakerActions(
@@ -159,14 +176,16 @@ export class Vesperd implements ManagerApi {
     // rule keeps the whole FilterRule as its decision column (see filterSet).
     for (const f of c.filters) this.filters.set(f as FilterRule);
     for (const f of this.store.listFilters()) this.filters.set(f.decision as FilterRule);
-    this.hv = this.o.hypervisor ?? (await UnraidHypervisor.connect(c.libvirt.uri));
-    const ev = new LibvirtEvents(c.libvirt.uri);
-    this.libvirtEvents = ev;
-    ev.on('event', (e) => this.onLibvirt(e));
-    // Events missed while virsh was away: reconcile with libvirt's state.
-    ev.on('ready', () => void this.rescan());
-    ev.start();
-    await ev.whenReady(30_000).catch((err: Error) => this.log.warn({ err: err.message }, 'libvirt events not ready yet'));
+    if (this.o.hypervisor) await this.libvirtUp(this.o.hypervisor);
+    else {
+      this.libvirt = new LibvirtConnection({
+        uri: c.libvirt.uri,
+        log: this.log,
+        connect: (uri) => UnraidHypervisor.connect(uri),
+        onConnected: (hv) => this.libvirtUp(hv),
+      });
+      await this.libvirt.start();
+    }
     await this.rescan();
     this.api = new ApiServer(this, { socket: c.daemon.socket, group: c.daemon.group, log: this.log });
     await this.api.listen();
@@ -190,6 +209,20 @@ export class Vesperd implements ManagerApi {
     this.log.info({ vms: this.vms.size, store: c.store.path }, 'vesperd started');
   }
 
+  /** libvirt is there (at start, or later): its events, then its domains. */
+  private async libvirtUp(hv: Hypervisor): Promise<void> {
+    if (this.stopped) return;
+    this.hv = hv;
+    const ev = new LibvirtEvents(this.o.config.libvirt.uri);
+    this.libvirtEvents = ev;
+    ev.on('event', (e) => this.onLibvirt(e));
+    // Events missed while virsh was away: reconcile with libvirt's state.
+    ev.on('ready', () => void this.rescan());
+    ev.start();
+    await ev.whenReady(30_000).catch((err: Error) => this.log.warn({ err: err.message }, 'libvirt events not ready yet'));
+    await this.rescan();
+  }
+
   async stop(): Promise<void> {
     this.stopped = true;
     for (const t of this.timers) clearInterval(t);
@@ -200,14 +233,18 @@ export class Vesperd implements ManagerApi {
     await this.libvirtEvents?.stop();
     // An action in flight (a failover waiting for its fence) gets a few seconds, not forever.
     await Promise.race([this.actions.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
-    if (!this.o.hypervisor) await this.hv?.close().catch(() => undefined);
+    await this.libvirt?.stop(); // closes its connection, if it made one
     for (const h of this.others.values()) await h.then((x) => x.close()).catch(() => undefined);
     this.store.close();
+    this.lock?.release();
     this.log.info('vesperd stopped');
   }
 
   private hypervisorFor(uri?: string): Promise<Hypervisor> {
-    if (!uri || uri === this.o.config.libvirt.uri) return Promise.resolve(this.hv);
+    if (!uri || uri === this.o.config.libvirt.uri)
+      return this.hv
+        ? Promise.resolve(this.hv)
+        : (this.libvirt?.get() ?? Promise.reject(new VesperError(ErrorCode.LIBVIRT_UNAVAILABLE, 'no libvirt')));
     let h = this.others.get(uri);
     if (!h) {
       h = UnraidHypervisor.connect(uri);
@@ -233,7 +270,8 @@ export class Vesperd implements ManagerApi {
     let doms: DomainInfo[] | null = null;
     let libvirtErr: unknown = null;
     try {
-      doms = await this.hv.listDomains();
+      // without libvirt (not there, or not yet), no domain is known: SSH targets only
+      doms = this.hv ? await this.hv.listDomains() : [];
     } catch (err) {
       libvirtErr = err; // SSH targets are still brought up; libvirt's VMs stay as they were
     }
@@ -277,7 +315,7 @@ export class Vesperd implements ManagerApi {
             p.name,
             this.registry.register(
               hostPluginSpec(
-                p,
+                this.inEffect(p),
                 d.name,
                 p.params.length
                   ? () => Promise.reject(new VesperError(ErrorCode.USAGE, `${p.name} parameters are set in the config file (channel: ...)`))
@@ -293,7 +331,7 @@ export class Vesperd implements ManagerApi {
     let socket: string | null = null;
     if (running && d.state !== EXTERNAL) {
       try {
-        socket = channelSocketPath(await this.hv.xml(d.name), this.o.config.libvirt.channel ?? AGENT_CHANNEL);
+        if (this.hv) socket = channelSocketPath(await this.hv.xml(d.name), this.o.config.libvirt.channel ?? AGENT_CHANNEL);
       } catch (err) {
         this.log.warn({ vm: d.name, err: (err as Error).message }, 'cannot read the domain XML');
       }
@@ -362,6 +400,27 @@ export class Vesperd implements ManagerApi {
     v.link?.stop();
     for (const h of v.handles.values()) this.registry.unregister(h);
     this.vms.delete(name);
+  }
+
+  /** A host plugin with the values the config sets shown as its defaults (`param get VM channel`). */
+  private inEffect(p: (typeof HOST_PLUGINS)[number]): (typeof HOST_PLUGINS)[number] {
+    if (p.name !== 'channel') return p;
+    const c = this.o.config.channel;
+    const now: Record<string, number> = { keepalive: c.keepalive, reconnect_min: c.reconnectMin, reconnect_max: c.reconnectMax };
+    return { ...p, params: p.params.map((x) => (now[x.name] !== undefined ? { ...x, default: String(now[x.name]) } : x)) };
+  }
+
+  /** Every plugin a filter rule may name: the probes, the host's plugins, and their events. */
+  private knownPlugins(): KnownPlugin[] {
+    const probes = probeNames().map((n) => {
+      const m = readProbeBundle(n).manifest;
+      return { name: m.name, events: m.events.map((e) => e.name) };
+    });
+    const host = [...HOST_PLUGINS, PACEMAKER_PLUGIN].map((p) => ({ name: p.name, events: p.events.map((e) => e.name) }));
+    // action results (host/actions) and the agent's own records
+    const action = { name: 'action', events: ['done', 'failed'] };
+    const agent = { name: 'agent', events: null }; // the agent's own records (probe faults...)
+    return [...probes, ...host, action, agent];
   }
 
   private registerProbe(v: VmEntry, probe: string, instances: number): void {
@@ -511,6 +570,7 @@ export class Vesperd implements ManagerApi {
           ErrorCode.PARAM_UNKNOWN,
           `${name} has no parameter ${unknown.join(', ')} (it has: ${[...known].join(', ') || 'none'})`,
         );
+      for (const [k, val] of Object.entries(mine)) checkProbeParamValue(name, k, val);
       const p: AttachedProbe = { name, instances: n, params: mine };
       // Re-attaching with other instances: the registration changes with it.
       const old = v.handles.get(name);
@@ -521,22 +581,35 @@ export class Vesperd implements ManagerApi {
       if (v.link) await v.link.attach(p); // the agent's refusal (bad parameter value...) stops here
       this.store.saveAttachment(vm, name, { instances: n, params: mine });
       this.registerProbe(v, name, n);
-      out.push({ name, instances: n, params: mine, loaded: v.link?.loadedNow().has(name) ?? false });
+      out.push({
+        name,
+        instances: n,
+        params: mine,
+        loaded: v.link?.loadedNow().has(name) ?? false,
+        pending: v.link ? '' : notPushedReason(vm, v.state, this.o.config.libvirt.channel ?? AGENT_CHANNEL),
+      });
     }
     return out;
   }
 
-  async detach(vm: string, probes: string[]): Promise<void> {
+  /** Detaching what is not attached is not an error (as `agent uninstall`): returns those names. */
+  async detach(vm: string, probes: string[]): Promise<string[]> {
     const v = this.vmOrThrow(vm);
     const have = new Set(this.store.listAttachments(vm).map((a) => a.probe));
+    const absent: string[] = [];
     for (const name of probes) {
-      if (!have.has(name)) throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `probe ${name} is not attached to ${vm}`);
+      if (!have.has(name)) {
+        readProbeBundle(name); // a name no probe has is still VSP_PROBE_NOT_FOUND
+        absent.push(name);
+        continue;
+      }
       this.store.removeAttachment(vm, name);
       if (v.link?.attached.has(name)) await v.link.detach(name);
       const h = v.handles.get(name);
       if (h !== undefined) this.registry.unregister(h);
       v.handles.delete(name);
     }
+    return absent;
   }
 
   paramGet(vm: string, plugin: string): Record<string, string> {
@@ -553,6 +626,7 @@ export class Vesperd implements ManagerApi {
 
   async paramSet(vm: string, plugin: string, instance: number | null, params: Record<string, string>): Promise<void> {
     this.vmOrThrow(vm);
+    for (const [k, val] of Object.entries(params)) checkProbeParamValue(plugin, k, val);
     for (const [k, val] of Object.entries(params)) await this.framework.setParam(vm, plugin, instance, k, val);
   }
 
@@ -570,6 +644,7 @@ export class Vesperd implements ManagerApi {
 
   filterSet(w: apipb.IFilterRule): void {
     const rule = ruleOfWire(w);
+    checkFilterKey(rule.plugin, rule.event, this.knownPlugins()); // a rule nothing could match
     // An action that could never run is refused now, not when the failure comes.
     if (rule.decision.kind === 'action') {
       let parsed;
@@ -639,10 +714,13 @@ export class Vesperd implements ManagerApi {
 
   queryEvents(q: EventQuery): VesperEvent[] {
     this.batcher.flush(); // what was received is visible
-    return this.store.query({ ...q, limit: q.limit ?? 1000, order: 'asc' });
+    return this.store.query({ ...q, limit: q.limit ?? 1000, order: q.order ?? 'asc' });
   }
 
   follow(q: EventQuery): EventFeed {
+    // Discarded events are published only while someone follows them (`events -f --all`).
+    if (q.includeDiscarded) this.queue.discardedWanted++;
+    let open = true;
     const sub = this.queue.subscribe({
       match: (e) =>
         (!q.vm || e.vm === q.vm) &&
@@ -653,7 +731,11 @@ export class Vesperd implements ManagerApi {
     return {
       pull: (max) => sub.take(max),
       onReadable: (cb) => sub.onReadable(cb),
-      close: () => sub.close(),
+      close: () => {
+        if (open && q.includeDiscarded) this.queue.discardedWanted--;
+        open = false;
+        sub.close();
+      },
     };
   }
 }

@@ -42,7 +42,7 @@ export interface FrameworkCounters {
   stored: number;
   /** events the store already had (resent): not published again */
   duplicates: number;
-  /** new events the filter discarded (stored, not published) */
+  /** new events the filter discarded (stored; published only while a follower asks for them) */
   discarded: number;
   /** new events published to the queue (notify and action) */
   notified: number;
@@ -151,6 +151,7 @@ export class NotificationFramework {
       const d = ev.disposition;
       if (d === 'discard') {
         discarded++;
+        if (queue.discardedWanted > 0) queue.publish(ev); // for `events -f --all`; not acted on
         continue;
       }
       queue.publish(ev);

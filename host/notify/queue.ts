@@ -68,6 +68,12 @@ export class EventQueue {
   private wakeScheduled = false;
   private wakeImmediate: NodeJS.Immediate | null = null;
   private readonly onCallbackError: (err: unknown) => void;
+  /**
+   * Subscribers that want the events the filter discarded (`vesper events -f --all`): while
+   * there is one, the framework publishes those too (with disposition 'discard'); otherwise
+   * they are only stored.
+   */
+  discardedWanted = 0;
   /** subscriber entries visited while delivering wake-ups: the queue's only per-subscriber work */
   wakeVisits = 0;
 

@@ -6,6 +6,7 @@
 import type { AgentRecord } from '../../proto/record.js';
 import { decodeRecord, isUndecodable, type pb } from '../../proto/codec.js';
 import type { Disposition, VesperEvent } from './event.js';
+import { capOf, capUtf8 } from './guest-strings.js';
 
 /**
  * Plain data from a decoded protobuf message. Static protobufjs classes keep field defaults
@@ -20,7 +21,8 @@ export function plainOf(msg: unknown): unknown {
   for (const k in msg) {
     const v = (msg as Record<string, unknown>)[k];
     if (typeof v === 'function') continue;
-    out[k] = plainOf(v);
+    // a guest's string, at most what its kernel meaning allows (guest-strings.ts)
+    out[k] = typeof v === 'string' ? capUtf8(v, capOf(k)) : plainOf(v);
   }
   return out;
 }

@@ -61,9 +61,12 @@ export async function openAgentLink(
         ErrorCode.AGENT_NOT_INSTALLED,
         `${conn.name}: the agent is not installed (${relayCommand(o.layout)}: ${stderr.trim() || `exit ${exit}`})`,
       );
+    // An agent that answered with something this host cannot take (bad frames, another protocol
+    // version) did answer: its problem keeps its own code.
+    const silent = e.code === ErrorCode.DISCONNECTED || e.code === ErrorCode.HANDSHAKE_TIMEOUT || e.code === ErrorCode.AGENT_NOT_ANSWERING;
     throw new VesperError(
-      ErrorCode.AGENT_NOT_ANSWERING,
-      `${conn.name}: the agent did not answer over SSH: ${e.message}${stderr.trim() ? ` (relay: ${stderr.trim()})` : ''}`,
+      silent ? ErrorCode.AGENT_NOT_ANSWERING : e.code,
+      `${conn.name}: ${silent ? 'the agent did not answer over SSH' : 'the agent link over SSH failed'}: ${e.message}${stderr.trim() ? ` (relay: ${stderr.trim()})` : ''}`,
     );
   }
   // The link is over when the channel is: AgentClient sees the stream close.

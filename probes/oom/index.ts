@@ -9,6 +9,12 @@ const KILLED =
   /Killed process (\d+) \((.*)\) total-vm:(\d+)kB, anon-rss:(\d+)kB, file-rss:(\d+)kB, shmem-rss:(\d+)kB, UID:(\d+) pgtables:(\d+)kB oom_score_adj:(-?\d+)/;
 const SUMMARY = /^oom-kill:(.*)$/;
 const INVOKED = /^(.*) invoked oom-killer:/;
+// memory.oom.group (mm/memcontrol.c): printed after the chosen victim's "Killed process" line,
+// before the kernel kills every other task of that cgroup (a mark_victim and a "Killed
+// process" line each, but no summary of their own).
+/** The group's kills are printed in one go; a later "Killed process" line is another OOM's. */
+const GROUP_KILL_NS = 1e9;
+const GROUP = /^Tasks in (.*) are going to be killed due to memory\.oom\.group set$/;
 
 interface Pending {
   oom: pb.IOomEvent;
@@ -23,6 +29,10 @@ const probe: ProbeModule = {
     const summaries = new Map<number, Record<string, string>>(); // by victim pid
     const killed = new Map<number, RegExpExecArray>();
     let lastInvoker = '';
+    let lastSummary: Record<string, string> | null = null;
+    // The group being killed by memory.oom.group, with the summary of the kill that chose it.
+    let group: { cgroup: string; summary: Record<string, string> | null; ts: number } | null = null;
+    const killedAt = new Map<number, number>(); // kernel time of each "Killed process" line
 
     const send = (pid: number): void => {
       const p = pending.get(pid);
@@ -32,6 +42,7 @@ const probe: ProbeModule = {
       const k = killed.get(pid);
       const s = summaries.get(pid);
       killed.delete(pid);
+      killedAt.delete(pid);
       summaries.delete(pid);
       const o = p.oom;
       if (k) {
@@ -49,6 +60,11 @@ const probe: ProbeModule = {
         o.constraint = s['constraint'] ?? '';
         o.memcg = s['oom_memcg'] ?? '';
         o.taskMemcg = s['task_memcg'] ?? '';
+      } else if (group && k && (killedAt.get(pid) ?? Infinity) - group.ts < GROUP_KILL_NS) {
+        // A member of an oom.group kill: its "Killed process" line followed the group's.
+        o.oomGroup = group.cgroup;
+        o.constraint = group.summary?.['constraint'] ?? '';
+        o.memcg = group.summary?.['oom_memcg'] ?? '';
       }
       ctx.emit('oom_kill', { oom: o }, p.ts);
     };
@@ -88,6 +104,13 @@ const probe: ProbeModule = {
         let m = INVOKED.exec(t);
         if (m) {
           lastInvoker = m[1]!;
+          lastSummary = null;
+          group = null;
+          return;
+        }
+        m = GROUP.exec(t);
+        if (m) {
+          group = { cgroup: m[1]!, summary: lastSummary, ts: line.ts };
           return;
         }
         m = SUMMARY.exec(t);
@@ -99,14 +122,18 @@ const probe: ProbeModule = {
           }
           const pid = Number(kv['pid']);
           if (pid) summaries.set(pid, kv);
+          lastSummary = kv;
+          group = null;
           return;
         }
         m = KILLED.exec(t);
         if (m) {
           const pid = Number(m[1]);
           killed.set(pid, m);
+          killedAt.set(pid, line.ts);
           if (pending.has(pid)) send(pid);
           if (killed.size > 64) killed.delete(killed.keys().next().value!);
+          if (killedAt.size > 64) killedAt.delete(killedAt.keys().next().value!);
         }
       });
 

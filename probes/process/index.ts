@@ -4,13 +4,59 @@ import { NOT_FATAL_BY_DEFAULT } from '../../contract/signals.js';
 import { anyOf } from '../_shared/trace-filter.js';
 
 const CLONE_THREAD = 0x10000;
+const SIGKILL = 9;
 const STATUS_WAIT_MS = 5; // an exit seen on one CPU before its cause arrives from another
+// A process whose threads were sent SIGKILL was already dying of something: its exit_group()
+// or a fatal signal, traced on another CPU and perhaps read later. Wait longer for that cause
+// than for a plain exit: it is there, and guessing would turn a normal exit into a kill.
+const KILLED_WAIT_MS = 50;
 const MAP_LIMIT = 200_000;
 
-interface Cause {
+/** What the probe saw of one process's end, with kernel times (ns) to order it across CPUs. */
+export interface Cause {
+  /** events before this time (an exec) belong to the program that ran before */
+  since?: number;
   code?: number; // from exit_group()
-  generated?: number; // last fatal-by-default signal queued for the process
-  delivered?: number; // first signal delivered with its default (fatal) action
+  codeTs?: number;
+  generated?: number; // last fatal-by-default signal queued for the process before it died
+  generatedTs?: number;
+  delivered?: number; // first signal other than SIGKILL delivered with its default (fatal) action
+  deliveredTs?: number;
+  killedTs?: number; // first SIGKILL delivered: the process was already marked to die
+}
+
+export interface ExitStatus {
+  exitCode: number;
+  signal: number;
+  codeKnown: boolean;
+}
+
+/**
+ * The process's exit status from what was seen, as the kernel decides it: whatever first
+ * marked the thread group as exiting wins (do_group_exit() takes the group's code from then
+ * on). A SIGKILL delivery is never a cause by itself: the kernel sends it to every other
+ * thread once the group is exiting, after an exit_group() (zap_other_threads) as after a
+ * fatal signal's fast path (complete_signal), and traces it as a delivery on each thread.
+ */
+export function exitStatus(c: Cause | undefined): ExitStatus {
+  const unknown = { exitCode: 0, signal: 0, codeKnown: false };
+  if (!c) return unknown;
+  const byCode = { exitCode: c.code ?? 0, signal: 0, codeKnown: true };
+  const bySignal = (signal: number): ExitStatus => ({ exitCode: 0, signal, codeKnown: true });
+  // A fatal signal dequeued by a thread (a fault, a signal without a handler that missed the
+  // fast path) ends the group unless exit_group() came first.
+  if (c.delivered !== undefined && (c.code === undefined || c.deliveredTs! <= c.codeTs!)) return bySignal(c.delivered);
+  if (c.code !== undefined) {
+    // kill -9 marks the group before a thread's exit_group() can: that thread then exits with
+    // the group's SIGKILL. Only SIGKILL is sure to have done so: another signal queued
+    // before exit_group() may have waited, blocked, for sigwait() (a daemon's clean stop).
+    if (c.generated === SIGKILL && c.killedTs !== undefined && c.generatedTs! < c.codeTs!) return bySignal(SIGKILL);
+    return byCode;
+  }
+  // Killed with no exit_group(): by the fatal signal queued last (kill(2)'s fast path shows
+  // only SIGKILL deliveries), or by a SIGKILL whose sending was not seen.
+  if (c.killedTs !== undefined) return bySignal(c.generated ?? SIGKILL);
+  return unknown;
 }
 
 const probe: ProbeModule = {
@@ -61,6 +107,9 @@ const probe: ProbeModule = {
       const filename = f['filename'] as string;
       filenames.set(pid, filename);
       bound(filenames);
+      // A new program: what the old one's threads did while exec tore them down (SIGKILL
+      // deliveries from de_thread) says nothing about how this one will end.
+      if (wantStatus) causes.set(pid, { since: ev.ts });
       // After exec the kernel names the task after the file (first 15 bytes).
       const comm = filename.slice(filename.lastIndexOf('/') + 1).slice(0, 15);
       ctx.emit('exec', { exec: { task: { pid, comm }, filename, oldPid: f['old_pid'] as number } }, ev.ts);
@@ -76,30 +125,55 @@ const probe: ProbeModule = {
 
     if (wantStatus) {
       const fatalSigs = NOT_FATAL_BY_DEFAULT.map((n) => `sig != ${n}`).join(' && ');
+      // Events of one process come from every CPU it ran on and are read per CPU: they are
+      // kept with their kernel times, and an event older than the program's exec is ignored.
+      const current = (tgid: number, ts: number): Cause | undefined => {
+        const c = causeOf(tgid);
+        return c.since !== undefined && ts < c.since ? undefined : c;
+      };
       ctx.trace('syscalls', 'sys_enter_exit_group', '', (ev) => {
-        const c = causeOf(tgidOf(ev.pid));
-        c.code ??= (ev.fields['error_code'] as number) & 0xff;
-        waiting.get(tgidOf(ev.pid))?.check();
+        const tgid = tgidOf(ev.pid);
+        const c = current(tgid, ev.ts);
+        if (!c) return;
+        if (c.codeTs === undefined || ev.ts < c.codeTs) {
+          c.code = (ev.fields['error_code'] as number) & 0xff;
+          c.codeTs = ev.ts;
+        }
+        waiting.get(tgid)?.check();
       });
       // A fatal signal sent by kill(2) takes the kernel's fast path: the target's threads
       // are sent SIGKILL at once and signal_deliver shows SIGKILL, not the signal that was
-      // sent. So remember the last fatal-by-default signal queued for each process ...
+      // sent. So remember the last fatal-by-default signal queued for each process before
+      // it began to die ...
       ctx.trace('signal', 'signal_generate', `${fatalSigs} && result == 0`, (ev) => {
-        const c = causeOf(tgidOf(ev.fields['pid'] as number));
-        if (c.delivered === undefined) c.generated = ev.fields['sig'] as number;
+        const tgid = tgidOf(ev.fields['pid'] as number);
+        const c = current(tgid, ev.ts);
+        if (!c) return;
+        const dying = Math.min(c.killedTs ?? Infinity, c.deliveredTs ?? Infinity);
+        if (ev.ts < dying && (c.generatedTs === undefined || ev.ts >= c.generatedTs)) {
+          c.generated = ev.fields['sig'] as number;
+          c.generatedTs = ev.ts;
+        }
+        waiting.get(tgid)?.check();
       });
       // ... and what was actually delivered: to a handler (it survived that one) or with
-      // the default action (it dies). The first default-action delivery is the cause; the
-      // SIGKILLs the kernel then sends the other threads are its consequence.
+      // the default action (it dies). A SIGKILL delivered with the default action is the
+      // kernel tearing down a group that is already exiting (see exitStatus).
       ctx.trace('signal', 'signal_deliver', fatalSigs, (ev) => {
         const tgid = tgidOf(ev.pid);
-        const c = causeOf(tgid);
+        const c = current(tgid, ev.ts);
+        if (!c) return;
         const sig = ev.fields['sig'] as number;
         if ((ev.fields['sa_handler'] as number) !== 0) {
-          if (c.generated === sig) c.generated = undefined;
+          if (c.generated === sig && ev.ts > c.generatedTs!) c.generated = c.generatedTs = undefined;
           return;
         }
-        c.delivered ??= sig;
+        if (sig === SIGKILL) {
+          if (c.killedTs === undefined || ev.ts < c.killedTs) c.killedTs = ev.ts;
+        } else if (c.deliveredTs === undefined || ev.ts < c.deliveredTs) {
+          c.delivered = sig;
+          c.deliveredTs = ev.ts;
+        }
         waiting.get(tgid)?.check();
       });
     }
@@ -121,41 +195,31 @@ const probe: ProbeModule = {
         }
         const c = causes.get(tgid);
         if (!isThread) causes.delete(pid);
-        let signal = 0;
-        if (c?.delivered !== undefined) signal = c.delivered === 9 ? (c.generated ?? 9) : c.delivered;
         const filename = filenames.get(pid) ?? '';
         filenames.delete(pid);
-        ctx.emit(
-          'exit',
-          {
-            exit: {
-              task: { pid, comm },
-              exitCode: signal === 0 ? (c?.code ?? 0) : 0,
-              signal,
-              codeKnown: signal !== 0 || c?.code !== undefined,
-              filename,
-              thread: isThread,
-            },
-          },
-          ev.ts,
-        );
+        ctx.emit('exit', { exit: { task: { pid, comm }, ...exitStatus(c), filename, thread: isThread } }, ev.ts);
       };
       // Records of one process can come from different CPUs out of order: an exit may be
       // read before its cause. Give the cause a moment to arrive.
       const settled = (): boolean => {
         const c = causes.get(tgid);
         if (!c) return false;
-        if (c.delivered === 9) return c.generated !== undefined;
-        return c.delivered !== undefined || c.code !== undefined;
+        if (c.code !== undefined || c.delivered !== undefined) return true;
+        return c.killedTs !== undefined && c.generated !== undefined;
       };
       if (!wantStatus || isThread || settled()) emit();
-      else
-        waiting.set(pid, {
-          timer: setTimeout(emit, STATUS_WAIT_MS),
+      else {
+        const w = {
+          timer: setTimeout(() => {
+            if (causes.get(tgid)?.killedTs === undefined) return emit();
+            w.timer = setTimeout(emit, KILLED_WAIT_MS - STATUS_WAIT_MS);
+          }, STATUS_WAIT_MS),
           check: () => {
             if (settled()) emit();
           },
-        });
+        };
+        waiting.set(pid, w);
+      }
     });
 
     if (ctx.params['fork'])

@@ -1,8 +1,31 @@
+import { readFileSync } from 'node:fs';
 import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
 import { signalNumber } from '../../contract/signals.js';
 import { allOf, anyOf } from '../_shared/trace-filter.js';
 
 const TRACE_SIGNAL_IGNORED = 1;
+
+/**
+ * Who a sending process is: its parent and its cgroup (which names its systemd unit), read
+ * from /proc while it is most likely still there. Only for signals one process sends another
+ * (kill(2), rare), never for the kernel's own: two small /proc reads.
+ */
+function senderOrigin(ctx: ProbeContext, pid: number): { senderParent?: { pid: number; comm: string }; senderCgroup?: string } {
+  const out: { senderParent?: { pid: number; comm: string }; senderCgroup?: string } = {};
+  const ppid = Number(ctx.procStatus(pid)?.['PPid']);
+  if (ppid > 0) out.senderParent = { pid: ppid, comm: ctx.comm(ppid) };
+  let text = '';
+  try {
+    text = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+  } catch {
+    return out;
+  }
+  // cgroup v2: "0::/system.slice/x.service"; v1: the name=systemd hierarchy has the unit.
+  const lines = text.split('\n');
+  const line = lines.find((l) => l.startsWith('0::')) ?? lines.find((l) => l.includes(':name=systemd:'));
+  if (line) out.senderCgroup = line.slice(line.indexOf(':', line.indexOf(':') + 1) + 1).slice(0, 4096);
+  return out;
+}
 
 const probe: ProbeModule = {
   setup(ctx: ProbeContext) {
@@ -32,6 +55,7 @@ const probe: ProbeModule = {
             target: { pid: f['pid'] as number, comm: f['comm'] as string },
             sender: { pid: ev.pid, comm: ev.pid === f['pid'] ? (f['comm'] as string) : ctx.comm(ev.pid) },
             senderIsKernel: code > 0,
+            ...(code <= 0 && ev.pid !== f['pid'] ? senderOrigin(ctx, ev.pid) : {}),
           },
         },
         ev.ts,

@@ -158,15 +158,17 @@ describe.skipIf(Boolean(why))('vesper analyze with a real guest', () => {
     for (const id of v.evidence) expect(shown.markIds).toContain(id);
   });
 
-  it('an administrator SIGTERM: admin-kill, planned, naming the sending process', async () => {
+  it('a SIGTERM from a shell: app-killed, naming the sending process and its parent, not called planned', async () => {
     await sleep(1500); // the guest's init restarts the demo service
     const [sender, target] = numbersIn(await rig.fault('term'));
     const { a, v } = await verdictFor(
-      'admin-kill of the demo service',
-      (v) => v.kind === 'admin-kill' && (v.details?.['target'] as { pid?: number })?.pid === target,
+      'app-killed of the demo service',
+      (v) => v.kind === 'app-killed' && (v.details?.['target'] as { pid?: number })?.pid === target,
     );
     expect(v).toMatchObject({ scope: 'service', confidence: 'confident', details: { sender: { pid: sender, comm: 'kill' } } });
-    expect(v.summary).toContain('planned');
+    expect((v.details?.['senderParent'] as { pid?: number } | null)?.pid).toBeGreaterThan(0);
+    expect(v.summary).toContain('child of');
+    expect(v.summary).toContain('cannot tell whether that was planned');
     expect(has(evidenceOf(a, v), 'signal', 'signal', signalTo(target!, 15))).toBe(true);
   });
 
@@ -187,6 +189,25 @@ describe.skipIf(Boolean(why))('vesper analyze with a real guest', () => {
     expect(
       a.verdicts.filter((x) => x.kind === 'app-killed' || x.kind === 'app-crash').every((x) => !x.summary.includes(`${hog} (tail)`)),
     ).toBe(true);
+  });
+
+  it('an OOM of a memory.oom.group: the verdict takes the service killed with the group, and says so', async () => {
+    await waitFor('the demo service', async () => numbersIn(await rig.fault('svc', 15_000).catch(() => ''))[0], 30_000, 500);
+    const [svc, hog] = numbersIn(await rig.fault('oom-svc'));
+    try {
+      const { a, v } = await verdictFor('the oom.group kill', (v) => {
+        const pids = ((v.details?.['victims'] as Array<{ pid: number }>) ?? []).map((x) => x.pid);
+        return v.kind === 'oom' && pids.includes(svc!) && pids.includes(hog!);
+      });
+      expect(v).toMatchObject({ scope: 'service', confidence: 'confident' });
+      expect(String(v.details?.['oomGroup'])).toContain('svc');
+      expect(v.summary).toContain('memory.oom.group');
+      const ev = evidenceOf(a, v);
+      for (const pid of [svc!, hog!]) expect(has(ev, 'signal', 'signal', signalTo(pid, 9))).toBe(true);
+      expect(a.verdicts.filter((x) => x.kind === 'app-killed').every((x) => !x.summary.includes(`${svc} (vesper-demo-svc)`))).toBe(true);
+    } finally {
+      await rig.fault('release-svc');
+    }
   });
 
   it('the agent killed inside the guest: agent-fault of one service while the guest lived', async () => {

@@ -2,6 +2,7 @@
 // OOM kill in a memory-limited cgroup, real exec/exit, real pressure; records checked at
 // the host library.
 import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
 import type { AgentClient } from '../../host/channel/agent-client.js';
@@ -77,6 +78,12 @@ describe.skipIf(Boolean(why))('host mode: real kernel events reach the host', ()
     expect(s.sender?.pid).toBe(shellPid);
     expect(s.sender?.comm).toBe('sh');
     expect(s.target?.comm).toBe('sleep');
+    // Who the sender is: its parent (this test's process) and its cgroup, as /proc says.
+    expect(s.senderParent?.pid).toBe(process.pid);
+    expect(s.senderParent?.comm).toBe(readFileSync('/proc/self/comm', 'utf8').trim());
+    const own = readFileSync('/proc/self/cgroup', 'utf8').split('\n');
+    const cg = (own.find((l) => l.startsWith('0::')) ?? own.find((l) => l.includes(':name=systemd:')) ?? '').replace(/^[^:]*:[^:]*:/, '');
+    expect(s.senderCgroup).toBe(cg);
     const exit = await waitFor(
       'exit of the killed sleep',
       find((x) => x.kind === 'exit' && x.raw.exit?.task?.pid === targetPid),

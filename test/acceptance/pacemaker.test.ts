@@ -58,14 +58,15 @@ describe.skipIf(Boolean(why))('vesper feeding a real Pacemaker', () => {
     );
     expect(done.event, JSON.stringify(done.payload)).toBe('done');
     // Pacemaker's side, as its alerts told vesperd: the failure, then the resource started again.
-    const failed = await waitFor(
+    // (On a timeout the error says what was seen: the alerts, the agent's record, Pacemaker's log.)
+    const failed = await s.waitForPacemaker(
       'Pacemaker alert: resource failed',
       () => s.eventsOf('pacemaker', from).find((e) => e.event === 'resource-failed' && e.payload?.['rsc'] === s.resource),
       60_000,
       100,
     );
     expect(failed.vm).toBe(s.rig.name);
-    const started = await waitFor(
+    const started = await s.waitForPacemaker(
       'Pacemaker alert: resource started again',
       () => s.eventsOf('pacemaker', failed.id).find((e) => e.event === 'resource-started' && e.payload?.['rsc'] === s.resource),
       240_000,

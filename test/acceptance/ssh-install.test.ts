@@ -4,7 +4,7 @@
 // the same SSH link vesperd uses, a real segfault arrives as a `signal` record, and uninstall
 // leaves nothing behind: no prefix, no run dir, no agent process.
 import { execFile, spawnSync } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -16,11 +16,13 @@ import { readProbeBundle, signModule } from '../../host/probes/package.js';
 import { openAgentLink, type AgentLayout } from '../../host/ssh/agent-link.js';
 import { SshConnection } from '../../host/ssh/connect.js';
 import { installAgent, timeFreshInstall, type InstallReport, type StatusReport, type UninstallReport } from '../../host/ssh/install.js';
+import { readableCliCopy, whyCopyNotRunnableAs } from '../helpers/cli-copy.js';
 import { alive } from '../helpers/ssh-agent.js';
 import { Sshd, whyNoSshd } from '../helpers/sshd.js';
 import { VESPER, type Run } from '../helpers/vesperd-process.js';
 import { waitFor } from '../helpers/wait.js';
 
+const NOBODY = { uid: 65534, gid: 65534 };
 const why = whyNoSshd();
 if (why) console.warn(`SKIP ssh install tests: ${why}`);
 
@@ -53,12 +55,17 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
   const clients: AgentClient[] = [];
   const conns: SshConnection[] = [];
 
-  const cli = (args: string[]): Promise<Run> =>
+  const cli = (args: string[], more: string[] = []): Promise<Run> =>
     new Promise((resolve) => {
-      execFile(process.execPath, [VESPER, 'agent', ...args, ...targetArgs], { timeout: 120_000, cwd: '/', env }, (err, stdout, stderr) => {
-        const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
-        resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-      });
+      execFile(
+        process.execPath,
+        [VESPER, 'agent', ...args, ...targetArgs, ...more],
+        { timeout: 120_000, cwd: '/', env },
+        (err, stdout, stderr) => {
+          const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+          resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+        },
+      );
     });
   const json = async <T>(args: string[]): Promise<T> => {
     const r = await cli([...args, '-o', 'json']);
@@ -114,9 +121,87 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
     if (dir) rmSync(dir, { recursive: true, force: true });
   });
 
+  it("install refuses before it has a connection and creates no key: not in vesperd's key directory, not in a user's home", async (ctx) => {
+    const keys = join(dir, 'keys'); // VESPER_KEY_DIR: vesperd's key directory, no key in it yet
+    // The host key is unknown: refused (76) before anything is created.
+    const emptyKnownHosts = join(dir, 'known_hosts.empty');
+    writeFileSync(emptyKnownHosts, '');
+    const unknown = await cli(['install'], ['--known-hosts', emptyKnownHosts]);
+    expect(unknown.code, unknown.stderr).toBe(76);
+    expect(unknown.stderr).toMatch(/VSP_SSH_HOSTKEY_UNKNOWN/);
+    expect(existsSync(keys)).toBe(false);
+
+    // A user other than root, without VESPER_KEY_DIR: the key would be vesperd's (/etc/vesper),
+    // never one made in the user's home that vesperd does not have. Whether this machine's
+    // /etc/vesper/host.pub is readable decides between a refusal (66) and getting as far as
+    // the connection (nothing listens on port 1: 69); either way the home stays empty.
+    const copy = readableCliCopy();
+    try {
+      const cannot = whyCopyNotRunnableAs(copy, NOBODY);
+      if (cannot) {
+        console.warn(`SKIP the non-root part: ${cannot}`);
+        ctx.skip();
+      }
+      const home = join(dir, 'nobody-home');
+      mkdirSync(home);
+      chownSync(home, NOBODY.uid, NOBODY.gid);
+      const asNobody = (extraEnv: NodeJS.ProcessEnv): Promise<Run> =>
+        new Promise((resolve) => {
+          const e: NodeJS.ProcessEnv = { PATH: process.env['PATH'], HOME: home, ...extraEnv };
+          execFile(
+            'setpriv',
+            [
+              `--reuid=${NOBODY.uid}`,
+              `--regid=${NOBODY.gid}`,
+              '--clear-groups',
+              process.execPath,
+              copy.vesper,
+              'agent',
+              'install',
+              '--ssh',
+              'root@127.0.0.1:1',
+              '--known-hosts',
+              join(home, 'known_hosts'),
+              '--connect-timeout',
+              '5s',
+            ],
+            { timeout: 60_000, cwd: '/', env: e },
+            (err, stdout, stderr) => {
+              const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? (err as { code: number }).code : 1) : 0;
+              resolve({ code, stdout: String(stdout), stderr: String(stderr) });
+            },
+          );
+        });
+      const r = await asNobody({});
+      const systemPubReadable =
+        spawnSync('setpriv', [`--reuid=${NOBODY.uid}`, `--regid=${NOBODY.gid}`, '--clear-groups', 'cat', '/etc/vesper/host.pub']).status ===
+        0;
+      if (systemPubReadable) {
+        expect(r.code, r.stderr).toBe(69);
+        expect(r.stderr).toMatch(/VSP_SSH_CONNECT/);
+      } else {
+        expect(r.code, r.stderr).toBe(66);
+        expect(r.stderr).toMatch(/^vesper: VSP_KEY_MISSING: .*\/etc\/vesper\/host\.pub.*nothing was installed.*VESPER_KEY_DIR/m);
+      }
+      expect(readdirSync(home)).toEqual([]);
+      // With VESPER_KEY_DIR naming a key directory whose host.pub it may read (host.key is
+      // root's, 0600), the same user gets past the key to the connection.
+      const readable = join(dir, 'readable-keys');
+      loadOrCreateHostKey(readable);
+      chmodSync(dir, 0o755);
+      const named = await asNobody({ VESPER_KEY_DIR: readable });
+      expect(named.code, named.stderr).toBe(69);
+      expect(named.stderr).toMatch(/VSP_SSH_CONNECT/);
+      expect(readdirSync(home)).toEqual([]);
+      expect(readdirSync(readable).sort()).toEqual(['host.key', 'host.pub']);
+    } finally {
+      copy.remove();
+    }
+  });
+
   it('an install cut off in the middle of the upload leaves nothing under a final name', async () => {
     const conn = await connect();
-    const key = loadOrCreateHostKey(join(dir, 'keys'));
+    const key = loadOrCreateHostKey(join(dir, 'cut-keys'));
     let cutAt = 0;
     const err = await installAgent(conn, {
       layout,
@@ -143,9 +228,11 @@ describe.skipIf(Boolean(why))('vesper agent install over a real sshd', () => {
     expect(status.code).toBe(3); // VSP_AGENT_NOT_INSTALLED
   });
 
-  it('install pushes the agent and this host key, starts it through the relay (no systemd here) and sees it answer', async () => {
+  it("install pushes the agent and vesperd's key (created once connected), starts it through the relay (no systemd here) and sees it answer", async () => {
+    expect(existsSync(join(dir, 'keys'))).toBe(false);
     const r = await cli(['install', '-o', 'json']);
     expect(r.code, r.stderr).toBe(0);
+    expect(r.stderr).toContain(`created vesperd's signing key ${join(dir, 'keys')}/host.key`);
     const rep = JSON.parse(r.stdout) as InstallReport;
     agentPid = rep.agent.pid;
     expect(rep.systemd).toBe(false); // this machine has no systemd

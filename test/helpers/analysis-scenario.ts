@@ -62,10 +62,20 @@ export class Scenario {
     return e;
   }
 
-  signal(ms: number, sig: number, target: Task, sender: Task, o: { code?: number; result?: number } = {}): VesperEvent {
+  signal(
+    ms: number,
+    sig: number,
+    target: Task,
+    sender: Task,
+    o: { code?: number; result?: number; senderParent?: Task; senderCgroup?: string } = {},
+  ): VesperEvent {
     const code = o.code ?? 0;
+    const origin = {
+      ...(o.senderParent ? { senderParent: o.senderParent } : {}),
+      ...(o.senderCgroup ? { senderCgroup: o.senderCgroup } : {}),
+    };
     return this.guest(ms, 'signal', 'signal', {
-      signal: { sig, code, errno: 0, result: o.result ?? 0, group: code <= 0, target, sender, senderIsKernel: code > 0 },
+      signal: { sig, code, errno: 0, result: o.result ?? 0, group: code <= 0, target, sender, senderIsKernel: code > 0, ...origin },
     });
   }
 
@@ -85,7 +95,7 @@ export class Scenario {
       this.guest(ms, 'heartbeat', 'beat', { heartbeat: { count: n, intervalMs, delayMs: 0.2 } });
   }
 
-  oom(ms: number, victim: Task, o: { memcg?: string; constraint?: string; anonRssKb?: number } = {}): VesperEvent {
+  oom(ms: number, victim: Task, o: { memcg?: string; constraint?: string; anonRssKb?: number; oomGroup?: string } = {}): VesperEvent {
     return this.guest(ms, 'oom', 'oom_kill', {
       oom: {
         victim,
@@ -101,6 +111,7 @@ export class Scenario {
         constraint: o.constraint ?? 'CONSTRAINT_MEMCG',
         trigger: victim,
         figuresComplete: true,
+        ...(o.oomGroup ? { oomGroup: o.oomGroup } : {}),
       },
     });
   }

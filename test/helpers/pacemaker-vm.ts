@@ -4,18 +4,17 @@
 // (pacemaker-fail, pacemaker-attr), and hears Pacemaker's alerts back through vesper's alert
 // agent. Real Corosync, Pacemaker, libvirtd, guest and vesperd; for the Pacemaker acceptance
 // test and the race benchmark.
-import { chmodSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { execFile } from 'node:child_process';
-import { PacemakerRig } from '../rigs/pacemaker/rig.js';
+import { PacemakerRig, RIG_LOG_DIR } from '../rigs/pacemaker/rig.js';
 import { virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../rigs/pacemaker/virtual-domain.js';
-import { projectRoot } from '../../host/probes/package.js';
 import { VmRig } from '../rigs/vm/rig.js';
+import { readableCliCopy, type CliCopy } from './cli-copy.js';
 import { VesperdProcess, writeVesperdConfig, type EventLine } from './vesperd-process.js';
 import { waitFor } from './wait.js';
 
 export const NODE = 'node1';
-const ALERT_AGENT = join(projectRoot(), 'host/pacemaker/alert-agent.sh');
 
 export interface PacemakerVmOptions {
   onProgress?: (line: string) => void;
@@ -29,9 +28,13 @@ export class PacemakerVm {
   vesperd!: VesperdProcess;
   readonly dir: string;
   readonly resource: string;
+  /** the alert agent's own record, one line per alert (VESPER_ALERT_LOG), for diagnose() */
+  readonly alertLog: string;
   /** every event vesperd stores, as `vesper events -f -o json` prints it, from the start */
   events: EventLine[] = [];
   private stopFollow: (() => void) | null = null;
+  /** the alert agent and its sender where hacluster can read them, wherever the checkout lies */
+  private alertCopy: CliCopy | null = null;
   private readonly say: (line: string) => void;
 
   private constructor(private readonly o: PacemakerVmOptions) {
@@ -40,6 +43,10 @@ export class PacemakerVm {
     // hacluster runs the alert agent: it must reach the alert socket below.
     chmodSync(this.dir, 0o755);
     this.resource = 'vm-guest';
+    // hacluster writes it
+    this.alertLog = join(this.dir, 'alerts.log');
+    writeFileSync(this.alertLog, '');
+    chmodSync(this.alertLog, 0o666);
   }
 
   /**
@@ -90,19 +97,23 @@ export class PacemakerVm {
     this.events = f.lines;
     this.stopFollow = f.stop;
 
+    // Pacemaker's default alert timeout (30 s): the agent's own bound, VESPER_ALERT_TIMEOUT
+    // (20 s by default), stays below it, so that on a loaded machine an alert is late, not lost.
     this.say('pacemaker: registering vesper alert agent');
+    this.alertCopy = readableCliCopy();
     await this.pcmk.check(NODE, 'cibadmin', [
       '--create',
       '--scope',
       'configuration',
       '--xml-text',
-      `<alerts><alert id="vesper" path="${ALERT_AGENT}">` +
+      `<alerts><alert id="vesper" path="${this.alertCopy.alertAgent}">` +
         '<meta_attributes id="vesper-meta">' +
         '<nvpair id="vesper-meta-ts" name="timestamp-format" value="%Y-%m-%d %H:%M:%S.%06N"/>' +
-        '<nvpair id="vesper-meta-timeout" name="timeout" value="10s"/></meta_attributes>' +
+        '<nvpair id="vesper-meta-timeout" name="timeout" value="30s"/></meta_attributes>' +
         '<instance_attributes id="vesper-attrs">' +
         `<nvpair id="vesper-attrs-socket" name="VESPER_SOCKET" value="${alertSocket}"/>` +
         `<nvpair id="vesper-attrs-node" name="VESPER_NODE" value="${process.execPath}"/>` +
+        `<nvpair id="vesper-attrs-log" name="VESPER_ALERT_LOG" value="${this.alertLog}"/>` +
         '</instance_attributes></alert></alerts>',
     ]);
 
@@ -122,11 +133,21 @@ export class PacemakerVm {
 
   /** The resource runs (its start includes the guest's boot and the demo service answering). */
   async waitRunning(timeoutMs: number): Promise<void> {
-    await waitFor(`${this.resource} running`, async () => (await this.pcmk.resourceState(this.resource)).running, timeoutMs, 250);
+    await this.waitForPacemaker(
+      `${this.resource} running`,
+      async () => (await this.pcmk.resourceState(this.resource)).running,
+      timeoutMs,
+      250,
+    );
   }
 
   async waitStopped(timeoutMs: number): Promise<void> {
-    await waitFor(`${this.resource} stopped`, async () => !(await this.pcmk.resourceState(this.resource)).running, timeoutMs, 250);
+    await this.waitForPacemaker(
+      `${this.resource} stopped`,
+      async () => !(await this.pcmk.resourceState(this.resource)).running,
+      timeoutMs,
+      250,
+    );
   }
 
   /** vesperd's link to the guest agent is up and every attached probe is loaded in it. */
@@ -150,6 +171,61 @@ export class PacemakerVm {
       // what vesperd said last, and its log: why the link or a probe did not come back
       throw new Error(`${err.message}\nlast status: ${JSON.stringify(last)}\nvesperd log:\n${this.vesperd.log.slice(-6000)}`);
     });
+  }
+
+  /**
+   * What a test waiting for Pacemaker saw, for its failure message: the alerts vesperd got, the
+   * alert agent's record of every alert it was run for (sent or not, how long it took), the
+   * alert lines and the tail of Pacemaker's log, and crm_mon's view of the resource.
+   */
+  async diagnose(): Promise<string> {
+    const tail = (text: string, n: number): string => text.trimEnd().split('\n').slice(-n).join('\n');
+    const alerts = this.events
+      .filter((e) => e.plugin === 'pacemaker')
+      .map((e) => {
+        const p = e.payload ?? {};
+        return `#${e.id} ${e.event} vm=${e.vm || '-'} seq=${String(p['nodeSequence'] ?? '-')} task=${String(p['task'] ?? '-')} rsc=${String(p['rsc'] ?? '-')} rc=${String(p['rc'] ?? '-')} status=${String(p['status'] ?? '-')}`;
+      });
+    const pcmkLog = join(RIG_LOG_DIR, NODE, 'pacemaker.log');
+    const logText = existsSync(pcmkLog) ? readFileSync(pcmkLog, 'utf8') : '';
+    const alertLines = logText.split('\n').filter((l) => /alert/i.test(l));
+    let crmMon: string;
+    try {
+      const r = await this.pcmk.run(NODE, 'crm_mon', ['-1', '-r', '-f', '-t'], { timeoutMs: 10_000 });
+      crmMon = `exit ${r.code}\n${r.stdout}${r.stderr}`;
+    } catch (err) {
+      crmMon = (err as Error).message;
+    }
+    return [
+      `pacemaker events vesperd stored (${alerts.length}):`,
+      tail(alerts.join('\n') || '(none)', 40),
+      `the alert agent's record ${this.alertLog}:`,
+      tail(
+        (existsSync(this.alertLog) ? readFileSync(this.alertLog, 'utf8') : '') || '(empty: the agent never ran, or could not write it)',
+        40,
+      ),
+      `alert lines of ${pcmkLog}:`,
+      tail(alertLines.join('\n') || (logText ? '(none)' : '(no log)'), 30),
+      `last lines of ${pcmkLog}:`,
+      tail(logText || '(no log)', 40),
+      'crm_mon -1 -r -f -t:',
+      crmMon.trimEnd(),
+      `uptime: ${readFileSync('/proc/loadavg', 'utf8').trim()}`,
+    ].join('\n');
+  }
+
+  /** waitFor(), and on a timeout the error carries diagnose()'s account of what was seen. */
+  async waitForPacemaker<T>(
+    what: string,
+    probe: () => T | undefined | false | Promise<T | undefined | false>,
+    timeoutMs: number,
+    everyMs = 100,
+  ): Promise<T> {
+    try {
+      return await waitFor(what, probe, timeoutMs, everyMs);
+    } catch (err) {
+      throw new Error(`${(err as Error).message}\n${await this.diagnose()}`, { cause: err });
+    }
   }
 
   /** Events of one plugin for the guest that vesperd stored after `afterId`. */
@@ -176,6 +252,7 @@ export class PacemakerVm {
       await this.rig.stop().catch(() => undefined);
     }
     await this.vesperd?.killAll();
+    this.alertCopy?.remove();
     rmSync(this.dir, { recursive: true, force: true });
   }
 }

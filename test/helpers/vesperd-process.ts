@@ -87,6 +87,11 @@ export interface CliUser {
   gid: number;
   /** supplementary groups (none when empty) */
   groups?: number[];
+  /**
+   * the CLI bundle to run (default VESPER): another user may not be able to read the checkout,
+   * so such tests run a copy (test/helpers/cli-copy.ts)
+   */
+  vesper?: string;
 }
 
 export class VesperdProcess {
@@ -100,11 +105,13 @@ export class VesperdProcess {
   constructor(
     readonly configPath: string,
     readonly socket: string,
+    /** VESPER_KEY_DIR for the daemon (default the checkout's .cache/keys); a host-mode agent's own keys to trust it */
+    readonly keyDir = join(projectRoot(), '.cache', 'keys'),
   ) {}
 
   /** The CLI against this daemon, as a separate process; as another user when `as` is given. */
   cli(args: string[], timeoutMs = 60_000, as?: CliUser): Promise<Run> {
-    const argv = [VESPER, '--socket', this.socket, ...args];
+    const argv = [as?.vesper ?? VESPER, '--socket', this.socket, ...args];
     const [cmd, full] = as
       ? [
           'setpriv',
@@ -142,7 +149,7 @@ export class VesperdProcess {
   async start(): Promise<void> {
     const p = spawn(process.execPath, [VESPER, 'daemon', '--config', this.configPath], {
       stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, VESPER_KEY_DIR: join(projectRoot(), '.cache', 'keys') },
+      env: { ...process.env, VESPER_KEY_DIR: this.keyDir },
     });
     p.stderr!.on('data', (c: Buffer) => (this.log = (this.log + c.toString()).slice(-65_536)));
     p.on('exit', (code, sig) => this.note(`vesperd ${p.pid} exited: ${code ?? sig}`));
@@ -150,6 +157,18 @@ export class VesperdProcess {
     this.daemon = p;
     this.spawned.push(p);
     await waitFor('vesperd answers', async () => existsSync(this.socket) && (await this.cli(['list'])).code === 0, 60_000, 200);
+  }
+
+  /** the running daemon's pid (0 when none) */
+  get pid(): number {
+    const p = this.daemon;
+    return p && p.exitCode === null && p.signalCode === null ? (p.pid ?? 0) : 0;
+  }
+
+  /** Sends a signal to the running daemon without waiting for anything. */
+  signal(sig: NodeJS.Signals): void {
+    this.note(`vesperd ${this.daemon?.pid}: ${sig}`);
+    this.daemon?.kill(sig);
   }
 
   async stop(signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {

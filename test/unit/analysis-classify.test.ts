@@ -42,31 +42,73 @@ describe('classification', () => {
     expect(v.details).toMatchObject({ signal: 'SIGSEGV', sender: 'kernel', senderIsKernel: true });
   });
 
-  it('SIGTERM from another process is an administrator or a script: planned, naming the sender', () => {
+  it('SIGTERM from another process: killed by it, naming the sender, its parent and unit; not called planned', () => {
     const s = new Scenario();
     s.heartbeats(0, 60_000);
     const kill = { pid: 901, comm: 'kill' };
+    const bash = { pid: 700, comm: 'bash' };
     s.exec(29_990, kill);
-    const sig = s.signal(30_000, 15, DEMO, kill);
+    const sig = s.signal(30_000, 15, DEMO, kill, { senderParent: bash, senderCgroup: '/user.slice/user-0.slice/session-3.scope' });
     const ex = s.exit(30_002, DEMO, { signal: 15 });
     const v = only(around(s.done(), sig));
-    expect(v).toMatchObject({ kind: 'admin-kill', scope: 'service', confidence: 'confident' });
-    expect(v.summary).toMatch(/SIGTERM by 901 \(kill\)/);
-    expect(v.summary).toContain('planned');
+    expect(v).toMatchObject({ kind: 'app-killed', scope: 'service', confidence: 'confident' });
+    expect(v.summary).toMatch(/SIGTERM by 901 \(kill\) \(child of 700 \(bash\), in unit session-3\.scope\)/);
+    expect(v.summary).not.toMatch(/planned[ ,—-]+not a failure/);
+    expect(v.summary).toContain('cannot tell whether that was planned');
     expect(v.evidence).toEqual(ids(sig, ex));
-    expect(v.details).toMatchObject({ sender: kill, senderIsKernel: false });
+    expect(v.details).toMatchObject({
+      sender: kill,
+      senderIsKernel: false,
+      senderParent: bash,
+      senderCgroup: '/user.slice/user-0.slice/session-3.scope',
+      senderUnit: 'session-3.scope',
+    });
   });
 
-  it('SIGTERM then SIGKILL to the same process is one stop', () => {
+  it('a SIGKILL from another process (a supervisor, a script, a mistake) is not planned; unknown origin is said so', () => {
     const s = new Scenario();
-    const mgr = { pid: 1, comm: 'init' };
+    const sig = s.signal(30_000, 9, DEMO, { pid: 950, comm: 'supervisord' });
+    const ex = s.exit(30_001, DEMO, { signal: 9 });
+    const v = only(around(s.done(), sig));
+    expect(v).toMatchObject({ kind: 'app-killed', confidence: 'confident' });
+    expect(v.summary).toContain('SIGKILL by 950 (supervisord) at');
+    expect(v.summary).not.toMatch(/planned[ ,—-]+not a failure/);
+    expect(v.details).toMatchObject({ senderParent: null, senderUnit: null });
+    expect(v.evidence).toEqual(ids(sig, ex));
+  });
+
+  it('SIGTERM then SIGKILL to the same process from the same sender is one stop', () => {
+    const s = new Scenario();
+    const mgr = { pid: 1, comm: 'systemd' };
     const t = s.signal(10_000, 15, DEMO, mgr);
     const k = s.signal(20_000, 9, DEMO, mgr);
     const ex = s.exit(20_001, DEMO, { signal: 9 });
     const v = only(around(s.done(), k));
-    expect(v.kind).toBe('admin-kill');
-    expect(v.summary).toContain('SIGTERM then SIGKILL');
+    expect(v.kind).toBe('app-killed');
+    expect(v.summary).toContain('SIGTERM then SIGKILL by 1 (systemd) (the service manager)');
     expect(v.evidence).toEqual(ids(t, k, ex));
+  });
+
+  it('SIGTERM from PID 1 as the guest shuts down: a planned stop, with the shutdown', () => {
+    const s = new Scenario();
+    const mgr = { pid: 1, comm: 'systemd' };
+    const t = s.signal(10_000, 15, DEMO, mgr);
+    const ex = s.exit(10_050, DEMO, { signal: 15 });
+    s.libvirt(14_000, 'shutdown', { event: 'Shutdown', reason: 'Finished' });
+    s.libvirt(14_100, 'stopped', { event: 'Stopped', reason: 'Shutdown' });
+    const a = around(s.done(), t);
+    const v = a.verdicts.find((x) => x.kind === 'planned-stop')!;
+    expect(v).toMatchObject({ kind: 'planned-stop', confidence: 'confident' });
+    expect(v.summary).toContain("as part of the guest's shutdown");
+    expect(v.evidence).toEqual(ids(t, ex));
+    expect(a.verdicts.map((x) => x.kind).sort()).toEqual(['guest-stopped', 'planned-stop']);
+  });
+
+  it('SIGTERM from another process as the guest shuts down is still not called planned', () => {
+    const s = new Scenario();
+    const t = s.signal(10_000, 15, DEMO, { pid: 901, comm: 'kill' });
+    s.libvirt(14_000, 'shutdown', { event: 'Shutdown', reason: 'Finished' });
+    expect(around(s.done(), t).verdicts.find((x) => x.evidence.includes(t.id!))!.kind).toBe('app-killed');
   });
 
   it('SIGSEGV sent by another process is not a crash of its own', () => {
@@ -103,6 +145,51 @@ describe('classification', () => {
     expect(v.summary).toContain('Memory pressure was reported 2 times');
     expect(v.details).toMatchObject({ cgroup: '/vesper-oom', constraint: 'CONSTRAINT_MEMCG', psiBefore: 2 });
     expect((v.details!['victims'] as Array<{ anonRssKb: number }>)[0]!.anonRssKb).toBe(32_000);
+  });
+
+  it('an OOM claims only what it killed: a SIGKILL exit of another process near it is its own verdict', () => {
+    const s = new Scenario();
+    const hog = { pid: 900, comm: 'tail' };
+    const other = { pid: 950, comm: 'worker' };
+    const oom = s.oom(30_000, hog);
+    const kill = s.signal(30_000.5, 9, hog, hog, { code: 128 });
+    const ex = s.exit(30_010, hog, { signal: 9 });
+    // Another process's death by SIGKILL 2 s later, no signal record: not the OOM's.
+    const otherEx = s.exit(32_000, other, { signal: 9 });
+    // And a normal exit of another process: no part of anything.
+    s.exit(31_000, { pid: 960, comm: 'node' }, { code: 0 });
+    const a = around(s.done(), oom);
+    const o = a.verdicts.find((v) => v.kind === 'oom')!;
+    expect(o.evidence).toEqual(ids(oom, kill, ex));
+    expect(o.details?.['exitsSeen']).toBe(1);
+    const k = a.verdicts.find((v) => v.evidence.includes(otherEx.id!))!;
+    expect(k).toMatchObject({ kind: 'app-killed', confidence: 'uncertain' });
+  });
+
+  it('an OOM with memory.oom.group: every member the kernel killed is the OOM’s, a kill elsewhere is not', () => {
+    const s = new Scenario();
+    const hog = { pid: 900, comm: 'tail' };
+    const mate = { pid: 901, comm: 'helper' };
+    const lost = { pid: 902, comm: 'helper2' }; // its oom record was lost; its kernel SIGKILL was not
+    const stranger = { pid: 990, comm: 'other' };
+    const oom = s.oom(30_000, hog);
+    const kill = s.signal(30_000.5, 9, hog, hog, { code: 128 });
+    const oom2 = s.oom(30_001, mate, { oomGroup: '/vesper-oom' });
+    const kill2 = s.signal(30_001.5, 9, mate, hog, { code: 128 });
+    const kill3 = s.signal(30_002, 9, lost, hog, { code: 128 });
+    const ex = s.exit(30_010, hog, { signal: 9 });
+    const ex2 = s.exit(30_011, mate, { signal: 9 });
+    const ex3 = s.exit(30_012, lost, { signal: 9 });
+    const strangerKill = s.signal(30_500, 9, stranger, { pid: 77, comm: 'pkill' });
+    const strangerEx = s.exit(30_501, stranger, { signal: 9 });
+    const a = around(s.done(), oom);
+    const o = a.verdicts.find((v) => v.kind === 'oom')!;
+    expect(o.evidence).toEqual(ids(oom, kill, oom2, kill2, kill3, ex, ex2, ex3));
+    expect(o.details).toMatchObject({ oomGroup: '/vesper-oom' });
+    expect(o.summary).toContain('memory.oom.group');
+    const k = a.verdicts.find((v) => v.evidence.includes(strangerKill.id!))!;
+    expect(k.kind).toBe('app-killed');
+    expect(k.evidence).toEqual(ids(strangerKill, strangerEx));
   });
 
   it('OOM without a cgroup limit takes the whole guest', () => {
@@ -295,6 +382,6 @@ describe('classification', () => {
     s.signal(10_000, 11, DEMO, DEMO, { code: 1 });
     const term = s.signal(40_000, 15, { pid: 830, comm: 'vesper-demo-svc' }, { pid: 901, comm: 'kill' });
     const a = around(s.done(), term);
-    expect(a.verdicts.map((v) => v.kind)).toEqual(['admin-kill', 'app-crash']);
+    expect(a.verdicts.map((v) => v.kind)).toEqual(['app-killed', 'app-crash']);
   });
 });

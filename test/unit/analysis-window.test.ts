@@ -37,7 +37,7 @@ describe('window selection', () => {
     const a = analyzeFromStore(memorySource(events), { vm: 'web1', last: true });
     expect(a.anchor).toEqual({ mode: 'last', atUs: term.hostTimeUs, eventId: term.id });
     expect(a.window).toEqual({ fromUs: term.hostTimeUs - 120 * S, toUs: term.hostTimeUs + 30 * S });
-    expect(a.verdicts[0]).toMatchObject({ kind: 'admin-kill', scope: 'service' });
+    expect(a.verdicts[0]).toMatchObject({ kind: 'app-killed', scope: 'service' });
     expect(a.verdicts[0]!.evidence).toContain(term.id);
     // Only the window was read: the old segfault is not in it.
     expect(a.verdicts.map((v) => v.kind)).not.toContain('app-crash');
@@ -113,7 +113,7 @@ describe('over the real store', () => {
     expect(findLastFailure(store, 'web1')?.id).toBe(termId);
     const a = analyzeFromStore(store, { vm: 'web1', last: true });
     expect(a.anchor.eventId).toBe(termId);
-    expect(a.verdicts[0]).toMatchObject({ kind: 'admin-kill', scope: 'service', confidence: 'confident' });
+    expect(a.verdicts[0]).toMatchObject({ kind: 'app-killed', scope: 'service', confidence: 'confident' });
     expect(a.verdicts[0]!.summary).toContain('901 (kill)');
     // Payloads decoded from the stored records.
     const e = a.timeline.find((x) => x.id === termId)!;

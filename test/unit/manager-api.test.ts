@@ -69,7 +69,10 @@ class ArrayManager implements ManagerApi {
     return 0;
   }
   queryEvents(q: EventQuery): VesperEvent[] {
-    return this.stored.filter((e) => (!q.vm || e.vm === q.vm) && (e.id ?? 0) > (q.afterId ?? 0)).slice(0, q.limit ?? 1000);
+    const r = this.stored.filter(
+      (e) => (!q.vm || e.vm === q.vm) && (e.id ?? 0) > (q.afterId ?? 0) && (e.id ?? 0) < (q.beforeId ?? Infinity),
+    );
+    return (q.order === 'desc' ? r.reverse() : r).slice(0, q.limit ?? 1000);
   }
   follow(q: EventQuery) {
     const sub = this.queue.subscribe({ match: (e) => !q.vm || e.vm === q.vm });
@@ -185,6 +188,32 @@ describe('the manager API over a unix socket', () => {
       m.publish(ev(5));
       await waitFor('new events', () => got.length >= 5, 5000);
       expect(got).toEqual([1, 2, 3, 4, 5]);
+    } finally {
+      c.close();
+    }
+  });
+
+  it('past events: the newest 100 by default (saying older ones exist), a cursor pages everything after it', async () => {
+    for (let i = 1; i <= 2500; i++) m.publish(ev(i));
+    const c = await ApiClient.connect(socket);
+    const read = (events: apipb.IEvents): Promise<{ ids: number[]; truncated: boolean }> =>
+      new Promise((resolve) => {
+        const ids: number[] = [];
+        let truncated = false;
+        c.stream({ events }, (r) => {
+          for (const e of r.events?.events ?? []) ids.push(Number(e.id));
+          truncated ||= Boolean(r.events?.truncated);
+          if (r.done) resolve({ ids, truncated });
+        });
+      });
+    const range = (a: number, b: number): number[] => Array.from({ length: b - a + 1 }, (_, k) => a + k);
+    try {
+      expect(await read({})).toEqual({ ids: range(2401, 2500), truncated: true });
+      expect(await read({ limit: 3 })).toEqual({ ids: [2498, 2499, 2500], truncated: true });
+      expect(await read({ limit: 2600 })).toEqual({ ids: range(1, 2500), truncated: false });
+      expect(await read({ afterId: 10 })).toEqual({ ids: range(11, 2500), truncated: false });
+      expect(await read({ afterId: 10, limit: 5 })).toEqual({ ids: range(11, 15), truncated: true });
+      expect(await read({ afterId: 2495, limit: 5 })).toEqual({ ids: range(2496, 2500), truncated: false });
     } finally {
       c.close();
     }

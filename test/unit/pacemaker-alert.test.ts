@@ -261,7 +261,7 @@ describe('alert-agent.sh', () => {
     const cli = fakeCli(join(dir, 'vesper'));
     const r = await run(AGENT, { ...alert, VESPER_CLI: cli });
     expect(r).toEqual({ code: 0, stdout: '', stderr: '' });
-    expect(readFileSync(join(dir, 'argv'), 'utf8')).toBe('alert-pacemaker --timeout 5s\n');
+    expect(readFileSync(join(dir, 'argv'), 'utf8')).toBe('alert-pacemaker --timeout 20s\n');
     expect(readFileSync(join(dir, 'env'), 'utf8')).toBe(
       'CRM_alert_kind=resource\nCRM_alert_node=node1\nCRM_alert_rsc=vm-web1\nCRM_alert_task=start\n',
     );
@@ -280,15 +280,42 @@ describe('alert-agent.sh', () => {
     const r = await run(join(dir, 'usr-lib-vesper/alert-agent.sh'), { ...alert, VESPER_NODE: node });
     expect(r.code).toBe(0);
     expect(readFileSync(join(dir, 'argv'), 'utf8')).toBe(
-      `${dir}/repo/host/pacemaker/../../dist/host/vesper.mjs alert-pacemaker --timeout 5s\n`,
+      `${dir}/repo/host/pacemaker/../../dist/host/vesper.mjs alert-pacemaker --timeout 20s\n`,
     );
+  });
+
+  it("prefers the checkout's dist/host/vesper-alert.mjs, the sender alone, which takes no verb", async () => {
+    mkdirSync(join(dir, 'repo/host/pacemaker'), { recursive: true });
+    mkdirSync(join(dir, 'repo/dist/host'), { recursive: true });
+    copyFileSync(AGENT, join(dir, 'repo/host/pacemaker/alert-agent.sh'));
+    writeFileSync(join(dir, 'repo/dist/host/vesper.mjs'), '');
+    writeFileSync(join(dir, 'repo/dist/host/vesper-alert.mjs'), '');
+    const node = fakeCli(join(dir, 'node'));
+    const r = await run(join(dir, 'repo/host/pacemaker/alert-agent.sh'), { ...alert, VESPER_NODE: node });
+    expect(r.code).toBe(0);
+    expect(readFileSync(join(dir, 'argv'), 'utf8')).toBe(`${dir}/repo/host/pacemaker/../../dist/host/vesper-alert.mjs --timeout 20s\n`);
+  });
+
+  it('VESPER_ALERT_LOG gets one line per alert: which, how long, sent or not and why', async () => {
+    for (const tool of ['date', 'awk']) symlinkSync(existsSync(`/usr/bin/${tool}`) ? `/usr/bin/${tool}` : `/bin/${tool}`, join(bin, tool));
+    const log = join(dir, 'alerts.log');
+    const ok = fakeCli(join(dir, 'vesper'));
+    expect((await run(AGENT, { ...alert, CRM_alert_node_sequence: '7', VESPER_CLI: ok, VESPER_ALERT_LOG: log })).code).toBe(0);
+    const bad = fakeCli(join(dir, 'vesper-bad'), "echo 'vesper: VSP_DAEMON_UNREACHABLE: vesperd is not running' >&2\nexit 69");
+    expect((await run(AGENT, { ...alert, CRM_alert_node_sequence: '8', VESPER_CLI: bad, VESPER_ALERT_LOG: log })).code).toBe(69);
+    const lines = readFileSync(log, 'utf8').trim().split('\n');
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toMatch(
+      /^\d{4}-\d\d-\d\dT\S+ seq=7 kind=resource task=start rsc=vm-web1 node=node1 rc=- status=- took=\d+\.\d\ds: sent: pacemaker resource-started for web1$/,
+    );
+    expect(lines[1]).toMatch(/ seq=8 .* took=\d+\.\d\ds: not sent \(exit 69\): vesper: VSP_DAEMON_UNREACHABLE: vesperd is not running$/);
   });
 
   it('falls back to vesper in PATH; without any, logs to syslog and stderr and fails', async () => {
     const agent = installed();
     fakeCli(join(bin, 'vesper'));
     expect((await run(agent, alert)).code).toBe(0);
-    expect(readFileSync(join(dir, 'argv'), 'utf8')).toBe('alert-pacemaker --timeout 5s\n');
+    expect(readFileSync(join(dir, 'argv'), 'utf8')).toBe('alert-pacemaker --timeout 20s\n');
     rmSync(join(bin, 'vesper'));
     const r = await run(agent, alert);
     expect(r.code).toBe(1);

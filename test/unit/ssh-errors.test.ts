@@ -351,6 +351,34 @@ describe('vesper agent (the built CLI): stable codes and exit statuses', () => {
     expect(new KnownHosts(kh).check('127.0.0.1', s.port, s.hostKey.blob).status).toBe('known');
   });
 
+  it('install creates no key before the connection succeeds: an unknown host key (76), refused credentials (77), nothing listening (69)', async () => {
+    const s = await server();
+    const keys = join(dir, 'install-keys'); // vesperd's key directory, with no key yet
+    const base = [
+      'install',
+      '--ssh',
+      `root@127.0.0.1:${s.port}`,
+      '--prefix',
+      join(dir, 'cli-t4', 'opt'),
+      '--run-dir',
+      join(dir, 'cli-t4', 'run'),
+    ];
+    const unknown = await cli([...base, '--key', clientKeyFile, '--known-hosts', knownHosts('')], { VESPER_KEY_DIR: keys });
+    expect(unknown.code, unknown.stderr).toBe(76);
+    expect(unknown.stderr).toMatch(/VSP_SSH_HOSTKEY_UNKNOWN/);
+    const refused = await cli([...base, '--known-hosts', knownHosts(s.knownHostsLine())], {
+      VESPER_KEY_DIR: keys,
+      VESPER_SSH_PASSWORD: 'wrong',
+    });
+    expect(refused.code, refused.stderr).toBe(77);
+    const nobodyThere = await cli(['install', '--ssh', 'root@127.0.0.1:1', '--key', clientKeyFile, '--known-hosts', knownHosts('')], {
+      VESPER_KEY_DIR: keys,
+    });
+    expect(nobodyThere.code, nobodyThere.stderr).toBe(69);
+    expect(nobodyThere.stderr).toMatch(/VSP_SSH_CONNECT/);
+    expect(existsSync(keys)).toBe(false);
+  }, 60_000);
+
   it('a VM name is looked up in the config ssh.targets (its password from the variable it names); unknown VMs and bad usage have their codes', async () => {
     const s = await server({ password: 'from the config env' });
     const cfg = join(dir, 'vesper.yaml');
