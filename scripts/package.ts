@@ -35,8 +35,8 @@ const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const DIST = join(ROOT, 'dist');
 const OUT = join(DIST, 'pkg');
 const NODE_RANGE = '>=20.19 <21 || >=22';
-/** The two native addons: loaded at run time from node_modules, everything else is bundled. */
-const NATIVE = ['better-sqlite3', '@unraid/libvirt'];
+/** The native addons: loaded at run time from node_modules, everything else is bundled. */
+const NATIVE = ['better-sqlite3', '@unraid/libvirt', 'fs-native-extensions'];
 /** Dependencies of the addons that only building them needs. */
 const BUILD_ONLY = new Set(['@mapbox/node-pre-gyp', 'node-addon-api', 'tsx', 'prebuild-install', 'node-gyp']);
 const MAINTAINER = 'vesper developers <vesper@localhost>';
@@ -95,6 +95,8 @@ function copyRuntimePkg(src: string, dest: string): void {
       const parts = rel.split('/');
       if (parts[0] === 'node_modules') return false; // nested deps are copied on their own
       if (['deps', 'src', 'test', 'tests', 'docs', 'binding.gyp'].includes(parts[0]!)) return false;
+      // prebuilt addons: this platform's only
+      if (parts[0] === 'prebuilds') return parts.length === 1 || parts[1] === 'linux-x64';
       if (parts[0] === 'build') {
         // build/ and build/Release/ themselves, then only the addon itself
         if (parts.length === 1 || (parts.length === 2 && parts[1] === 'Release')) return true;
@@ -286,7 +288,8 @@ function selfTest(lib: string): void {
   const node = join(lib, 'node');
   const v = sh(node, [join(lib, 'host', 'vesper.mjs'), '--version']).trim();
   if (v !== VESPER_VERSION) throw new Error(`the staged vesper --version printed ${JSON.stringify(v)}`);
-  sh(node, ['--input-type=module', '-e', "await import('better-sqlite3'); await import('@unraid/libvirt');"], { cwd: join(lib, 'host') });
+  const imports = NATIVE.map((n) => `await import('${n}');`).join(' ');
+  sh(node, ['--input-type=module', '-e', imports], { cwd: join(lib, 'host') });
 }
 
 function agentPackage(version: string): string {
