@@ -3,7 +3,7 @@
 // host's `vesper` command (CLI and daemon), whose npm dependencies stay in node_modules (two
 // of them are native addons).
 import { build } from 'esbuild';
-import { copyFileSync, readdirSync, existsSync, mkdirSync } from 'node:fs';
+import { copyFileSync, readdirSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -13,9 +13,29 @@ mkdirSync(out, { recursive: true });
 
 const common = { bundle: true, platform: 'node', target: 'node20', format: 'esm', logLevel: 'warning', legalComments: 'none' };
 
+// The agent's worker threads (guest-agent/worker/*.ts) are entries of their own, built first
+// as CommonJS (what new Worker(text, { eval: true }) runs); their text goes into the agent
+// bundle (guest-agent/worker/code.ts), which stays one file to copy into a guest.
+const workerEntries = ['probe-host', 'main-watch'];
+const workerCode = {};
+for (const name of workerEntries) {
+  const r = await build({
+    ...common,
+    format: 'cjs',
+    entryPoints: [join(root, 'guest-agent/worker', `${name}.ts`)],
+    outfile: join(out, 'guest-agent/workers', `${name}.cjs`),
+    write: false,
+  });
+  const file = r.outputFiles[0];
+  mkdirSync(dirname(file.path), { recursive: true });
+  writeFileSync(file.path, file.text);
+  workerCode[name] = file.text;
+}
+
 await build({
   ...common,
   entryPoints: [join(root, 'guest-agent/main.ts')],
+  define: { __VESPER_WORKER_CODE__: JSON.stringify(workerCode) },
   outfile: join(out, 'guest-agent/vesper-agent.mjs'),
   // CommonJS dependencies (pino) call require() for Node built-ins.
   banner: {

@@ -38,6 +38,10 @@ export class Session {
   private pumpScheduled = false;
   private readonly timers: NodeJS.Timeout[] = [];
   private errorBudget = ERROR_REPORTS_PER_S;
+  /** when the error budget was last refilled (performance.now()) */
+  private budgetAt = 0;
+  /** armed only while a frame is partly read: an idle link costs no timer */
+  private stallTimer: NodeJS.Timeout | null = null;
   private maxBatchBytes: number;
   framesIn = 0;
   protocolErrors = 0;
@@ -54,7 +58,10 @@ export class Session {
       onFrame: (p) => this.onFrame(p),
       onError: (e) => this.complain(e),
     });
-    stream.on('data', (c: Buffer) => this.decoder.push(c));
+    stream.on('data', (c: Buffer) => {
+      this.decoder.push(c);
+      if (this.decoder.pendingBytes > 0 && !this.stallTimer) this.watchPartial();
+    });
     stream.on('drain', () => {
       this.writable = true;
       this.schedulePump();
@@ -69,10 +76,6 @@ export class Session {
           this.close('handshake timeout');
         }
       }, HANDSHAKE_TIMEOUT_MS),
-      setInterval(() => {
-        this.errorBudget = ERROR_REPORTS_PER_S;
-        if (this.decoder.pendingForMs() > STALL_LIMIT_MS) this.decoder.discardPartial('stalled');
-      }, STALL_CHECK_MS),
     );
     for (const t of this.timers) t.unref();
     this.send({ hello: d.hello() });
@@ -97,10 +100,23 @@ export class Session {
     }
   }
 
+  /** A frame is partly read: drop it if the rest does not come within STALL_LIMIT_MS. */
+  private watchPartial(): void {
+    this.stallTimer = setTimeout(() => {
+      this.stallTimer = null;
+      if (this.closed) return;
+      if (this.decoder.pendingForMs() > STALL_LIMIT_MS) this.decoder.discardPartial('stalled');
+      else if (this.decoder.pendingBytes > 0) this.watchPartial();
+    }, STALL_CHECK_MS);
+    this.stallTimer.unref();
+  }
+
   close(why: string): void {
     if (this.closed) return;
     this.closed = true;
     for (const t of this.timers) clearTimeout(t);
+    if (this.stallTimer) clearTimeout(this.stallTimer);
+    this.stallTimer = null;
     this.decoder.discardPartial('ended');
     this.d.log.info({ link: this.describe, why }, 'link closed');
     this.stream.destroy();
@@ -115,6 +131,11 @@ export class Session {
   /** Tells the peer (rate-limited) and the log what was wrong with its bytes. */
   private complain(e: VesperError): void {
     this.protocolErrors++;
+    const now = performance.now();
+    if (now - this.budgetAt >= 1000) {
+      this.errorBudget = ERROR_REPORTS_PER_S;
+      this.budgetAt = now;
+    }
     if (this.errorBudget-- <= 0) return;
     this.d.log.warn({ link: this.describe, code: e.code, err: e.message }, 'bad input from host');
     this.send({ error: e.toWire() });

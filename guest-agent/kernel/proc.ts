@@ -40,16 +40,7 @@ export class ProcCache {
     }
   }
 
-  /** Tells the cache a task's name changed (exec) or that it is gone (exit). */
-  set(pid: number, comm: string): void {
-    if (this.comms.size >= COMM_CACHE_MAX) this.comms.clear();
-    this.comms.set(pid, { comm, at: Date.now() });
-  }
-
-  forget(pid: number): void {
-    this.comms.delete(pid);
-  }
-
+  /** Fields of /proc/<pid>/status (Tgid, VmRSS, ...); undefined when it is gone. */
   status(pid: number): Record<string, string> | undefined {
     let text: string;
     try {

@@ -7,19 +7,23 @@
 // wrote without telling the host (told unset) is told by the next agent as a ProbeFault
 // record.
 //
-// MainThreadWatchdog: probe code no longer runs on the main thread, but the agent's own code
+// MainThreadWatchdog: probe code does not run on the main thread, but the agent's own code
 // does (the channel, the ring, the tracefs readers' callbacks). If that thread is stuck, no
-// probe is to blame and nothing else would notice: a worker thread watches a counter the main
-// thread bumps every TICK_MS, and when it has not moved for stallMs of the worker's own
-// checks, it logs why and kills the agent, so whatever supervises it (systemd, the guest's
-// init, the SSH relay) starts a new one; the run-state file reports what was lost. The stall
-// is counted in the worker's checks, not by the wall clock: when the whole guest is paused
-// (a starved vCPU) the worker is paused too and does not take the pause for a hang.
+// probe is to blame and nothing else would notice: a worker thread (../worker/main-watch.ts)
+// watches a counter the main thread bumps once per check period, and when it has not moved
+// for stallMs of the worker's own checks, it logs why and kills the agent, so whatever
+// supervises it (systemd, the guest's init, the SSH relay) starts a new one; the run-state
+// file reports what was lost. The stall is counted in the worker's checks, not by the wall
+// clock: when the whole guest is paused (a starved vCPU) the worker is paused too and does
+// not take the pause for a hang. One check period is a quarter of the stall (at most 2.5 s):
+// an idle agent pays one wake-up of each thread per period, nothing more.
 import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
+import type { MainWatchData } from '../worker/main-watch.js';
+import { workerCode } from '../worker/code.js';
 
-const TICK_MS = 100;
-const CHECK_MS = 250;
+/** the longest check period */
+const MAX_CHECK_MS = 2500;
 
 export interface QuarantineEntry {
   /** the module's digest, hex */
@@ -33,40 +37,31 @@ export interface QuarantineEntry {
   told?: boolean;
 }
 
-const WORKER = `
-const { workerData } = require('node:worker_threads');
-const s = new Int32Array(workerData.shared);
-let last = -1;
-let still = 0;
-setInterval(() => {
-  const tick = Atomics.load(s, 0);
-  if (tick !== last) {
-    last = tick;
-    still = 0;
-    return;
-  }
-  still++;
-  if (still * workerData.checkMs < workerData.stallMs) return;
-  // fd 2 directly: a worker's process.stderr goes through the main thread, which is stuck.
-  require('node:fs').writeSync(2, JSON.stringify({ level: 60, time: Date.now(), name: 'vesper-agent', stalledMs: still * workerData.checkMs, msg: 'the agent main thread is stuck; killing the agent so that it restarts' }) + '\\n');
-  process.kill(process.pid, 'SIGKILL');
-}, workerData.checkMs);
-`;
-
 export class MainThreadWatchdog {
-  private readonly shared = new Int32Array(new SharedArrayBuffer(4));
+  // [0]: bumped by the main thread; [1]: 1 asks the worker to end
+  private readonly shared = new Int32Array(new SharedArrayBuffer(8));
   private readonly worker: Worker;
   private readonly timer: NodeJS.Timeout;
 
   constructor(readonly stallMs = 10_000) {
-    this.worker = new Worker(WORKER, { eval: true, workerData: { shared: this.shared.buffer, stallMs, checkMs: CHECK_MS } });
+    const checkMs = Math.max(50, Math.min(MAX_CHECK_MS, Math.floor(stallMs / 4)));
+    const workerData: MainWatchData = { shared: this.shared.buffer, stallMs, checkMs };
+    this.worker = new Worker(workerCode('main-watch'), {
+      eval: true,
+      name: 'main-thread watchdog',
+      workerData,
+      resourceLimits: { maxOldGenerationSizeMb: 8, maxYoungGenerationSizeMb: 1, stackSizeMb: 1 },
+    });
     this.worker.unref();
-    this.timer = setInterval(() => Atomics.add(this.shared, 0, 1), TICK_MS);
+    // Once per check period: the stall needs four checks in a row without a bump.
+    this.timer = setInterval(() => Atomics.add(this.shared, 0, 1), checkMs);
     this.timer.unref();
   }
 
   stop(): Promise<number> {
     clearInterval(this.timer);
+    Atomics.store(this.shared, 1, 1);
+    Atomics.notify(this.shared, 1);
     return this.worker.terminate();
   }
 }

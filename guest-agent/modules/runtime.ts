@@ -29,10 +29,17 @@ import { appendQuarantine, type QuarantineEntry } from './loop-watchdog.js';
 import { parseManifest } from '../../contract/manifest.js';
 import { ProbeWorker, type WorkerOut } from './probe-worker.js';
 import { resolveParams } from '../../contract/params.js';
+import { ProbeInstance, type Load, type Release } from './probe-instance.js';
 import type { TrustedKeys } from './verify.js';
 
-/** How often the main thread looks at the probe workers' liveness counters. */
-const CHECK_MS = 250;
+/**
+ * How often the main thread looks at the probe workers' liveness: six looks per stall, at
+ * most two a second (an idle agent pays one wake-up of its main thread per look; a loop is
+ * reported at most one look after the stall, 3.5 s at the default 3 s).
+ */
+function checkMsFor(stallMs: number): number {
+  return Math.max(50, Math.min(500, Math.floor(stallMs / 6)));
+}
 
 export interface RuntimeServices {
   agentVersion: string;
@@ -60,56 +67,6 @@ export interface RuntimeServices {
   maxBacklog?: number;
   /** a new thread (a probe's worker) runs: give it the agent's priority */
   onThread?: () => void;
-}
-
-type Release = () => void | Promise<void>;
-
-/** One load: its module, running in its own worker, and the instances it started. */
-interface Load {
-  readonly manifest: ProbeManifest;
-  readonly digest: Buffer;
-  readonly worker: ProbeWorker;
-  /** instances starting or loaded */
-  readonly insts: Map<number, ProbeInstance>;
-  /** every handle this load ever had: what its worker may emit for */
-  readonly handles: Set<number>;
-  readonly byEventId: Map<number, string>;
-}
-
-class ProbeInstance {
-  readonly resources: { what: string; release: Release }[] = [];
-  trace: TraceInstance | null = null;
-  /** trace event format id -> the worker's handler id */
-  readonly traceHandlers = new Map<number, number>();
-  faulted = false;
-  stopped = false;
-  kprobes = 0;
-  /** events dropped because the worker fell behind, not yet told */
-  dropped = 0;
-  droppedFirst = 0;
-
-  constructor(
-    readonly handle: number,
-    readonly manifest: ProbeManifest,
-    readonly instance: number,
-    readonly paramsText: Record<string, string>,
-    readonly load: Load,
-    readonly digest: Buffer,
-    readonly code: Uint8Array,
-    readonly manifestBytes: Uint8Array,
-  ) {}
-
-  describe(): pb.ILoadedProbe {
-    return {
-      handle: this.handle,
-      name: this.manifest.name,
-      version: this.manifest.version,
-      instance: this.instance,
-      params: Object.entries(this.paramsText).map(([name, value]) => ({ name, value })),
-      digest: this.digest,
-      events: this.manifest.events.map((e) => ({ id: e.id, name: e.name })),
-    };
-  }
 }
 
 export class ProbeRuntime {
@@ -292,7 +249,7 @@ export class ProbeRuntime {
     if (this.s.onThread) worker.worker.once('online', this.s.onThread);
     this.loads.add(load);
     if (!this.watchdog) {
-      this.watchdog = setInterval(() => this.checkWorkers(), CHECK_MS);
+      this.watchdog = setInterval(() => this.checkWorkers(), checkMsFor(this.s.loopStallMs ?? 3000));
       this.watchdog.unref();
     }
     return load;
@@ -387,7 +344,7 @@ export class ProbeRuntime {
   private checkWorkers(): void {
     const stallMs = this.s.loopStallMs ?? 3000;
     for (const load of this.loads) {
-      if (!load.worker.stalled(CHECK_MS, stallMs)) continue;
+      if (!load.worker.stalled(checkMsFor(stallMs), stallMs)) continue;
       const q: QuarantineEntry = {
         digest: load.digest.toString('hex'),
         probe: load.manifest.name,

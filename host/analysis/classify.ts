@@ -691,7 +691,7 @@ function channelLeftovers(w: Window, runs: RunInfo[], out: Draft[]): void {
         l.timeUs,
         `The link to the agent broke at ${clock(l.timeUs)} (${str(l.ev.payload['why']) || 'no reason given'}) and came back ${secs(back.timeUs - l.timeUs)} later` +
           (samePid
-            ? ` to the same agent (pid ${prev!.pid})${lived ? ', which kept recording meanwhile: the channel failed, not the guest' : ': the agent lived; the guest may have stalled or the channel failed'}.`
+            ? ` to the same agent (pid ${prev.pid})${lived ? ', which kept recording meanwhile: the channel failed, not the guest' : ': the agent lived; the guest may have stalled or the channel failed'}.`
             : '.'),
         { why: str(l.ev.payload['why']) || null },
       );

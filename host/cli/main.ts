@@ -21,7 +21,7 @@ import { printEvents, printFilters, printParams, printProbes, printStatus, print
 const outputOption = (): Option => new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table');
 
 function socketOf(cmd: Command): string {
-  return (cmd.optsWithGlobals() as { socket?: string }).socket ?? process.env['VESPER_SOCKET'] ?? DEFAULT_SOCKET;
+  return cmd.optsWithGlobals<{ socket?: string }>().socket ?? process.env['VESPER_SOCKET'] ?? DEFAULT_SOCKET;
 }
 
 async function withClient<T>(cmd: Command, fn: (c: ApiClient) => Promise<T>): Promise<T> {
@@ -366,7 +366,7 @@ export function buildProgram(): Command {
         process.stdout.write(`${JSON.stringify({ plugin: 'pacemaker', vm: '', event, payload })}\n`);
         return;
       }
-      const socket = (cmd.optsWithGlobals() as { socket?: string }).socket ?? process.env['VESPER_SOCKET'] ?? DEFAULT_ALERT_SOCKET;
+      const socket = cmd.optsWithGlobals<{ socket?: string }>().socket ?? process.env['VESPER_SOCKET'] ?? DEFAULT_ALERT_SOCKET;
       process.stdout.write(`${await sendAlert({ env: process.env, socket, timeoutMs: ms })}\n`);
     });
 

@@ -278,6 +278,7 @@ export function summaryOf(j: Record<string, unknown>): string {
     for (const [k, v] of Object.entries(o)) {
       if (k === 'monoNs' || v === null || v === '' || parts.length >= 12) continue;
       if (typeof v === 'object' && !Array.isArray(v) && depth < 2) walk(v as Record<string, unknown>, `${prefix}${k}.`, depth + 1);
+      // eslint-disable-next-line @typescript-eslint/no-base-to-string -- v is not an object here
       else if (typeof v !== 'object') parts.push(`${prefix}${k}=${String(v)}`);
     }
   };

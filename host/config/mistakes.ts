@@ -20,7 +20,7 @@ export function positionOf(
   atKey = false,
 ): { line: number; col: number } {
   let node: unknown = doc.contents;
-  let pos = (doc.contents as Node | null)?.range?.[0] ?? 0;
+  let pos = doc.contents?.range?.[0] ?? 0;
   for (let i = 0; i < path.length; i++) {
     const seg = path[i]!;
     if (isAlias(node)) break; // the alias's own position is the best we can do
@@ -126,6 +126,7 @@ export function shown(v: unknown): string {
   if (typeof v === 'string') s = JSON.stringify(v);
   else if (Array.isArray(v)) s = 'a list';
   else if (typeof v === 'object') s = 'a mapping';
+  // eslint-disable-next-line @typescript-eslint/no-base-to-string -- v is not an object here
   else s = String(v);
   return s.length > 60 ? `${s.slice(0, 57)}...` : s;
 }

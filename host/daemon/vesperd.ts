@@ -174,7 +174,7 @@ export class Vesperd implements ManagerApi {
     const c = this.o.config;
     // Filters: the config's first, then what was set at run time (stored) on top. A stored
     // rule keeps the whole FilterRule as its decision column (see filterSet).
-    for (const f of c.filters) this.filters.set(f as FilterRule);
+    for (const f of c.filters) this.filters.set(f);
     for (const f of this.store.listFilters()) this.filters.set(f.decision as FilterRule);
     if (this.o.hypervisor) await this.libvirtUp(this.o.hypervisor);
     else {
@@ -268,12 +268,12 @@ export class Vesperd implements ManagerApi {
   private async doRescan(): Promise<void> {
     if (this.stopped) return;
     let doms: DomainInfo[] | null = null;
-    let libvirtErr: unknown = null;
+    let libvirtErr: Error | null = null;
     try {
       // without libvirt (not there, or not yet), no domain is known: SSH targets only
       doms = this.hv ? await this.hv.listDomains() : [];
     } catch (err) {
-      libvirtErr = err; // SSH targets are still brought up; libvirt's VMs stay as they were
+      libvirtErr = err as Error; // SSH targets are still brought up; libvirt's VMs stay as they were
     }
     const seen = new Set<string>();
     for (const d of doms ?? []) {

@@ -150,11 +150,11 @@ export class FilterTable {
   /** The cache's answers for (vm, plugin, event), by instance. */
   private slots(ev: FilterSubject): Map<number, FilterVerdict> {
     let byPlugin = this.cache.get(ev.vm);
-    if (byPlugin === undefined) this.cache.set(ev.vm, (byPlugin = new Map()));
+    if (byPlugin === undefined) this.cache.set(ev.vm, (byPlugin = new Map<string, Map<string, Map<number, FilterVerdict>>>()));
     let byEvent = byPlugin.get(ev.plugin);
-    if (byEvent === undefined) byPlugin.set(ev.plugin, (byEvent = new Map()));
+    if (byEvent === undefined) byPlugin.set(ev.plugin, (byEvent = new Map<string, Map<number, FilterVerdict>>()));
     let byInstance = byEvent.get(ev.event);
-    if (byInstance === undefined) byEvent.set(ev.event, (byInstance = new Map()));
+    if (byInstance === undefined) byEvent.set(ev.event, (byInstance = new Map<number, FilterVerdict>()));
     return byInstance;
   }
 

@@ -232,7 +232,7 @@ export class NotificationFramework {
       if (instance === null) state.common.set(name, value);
       else {
         let own = state.perInstance.get(instance);
-        if (!own) state.perInstance.set(instance, (own = new Map()));
+        if (!own) state.perInstance.set(instance, (own = new Map<string, string>()));
         own.set(name, value);
       }
     };

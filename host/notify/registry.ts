@@ -73,7 +73,7 @@ export class PluginRegistry extends EventEmitter<RegistryEvents> {
       );
     const plugin = this.freeze(spec);
     let names = this.byVm.get(plugin.vm);
-    if (!names) this.byVm.set(plugin.vm, (names = new Map()));
+    if (!names) this.byVm.set(plugin.vm, (names = new Map<string, Plugin>()));
     names.set(plugin.name, plugin);
     this.byHandle.set(plugin.handle, plugin);
     this.emit('registered', plugin);

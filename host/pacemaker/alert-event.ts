@@ -97,7 +97,7 @@ export function alertEventName(p: Readonly<Record<string, unknown>>): string {
 }
 
 function resourceEventName(p: Readonly<Record<string, unknown>>): string {
-  const num = (k: string): number | undefined => (typeof p[k] === 'number' ? (p[k] as number) : undefined);
+  const num = (k: string): number | undefined => (typeof p[k] === 'number' ? p[k] : undefined);
   const status = num('status');
   const rc = num('rc');
   const target = num('targetRc');

@@ -376,7 +376,7 @@ export class EventStore {
 
   private runsOf(vm: string): Map<string, RunHigh> {
     let runs = this.highs.get(vm);
-    if (runs === undefined) this.highs.set(vm, (runs = new Map()));
+    if (runs === undefined) this.highs.set(vm, (runs = new Map<string, RunHigh>()));
     return runs;
   }
 

@@ -22,7 +22,7 @@ function runDaemon(config: string, timeoutMs: number): Promise<{ code: number | 
       env: { ...process.env, VESPER_KEY_DIR: join(projectRoot(), '.cache', 'keys') },
     });
     let stderr = '';
-    p.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     const t = setTimeout(() => p.kill('SIGKILL'), timeoutMs);
     p.once('exit', (code, signal) => {
       clearTimeout(t);

@@ -43,7 +43,7 @@ describe.skipIf(Boolean(why))('host mode: real kernel events reach the host', ()
     const prog = writeProgram(join(agent.dir, 'segv'), segfaultProgram());
     const r = spawnSync(prog);
     expect(r.signal).toBe('SIGSEGV');
-    const pid = r.pid!;
+    const pid = r.pid;
     const sig = await waitFor(
       'SIGSEGV record',
       find((x) => x.kind === 'signal' && x.raw.signal?.target?.pid === pid),

@@ -99,7 +99,7 @@ describe.skipIf(Boolean(why))('record stream: reconnects, overflow, hostile byte
     const second = await connect(agent, { resumeAfterSeq: acked });
     second.on('record', keep);
     const total = N1 + N2;
-    await waitFor(`${total} signal records`, () => seen.size >= total, 30_000).catch((e) => {
+    await waitFor(`${total} signal records`, () => seen.size >= total, 30_000).catch((e: Error) => {
       throw new Error(
         `${e.message}: have ${seen.size}, duplicates ${duplicates}, acked ${acked}, first.lastSeq ${first.lastSeq}, second.lastSeq ${second.lastSeq}, gaps ${second.gaps}, loss ${JSON.stringify([...seen.values()].filter((r) => r.kind === 'loss').map((r) => r.raw.loss))}`,
       );

@@ -53,7 +53,9 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     mkdirSync(join(dir, 'actions'));
     const socket = join(dir, 'run', 'vesperd.sock');
     storePath = join(dir, 'events.db');
-    await new Promise<void>((resolve, reject) => execFile('groupadd', ['-f', group], (err) => (err ? reject(err) : resolve())));
+    await new Promise<void>((resolve, reject) =>
+      execFile('groupadd', ['-f', group], (err: Error | null) => (err ? reject(err) : resolve())),
+    );
     const configPath = writeVesperdConfig(join(dir, 'vesper.yaml'), {
       socket,
       store: storePath,

@@ -129,7 +129,7 @@ describe.skipIf(Boolean(why))('the same fault over virtio-serial and over SSH', 
       { stdio: ['ignore', 'ignore', 'pipe'] },
     );
     let stderr = '';
-    child.stderr!.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     const hostPid = child.pid!;
     const end = await new Promise<string | null>((r) => child.once('exit', (_code, sig) => r(sig)));
     expect(end, stderr).toBe('SIGSEGV');

@@ -7,6 +7,7 @@ import type { LibvirtEvent } from '../../host/libvirt/events.js';
 import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';
 import { sleep, waitFor } from '../helpers/wait.js';
+import { loadAllProbes } from './agent-idle.js';
 
 const numbersWith = (line: string): number[] => numbersIn(line, true);
 import { mono, pct, round, type Metrics } from './stats.js';
@@ -134,13 +135,25 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     m['vm.records_first_loss_at_rate'] = firstLossRate ? String(firstLossRate) : 'none up to 70000';
     m['vm.records_lost_at_next_step'] = lostAtNext;
 
-    // Idle agent CPU inside the guest (its own /proc), with the probes above attached.
-    await sleep(2000);
+    // The idle agent inside the guest (its own /proc) with all six probes loaded (kprobe and
+    // psi where the guest's kernel has them), over 60 s: CPU, wake-ups (context switches of
+    // all its threads) and RSS. The helper's own answers cost the agent nothing: they go
+    // through another virtio port.
+    await client.unload('signal');
+    await client.unload('process');
+    await client.unload('oom');
+    const skipped = await loadAllProbes(client, (p) => rig.module(p));
+    m['vm.idle_probes'] = skipped.length ? `six but ${skipped.join('; ')}` : 'all six';
+    await sleep(3000);
     const pid = client.hello.agentPid;
     const [t1, hz, up1] = numbersWith(await rig.fault(`stat ${pid}`));
-    await sleep(10_000);
+    const [sw1] = numbersWith(await rig.fault(`wakeups ${pid}`));
+    await sleep(60_000);
     const [t2, , up2] = numbersWith(await rig.fault(`stat ${pid}`));
+    const [sw2, rssKb, up3] = numbersWith(await rig.fault(`wakeups ${pid}`));
     m['vm.agent_idle_cpu_pct'] = round3((100 * ((t2! - t1!) / hz!)) / (up2! - up1!));
+    m['vm.agent_idle_wakeups_per_s'] = round((sw2! - sw1!) / (up3! - up1!), 2);
+    m['vm.agent_rss_mb'] = round(rssKb! / 1024, 1);
 
     // Panic: from the helper's answer (sent just before sysrq-c) to libvirt's crashed event.
     const panic: number[] = [];

@@ -252,7 +252,7 @@ function follow(socket: string, onEvent: (vm: string, sentMs: number, latencyMs:
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'ignore'],
   });
-  createInterface({ input: p.stdout! }).on('line', (l) => {
+  createInterface({ input: p.stdout }).on('line', (l) => {
     const now = Date.now() * 1000;
     try {
       const e = JSON.parse(l) as { vm: string; guestTimeUs: number | null };
@@ -271,7 +271,7 @@ function runCli(socket: string, args: string[]): Promise<{ code: number; out: st
       stdio: ['ignore', 'pipe', 'ignore'],
     });
     let out = '';
-    p.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+    p.stdout.on('data', (c: Buffer) => (out += c.toString()));
     const t = setTimeout(() => p.kill('SIGKILL'), 30_000);
     p.once('exit', (code) => {
       clearTimeout(t);
@@ -424,7 +424,7 @@ export async function runHostileFuzz(o: FuzzOptions): Promise<FuzzResult> {
       failure = reports
         .filter((r) => r.failed)
         // with endOnFailure the report leaves out what the property threw: add it
-        .map((r) => `${fc.defaultReportMessage(r) ?? 'failed'}${r.errorInstance ? `\nGot: ${String(r.errorInstance)}` : ''}`)
+        .map((r) => `${fc.defaultReportMessage(r) ?? 'failed'}${r.errorInstance ? `\nGot: ${String(r.errorInstance as Error)}` : ''}`)
         .join('\n');
       if (failure)
         failure += `\nvesperd: pid ${daemon.proc?.pid}, exit code ${daemon.proc?.exitCode}, signal ${daemon.proc?.signalCode}; its last lines:\n${daemon.tail.join('\n')}`;

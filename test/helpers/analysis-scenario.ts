@@ -4,7 +4,7 @@
 // channel, pacemaker, action) on the host clock with their plugins' payloads.
 import type { VesperEvent } from '../../host/notify/event.js';
 import { RecordEvent } from '../../host/notify/record-event.js';
-import { v1, type pb } from '../../proto/codec.js';
+import { v1 } from '../../proto/codec.js';
 
 export const T0 = Date.UTC(2026, 10, 22, 10, 0, 0) * 1000; // µs
 
@@ -156,6 +156,6 @@ export function asStored(e: VesperEvent): VesperEvent {
     eventId: 1,
     [kind]: rest[kind],
   };
-  const bytes = v1.Record.encode(record as pb.IRecord).finish();
+  const bytes = v1.Record.encode(record).finish();
   return new RecordEvent(e.vm, e.plugin, e.instance, e.event, e.guestTimeUs, e.hostTimeUs, e.source, bytes);
 }

@@ -184,7 +184,8 @@ export class PacemakerVm {
       .filter((e) => e.plugin === 'pacemaker')
       .map((e) => {
         const p = e.payload ?? {};
-        return `#${e.id} ${e.event} vm=${e.vm || '-'} seq=${String(p['nodeSequence'] ?? '-')} task=${String(p['task'] ?? '-')} rsc=${String(p['rsc'] ?? '-')} rc=${String(p['rc'] ?? '-')} status=${String(p['status'] ?? '-')}`;
+        const f = (k: string): string => JSON.stringify(p[k] ?? '-');
+        return `#${e.id} ${e.event} vm=${e.vm || '-'} seq=${f('nodeSequence')} task=${f('task')} rsc=${f('rsc')} rc=${f('rc')} status=${f('status')}`;
       });
     const pcmkLog = join(RIG_LOG_DIR, NODE, 'pacemaker.log');
     const logText = existsSync(pcmkLog) ? readFileSync(pcmkLog, 'utf8') : '';

@@ -27,7 +27,7 @@ export function generateKey(): KeyPair {
     const k = utils.generateKeyPairSync('ed25519');
     const pub = utils.parseKey(k.public);
     if (pub instanceof Error || utils.parseKey(k.private) instanceof Error) continue;
-    return { private: k.private, public: k.public, blob: (pub as ParsedKey).getPublicSSH() };
+    return { private: k.private, public: k.public, blob: pub.getPublicSSH() };
   }
   throw new Error('ssh2 generated no usable ed25519 key in 50 tries');
 }

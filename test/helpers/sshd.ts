@@ -117,7 +117,7 @@ export class Sshd {
     const s = new Sshd(dir, port, join(dir, 'client_ed25519'), join(dir, 'known_hosts'), fp);
     const p = spawn('/usr/sbin/sshd', ['-D', '-e', '-f', join(dir, 'sshd_config')], { stdio: ['ignore', 'ignore', 'pipe'] });
     s.proc = p;
-    p.stderr!.on('data', (c: Buffer) => (s.log = (s.log + c.toString()).slice(-65536)));
+    p.stderr.on('data', (c: Buffer) => (s.log = (s.log + c.toString()).slice(-65536)));
     const deadline = Date.now() + 10_000;
     for (;;) {
       if (p.exitCode !== null) {

@@ -151,7 +151,7 @@ export class VesperdProcess {
       stdio: ['ignore', 'ignore', 'pipe'],
       env: { ...process.env, VESPER_KEY_DIR: this.keyDir },
     });
-    p.stderr!.on('data', (c: Buffer) => (this.log = (this.log + c.toString()).slice(-65_536)));
+    p.stderr.on('data', (c: Buffer) => (this.log = (this.log + c.toString()).slice(-65_536)));
     p.on('exit', (code, sig) => this.note(`vesperd ${p.pid} exited: ${code ?? sig}`));
     this.note(`vesperd ${p.pid} started`);
     this.daemon = p;
@@ -189,7 +189,7 @@ export class VesperdProcess {
     });
     this.spawned.push(p);
     const lines: EventLine<P>[] = [];
-    createInterface({ input: p.stdout! }).on('line', (l) => lines.push(JSON.parse(l) as EventLine<P>));
+    createInterface({ input: p.stdout }).on('line', (l) => lines.push(JSON.parse(l) as EventLine<P>));
     return { lines, stop: () => p.kill() };
   }
 

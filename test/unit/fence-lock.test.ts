@@ -172,7 +172,7 @@ function startRacer(file: string, lockDir: string, owner: string): Racer {
   const proc = spawn(process.execPath, ['--import', 'tsx', file, lockDir, owner], { cwd: ROOT, stdio: ['pipe', 'pipe', 'inherit'] });
   const lines: string[] = [];
   let wake: (() => void) | null = null;
-  createInterface({ input: proc.stdout! }).on('line', (l) => {
+  createInterface({ input: proc.stdout }).on('line', (l) => {
     lines.push(l);
     wake?.();
   });
@@ -228,7 +228,7 @@ describe('FenceLock between processes', () => {
     }
     // What is on disk agrees with what the racers were told, and nothing else was left behind.
     for (const [key, owner] of winners) {
-      expect(JSON.parse(readFileSync(join(lockDir, `${fileKey(key)}.lock`), 'utf8')).owner).toBe(owner);
+      expect((JSON.parse(readFileSync(join(lockDir, `${fileKey(key)}.lock`), 'utf8')) as { owner: string }).owner).toBe(owner);
     }
     expect(readdirSync(lockDir).filter((f) => !f.endsWith('.lock'))).toEqual([]);
   });

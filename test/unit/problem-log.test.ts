@@ -26,7 +26,7 @@ interface Line {
 
 function capture(): { lines: Line[]; log: { warn(o: object, m: string): void } } {
   const lines: Line[] = [];
-  return { lines, log: { warn: (o, msg) => lines.push({ ...(o as object), msg } as Line) } };
+  return { lines, log: { warn: (o, msg) => lines.push({ ...o, msg }) } };
 }
 
 describe('ProblemLog', () => {

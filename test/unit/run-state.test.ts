@@ -17,7 +17,7 @@ function file(): string {
 }
 /** a pid that no process has: one that just exited */
 function deadPid(): number {
-  return spawnSync('true').pid!;
+  return spawnSync('true').pid;
 }
 
 describe('RunState', () => {
@@ -64,7 +64,7 @@ describe('RunState', () => {
     const agent = spawn('bash', ['-c', 'exec -a vesper-agent sleep 30'], { stdio: 'ignore' });
     try {
       await new Promise((r) => setTimeout(r, 200));
-      const a = new RunState(f, 'boot-1', agent.pid!);
+      const a = new RunState(f, 'boot-1', agent.pid);
       a.note(7);
       a.close();
       expect(new RunState(f, 'boot-1', deadPid()).ended).toEqual([]);

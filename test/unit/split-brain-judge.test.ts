@@ -4,8 +4,14 @@ import type { LibvirtEvent } from '../../host/libvirt/events.js';
 import { judge } from '../helpers/split-brain.js';
 
 let ms = 0;
-const ev = (domain: string, event: string): LibvirtEvent =>
-  ({ kind: 'lifecycle', name: 'lifecycle', domain, event, at: new Date(1_700_000_000_000 + (ms += 10)), raw: '' }) as LibvirtEvent;
+const ev = (domain: string, event: string): LibvirtEvent => ({
+  kind: 'lifecycle',
+  name: 'lifecycle',
+  domain,
+  event,
+  at: new Date(1_700_000_000_000 + (ms += 10)),
+  raw: '',
+});
 
 describe('split-brain judge', () => {
   it('accepts fence, then one start', () => {

@@ -40,7 +40,7 @@ async function main(): Promise<void> {
     for (let i = 0; i < 120; i++) {
       await sleep(500);
       try {
-        if (JSON.parse(vesper('status', rig.name, '-o', 'json')).link === 'connected') break;
+        if ((JSON.parse(vesper('status', rig.name, '-o', 'json')) as { link?: string }).link === 'connected') break;
       } catch {
         /* vesperd still starting */
       }

@@ -284,7 +284,7 @@ export class VmRig {
   /** Stops and undefines the guest, stops the event stream, removes the rig's files. */
   async stop(): Promise<void> {
     await this.destroy();
-    this.events?.stop();
+    await this.events?.stop();
     await this.hv?.close();
     rmSync(this.dir, { recursive: true, force: true });
   }

@@ -31,6 +31,8 @@
 #   sigstorm-bg N [R] ok sigstorm-bg PID    the same, answered at once (the storm runs on)
 #   sigstorm-done PID ok sigstorm-done MS PID  that storm has finished (err ... running: not yet)
 #   stat PID         ok stat TICKS HZ UPTIME UTIME STIME  CPU time of a task (benchmarks)
+#   wakeups PID      ok wakeups SWITCHES RSS_KB UPTIME  context switches of all its threads
+#                                           (voluntary + involuntary) and its RSS (benchmarks)
 #   svc [TAG]        ok svc PID [TAG]       the demo service runs (cheap: builtins only, no fork)
 #                    err svc down [TAG]     it does not (dead, a zombie, or between restarts);
 #                                           TAG is echoed so a caller can tell its own answer
@@ -422,6 +424,20 @@ while :; do
         read -r up _ < /proc/uptime
         reply "ok stat $((${12} + ${13})) 100 $up ${12} ${13}"
       else reply "err stat no such task"; fi
+      ;;
+    wakeups)
+      if number "$arg" && [ -d "/proc/$arg/task" ]; then
+        sw=0
+        rss=0
+        for f in /proc/"$arg"/task/*/status; do
+          while read -r k v _; do
+            case "$k" in voluntary_ctxt_switches: | nonvoluntary_ctxt_switches:) sw=$((sw + v)) ;; esac
+          done 2>/dev/null <"$f"
+        done
+        while read -r k v _; do if [ "$k" = VmRSS: ]; then rss=$v; fi; done 2>/dev/null <"/proc/$arg/status"
+        read -r up _ </proc/uptime
+        reply "ok wakeups $sw $rss $up"
+      else reply "err wakeups no such task"; fi
       ;;
     hang)
       if number "$arg"; then do_hang "$arg"; else reply "err hang usage: hang SECONDS"; fi
