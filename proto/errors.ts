@@ -46,6 +46,8 @@ export const ErrorCode = {
   KEY_INVALID: 'VSP_KEY_INVALID',
   USAGE: 'VSP_USAGE',
   INTERNAL: 'VSP_INTERNAL',
+  // the probe catalogue or the agent bundle not where an install or a built checkout keeps them
+  ASSETS_MISSING: 'VSP_ASSETS_MISSING',
   // libvirt (host/libvirt)
   LIBVIRT_UNAVAILABLE: 'VSP_LIBVIRT_UNAVAILABLE',
   DOMAIN_NOT_FOUND: 'VSP_DOMAIN_NOT_FOUND',

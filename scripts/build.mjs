@@ -3,7 +3,7 @@
 // host's `vesper` command (CLI and daemon), whose npm dependencies stay in node_modules (two
 // of them are native addons).
 import { build } from 'esbuild';
-import { readdirSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, readdirSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -67,6 +67,8 @@ await Promise.all(
     build({ ...common, entryPoints: [join(root, 'probes', name, 'index.ts')], outfile: join(out, 'probes', `${name}.mjs`) }),
   ),
 );
+// The catalogue's layout, as installed (host/assets.ts): <name>.mjs beside <name>.manifest.json.
+for (const name of probes) copyFileSync(join(root, 'probes', name, 'manifest.json'), join(out, 'probes', `${name}.manifest.json`));
 console.error(
   `built dist/host/vesper.mjs, dist/host/vesper-alert.mjs, dist/guest-agent/vesper-agent.mjs and ${probes.length} probe modules: ${probes.join(', ')}`,
 );

@@ -7,7 +7,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { loadOrCreateHostKey, type HostKey } from '../keys.js';
-import { projectRoot, readProbeBundle, signModule } from '../probes/package.js';
+import { agentBundlePath } from '../assets.js';
+import { readProbeBundle, signModule } from '../probes/package.js';
 import { AgentClient, type AgentClientOptions } from './agent-client.js';
 
 export interface LocalAgentOptions {
@@ -44,8 +45,7 @@ export class LocalAgent {
 
   /** Starts the bundled agent and waits for its socket. */
   async start(): Promise<void> {
-    const bundle = join(projectRoot(), 'dist/guest-agent/vesper-agent.mjs');
-    if (!existsSync(bundle)) throw new VesperError(ErrorCode.USAGE, 'the agent is not built: run npm run build');
+    const bundle = agentBundlePath();
     const o = this.opts;
     const args = [
       ...(o.nodeArgs ?? []),

@@ -13,6 +13,7 @@ import type { Analysis } from '../analysis/types.js';
 import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
 import { sendAlert } from './alert-send.js';
 import { addAgentCommands } from './agent.js';
+import { addChannelCommands } from './channel.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { DEFAULT_TAIL } from '../daemon/api-server.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
@@ -379,6 +380,7 @@ export function buildProgram(): Command {
     });
 
   addAgentCommands(program); // vesper agent install|uninstall|status: over SSH, from this process
+  addChannelCommands(program); // vesper channel add|remove: the agent's channel in a libvirt domain
 
   return program;
 }

@@ -70,3 +70,54 @@ function escapeAttr(s: string): string {
 export function channelDeviceXml(path: string, name: string): string {
   return `<channel type='unix'><source mode='bind' path='${escapeAttr(path)}'/><target type='virtio' name='${escapeAttr(name)}'/></channel>`;
 }
+
+/** A unix channel as it stands in a domain's XML. */
+export interface ChannelInXml {
+  /** the source path, when the XML has one (libvirt fills it in for a running domain) */
+  path: string | null;
+  mode: string | null;
+}
+
+function devicesOf(domainXml: string): unknown[] | null {
+  let doc: unknown;
+  try {
+    doc = parser.parse(domainXml);
+  } catch {
+    return null;
+  }
+  const devices = child(child(doc, 'domain'), 'devices');
+  return Array.isArray(devices) ? devices : null;
+}
+
+function asArray(v: unknown): unknown[] {
+  return Array.isArray(v) ? v : v === undefined ? [] : [v];
+}
+
+/** The virtio channel named `name` in a domain's XML (any source type), or null. */
+export function findChannel(domainXml: string, name: string = AGENT_CHANNEL): ChannelInXml | null {
+  for (const dev of devicesOf(domainXml) ?? []) {
+    for (const ch of asArray(child(dev, 'channel'))) {
+      const target = child(ch, 'target');
+      if (attr(target, 'type') !== 'virtio' || attr(target, 'name') !== name) continue;
+      const source = child(ch, 'source');
+      return { path: attr(source, 'path') ?? null, mode: attr(source, 'mode') ?? null };
+    }
+  }
+  return null;
+}
+
+/** Whether the domain's XML has a virtio-serial controller (the bus a virtio channel sits on). */
+export function hasVirtioSerialController(domainXml: string): boolean {
+  for (const dev of devicesOf(domainXml) ?? []) {
+    for (const c of asArray(child(dev, 'controller'))) if (attr(c, 'type') === 'virtio-serial') return true;
+  }
+  return false;
+}
+
+/** Device XML for a listening unix channel whose path libvirt chooses (under its channel directory). */
+export function channelDeviceXmlAutoPath(name: string = AGENT_CHANNEL): string {
+  return `<channel type='unix'><source mode='bind'/><target type='virtio' name='${escapeAttr(name)}'/></channel>`;
+}
+
+/** Device XML of a virtio-serial controller, for a domain that has none. */
+export const VIRTIO_SERIAL_CONTROLLER_XML = "<controller type='virtio-serial'/>";

@@ -109,6 +109,14 @@ export class UnraidHypervisor implements Hypervisor {
     return this.onDomain('get XML of', name, (d) => d.getXMLDesc());
   }
 
+  // virsh: the persistent definition, not the live one (`dumpxml --inactive`); null for a
+  // transient domain, which has none.
+  async inactiveXml(name: string): Promise<string | null> {
+    const info = await this.virsh(`info of ${name}`, ['dominfo', '--domain', name]);
+    if (/^Persistent:\s+no\s*$/m.test(info)) return null;
+    return this.virsh(`get the persistent XML of ${name}`, ['dumpxml', '--inactive', '--domain', name]);
+  }
+
   // virsh: the binding has no virDomainReboot.
   async reboot(name: string): Promise<void> {
     await this.virsh(`reboot ${name}`, ['reboot', '--domain', name]);

@@ -8,9 +8,14 @@ import type { pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { moduleDigest, signedBytes } from '../../proto/module-digest.js';
 import type { ProbeManifest } from '../../contract/probe-api.js';
+import { findAssets } from '../assets.js';
 import type { HostKey } from '../keys.js';
 
-/** The repository root, whether we run from source (tsx) or from dist/. */
+/**
+ * The source checkout's root, whether run from source (tsx) or from dist/. Only the test rigs,
+ * benchmarks and the demo use it (they live in the checkout); the product finds its files
+ * through ../assets.ts.
+ */
 export function projectRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
   for (let i = 0; i < 6; i++) {
@@ -27,16 +32,31 @@ export interface ProbeBundle {
   code: Buffer;
 }
 
-export function probeNames(root = projectRoot()): string[] {
-  return readdirSync(join(root, 'probes')).filter((d) => existsSync(join(root, 'probes', d, 'manifest.json')));
+const MANIFEST_SUFFIX = '.manifest.json';
+
+/** The probes of the catalogue (default: the install's or the built checkout's, see ../assets.ts). */
+export function probeNames(dir = findAssets().probesDir): string[] {
+  let names: string[];
+  try {
+    names = readdirSync(dir);
+  } catch (err) {
+    throw new VesperError(
+      ErrorCode.ASSETS_MISSING,
+      `cannot read the probe catalogue ${dir}: ${(err as Error).message} (in a source checkout: npm run build)`,
+    );
+  }
+  return names
+    .filter((f) => f.endsWith(MANIFEST_SUFFIX))
+    .map((f) => f.slice(0, -MANIFEST_SUFFIX.length))
+    .sort();
 }
 
-export function readProbeBundle(name: string, root = projectRoot()): ProbeBundle {
-  const mpath = join(root, 'probes', name, 'manifest.json');
-  const cpath = join(root, 'dist', 'probes', `${name}.mjs`);
-  if (!existsSync(mpath))
-    throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `no probe named ${name} (known: ${probeNames(root).join(', ')})`);
-  if (!existsSync(cpath)) throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `probe ${name} is not built: run npm run build`);
+export function readProbeBundle(name: string, dir = findAssets().probesDir): ProbeBundle {
+  const mpath = join(dir, `${name}${MANIFEST_SUFFIX}`);
+  const cpath = join(dir, `${name}.mjs`);
+  if (!/^[a-z0-9][a-z0-9_-]*$/.test(name) || !existsSync(mpath))
+    throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `no probe named ${name} (known: ${probeNames(dir).join(', ')})`);
+  if (!existsSync(cpath)) throw new VesperError(ErrorCode.PROBE_NOT_FOUND, `probe ${name} has a manifest but no code (${cpath})`);
   const manifestBytes = readFileSync(mpath);
   return { name, manifest: JSON.parse(manifestBytes.toString('utf8')) as ProbeManifest, manifestBytes, code: readFileSync(cpath) };
 }

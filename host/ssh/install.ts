@@ -9,13 +9,12 @@
 // that holds anything else, so uninstall may remove it whole.
 import { createHash, createPublicKey } from 'node:crypto';
 import { createReadStream, statSync } from 'node:fs';
-import { join } from 'node:path';
 import semver from 'semver';
 import type { SFTPWrapper } from 'ssh2';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import type { AgentClient } from '../channel/agent-client.js';
-import { projectRoot } from '../probes/package.js';
+import { agentBundlePath } from '../assets.js';
 import { DEFAULT_AGENT_LAYOUT, openAgentLink, relayCommand, shellQuote as q, type AgentLayout } from './agent-link.js';
 import type { SshConnection } from './connect.js';
 
@@ -34,8 +33,9 @@ export function unitPath(l: AgentLayout): string {
   return `/etc/systemd/system/${l.unit}`;
 }
 
+/** The agent bundle this host ships (the package's, or a built checkout's). */
 export function defaultBundlePath(): string {
-  return join(projectRoot(), 'dist', 'guest-agent', BUNDLE);
+  return agentBundlePath();
 }
 
 export interface InstallProgress {

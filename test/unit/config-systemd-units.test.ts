@@ -144,7 +144,7 @@ describe('vesper-agent.service and its udev rule', () => {
 
   it('runs the agent on that port, always restarted, out of the OOM killer’s reach', () => {
     expect(one(unit, 'Service', 'ExecStart')).toBe(
-      `/usr/bin/node /opt/vesper/vesper-agent.mjs --transport virtio:${PORT} --host-key /etc/vesper/host.pub --state-file /run/vesper-agent/run-state`,
+      `/usr/lib/vesper-agent/node /usr/lib/vesper-agent/vesper-agent.mjs --transport virtio:${PORT} --host-key /etc/vesper/host.pub --state-file /run/vesper-agent/run-state`,
     );
     expect(one(unit, 'Service', 'Restart')).toBe('always');
     expect(one(unit, 'Service', 'OOMScoreAdjust')).toBe('-1000');

@@ -364,6 +364,7 @@ describe('CLI argument helpers', () => {
       'alert-pacemaker',
       'analyze',
       'attach',
+      'channel',
       'daemon',
       'detach',
       'events',
