@@ -1,9 +1,16 @@
-import { defineConfig } from 'vitest/config';
+import { defineConfig, type Plugin } from 'vitest/config';
+
+/** host/ssh/remote/*.sh and *.service as text, as esbuild's text loader does in scripts/build.mjs. */
+const text: Plugin = {
+  name: 'vesper-text',
+  transform: (code, id) => (/\.(sh|service)$/.test(id) ? { code: `export default ${JSON.stringify(code)};`, map: null } : null),
+};
 
 export default defineConfig({
   test: {
     projects: [
       {
+        plugins: [text],
         test: {
           name: 'unit',
           include: ['test/unit/**/*.test.ts'],
@@ -11,6 +18,7 @@ export default defineConfig({
         },
       },
       {
+        plugins: [text],
         test: {
           name: 'acceptance',
           include: ['test/acceptance/**/*.test.ts'],

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/ensure-deps.sh
-exec node_modules/.bin/tsx test/bench/run.ts "$@"
+# text-import: host/ssh/remote/ scripts are imported as text (scripts/text-hooks.mjs)
+exec node_modules/.bin/tsx --import ./scripts/text-import.mjs test/bench/run.ts "$@"

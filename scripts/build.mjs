@@ -11,7 +11,16 @@ const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const out = join(root, 'dist');
 mkdirSync(out, { recursive: true });
 
-const common = { bundle: true, platform: 'node', target: 'node20', format: 'esm', logLevel: 'warning', legalComments: 'none' };
+// The remote scripts and the unit template of host/ssh/remote/ go into the bundle as text.
+const common = {
+  loader: { '.sh': 'text', '.service': 'text' },
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'esm',
+  logLevel: 'warning',
+  legalComments: 'none',
+};
 
 // The agent's worker threads (guest-agent/worker/*.ts) are entries of their own, built first
 // as CommonJS (what new Worker(text, { eval: true }) runs); their text goes into the agent

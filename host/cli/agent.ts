@@ -6,7 +6,9 @@ import { Command, Option } from 'commander';
 import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
 import type { AgentLayout } from '../ssh/agent-link.js';
 import type { SshConnection, SshOptions } from '../ssh/connect.js';
-import type { InstallReport, StatusReport, UninstallReport } from '../ssh/install.js';
+import type { InstallReport } from '../ssh/install.js';
+import type { StatusReport } from '../ssh/status.js';
+import type { UninstallReport } from '../ssh/uninstall.js';
 import type { InstallKey } from '../keys.js';
 
 interface TargetFlags {
@@ -88,7 +90,7 @@ async function resolve(vm: string | undefined, o: TargetFlags): Promise<Resolved
     ...(connectTimeoutMs !== undefined ? { connectTimeoutMs } : {}),
   };
   // A bad layout is a usage error before any connection is made.
-  const { checkLayout } = await import('../ssh/install.js');
+  const { checkLayout } = await import('../ssh/agent-files.js');
   const layout = checkLayout({
     prefix: o.prefix ?? entry?.prefix ?? DEFAULT_AGENT_LAYOUT.prefix,
     runDir: o.runDir ?? entry?.runDir ?? DEFAULT_AGENT_LAYOUT.runDir,
@@ -222,7 +224,7 @@ export function addAgentCommands(program: Command): void {
   targetOptions(agent.command('uninstall'))
     .description('stop the agent and remove its unit, files and run dir (nothing installed: says so, exit 0)')
     .action(async (vm: string | undefined, o: TargetFlags) => {
-      const { uninstallAgent } = await import('../ssh/install.js');
+      const { uninstallAgent } = await import('../ssh/uninstall.js');
       const r = await withConnection(vm, o, (c, layout) =>
         uninstallAgent(c, { layout, log: (m) => void process.stderr.write(`vesper: ${m}\n`) }),
       );
@@ -232,7 +234,7 @@ export function addAgentCommands(program: Command): void {
   targetOptions(agent.command('status'))
     .description('installed? which bundle, the unit or pid, and whether the agent answers (exit 3 not installed, 69 not answering)')
     .action(async (vm: string | undefined, o: TargetFlags) => {
-      const { agentStatus } = await import('../ssh/install.js');
+      const { agentStatus } = await import('../ssh/status.js');
       const r = await withConnection(vm, o, (c, layout) => agentStatus(c, { layout }));
       printStatus(r, o);
       // The report is printed either way; the exit status says what scripts need to know.

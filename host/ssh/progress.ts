@@ -2,10 +2,10 @@
 // otherwise (a log file, CI), so that a 100 MB push of node is never a silent minute. Both
 // write to stderr only: stdout carries the result.
 import cliProgress from 'cli-progress';
-import type { InstallProgress } from './install.js';
+import type { PushProgress } from './sftp-push.js';
 
 export interface ProgressView {
-  onProgress: (p: InstallProgress) => void;
+  onProgress: (p: PushProgress) => void;
   log: (msg: string) => void;
   /** ends the bar (call in finally) */
   stop: () => void;

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { relayCommand, type AgentLayout } from '../../host/ssh/agent-link.js';
-import { agentWrapper, bootCommand, checkLayout, relayWrapper, unitText } from '../../host/ssh/install.js';
+import { agentWrapper, bootCommand, checkLayout, relayWrapper, unitText } from '../../host/ssh/agent-files.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'vesper-install-files-'));
 afterAll(() => rmSync(dir, { recursive: true, force: true }));
