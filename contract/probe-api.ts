@@ -98,8 +98,12 @@ export interface ProbeContext {
   hasTraceEvent(system: string, event: string, field?: string): boolean;
   /** Defines a kprobe ("symbol [fetchargs]") and enables it like trace(); returns its event name. */
   kprobe(spec: string, filter: string, handler: (ev: TraceEvent) => void): string;
-  /** Kernel log lines (/dev/kmsg) from now on. */
-  kmsg(handler: (line: KmsgLine) => void): void;
+  /**
+   * Kernel log lines (/dev/kmsg) from now on. With `opts.match`, only lines whose text contains
+   * one of those strings are handed to the probe: the rest are dropped on the agent's main
+   * thread, so a busy kernel log does not wake the probe's worker for every line.
+   */
+  kmsg(handler: (line: KmsgLine) => void, opts?: { match?: string[] }): void;
   /** Fires when stalled time within a sliding window crosses a threshold (PSI). */
   pressure(
     opts: { resource: 'memory' | 'io' | 'cpu'; kind: 'some' | 'full'; thresholdUs: number; windowUs: number; cgroup?: string },

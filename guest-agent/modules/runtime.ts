@@ -24,7 +24,7 @@ import { PressureWatcher, pressureFile, readPressure } from '../kernel/pressure.
 import type { WallClock } from '../kernel/proc.js';
 import type { TraceFs, TraceInstance } from '../kernel/tracefs.js';
 import type { Logger } from '../log.js';
-import type { Capabilities, ParamValue, ProbeManifest, PsiSample, TraceEvent } from '../../contract/probe-api.js';
+import type { Capabilities, KmsgLine, ParamValue, ProbeManifest, PsiSample, TraceEvent } from '../../contract/probe-api.js';
 import { appendQuarantine, type QuarantineEntry } from './loop-watchdog.js';
 import { parseManifest } from '../../contract/manifest.js';
 import { ProbeWorker, type WorkerOut } from './probe-worker.js';
@@ -464,9 +464,13 @@ export class ProbeRuntime {
         return name;
       }
       case 'kmsg': {
-        const [, hid] = args as [number, number];
+        const [, hid, match] = args as [number, number, unknown];
         if (!s.caps.kmsg) throw new VesperError(ErrorCode.TRACEFS_UNAVAILABLE, '/dev/kmsg cannot be read here');
-        const off = s.kmsg.subscribe(to(hid));
+        if (match !== undefined && (!Array.isArray(match) || !match.every((m) => typeof m === 'string' && m !== '')))
+          throw new VesperError(ErrorCode.PROBE_LOAD_FAILED, `probe ${load.manifest.name}: kmsg match must be a list of non-empty strings`);
+        const fn = to<KmsgLine>(hid);
+        // Filtered here, so that lines the probe does not want never cross to its worker.
+        const off = s.kmsg.subscribe(match?.length ? (l) => (match as string[]).some((m) => l.text.includes(m)) && fn(l) : fn);
         own('kernel log subscription', off);
         return undefined;
       }

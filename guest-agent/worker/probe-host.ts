@@ -157,8 +157,8 @@ function context(handle: number, instance: number, params: Record<string, ParamV
     },
     hasTraceEvent: (system, event, field) => call('hasTraceEvent', [system, event, field]) as boolean,
     kprobe: (spec, filter, fn) => call('kprobe', [handle, spec, filter, hid(fn as Handler)]) as string,
-    kmsg: (fn) => {
-      call('kmsg', [handle, hid(fn as Handler)]);
+    kmsg: (fn, opts) => {
+      call('kmsg', [handle, hid(fn as Handler), opts?.match]);
     },
     pressure: (opts, fn) => {
       call('pressure', [handle, opts, hid(fn as Handler)]);

@@ -15,6 +15,8 @@ const INVOKED = /^(.*) invoked oom-killer:/;
 /** The group's kills are printed in one go; a later "Killed process" line is another OOM's. */
 const GROUP_KILL_NS = 1e9;
 const GROUP = /^Tasks in (.*) are going to be killed due to memory\.oom\.group set$/;
+/** What every line above contains: the agent hands this probe no other kernel log line. */
+const KMSG_MATCH = [' invoked oom-killer:', 'oom-kill:', 'Killed process ', 'memory.oom.group'];
 
 interface Pending {
   oom: pb.IOomEvent;
@@ -99,43 +101,46 @@ const probe: ProbeModule = {
     });
 
     if (ctx.capabilities.kmsg)
-      ctx.kmsg((line) => {
-        const t = line.text;
-        let m = INVOKED.exec(t);
-        if (m) {
-          lastInvoker = m[1]!;
-          lastSummary = null;
-          group = null;
-          return;
-        }
-        m = GROUP.exec(t);
-        if (m) {
-          group = { cgroup: m[1]!, summary: lastSummary, ts: line.ts };
-          return;
-        }
-        m = SUMMARY.exec(t);
-        if (m) {
-          const kv: Record<string, string> = {};
-          for (const part of m[1]!.split(',')) {
-            const i = part.indexOf('=');
-            if (i > 0) kv[part.slice(0, i)] = part.slice(i + 1);
+      ctx.kmsg(
+        (line) => {
+          const t = line.text;
+          let m = INVOKED.exec(t);
+          if (m) {
+            lastInvoker = m[1]!;
+            lastSummary = null;
+            group = null;
+            return;
           }
-          const pid = Number(kv['pid']);
-          if (pid) summaries.set(pid, kv);
-          lastSummary = kv;
-          group = null;
-          return;
-        }
-        m = KILLED.exec(t);
-        if (m) {
-          const pid = Number(m[1]);
-          killed.set(pid, m);
-          killedAt.set(pid, line.ts);
-          if (pending.has(pid)) send(pid);
-          if (killed.size > 64) killed.delete(killed.keys().next().value!);
-          if (killedAt.size > 64) killedAt.delete(killedAt.keys().next().value!);
-        }
-      });
+          m = GROUP.exec(t);
+          if (m) {
+            group = { cgroup: m[1]!, summary: lastSummary, ts: line.ts };
+            return;
+          }
+          m = SUMMARY.exec(t);
+          if (m) {
+            const kv: Record<string, string> = {};
+            for (const part of m[1]!.split(',')) {
+              const i = part.indexOf('=');
+              if (i > 0) kv[part.slice(0, i)] = part.slice(i + 1);
+            }
+            const pid = Number(kv['pid']);
+            if (pid) summaries.set(pid, kv);
+            lastSummary = kv;
+            group = null;
+            return;
+          }
+          m = KILLED.exec(t);
+          if (m) {
+            const pid = Number(m[1]);
+            killed.set(pid, m);
+            killedAt.set(pid, line.ts);
+            if (pending.has(pid)) send(pid);
+            if (killed.size > 64) killed.delete(killed.keys().next().value!);
+            if (killedAt.size > 64) killedAt.delete(killedAt.keys().next().value!);
+          }
+        },
+        { match: KMSG_MATCH },
+      );
 
     for (const cg of ctx.params['cgroups'] as string[])
       ctx.memoryEvents(cg, (delta) => {
