@@ -14,7 +14,7 @@ import { AgentRecord, type RecordKind } from '../../proto/record.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import { IngestBudget, type IngestBudgetOptions } from './ingest-budget.js';
 import { HOST_PLUGIN_NAMES, isName } from '../../contract/names.js';
-import { readPacer } from './read-pacer.js';
+import type { ReadPacer } from './read-pacer.js';
 
 export interface ProbeInfo {
   handle: number;
@@ -263,7 +263,11 @@ export class AgentClient extends EventEmitter {
   }
 
   /** Connects to an agent listening on a unix socket and completes the handshake. */
-  static async connectUnix(path: string, opts: AgentClientOptions & { connectTimeoutMs?: number } = {}): Promise<AgentClient> {
+  static async connectUnix(
+    path: string,
+    opts: AgentClientOptions & { connectTimeoutMs?: number; /** counts this link's reads (the daemon's) */ pacer?: ReadPacer } = {},
+  ): Promise<AgentClient> {
+    const pacer = opts.pacer ?? null;
     // Reads land in one buffer shared by every link (see SHARED_READ), not a new Buffer per read
     // through the stream machinery: with a thousand guests sending a frame each every 10 ms,
     // that machinery was a sixth of the manager's CPU. Until the client exists, reads are kept.
@@ -275,7 +279,7 @@ export class AgentClient extends EventEmitter {
         onread: {
           buffer: SHARED_READ,
           callback: (n: number, buf: Uint8Array) => {
-            readPacer.noteRead();
+            if (pacer !== null) pacer.noteRead();
             const chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
             if (feed !== null) feed(chunk);
             else early.push(Buffer.from(chunk));
