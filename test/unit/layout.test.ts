@@ -14,9 +14,7 @@ const GENERATED = 'proto/gen';
 const MAX_LINES = 600;
 /** Files over MAX_LINES that are being split; remove each entry once its file is split. */
 const KNOWN_OVERSIZED = new Set([
-  'host/daemon/vesperd.ts',
   'host/ssh/install.ts',
-  'host/channel/agent-client.ts',
   'guest-agent/modules/runtime.ts',
   'guest-agent/modules/probe-worker.ts',
   'host/analysis/classify.ts',
