@@ -68,7 +68,7 @@ export const MAX_UNSENT_BYTES = 8 << 20;
  * The largest message other than a record batch the host decodes from an agent. A hello, a load
  * result or a probe list is a few kilobytes; only batches need the whole maximum frame size. A
  * larger one is refused before it is decoded: decoding a 1 MiB hello of long strings took the
- * manager's one thread 40-70 ms (and its garbage as long again), during which no other guest's
+ * daemon's one thread 40-70 ms (and its garbage as long again), during which no other guest's
  * records moved.
  */
 export const MAX_CONTROL_FRAME = 64 * 1024;
@@ -220,7 +220,7 @@ export class AgentClient extends EventEmitter {
     const pacer = opts.pacer ?? null;
     // Reads land in one buffer shared by every link (see SHARED_READ), not a new Buffer per read
     // through the stream machinery: with a thousand guests sending a frame each every 10 ms,
-    // that machinery was a sixth of the manager's CPU. Until the client exists, reads are kept.
+    // that machinery was a sixth of vesperd's CPU. Until the client exists, reads are kept.
     let feed: ((chunk: Buffer) => void) | null = null;
     const early: Buffer[] = [];
     const sock = await new Promise<net.Socket>((resolve, reject) => {

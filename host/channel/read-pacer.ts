@@ -1,11 +1,11 @@
 // Read coalescing for many links at once, as a network card coalesces interrupts. With a
-// thousand guests each sending a frame every 10 ms, a manager that reads every socket the
+// thousand guests each sending a frame every 10 ms, a daemon that reads every socket the
 // moment it turns readable reads each frame on its own: one wake-up, one read call and one
 // trip into JavaScript per record, which alone cost about half a core (measured). When a turn
 // of the event loop has read from many links, the pacer makes the next turn start no sooner
 // than `windowMs` after this one began; the records that arrive meanwhile wait in the sockets
 // and come in fewer, fuller reads. A turn that read from few links (a single guest, however
-// busy: its socket already gathers its records while the manager works) is never held back,
+// busy: its socket already gathers its records while vesperd works) is never held back,
 // so the added latency is only paid where it buys something: at most `windowMs`, under load.
 //
 // The wait blocks the thread (Atomics.wait): no timer can be that precise, and nothing is

@@ -76,7 +76,7 @@ export class IngestBatcher {
     const batch = this.pending;
     this.pending = [];
     this.pendingEvents = 0;
-    // A plain loop: flatMap was a measurable part of the manager's CPU with a thousand guests.
+    // A plain loop: flatMap was a measurable part of vesperd's CPU with a thousand guests.
     let all: VesperEvent[];
     if (batch.length === 1) all = batch[0]!.events;
     else {
