@@ -1,32 +1,28 @@
-// The host's end of one agent link: handshake, requests (load, unload, parameters), and the
-// record stream turned into typed events, de-duplicated by sequence number and acknowledged.
+// The host's end of one agent link: handshake (hello-gate.ts), requests (load, unload,
+// parameters; agent-requests.ts), and the record stream turned into typed events,
+// de-duplicated by sequence number (record-intake.ts) and acknowledged.
 //
 // Everything the agent sends is untrusted: bad frames and undecodable messages become
 // 'protocolError' events with codes, never exceptions out of the socket handler.
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
-import { isBatchFrame, readRecordHeader, splitBatchFrame, type RecordHeader } from '../../proto/batch.js';
-import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, v1, type pb } from '../../proto/codec.js';
+import { isBatchFrame } from '../../proto/batch.js';
+import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, type pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
-import { AgentRecord, type RecordKind } from '../../proto/record.js';
+import type { AgentRecord } from '../../proto/record.js';
 import { VESPER_VERSION } from '../../proto/version.js';
+import { probeOfAgent, type ProbeInfo } from './agent-probes.js';
+import { RequestTable } from './agent-requests.js';
+import { HelloGate } from './hello-gate.js';
 import { IngestBudget, type IngestBudgetOptions } from './ingest-budget.js';
-import { HOST_PLUGIN_NAMES, isName } from '../../contract/names.js';
-import { readPacer } from './read-pacer.js';
+import type { ReadPacer } from './read-pacer.js';
+import { RecordIntake } from './record-intake.js';
 
-export interface ProbeInfo {
-  handle: number;
-  name: string;
-  instance: number;
-  version: string;
-  params: Record<string, string>;
-  events: Map<number, string>;
-  /** the module's digest as the agent reports it (hex; '' when it gave none or an overlong one) */
-  digest: string;
-}
-
+export type { ProbeInfo } from './agent-probes.js';
+export { MAX_PARAM_VALUE, MAX_PROBE_EVENTS, MAX_PROBE_NAME, MAX_PROBE_PARAMS, MAX_PROBE_VERSION } from './agent-probes.js';
+export { HELLO_MIN_INTERVAL_MS, MAX_HELLO_STRING } from './hello-gate.js';
 export interface AgentClientOptions {
   /** Highest sequence number already held: the agent resends everything after it. */
   resumeAfterSeq?: number;
@@ -63,50 +59,19 @@ export interface AgentClientOptions {
 const SHARED_READ = Buffer.allocUnsafe(256 * 1024);
 
 /**
- * A second hello on a link is an agent that restarted behind it, which takes far longer than
- * this; hellos closer together are coalesced (the last one answered when the time is up), so
- * that a flood of them costs one answer and one probe push a second, not one per hello.
- */
-export const HELLO_MIN_INTERVAL_MS = 1000;
-/**
  * What the host may have written to a link that the agent has not read yet. An agent reads
  * what the host sends; one that stops while it makes the host write (answers, pushes) would
  * otherwise grow the host's buffers without end. Past this, the link is closed.
  */
 export const MAX_UNSENT_BYTES = 8 << 20;
 /**
- * The longest a hello's identity strings may be. A boot id is a 36-character UUID, a hostname
- * and a kernel release fit in 64: the boot id and pid name every stored record's agent run, so
- * a hello with a 100 KB boot id would make every row of that guest 100 KB.
- */
-export const MAX_HELLO_STRING = 256;
-/**
  * The largest message other than a record batch the host decodes from an agent. A hello, a load
  * result or a probe list is a few kilobytes; only batches need the whole maximum frame size. A
  * larger one is refused before it is decoded: decoding a 1 MiB hello of long strings took the
- * manager's one thread 40-70 ms (and its garbage as long again), during which no other guest's
+ * daemon's one thread 40-70 ms (and its garbage as long again), during which no other guest's
  * records moved.
  */
 export const MAX_CONTROL_FRAME = 64 * 1024;
-/** The longest probe name the host takes from an agent; event and parameter names too. */
-export const MAX_PROBE_NAME = 64;
-/**
- * What else the host takes from an agent about a probe it runs: the version (a semver string),
- * its parameters (the host's own values, echoed back: a kprobe's fetch arguments are the
- * longest), and how many events and parameters. A probe the agent describes beyond these is
- * refused like a probe with a bad name: a guest must not make the host hold (or `vesper status`
- * print, or every stored event carry) a megabyte per probe.
- */
-export const MAX_PROBE_VERSION = 64;
-export const MAX_PARAM_VALUE = 4096;
-export const MAX_PROBE_PARAMS = 64;
-export const MAX_PROBE_EVENTS = 256;
-
-interface Pending {
-  resolve: (f: pb.Frame) => void;
-  reject: (e: VesperError) => void;
-  timer: NodeJS.Timeout;
-}
 
 // Typed event signatures for the class below (the usual EventEmitter pattern).
 // eslint-disable-next-line @typescript-eslint/no-unsafe-declaration-merging
@@ -123,29 +88,16 @@ export interface AgentClient {
 export class AgentClient extends EventEmitter {
   hello!: pb.Hello;
   readonly probes = new Map<number, ProbeInfo>();
-  /** Highest sequence number received in order; everything up to it is held. */
-  lastSeq: number;
-  duplicates = 0;
-  gaps = 0;
-  recordsReceived = 0;
-  /** records seen in batches, duplicates and refused ones included: what the budget counts */
-  recordsSeen = 0;
   /** times the link was paused for being over its budget, and for how long in all (ms) */
   throttles = 0;
   throttledMs = 0;
   private readonly budget: IngestBudget | null;
   private resumeTimer: NodeJS.Timeout | null = null;
-  private nextReq = 1;
-  private lastHelloAt = 0;
-  private heldHello: pb.Hello | null = null;
-  private helloTimer: NodeJS.Timeout | null = null;
-  private readonly pending = new Map<number, Pending>();
+  private readonly requests: RequestTable;
+  private readonly intake: RecordIntake;
+  private readonly gate: HelloGate;
   private readonly decoder: FrameDecoder;
   private closed = false;
-  /** the first protocol problem before the agent's hello: what the failed handshake is named by */
-  private preHelloProblem: VesperError | null = null;
-  private helloSeen = false;
-  private readonly ready: Promise<void>;
   private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget' | 'onProtocolError'>> &
     Pick<AgentClientOptions, 'resumeFor'>;
 
@@ -155,13 +107,6 @@ export class AgentClient extends EventEmitter {
   ) {
     super();
     if (opts.onProtocolError) this.on('protocolError', opts.onProtocolError);
-    // The first problem before the hello names a handshake that then fails (times out, or the link
-    // closes): garbage, an oversized frame, another protocol version are not a silent agent. The
-    // link is not closed for it here: a virtio-serial port may hold the end of what the guest
-    // wrote before we connected, and the hello comes after it.
-    this.on('protocolError', (e: VesperError) => {
-      if (!this.helloSeen && this.preHelloProblem === null && e.code !== ErrorCode.INGEST_THROTTLED) this.preHelloProblem = e;
-    });
     const fedExternally = opts.fedExternally === true;
     this.budget = opts.budget && !new IngestBudget(opts.budget).unlimited ? new IngestBudget(opts.budget) : null;
     this.opts = {
@@ -173,50 +118,21 @@ export class AgentClient extends EventEmitter {
       resumeFor: opts.resumeFor,
       keepaliveMs: opts.keepaliveMs ?? 0,
     };
-    if (this.opts.keepaliveMs > 0) {
-      // A link that carried frames since the last tick needs no ping: the agent is there and
-      // knows the host is.
-      let framesAtTick = -1;
-      const k = setInterval(() => {
-        if (this.decoder.framesOk === framesAtTick)
-          this.send({ reqId: 0, ping: { nonce: 0, sentMonoNs: Number(process.hrtime.bigint()) } });
-        framesAtTick = this.decoder.framesOk;
-      }, this.opts.keepaliveMs);
-      k.unref();
-      this.once('close', () => clearInterval(k));
-    }
-    this.lastSeq = this.opts.resumeAfterSeq;
+    this.requests = new RequestTable(this.opts.requestTimeoutMs);
+    const problem = (e: VesperError): void => void this.emit('protocolError', e);
+    this.intake = new RecordIntake(this.opts.resumeAfterSeq, this.probes, problem);
+    this.gate = new HelloGate(this.opts.handshakeTimeoutMs, {
+      answer: (h) => this.onHello(h),
+      problem,
+      close: () => this.close(),
+      isClosed: () => this.closed,
+    });
+    this.on('protocolError', (e: VesperError) => this.gate.notice(e));
+    if (this.opts.keepaliveMs > 0) this.keepalive(this.opts.keepaliveMs);
     this.decoder = new FrameDecoder({
       maxFrameBytes: this.opts.maxFrameBytes,
       onFrame: (p) => this.onFrame(p),
-      onError: (e) => this.emit('protocolError', e),
-    });
-    let helloResolve!: () => void;
-    let helloReject!: (e: VesperError) => void;
-    this.ready = new Promise<void>((res, rej) => {
-      helloResolve = res;
-      helloReject = rej;
-    });
-    // Nobody may be waiting on the handshake (a caller that only listens for records):
-    // its failure must not become an unhandled rejection.
-    this.ready.catch(() => undefined);
-    /** why the handshake failed: the problem seen before it, if any, else `fallback` */
-    const named = (fallback: VesperError): VesperError => {
-      const p = this.preHelloProblem;
-      return p ? new VesperError(p.code, `before the handshake: ${p.message} (then: ${fallback.message})`, p.detail) : fallback;
-    };
-    const t = setTimeout(
-      () =>
-        helloReject(named(new VesperError(ErrorCode.HANDSHAKE_TIMEOUT, `agent sent no hello within ${this.opts.handshakeTimeoutMs} ms`))),
-      this.opts.handshakeTimeoutMs,
-    );
-    this.once('hello', () => {
-      clearTimeout(t);
-      helloResolve();
-    });
-    this.once('close', (why: string) => {
-      clearTimeout(t);
-      helloReject(named(new VesperError(ErrorCode.DISCONNECTED, `link closed before the handshake: ${why}`)));
+      onError: problem,
     });
     if (!fedExternally) stream.on('data', (c: Buffer) => this.read(c));
     // On a virtio-serial port the guest cannot see us connect; these bytes are how it
@@ -224,6 +140,40 @@ export class AgentClient extends EventEmitter {
     this.send({ reqId: 0, ping: { nonce: 0, sentMonoNs: Number(process.hrtime.bigint()) } });
     stream.on('error', (err) => this.emit('protocolError', new VesperError(ErrorCode.DISCONNECTED, err.message)));
     stream.on('close', () => this.shutdown('link closed'));
+  }
+
+  /** Highest sequence number received in order; everything up to it is held. */
+  get lastSeq(): number {
+    return this.intake.lastSeq;
+  }
+  get duplicates(): number {
+    return this.intake.duplicates;
+  }
+  get gaps(): number {
+    return this.intake.gaps;
+  }
+  get recordsReceived(): number {
+    return this.intake.recordsReceived;
+  }
+  /** records seen in batches, duplicates and refused ones included: what the budget counts */
+  get recordsSeen(): number {
+    return this.intake.recordsSeen;
+  }
+
+  /**
+   * A ping every `ms` the link carried no frame: on a virtio-serial port a guest that rebooted,
+   * or an agent that restarted, cannot tell that the host is still there; the ping makes it speak.
+   */
+  private keepalive(ms: number): void {
+    // A link that carried frames since the last tick needs no ping: the agent is there and
+    // knows the host is.
+    let framesAtTick = -1;
+    const k = setInterval(() => {
+      if (this.decoder.framesOk === framesAtTick) this.send({ reqId: 0, ping: { nonce: 0, sentMonoNs: Number(process.hrtime.bigint()) } });
+      framesAtTick = this.decoder.framesOk;
+    }, ms);
+    k.unref();
+    this.once('close', () => clearInterval(k));
   }
 
   /**
@@ -263,10 +213,14 @@ export class AgentClient extends EventEmitter {
   }
 
   /** Connects to an agent listening on a unix socket and completes the handshake. */
-  static async connectUnix(path: string, opts: AgentClientOptions & { connectTimeoutMs?: number } = {}): Promise<AgentClient> {
+  static async connectUnix(
+    path: string,
+    opts: AgentClientOptions & { connectTimeoutMs?: number; /** counts this link's reads (the daemon's) */ pacer?: ReadPacer } = {},
+  ): Promise<AgentClient> {
+    const pacer = opts.pacer ?? null;
     // Reads land in one buffer shared by every link (see SHARED_READ), not a new Buffer per read
     // through the stream machinery: with a thousand guests sending a frame each every 10 ms,
-    // that machinery was a sixth of the manager's CPU. Until the client exists, reads are kept.
+    // that machinery was a sixth of vesperd's CPU. Until the client exists, reads are kept.
     let feed: ((chunk: Buffer) => void) | null = null;
     const early: Buffer[] = [];
     const sock = await new Promise<net.Socket>((resolve, reject) => {
@@ -275,7 +229,7 @@ export class AgentClient extends EventEmitter {
         onread: {
           buffer: SHARED_READ,
           callback: (n: number, buf: Uint8Array) => {
-            readPacer.noteRead();
+            if (pacer !== null) pacer.noteRead();
             const chunk = Buffer.from(buf.buffer, buf.byteOffset, n);
             if (feed !== null) feed(chunk);
             else early.push(Buffer.from(chunk));
@@ -314,7 +268,7 @@ export class AgentClient extends EventEmitter {
    * and a caller that took such a link for a live one would wait for a 'close' that has passed.
    */
   handshake(): Promise<void> {
-    return this.ready.then(() => {
+    return this.gate.ready.then(() => {
       if (this.closed) throw new VesperError(ErrorCode.DISCONNECTED, 'agent link closed right after the handshake');
     });
   }
@@ -402,70 +356,20 @@ export class AgentClient extends EventEmitter {
 
   // ---------------------------------------------------------------- internals
 
-  /**
-   * A probe the agent says it runs. The agent names it, so the name is checked: one the host's
-   * own plugins use, or no name at all, is refused (the probe is not remembered, its records are
-   * told by handle), and so are event names that are no names.
-   */
+  /** A probe the agent says it runs, checked (agent-probes.ts): a refused one is told, and known by handle only. */
   private remember(l: pb.ILoadedProbe): ProbeInfo {
-    const handle = l.handle ?? 0;
-    const name = l.name ?? '';
-    const version = l.version ?? '';
-    const params = l.params ?? [];
-    const events = l.events ?? [];
-    const tooLong =
-      version.length > MAX_PROBE_VERSION
-        ? `a ${version.length}-character version`
-        : params.length > MAX_PROBE_PARAMS
-          ? `${params.length} parameters`
-          : events.length > MAX_PROBE_EVENTS
-            ? `${events.length} events`
-            : params.some((p) => (p.name ?? '').length > MAX_PROBE_NAME || (p.value ?? '').length > MAX_PARAM_VALUE)
-              ? 'an overlong parameter'
-              : '';
-    if (tooLong !== '' || handle === 0 || name.length > MAX_PROBE_NAME || !isName(name) || HOST_PLUGIN_NAMES.has(name)) {
-      this.emit(
-        'protocolError',
-        new VesperError(
-          ErrorCode.PROTOCOL_UNEXPECTED,
-          `agent claims a probe ${JSON.stringify(name.slice(0, 64))}${tooLong ? ` with ${tooLong}` : ''} at handle ${handle}: refused, its records are told by handle`,
-        ),
-      );
-      // nothing of what it sent is kept: a refused probe is its handle
-      return { handle, name: `handle-${handle}`, instance: l.instance ?? 0, version: '', params: {}, events: new Map(), digest: '' };
+    const { info, refused } = probeOfAgent(l);
+    if (refused) {
+      this.emit('protocolError', refused);
+      return info;
     }
-    const info: ProbeInfo = {
-      handle,
-      name,
-      instance: l.instance ?? 0,
-      version,
-      params: Object.fromEntries(params.map((p) => [p.name ?? '', p.value ?? ''])),
-      digest: l.digest && l.digest.length <= 64 ? Buffer.from(l.digest).toString('hex') : '',
-      // an event name is a name, and no longer than a probe's: every stored event of it carries it
-      events: new Map(
-        events.filter((e) => (e.name ?? '').length <= MAX_PROBE_NAME && isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? '']),
-      ),
-    };
-    this.probes.set(handle, info);
+    this.probes.set(info.handle, info);
     return info;
   }
 
   private request(body: pb.IFrame): Promise<pb.Frame> {
     if (this.closed) return Promise.reject(new VesperError(ErrorCode.DISCONNECTED, 'agent link is closed'));
-    const reqId = this.nextReq++;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(reqId);
-        reject(
-          new VesperError(
-            ErrorCode.REQUEST_TIMEOUT,
-            `agent did not answer request ${Object.keys(body)[0]} within ${this.opts.requestTimeoutMs} ms`,
-          ),
-        );
-      }, this.opts.requestTimeoutMs);
-      this.pending.set(reqId, { resolve, reject, timer });
-      this.send({ ...body, reqId });
-    });
+    return this.requests.open(body, (f) => this.send(f));
   }
 
   private send(f: pb.IFrame): void {
@@ -483,144 +387,72 @@ export class AgentClient extends EventEmitter {
   private shutdown(why: string): void {
     if (this.closed) return;
     this.closed = true;
-    if (this.helloTimer) clearTimeout(this.helloTimer);
     if (this.resumeTimer) clearTimeout(this.resumeTimer);
     this.decoder.discardPartial('ended');
-    for (const [, p] of this.pending) {
-      clearTimeout(p.timer);
-      p.reject(new VesperError(ErrorCode.DISCONNECTED, `agent link closed: ${why}`));
-    }
-    this.pending.clear();
+    this.requests.failAll(why);
+    this.gate.closed(why);
     this.emit('close', why);
   }
+
+  // ---------------------------------------------------------------- frames from the agent
 
   private onFrame(payload: Buffer): void {
     // A closed link's last bytes (the frames found behind an incomplete one when it ended) are
     // not read: nothing on it can be acknowledged any more, and the agent sends it all again.
     if (this.closed) return;
-    // Record batches, nearly every frame: each record is decoded from its own bytes, which
-    // are kept (copied once, out of the decoder's buffer) for the store.
-    if (isBatchFrame(payload)) {
-      const own = Buffer.from(payload);
-      const parts = splitBatchFrame(own);
-      if (parts !== null) {
-        this.recordsSeen += parts.length;
-        const out: AgentRecord[] = [];
-        for (const bytes of parts) {
-          const h = readRecordHeader(bytes);
-          if (h !== null) {
-            this.received(out, h, null, bytes);
-            continue;
-          }
-          try {
-            const raw = v1.Record.decode(bytes);
-            this.received(out, headerOf(raw), raw, bytes);
-          } catch (err) {
-            this.emit(
-              'protocolError',
-              new VesperError(ErrorCode.MESSAGE_DECODE, `undecodable record: ${(err as Error).message}`, '', { cause: err }),
-            );
-          }
-        }
-        this.deliver(out);
-        return;
-      }
+    // Record batches, nearly every frame: each record decoded from its own bytes.
+    const batch = isBatchFrame(payload);
+    if (batch) {
+      const out = this.intake.fromBatchFrame(payload);
+      if (out !== null) return this.deliver(out);
     }
-    if (payload.length > MAX_CONTROL_FRAME && !isBatchFrame(payload)) {
+    const f = this.decodeControl(payload, batch);
+    if (f === null) return;
+    switch (f.body) {
+      case 'batch':
+        return this.deliver(this.intake.fromBatchMessage(f.batch!));
+      case 'hello':
+        return this.gate.take(f.hello! as pb.Hello);
+      case 'error':
+        return void this.emit('protocolError', VesperError.fromWire(f.error));
+      default:
+        return this.onAnswer(f);
+    }
+  }
+
+  /** A message other than a record batch, decoded; null (and told) when it is too large or undecodable. */
+  private decodeControl(payload: Buffer, batch: boolean): pb.Frame | null {
+    if (payload.length > MAX_CONTROL_FRAME && !batch) {
       this.emit(
         'protocolError',
         new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `a ${payload.length}-byte message that is no record batch: not decoded`),
       );
-      return;
+      return null;
     }
-    let f: pb.Frame;
     try {
       // a copy: the payload is a view into a read buffer that is reused, and a decoded message's
       // bytes fields (a probe's digest) would be views into it too
-      f = decodeMessage(Buffer.from(payload));
+      return decodeMessage(Buffer.from(payload));
     } catch (err) {
       this.emit('protocolError', VesperError.from(err, ErrorCode.MESSAGE_DECODE));
-      return;
-    }
-    switch (f.body) {
-      case 'batch':
-        {
-          const out: AgentRecord[] = [];
-          this.recordsSeen += f.batch!.records?.length ?? 0;
-          for (const raw of (f.batch!.records ?? []) as pb.Record[]) this.received(out, headerOf(raw), raw, v1.Record.encode(raw).finish());
-          this.deliver(out);
-        }
-        return;
-      case 'hello': {
-        const h = f.hello! as pb.Hello;
-        if (h.protocolVersion !== PROTOCOL_VERSION) {
-          this.emit(
-            'protocolError',
-            new VesperError(ErrorCode.PROTOCOL_VERSION, `agent speaks protocol ${h.protocolVersion}, host ${PROTOCOL_VERSION}`),
-          );
-          this.close();
-          return;
-        }
-        const long = (['bootId', 'hostname', 'kernelRelease', 'agentVersion'] as const).find((k) => (h[k] ?? '').length > MAX_HELLO_STRING);
-        if (long) {
-          this.emit(
-            'protocolError',
-            new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `hello with a ${h[long].length}-character ${long}: link closed`),
-          );
-          this.close();
-          return;
-        }
-        const now = Date.now();
-        if (this.lastHelloAt > 0 && now - this.lastHelloAt < HELLO_MIN_INTERVAL_MS) {
-          if (this.heldHello === null)
-            this.emit(
-              'protocolError',
-              new VesperError(
-                ErrorCode.PROTOCOL_UNEXPECTED,
-                `hellos less than ${HELLO_MIN_INTERVAL_MS} ms apart: only the last is answered`,
-              ),
-            );
-          this.heldHello = h;
-          this.helloTimer ??= setTimeout(
-            () => {
-              this.helloTimer = null;
-              const held = this.heldHello;
-              this.heldHello = null;
-              if (held && !this.closed) this.onHello(held);
-            },
-            this.lastHelloAt + HELLO_MIN_INTERVAL_MS - now,
-          );
-          return;
-        }
-        this.onHello(h);
-        return;
-      }
-      case 'error':
-        this.emit('protocolError', VesperError.fromWire(f.error));
-        return;
-      default: {
-        const p = this.pending.get(f.reqId);
-        if (!p && f.body === 'pong' && f.reqId === 0) return; // the answer to our first ping
-        if (!p) {
-          this.emit(
-            'protocolError',
-            new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `unsolicited ${f.body ?? 'empty'} message (request ${f.reqId})`),
-          );
-          return;
-        }
-        this.pending.delete(f.reqId);
-        clearTimeout(p.timer);
-        p.resolve(f);
-      }
+      return null;
     }
   }
 
-  /** A hello answered: resume point, the probes it says it runs, the ack, and 'hello' to listeners. */
+  /** The answer to a request of ours (or the pong to the first ping); anything else is unsolicited. */
+  private onAnswer(f: pb.Frame): void {
+    if (this.requests.settle(f)) return;
+    if (f.body === 'pong' && f.reqId === 0) return; // the answer to our first ping
+    this.emit(
+      'protocolError',
+      new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `unsolicited ${f.body ?? 'empty'} message (request ${f.reqId})`),
+    );
+  }
+
+  /** A hello answered (hello-gate.ts decides which): resume point, the probes it says it runs, the ack, and 'hello' to listeners. */
   private onHello(h: pb.Hello): void {
-    this.helloSeen = true;
-    this.lastHelloAt = Date.now();
     this.hello = h;
-    if (this.opts.resumeFor) this.lastSeq = this.opts.resumeFor(h);
+    if (this.opts.resumeFor) this.intake.lastSeq = this.opts.resumeFor(h);
     this.probes.clear();
     for (const l of h.loaded ?? []) this.remember(l);
     this.send({
@@ -631,23 +463,8 @@ export class AgentClient extends EventEmitter {
         maxFrameBytes: this.opts.maxFrameBytes,
       },
     });
+    this.gate.answered();
     this.emit('hello', h);
-  }
-
-  /** One received record: dropped if already held, else typed and added to `out`. */
-  private received(out: AgentRecord[], h: RecordHeader, raw: pb.Record | null, bytes: Uint8Array): void {
-    const seq = h.seq;
-    if (seq <= this.lastSeq) {
-      this.duplicates++;
-      return;
-    }
-    if (seq !== this.lastSeq + 1) {
-      this.gaps++;
-      this.emit('protocolError', new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `sequence gap: expected ${this.lastSeq + 1}, got ${seq}`));
-    }
-    this.lastSeq = seq;
-    this.recordsReceived++;
-    out.push(this.typed(h, raw, bytes));
   }
 
   /** The records of one frame, to listeners. */
@@ -657,30 +474,6 @@ export class AgentClient extends EventEmitter {
     this.emit('batch', out);
     if (this.opts.autoAck) this.ack();
   }
-
-  private typed(h: RecordHeader, raw: pb.Record | null, bytes: Uint8Array): AgentRecord {
-    const kind = (h.kind ?? 'generic') as RecordKind;
-    if (h.handle === 0)
-      return new AgentRecord(h.seq, h.monoNs, h.wallNs, 0, 'agent', 0, kind === 'loss' ? 'loss' : 'probe_fault', kind, bytes, raw);
-    const p = this.probes.get(h.handle);
-    return new AgentRecord(
-      h.seq,
-      h.monoNs,
-      h.wallNs,
-      h.handle,
-      p?.name ?? `handle-${h.handle}`,
-      p?.instance ?? 0,
-      p?.events.get(h.eventId) ?? `event-${h.eventId}`,
-      kind,
-      bytes,
-      raw,
-    );
-  }
-}
-
-/** A decoded record's header (field by field: protobufjs keeps defaults on the prototype). */
-function headerOf(raw: pb.Record): RecordHeader {
-  return { seq: raw.seq, monoNs: raw.monoNs, wallNs: raw.wallNs, handle: raw.handle, eventId: raw.eventId, kind: raw.payload ?? null };
 }
 
 function kv(o: Record<string, string> | undefined): pb.IParamValue[] {

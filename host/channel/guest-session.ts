@@ -10,6 +10,7 @@ import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { AgentClient, type AgentClientOptions, type ProbeInfo } from './agent-client.js';
 import type { AgentRecord } from '../../proto/record.js';
 import type { IngestBudgetOptions } from './ingest-budget.js';
+import type { ReadPacer } from './read-pacer.js';
 
 /**
  * Makes one link to the agent and completes its handshake with these options (resumeFor,
@@ -18,9 +19,9 @@ import type { IngestBudgetOptions } from './ingest-budget.js';
  */
 export type LinkOpener = (o: AgentClientOptions) => Promise<AgentClient>;
 
-/** Links over a unix socket, through connectUnix's shared-buffer read path. */
-export function unixOpener(socket: string): LinkOpener {
-  return (o) => AgentClient.connectUnix(socket, o);
+/** Links over a unix socket, through connectUnix's shared-buffer read path; its reads count towards `pacer`. */
+export function unixOpener(socket: string, pacer?: ReadPacer): LinkOpener {
+  return pacer ? (o) => AgentClient.connectUnix(socket, { ...o, pacer }) : (o) => AgentClient.connectUnix(socket, o);
 }
 
 export interface AttachedProbe {

@@ -1,26 +1,30 @@
 // Read coalescing for many links at once, as a network card coalesces interrupts. With a
-// thousand guests each sending a frame every 10 ms, a manager that reads every socket the
+// thousand guests each sending a frame every 10 ms, a daemon that reads every socket the
 // moment it turns readable reads each frame on its own: one wake-up, one read call and one
 // trip into JavaScript per record, which alone cost about half a core (measured). When a turn
 // of the event loop has read from many links, the pacer makes the next turn start no sooner
 // than `windowMs` after this one began; the records that arrive meanwhile wait in the sockets
 // and come in fewer, fuller reads. A turn that read from few links (a single guest, however
-// busy: its socket already gathers its records while the manager works) is never held back,
+// busy: its socket already gathers its records while vesperd works) is never held back,
 // so the added latency is only paid where it buys something: at most `windowMs`, under load.
 //
 // The wait blocks the thread (Atomics.wait): no timer can be that precise, and nothing is
 // lost by it, since everything the loop would do meanwhile is what the pause is for.
+//
+// One pacer per daemon (vesperd makes it): its links' reads (AgentClient.connectUnix's
+// `pacer`) count towards it, and its group commit (IngestBatcher) paces after each turn.
 
 /** the longest a busy turn is stretched to, by default */
 export const DEFAULT_COALESCE_MS = 20;
 /** reads in one turn from which the next is paced */
 export const DEFAULT_PACE_FROM_READS = 64;
 
+/** what Atomics.wait waits on: nothing ever writes it */
 const SLEEPER = new Int32Array(new SharedArrayBuffer(4));
 
 export class ReadPacer {
   /** 0: never pace */
-  windowMs = DEFAULT_COALESCE_MS;
+  windowMs: number;
   fromReads = DEFAULT_PACE_FROM_READS;
   /** reads since the last pace() */
   private reads = 0;
@@ -29,6 +33,10 @@ export class ReadPacer {
   /** turns that were held back, and for how long in all */
   pauses = 0;
   pausedMs = 0;
+
+  constructor(windowMs = DEFAULT_COALESCE_MS) {
+    this.windowMs = windowMs;
+  }
 
   /** One read from a link. */
   noteRead(): void {
@@ -55,6 +63,3 @@ export class ReadPacer {
     this.turnStartMs = performance.now();
   }
 }
-
-/** The process's pacer: every unix-socket link reads through AgentClient.connectUnix. */
-export const readPacer = new ReadPacer();

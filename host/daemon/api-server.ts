@@ -23,8 +23,8 @@ export interface EventFeed {
   close(): void;
 }
 
-/** What the API asks of the manager. */
-export interface ManagerApi {
+/** What the API asks of the daemon (api-service.ts answers it). */
+export interface DaemonApi {
   listVms(): Promise<apipb.IVmSummary[]>;
   vmStatus(vm: string): Promise<apipb.IVmDetail>;
   probeCatalogue(): apipb.IProbeInfo[];
@@ -112,7 +112,7 @@ export class ApiServer {
   requests = 0;
 
   constructor(
-    private readonly m: ManagerApi,
+    private readonly m: DaemonApi,
     private readonly o: ApiServerOptions,
   ) {}
 

@@ -16,6 +16,8 @@ import type { IngestBatcher } from './ingest.js';
 import { RecordEvent, eventOfRecord } from '../notify/record-event.js';
 import { MAX_HONEST_RECORD_BYTES, capOversizedRecord } from '../notify/guest-strings.js';
 import { endedRunLosses } from './ended-runs.js';
+import { ACK_AT_RECORDS, AckCoalescer } from './ack-coalescer.js';
+import type { ReadPacer } from '../channel/read-pacer.js';
 
 export interface GuestLinkDeps {
   key: HostKey;
@@ -30,30 +32,10 @@ export interface GuestLinkDeps {
   maxBackoffMs?: number;
   /** how fast one guest's link is read at most (channel.ingest in the config); unlimited when absent */
   budget?: IngestBudgetOptions;
-}
-
-/**
- * Acks are coalesced: every link's go out together, at most once every ACK_EVERY_MS, or at once
- * when a link has ACK_AT_RECORDS stored and not yet acknowledged. The agent keeps what is not yet
- * acknowledged (its ring holds 65,536 records by default), so a later ack costs ring space, never
- * records. With 1,000 busy guests, acks every 20 ms cost the manager about a fifth of its CPU
- * (measured), every 100 ms 2.4 % of its profile samples.
- */
-const ACK_EVERY_MS = 250;
-const ACK_AT_RECORDS = 8192;
-
-/** Links with stored records to acknowledge, and the one timer that will. */
-const ackDue = new Set<GuestLink>();
-let ackTimer: NodeJS.Timeout | null = null;
-
-function scheduleAcks(): void {
-  if (ackTimer !== null) return;
-  ackTimer = setTimeout(() => {
-    ackTimer = null;
-    const links = [...ackDue];
-    ackDue.clear();
-    for (const l of links) l.sendAck();
-  }, ACK_EVERY_MS);
+  /** the daemon's ack coalescer, shared by its links (absent: one of the link's own) */
+  acks?: AckCoalescer;
+  /** the daemon's read pacer: a unix socket's reads count towards it (absent: not paced) */
+  pacer?: ReadPacer;
 }
 
 export type LinkState = 'connecting' | 'connected' | 'stopped';
@@ -83,8 +65,8 @@ export interface LinkSpec {
 }
 
 /** A virtio-serial port's (or a host-mode agent's) unix socket. */
-export function unixLink(socket: string): LinkSpec {
-  return { transport: 'virtio', where: socket, open: unixOpener(socket) };
+export function unixLink(socket: string, pacer?: ReadPacer): LinkSpec {
+  return { transport: 'virtio', where: socket, open: unixOpener(socket, pacer) };
 }
 
 export class GuestLink {
@@ -103,13 +85,15 @@ export class GuestLink {
   private ackedSeq = 0;
   /** an oversized guest string was capped and said so in the log (once per VM) */
   private toldCapped = false;
+  private readonly acks: AckCoalescer;
 
   constructor(
     readonly vm: string,
     link: string | LinkSpec,
     private readonly d: GuestLinkDeps,
   ) {
-    this.spec = typeof link === 'string' ? unixLink(link) : link;
+    this.spec = typeof link === 'string' ? unixLink(link, d.pacer) : link;
+    this.acks = d.acks ?? new AckCoalescer();
     this.session = new GuestSession({
       open: this.spec.open,
       module: (name) => this.module(name),
@@ -182,7 +166,7 @@ export class GuestLink {
 
   stop(): void {
     this.state = 'stopped';
-    ackDue.delete(this);
+    this.acks.drop(this);
     this.session.stop();
     this.spec.close?.();
   }
@@ -274,12 +258,11 @@ export class GuestLink {
     if (run !== this.ackRun) [this.ackRun, this.ackSeq, this.ackedSeq] = [run, 0, 0];
     this.ackSeq = Math.max(this.ackSeq, seq);
     if (this.ackSeq - this.ackedSeq >= ACK_AT_RECORDS) {
-      ackDue.delete(this);
+      this.acks.drop(this);
       this.sendAck();
       return;
     }
-    ackDue.add(this);
-    scheduleAcks();
+    this.acks.soon(this);
   }
 
   /** Acknowledges what is stored of the current agent run (ackSoon decides when). */

@@ -3,7 +3,7 @@
 // in one store transaction, and only then is each guest told what it may drop from its ring. A
 // crash before the commit loses nothing (the agents resend); a crash after it duplicates
 // nothing (the store keeps a record once).
-import { readPacer, type ReadPacer } from '../channel/read-pacer.js';
+import type { ReadPacer } from '../channel/read-pacer.js';
 import type { VesperEvent } from '../notify/event.js';
 
 export interface IngestSink {
@@ -42,8 +42,8 @@ export class IngestBatcher {
     private readonly sink: IngestSink,
     /** commit at once when this many events wait (bounds memory and latency under a flood) */
     private readonly maxEvents = 20_000,
-    /** paces the reads of the next turn after a commit (read-pacer.ts); null: never */
-    private readonly pacer: ReadPacer | null = readPacer,
+    /** paces the reads of the next turn after a commit (read-pacer.ts; the daemon's); null: never */
+    private readonly pacer: ReadPacer | null = null,
     /** commit at once, within a turn, when the oldest waiting event came this long ago (ms) */
     private readonly commitAfterMs = COMMIT_AFTER_MS,
   ) {}
@@ -76,7 +76,7 @@ export class IngestBatcher {
     const batch = this.pending;
     this.pending = [];
     this.pendingEvents = 0;
-    // A plain loop: flatMap was a measurable part of the manager's CPU with a thousand guests.
+    // A plain loop: flatMap was a measurable part of vesperd's CPU with a thousand guests.
     let all: VesperEvent[];
     if (batch.length === 1) all = batch[0]!.events;
     else {

@@ -6,7 +6,8 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
-import { DEFAULT_COALESCE_MS, readPacer } from '../../host/channel/read-pacer.js';
+import { DEFAULT_COALESCE_MS, ReadPacer } from '../../host/channel/read-pacer.js';
+import { AckCoalescer } from '../../host/daemon/ack-coalescer.js';
 import { defaultConfig } from '../../host/config/schema.js';
 import { GuestLink } from '../../host/daemon/guest-link.js';
 import { IngestBatcher } from '../../host/daemon/ingest.js';
@@ -40,8 +41,11 @@ function managerCore(dir: string) {
   filters.set({ vm: '*', plugin: 'heartbeat', instance: '*', event: '*', decision: { kind: 'discard' } });
   filters.set({ vm: 'none', plugin: 'signal', instance: 0, event: 'signal', decision: { kind: 'action', action: 'restart', args: [] } });
   const framework = new NotificationFramework({ filters, queue, store, actions: { run: () => undefined } });
-  const batcher = new IngestBatcher(framework);
-  return { store, queue, framework, batcher };
+  // the read pacer and the ack coalescer vesperd owns and shares between its links
+  const pacer = new ReadPacer();
+  const acks = new AckCoalescer();
+  const batcher = new IngestBatcher(framework, undefined, pacer);
+  return { store, queue, framework, batcher, pacer, acks };
 }
 
 /**
@@ -63,6 +67,8 @@ function simLink(
     hostEvent: (e) => core.batcher.push([e], () => undefined),
     log: pino({ level: 'silent' }),
     keepaliveMs: 1000,
+    acks: core.acks,
+    pacer: core.pacer,
     ...(asVesperd ? { budget: { recordsPerS: ingest.recordsPerS, bytesPerS: ingest.bytesPerS, burstMs: ingest.burst } } : {}),
   });
 }
@@ -112,6 +118,7 @@ async function ingest(m: Metrics): Promise<void> {
     await waitFor('all acknowledged', () => core.store.highestSeq('sim-0', link!.session.agentRun ?? '') >= total, 10_000, 5);
   } finally {
     link?.stop();
+    core.acks.stop();
     sim.kill('SIGKILL');
     core.store.close();
     rmSync(dir, { recursive: true, force: true });
@@ -130,11 +137,10 @@ export async function sessions(
   seconds: number,
   o: { coalesceMs?: number; prefix?: string } = {},
 ): Promise<void> {
-  const coalesceBefore = readPacer.windowMs;
-  readPacer.windowMs = o.coalesceMs ?? DEFAULT_COALESCE_MS;
   const pre = o.prefix ?? 'manager.';
   const dir = mkdtempSync(join(tmpdir(), 'vesper-bench-sess-'));
   const core = managerCore(dir);
+  core.pacer.windowMs = o.coalesceMs ?? DEFAULT_COALESCE_MS;
   const sim = forkSims(dir, [String(n), String(rate)]);
   const links: GuestLink[] = [];
   try {
@@ -160,7 +166,7 @@ export async function sessions(
     const sim0 = sim.pid === undefined ? 0 : threadTicks(sim.pid, sim.pid);
     const w0 = mono();
     const ev0 = core.framework.counters().ingested;
-    const pauses0 = readPacer.pauses;
+    const pauses0 = core.pacer.pauses;
     const commits0 = core.batcher.commits;
     await sleep(seconds * 1000);
     const cpu = process.cpuUsage(cpu0);
@@ -177,12 +183,12 @@ export async function sessions(
     m[`${pre}sessions_main_thread_cpu_pct`] = round(mainPct, 1);
     m[`${pre}sessions_system_cpu_pct`] = round((100 * cpu.system) / 1e6 / wall, 1);
     m[`${pre}sessions_sim_cpu_pct`] = round(simPct, 1);
-    m[`${pre}sessions_paced_turns_per_s`] = round((readPacer.pauses - pauses0) / wall, 1);
+    m[`${pre}sessions_paced_turns_per_s`] = round((core.pacer.pauses - pauses0) / wall, 1);
     m[`${pre}event_to_subscriber_ms.p50`] = round(pct(lat, 50), 3);
     m[`${pre}event_to_subscriber_ms.p99`] = round(pct(lat, 99), 3);
   } finally {
-    readPacer.windowMs = coalesceBefore;
     for (const l of links) l.stop();
+    core.acks.stop();
     sim.kill('SIGKILL');
     core.store.close();
     rmSync(dir, { recursive: true, force: true });

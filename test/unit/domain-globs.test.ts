@@ -1,6 +1,6 @@
 // libvirt.domains: which domains a vesperd watches.
 import { describe, expect, it } from 'vitest';
-import { globsToRegExp } from '../../host/daemon/vesperd.js';
+import { globsToRegExp } from '../../host/daemon/vm-table.js';
 
 describe('globsToRegExp', () => {
   it('matches names and globs, whole names only', () => {

@@ -8,7 +8,7 @@ import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { ApiClient } from '../../host/cli/api-client.js';
 import { buildProgram, keyValues, sinceUs } from '../../host/cli/main.js';
 import { eventJson, summaryOf } from '../../host/cli/output.js';
-import { ApiServer, type ManagerApi } from '../../host/daemon/api-server.js';
+import { ApiServer, type DaemonApi } from '../../host/daemon/api-server.js';
 import type { EventQuery } from '../../host/store/event-query.js';
 import type { VesperEvent } from '../../host/notify/event.js';
 import { EventQueue } from '../../host/notify/queue.js';
@@ -34,7 +34,7 @@ function ev(id: number, vm = 'web1'): VesperEvent {
 }
 
 /** A manager whose events live in an array and a real EventQueue. */
-class ArrayManager implements ManagerApi {
+class ArrayManager implements DaemonApi {
   readonly stored: VesperEvent[] = [];
   readonly queue = new EventQueue({ capacity: 64 });
   attachCalls: Array<{ vm: string; probes: string[] }> = [];
