@@ -43,6 +43,7 @@ const probe: ProbeModule = {
       if (p.timer) clearTimeout(p.timer);
       const k = killed.get(pid);
       const s = summaries.get(pid);
+      const killedTs = killedAt.get(pid) ?? Infinity;
       killed.delete(pid);
       killedAt.delete(pid);
       summaries.delete(pid);
@@ -62,7 +63,7 @@ const probe: ProbeModule = {
         o.constraint = s['constraint'] ?? '';
         o.memcg = s['oom_memcg'] ?? '';
         o.taskMemcg = s['task_memcg'] ?? '';
-      } else if (group && k && (killedAt.get(pid) ?? Infinity) - group.ts < GROUP_KILL_NS) {
+      } else if (group && k && killedTs - group.ts < GROUP_KILL_NS) {
         // A member of an oom.group kill: its "Killed process" line followed the group's.
         o.oomGroup = group.cgroup;
         o.constraint = group.summary?.['constraint'] ?? '';
