@@ -27,8 +27,27 @@ function senderOrigin(ctx: ProbeContext, pid: number): { senderParent?: { pid: n
   return out;
 }
 
+type SenderOrigin = ReturnType<typeof senderOrigin>;
+/**
+ * A sender's origin is looked up once per second per pid: a process that sends thousands of
+ * signals (a supervisor's storm, kill in a loop) would otherwise cost two /proc reads and a call
+ * to the agent's main thread per signal. A pid reused within that second is the only way to
+ * get a stale answer.
+ */
+const ORIGIN_TTL_NS = 1e9;
+const ORIGIN_CACHE_MAX = 1024;
+
 const probe: ProbeModule = {
   setup(ctx: ProbeContext) {
+    const origins = new Map<number, { ts: number; origin: SenderOrigin }>();
+    const originOf = (pid: number, ts: number): SenderOrigin => {
+      const hit = origins.get(pid);
+      if (hit && ts - hit.ts < ORIGIN_TTL_NS) return hit.origin;
+      if (origins.size >= ORIGIN_CACHE_MAX) origins.clear();
+      const origin = senderOrigin(ctx, pid);
+      origins.set(pid, { ts, origin });
+      return origin;
+    };
     const sigs = (ctx.params['signals'] as string[]).map(signalNumber);
     const comms = (ctx.params['comms'] as string[]).map((c) => c.slice(0, 15));
     const filter = allOf(
@@ -55,7 +74,7 @@ const probe: ProbeModule = {
             target: { pid: f['pid'] as number, comm: f['comm'] as string },
             sender: { pid: ev.pid, comm: ev.pid === f['pid'] ? (f['comm'] as string) : ctx.comm(ev.pid) },
             senderIsKernel: code > 0,
-            ...(code <= 0 && ev.pid !== f['pid'] ? senderOrigin(ctx, ev.pid) : {}),
+            ...(code <= 0 && ev.pid !== f['pid'] ? originOf(ev.pid, ev.ts) : {}),
           },
         },
         ev.ts,
