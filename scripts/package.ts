@@ -340,6 +340,9 @@ async function main(): Promise<void> {
     format: 'esm',
     logLevel: 'error',
     legalComments: 'none',
+    // The scripts and unit template `vesper agent install` runs on a target, carried as text
+    // (as scripts/build.mjs does).
+    loader: { '.sh': 'text', '.service': 'text' },
     // ssh2's optional sshcrypto.node stays out: ssh2 then uses Node's own crypto (it tries the
     // addon in a try/catch); cpu-features likewise.
     external: [...NATIVE, '*.node', 'cpu-features'],
