@@ -39,14 +39,7 @@ function child(node: unknown, name: string): unknown {
  * Never throws: malformed XML also gives null.
  */
 export function channelSocketPath(domainXml: string, name: string = AGENT_CHANNEL): string | null {
-  let doc: unknown;
-  try {
-    doc = parser.parse(domainXml);
-  } catch {
-    return null;
-  }
-  const devices = child(child(doc, 'domain'), 'devices');
-  for (const dev of Array.isArray(devices) ? devices : []) {
+  for (const dev of devicesOf(domainXml) ?? []) {
     const channels = child(dev, 'channel');
     for (const ch of Array.isArray(channels) ? channels : []) {
       const source = child(ch, 'source');
