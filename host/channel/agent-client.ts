@@ -51,12 +51,8 @@ export interface AgentClientOptions {
   onProtocolError?: (e: VesperError) => void;
 }
 
-/**
- * The buffer every unix-socket link reads into (connectUnix). One is enough: a read is handled
- * to its end before the next begins, and nothing keeps a view into it past its handling (the
- * frame decoder copies an incomplete frame, the client copies a frame it keeps).
- */
-const SHARED_READ = Buffer.allocUnsafe(256 * 1024);
+/** What a link without a pacer (a tool, a test) reads into: one buffer of its own. */
+const OWN_READ_BYTES = 64 * 1024;
 
 /**
  * What the host may have written to a link that the agent has not read yet. An agent reads
@@ -218,7 +214,7 @@ export class AgentClient extends EventEmitter {
     opts: AgentClientOptions & { connectTimeoutMs?: number; /** counts this link's reads (the daemon's) */ pacer?: ReadPacer } = {},
   ): Promise<AgentClient> {
     const pacer = opts.pacer ?? null;
-    // Reads land in one buffer shared by every link (see SHARED_READ), not a new Buffer per read
+    // Reads land in one buffer shared by the daemon's links (the pacer's), not a new Buffer per read
     // through the stream machinery: with a thousand guests sending a frame each every 10 ms,
     // that machinery was a sixth of vesperd's CPU. Until the client exists, reads are kept.
     let feed: ((chunk: Buffer) => void) | null = null;
@@ -227,7 +223,7 @@ export class AgentClient extends EventEmitter {
       const s = net.createConnection({
         path,
         onread: {
-          buffer: SHARED_READ,
+          buffer: pacer !== null ? pacer.readBuffer : Buffer.allocUnsafe(OWN_READ_BYTES),
           callback: (n: number, buf: Uint8Array) => {
             if (pacer !== null) pacer.noteRead();
             const chunk = Buffer.from(buf.buffer, buf.byteOffset, n);

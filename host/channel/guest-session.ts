@@ -1,6 +1,8 @@
-// One guest as the host keeps it: a link that comes back by itself (with backoff), the
-// probes the host wants attached — pushed again when the guest rebooted or its agent
-// restarted — records de-duplicated across links, and heartbeat loss told as an event.
+// The channel's side of one guest, and nothing above it: it keeps a link to the agent up
+// (reconnecting with backoff), re-pushes the probes it was told to keep attached when the guest
+// rebooted or its agent restarted, drops records a second link repeats, and says when the
+// heartbeat stops. It knows no VM table, store, filter or event: it hands records and link
+// changes to whoever owns it (in vesperd, host/daemon/guest-link.ts).
 // How a link is made is the caller's (a LinkOpener): a unix socket (a virtio-serial port's
 // host end, or a host-mode agent), or an SSH exec channel (host/ssh/ssh-dialer.ts); the
 // session logic is the same for every transport.

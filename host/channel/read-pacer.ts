@@ -26,6 +26,12 @@ export class ReadPacer {
   /** 0: never pace */
   windowMs: number;
   fromReads = DEFAULT_PACE_FROM_READS;
+  /**
+   * The buffer every link of this daemon reads into (AgentClient.connectUnix). One is enough: a
+   * read is handled to its end before the next begins, and nothing keeps a view into it past its
+   * handling (the frame decoder copies an incomplete frame, the client copies a frame it keeps).
+   */
+  readonly readBuffer = Buffer.allocUnsafe(256 * 1024);
   /** reads since the last pace() */
   private reads = 0;
   /** when the current turn began (after the last pace) */

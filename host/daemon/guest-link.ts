@@ -1,8 +1,10 @@
-// One VM as vesperd keeps it: the session to its agent, the probes attached to it (remembered
-// in the store, so a guest reboot and a vesperd restart both end with the same probes and
-// parameters), its records through group commit into the framework, and the `channel` host
-// plugin's events (agent connected / lost, heartbeat lost / back). The link is a virtio-serial
-// port's unix socket or an SSH target's exec channel (LinkSpec); everything above it is the same.
+// What vesperd makes of one VM's agent: it owns the VM's GuestSession (host/channel/, the link
+// itself) and wires it into the daemon: which probes are attached (remembered in the store, so
+// a guest reboot and a vesperd restart both end with the same probes and parameters), records
+// turned into events through group commit into the framework, acknowledgements once stored,
+// and the `channel` host plugin's events (agent connected / lost, heartbeat lost / back).
+// The link is a virtio-serial port's unix socket or an SSH target's exec channel (LinkSpec);
+// everything above it is the same.
 import type { Logger } from 'pino';
 import type { AgentRecord } from '../../proto/record.js';
 import { ProblemLog } from '../channel/problem-log.js';

@@ -2,28 +2,13 @@
 // manifest, and the host's signature over both.
 import { sign } from 'node:crypto';
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { moduleDigest, signedBytes } from '../../proto/module-digest.js';
 import type { ProbeManifest } from '../../contract/probe-api.js';
 import { findAssets } from '../assets.js';
 import type { HostKey } from '../keys.js';
-
-/**
- * The source checkout's root, whether run from source (tsx) or from dist/. Only the test rigs,
- * benchmarks and the demo use it (they live in the checkout); the product finds its files
- * through ../assets.ts.
- */
-export function projectRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (let i = 0; i < 6; i++) {
-    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'probes'))) return dir;
-    dir = dirname(dir);
-  }
-  throw new VesperError(ErrorCode.INTERNAL, 'cannot find the vesper project root');
-}
 
 export interface ProbeBundle {
   name: string;

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { loadOrCreateHostKey } from '../../host/keys.js';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from '../helpers/project-root.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { waitFor } from '../helpers/wait.js';
 

@@ -7,7 +7,7 @@ import { mkdtempSync, rmSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { ErrorCode, exitStatusFor } from '../../proto/errors.js';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from '../helpers/project-root.js';
 import { VESPER, VesperdProcess, writeVesperdConfig } from '../helpers/vesperd-process.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

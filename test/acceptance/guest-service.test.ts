@@ -6,7 +6,7 @@ import { execFile } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from '../helpers/project-root.js';
 import { CHECK_GUEST_SERVICE, virtualDomainPrimitiveXml, writeVirtualDomainFiles } from '../rigs/pacemaker/virtual-domain.js';
 import { VmRig } from '../rigs/vm/rig.js';
 import { numbersIn } from '../helpers/fault-answer.js';

@@ -13,7 +13,7 @@ import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { segfaultProgram, writeProgram } from '../rigs/demo/tiny-elf.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from '../helpers/project-root.js';
 import { DEFAULT_AGENT_LAYOUT } from '../../host/ssh/agent-link.js';
 import { SshConnection } from '../../host/ssh/connect.js';
 import { installAgent } from '../../host/ssh/install.js';

@@ -14,7 +14,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import fc from 'fast-check';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from '../helpers/project-root.js';
 import { openStoreForSql } from '../helpers/store-sql.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 import { HOSTILE_MARK, caseWrites, helloFrame, hostileCaseArb, type HostileCase, type LinkState } from './hostile-cases.js';

@@ -10,7 +10,7 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { cpSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, relative, sep } from 'node:path';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from './project-root.js';
 
 export interface CliCopy {
   /** the copied dist/host/vesper.mjs */

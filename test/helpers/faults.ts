@@ -9,7 +9,7 @@
 import { execFileSync, spawnSync } from 'node:child_process';
 import { chmodSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from './project-root.js';
 import { VmRig } from '../rigs/vm/rig.js';
 import { openStoreForSql } from './store-sql.js';
 import { USR1_STORM_PROBE, VesperdProcess, writeVesperdConfig } from './vesperd-process.js';

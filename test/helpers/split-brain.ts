@@ -10,7 +10,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { join } from 'node:path';
 import { LibvirtEvents, type LibvirtEvent } from '../../host/libvirt/events.js';
 import { UnraidHypervisor } from '../../host/libvirt/unraid.js';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from './project-root.js';
 import { VesperdProcess, writeVesperdConfig, type EventLine } from './vesperd-process.js';
 import { sleep, waitFor } from './wait.js';
 

@@ -9,7 +9,7 @@ import { createInterface } from 'node:readline';
 import { stringify } from 'yaml';
 import type { z } from 'zod';
 import type { fileSchema } from '../../host/config/schema.js';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from './project-root.js';
 import { sleep, waitFor } from './wait.js';
 
 export const VESPER = join(projectRoot(), 'dist/host/vesper.mjs');

@@ -285,7 +285,9 @@ describe('installAgent: the connection lost in the middle of the upload', () => 
   });
 });
 
-describe('vesper agent (the built CLI): stable codes and exit statuses', () => {
+// Each case starts the built CLI two or three times; on a loaded 2-core machine one start takes
+// several seconds, so these get more than the unit project's 20 s.
+describe('vesper agent (the built CLI): stable codes and exit statuses', { timeout: 90_000 }, () => {
   const cli = (args: string[], env: Record<string, string> = {}): Promise<{ code: number; stdout: string; stderr: string }> =>
     new Promise((resolve) => {
       const e: NodeJS.ProcessEnv = { ...process.env, VESPER_KEY_DIR: join(dir, 'cli-keys'), ...env };

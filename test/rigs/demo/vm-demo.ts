@@ -5,7 +5,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { projectRoot } from '../../../host/probes/package.js';
+import { projectRoot } from '../../helpers/project-root.js';
 import { VmRig } from '../vm/rig.js';
 
 const log = (msg: string): void => void process.stderr.write(`vesper demo: ${msg}\n`);

@@ -12,7 +12,7 @@ import { promisify } from 'node:util';
 import { createGzip, gunzipSync } from 'node:zlib';
 import { ErrorCode, VesperError } from '../../../proto/errors.js';
 import { crashOnSignalProgram, exitWithArgProgram, segfaultProgram } from '../demo/tiny-elf.js';
-import { projectRoot } from '../../../host/probes/package.js';
+import { projectRoot } from '../../helpers/project-root.js';
 import { cpioChunks, type CpioEntry } from './cpio.js';
 import {
   AGENT_PATH,

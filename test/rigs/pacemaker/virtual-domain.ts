@@ -4,7 +4,7 @@
 // the CIB primitive with a 10 s monitor.
 import { chmodSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join, resolve } from 'node:path';
-import { projectRoot } from '../../../host/probes/package.js';
+import { projectRoot } from '../../helpers/project-root.js';
 import type { Accel } from '../vm/domain.js';
 import type { VmRig } from '../vm/rig.js';
 

@@ -13,7 +13,8 @@ import { loadOrCreateHostKey, type HostKey } from '../../../host/keys.js';
 import type { Hypervisor } from '../../../host/libvirt/hypervisor.js';
 import { LibvirtEvents } from '../../../host/libvirt/events.js';
 import { UnraidHypervisor } from '../../../host/libvirt/unraid.js';
-import { projectRoot, readProbeBundle, signModule } from '../../../host/probes/package.js';
+import { readProbeBundle, signModule } from '../../../host/probes/package.js';
+import { projectRoot } from '../../helpers/project-root.js';
 import { AGENT_PORT, TEST_PORT } from '../image/guest-scripts.js';
 import { channelXml, guestDomainXml, type Accel } from './domain.js';
 
