@@ -71,6 +71,9 @@ function suspendedWhy(detail: string): HoldWhy | null {
   }
 }
 
+/** virDomainJobOperation (libvirt ABI) as a HoldWhy, for the operations that stop the guest. */
+const JOB_OPERATIONS: Readonly<Record<number, HoldWhy>> = { 2: 'save', 5: 'migration', 6: 'snapshot', 8: 'dump' };
+
 /** `virsh domstate --reason`'s reason (paused or shut off) as a HoldWhy; null when it is not a hold. */
 export function whyOfStateReason(state: string, reason: string): HoldWhy | null {
   const r = reason.toLowerCase();
@@ -129,8 +132,9 @@ export class HostPauses {
     return this.held.has(vm);
   }
 
-  /** A libvirt event of a watched domain, before it is stored. */
+  /** A libvirt event of a watched domain, after it is stored. */
   onEvent(e: LibvirtEvent): void {
+    if (e.name === 'job-completed') return this.jobDone(e);
     const c = holdChangeOf(e);
     if (!c || !e.domain) return;
     const words = `${e.event ?? ''} ${e.reason ?? ''}`.trim();
@@ -198,6 +202,17 @@ export class HostPauses {
     });
   }
 
+  /**
+   * A job ended while the domain is held: its operation names the hold when the state did not
+   * (a live snapshot pauses the guest only for its last moment, too short to read it).
+   */
+  private jobDone(e: LibvirtEvent): void {
+    const h = this.held.get(e.domain);
+    const op = /\boperation: (\d+)/.exec(e.detail ?? '');
+    const why = op ? JOB_OPERATIONS[Number(op[1])] : undefined;
+    if (h && why && (!h.why || h.why === 'paused')) h.why = why;
+  }
+
   private tellHeld(vm: string, h: Hold, state?: string): void {
     h.told = true;
     h.why ??= 'paused';
@@ -229,6 +244,15 @@ export class HostPauses {
   }
 
   private event(vm: string, event: string, payload: Record<string, unknown>): void {
-    this.d.hostEvent({ vm, plugin: 'channel', instance: 0, event, guestTimeUs: null, hostTimeUs: Date.now() * 1000, source: null, payload });
+    this.d.hostEvent({
+      vm,
+      plugin: 'channel',
+      instance: 0,
+      event,
+      guestTimeUs: null,
+      hostTimeUs: Date.now() * 1000,
+      source: null,
+      payload,
+    });
   }
 }

@@ -8,7 +8,7 @@ import { analyze, windowAround } from '../../host/analysis/analyze.js';
 import { GuestSession } from '../../host/channel/guest-session.js';
 import { HostPauses, holdChangeOf, whyOfStateReason } from '../../host/daemon/host-pause.js';
 import type { GuestLink } from '../../host/daemon/guest-link.js';
-import { parseEventLine } from '../../host/libvirt/events.js';
+import { EventLineParser, parseEventLine } from '../../host/libvirt/events.js';
 import type { VesperEvent } from '../../host/notify/event.js';
 import { Scenario } from '../helpers/analysis-scenario.js';
 import { sleep } from '../helpers/wait.js';
@@ -31,7 +31,9 @@ describe('what a libvirt event means for the hold', () => {
     expect(holdChangeOf(line('Resumed Migrated'))).toEqual({ kind: 'release' });
     expect(holdChangeOf(line('Stopped Destroyed'))).toEqual({ kind: 'drop' });
     expect(holdChangeOf(line('Started Booted'))).toEqual({ kind: 'drop' });
-    expect(holdChangeOf(parseEventLine("2026-12-07 07:03:52.368+0000: event 'migration-iteration' for domain 'vm1': iteration: '1'"))).toBeNull();
+    expect(
+      holdChangeOf(parseEventLine("2026-12-07 07:03:52.368+0000: event 'migration-iteration' for domain 'vm1': iteration: '1'")),
+    ).toBeNull();
   });
 
   it("domstate --reason's words", () => {
@@ -161,6 +163,21 @@ describe("vesperd's holds", () => {
     await sleep(5);
     p.reconcile('vm1', 'running', Date.now());
     expect(p.isHeld('vm1')).toBe(false);
+  });
+
+  it('a live snapshot: the pause too short for the state to tell; the job that ends names it', async () => {
+    const { p, events } = pauses(() => Promise.resolve({ state: 'running', reason: 'unpaused' }));
+    p.onEvent(line('Suspended Paused'));
+    const [job] = new EventLineParser().push(
+      "2026-12-07 07:04:10.043+0000: event 'job-completed' for domain 'vm1':\n\toperation: 6\n\ttime_elapsed: 2310\n",
+    );
+    p.onEvent(job!);
+    p.onEvent(line('Resumed Unpaused'));
+    await sleep(20);
+    expect(events.map((e) => [e.event, e.payload['why']])).toEqual([
+      ['watch-held', 'snapshot'],
+      ['watch-resumed', 'snapshot'],
+    ]);
   });
 
   it('a held domain destroyed: the hold ends without grace', async () => {

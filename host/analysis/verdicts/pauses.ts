@@ -29,7 +29,10 @@ export function hostPauses(w: Window, out: Draft[]): void {
     lastEnd = endUs;
     const suspended = held ? w.near('libvirt/suspended', start.timeUs - 5 * S, start.timeUs) : [];
     const fromUs = Math.min(start.timeUs, ...suspended.map((p) => p.timeUs));
-    const why = held ? str(start.ev.payload['why']) || 'paused' : 'paused';
+    // The resume's why when the hold's was only 'paused' (a job told the operation meanwhile).
+    const heldWhy = held ? str(start.ev.payload['why']) || 'paused' : 'paused';
+    const endWhy = str(end?.ev.payload['why']);
+    const why = heldWhy === 'paused' && endWhy ? endWhy : heldWhy;
     const graceUs = (num(end?.ev.payload['graceMs']) ?? 10_000) * 1000;
     const d = draft('host-paused', 'host', 'confident', fromUs, '', { why, heldMs: end ? Math.round((endUs - fromUs) / 1000) : null });
     w.claim(d, [start, ...suspended, ...(end ? [end] : [])]);
