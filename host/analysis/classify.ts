@@ -21,6 +21,7 @@ import { ioErrors } from './verdicts/io-errors.js';
 import { ooms } from './verdicts/oom.js';
 import { pacemaker } from './verdicts/pacemaker.js';
 import { panics } from './verdicts/panics.js';
+import { hostPauses } from './verdicts/pauses.js';
 import { signals, type AgentKill } from './verdicts/signals.js';
 import { stopsAndReboots } from './verdicts/stops.js';
 import { Window, type Draft } from './verdicts/window.js';
@@ -37,6 +38,7 @@ const SEVERITY: VerdictKind[] = [
   'channel-loss',
   'guest-stopped',
   'planned-stop',
+  'host-paused',
   'unknown',
 ];
 
@@ -53,6 +55,8 @@ export function classify(placed: readonly Placed[], o: ClassifyOptions = {}): Ve
   const agentKills: AgentKill[] = [];
   panics(w, out);
   ioErrors(w, out);
+  // Before the stops: a domain saved or migrated away stopped, but was kept.
+  hostPauses(w, out);
   stopsAndReboots(w, runs, out);
   ooms(w, out);
   signals(w, runs, out, agentKills);

@@ -22,6 +22,7 @@ const KIND_TITLES: Record<VerdictKind, string> = {
   'io-error': 'I/O error',
   'channel-loss': 'Channel to the guest lost',
   'guest-stopped': 'Guest stopped',
+  'host-paused': 'Stopped by the host (pause, save, snapshot, migration)',
   unknown: 'Failure of unknown kind',
 };
 

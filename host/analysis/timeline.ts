@@ -267,6 +267,20 @@ function describeLibvirt(e: VesperEvent): string {
   }
 }
 
+/** watch-held's why in words (host/daemon/host-pause.ts). */
+export const HELD_WHY: Readonly<Record<string, string>> = {
+  user: 'paused by an operator',
+  save: 'saved to a file',
+  snapshot: 'a snapshot with memory',
+  migration: 'migrating',
+  dump: 'a memory dump',
+  ioerror: 'paused on an I/O error',
+  watchdog: 'paused by its watchdog',
+  restore: 'being restored',
+  'api-error': 'paused after a failed libvirt call',
+  paused: 'paused',
+};
+
 function describeChannel(e: VesperEvent): string {
   const p = e.payload;
   switch (e.event) {
@@ -278,6 +292,12 @@ function describeChannel(e: VesperEvent): string {
       return `no heartbeat for ${seconds(p['silentMs'])} (interval ${num(p['intervalMs']) ?? '?'} ms)`;
     case 'heartbeat-back':
       return `heartbeats back after ${seconds(p['silentMs'])} of silence`;
+    case 'watch-held':
+      return `the host stopped the guest (${HELD_WHY[str(p['why'])] ?? (str(p['why']) || 'paused')}; libvirt: ${str(p['libvirt']) || '?'}): heartbeat-lost and agent-lost held`;
+    case 'watch-resumed':
+      return p['ended'] === true
+        ? `the held domain stopped (libvirt: ${str(p['libvirt']) || '?'}) after ${seconds(p['heldMs'])}`
+        : `the guest runs again after ${seconds(p['heldMs'])} stopped by the host (libvirt: ${str(p['libvirt']) || '?'}): detection resumed, the first beat given ${seconds(p['graceMs'])} more${p['linkDropped'] === true ? '; the link was made anew' : ''}`;
     case 'records-lost':
       if (e.record) return describeGuest(e); // the agent's own loss record
       return str(obj(p['loss'])['source']) === 'AGENT_ENDED'

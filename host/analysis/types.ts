@@ -36,6 +36,11 @@ export type VerdictKind =
    * itself); details.rebooted is true for a reboot
    */
   | 'guest-stopped'
+  /**
+   * the host stopped the guest's clock (paused, saved, snapshotted, migrated it): the silence
+   * around it is the pause's; not a failure of the guest
+   */
+  | 'host-paused'
   /** something failure-like happened but the evidence does not say what */
   | 'unknown';
 

@@ -438,7 +438,17 @@ export class AgentClient extends EventEmitter {
   /** The answer to a request of ours (or the pong to the first ping); anything else is unsolicited. */
   private onAnswer(f: pb.Frame): void {
     if (this.requests.settle(f)) return;
-    if (f.body === 'pong' && f.reqId === 0) return; // the answer to our first ping
+    if (f.body === 'pong' && f.reqId === 0) {
+      // The answer to our first ping (or a keepalive's). On a new link the agent's hello comes
+      // first; a pong without one is an agent that holds a link from before: a guest restored
+      // from a save or migrated in, whose virtio-serial port never saw the host leave. Hung up,
+      // so that it sees the host go and answers the next link with its hello.
+      if (!this.gate.seen) {
+        this.stream.destroy();
+        this.shutdown('the agent answered as on a link it already had (a restored or migrated guest): linking again');
+      }
+      return;
+    }
     this.emit(
       'protocolError',
       new VesperError(ErrorCode.PROTOCOL_UNEXPECTED, `unsolicited ${f.body ?? 'empty'} message (request ${f.reqId})`),

@@ -109,6 +109,10 @@ export class GuestSession extends EventEmitter {
   private hbTimer: NodeJS.Timeout | null = null;
   private lastBeat = 0;
   private hbLost = false;
+  /** the host stopped the guest's clock (holdHeartbeat): no heartbeat-lost until releaseHeartbeat */
+  private hbHeld = false;
+  /** extra ms the first beat after releaseHeartbeat may take */
+  private hbGraceMs = 0;
   private readonly open: LinkOpener;
   /** the pass that brings the agent's probes in line, per link (see onHello) */
   private reconciling: { client: AgentClient; done: Promise<void> } | null = null;
@@ -347,6 +351,33 @@ export class GuestSession extends EventEmitter {
     return c.load(this.o.module(p.name), { instances: p.instances, params: p.params, instanceParams: p.instanceParams });
   }
 
+  /**
+   * The host stopped the guest's clock (paused, saved, snapshotted, migrating): silence says
+   * nothing now, so heartbeat-lost is not raised until releaseHeartbeat. A loss already told
+   * stays told (heartbeat-back follows the next beat).
+   */
+  holdHeartbeat(): void {
+    this.hbHeld = true;
+    if (this.hbTimer) clearTimeout(this.hbTimer);
+    this.hbTimer = null;
+  }
+
+  /**
+   * The guest runs again: silence counts from now, and the first beat may take graceMs more
+   * than the usual misses × interval (a resumed guest's timers, a restored guest's new link).
+   */
+  releaseHeartbeat(graceMs: number): void {
+    if (!this.hbHeld) return;
+    this.hbHeld = false;
+    this.hbGraceMs = Math.max(0, graceMs);
+    if (!this.hbLost) this.lastBeat = Date.now();
+    this.armHeartbeat();
+  }
+
+  get heartbeatHeld(): boolean {
+    return this.hbHeld;
+  }
+
   private heartbeatInterval(): number {
     const hb = this.attached.get('heartbeat');
     if (!hb) return 0;
@@ -362,6 +393,7 @@ export class GuestSession extends EventEmitter {
       this.emit('heartbeat-back', { silentMs: now - this.lastBeat });
     }
     this.lastBeat = now;
+    this.hbGraceMs = 0;
     this.armHeartbeat();
   }
 
@@ -369,9 +401,9 @@ export class GuestSession extends EventEmitter {
   private armHeartbeat(): void {
     if (this.hbTimer) clearTimeout(this.hbTimer);
     const interval = this.heartbeatInterval();
-    if (!interval || this.stopped) return;
+    if (!interval || this.stopped || this.hbHeld) return;
     if (!this.lastBeat) this.lastBeat = Date.now();
-    const limit = interval * (this.o.heartbeatMisses ?? 3);
+    const limit = interval * (this.o.heartbeatMisses ?? 3) + this.hbGraceMs;
     this.hbTimer = setTimeout(
       () => {
         if (this.hbLost) return;

@@ -59,6 +59,11 @@ export class HelloGate {
     );
   }
 
+  /** A hello has been answered on this link. */
+  get seen(): boolean {
+    return this.helloSeen;
+  }
+
   /**
    * A protocol problem of the link. The first before the hello names a handshake that then fails.
    * The link is not closed for it: a virtio-serial port may hold the end of what the guest wrote

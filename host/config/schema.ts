@@ -115,6 +115,11 @@ export interface Config {
     ingest: { recordsPerS: number; bytesPerS: number; burst: number };
     /** ms a busy turn of reads is stretched to (read-pacer.ts); 0 never; absent, the default */
     readCoalesce?: number;
+    /**
+     * ms the agent is given, once the host lets a paused/saved/snapshotted/migrated domain run
+     * again, to link and beat before heartbeat-lost can fire (host/daemon/host-pause.ts); absent, 10 s
+     */
+    resumeGrace?: number;
   };
   actions: {
     /** ms */
@@ -358,6 +363,9 @@ export const fileSchema = mapping('a mapping of sections', {
     keepalive: duration('1s'),
     reconnect_min: duration('200ms'),
     reconnect_max: duration('10s'),
+    // After the host paused, saved, snapshotted or migrated the domain: how long the agent has to
+    // link and beat again before detection counts silence as a fault (host/daemon/host-pause.ts).
+    resume_grace: duration('10s', 0),
     // With many busy guests, reads are gathered for up to this long (host/channel/read-pacer.ts).
     read_coalesce: duration('20ms', 0).refine((ms) => ms <= MAX_READ_COALESCE_MS, {
       error: `must be at most ${MAX_READ_COALESCE_MS}ms: it is added to the latency of every event under load`,
@@ -411,6 +419,7 @@ export function toConfig(f: FileConfig): Config {
       reconnectMax: f.channel.reconnect_max,
       ingest: { recordsPerS: f.channel.ingest.records_per_s, bytesPerS: f.channel.ingest.bytes_per_s, burst: f.channel.ingest.burst },
       readCoalesce: f.channel.read_coalesce,
+      resumeGrace: f.channel.resume_grace,
     },
     actions: {
       execTimeout: f.actions.exec_timeout,

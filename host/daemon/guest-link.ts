@@ -85,6 +85,13 @@ export class GuestLink {
   private ackSeq = 0;
   private ackRun = '';
   private ackedSeq = 0;
+  /**
+   * Since when the host has stopped the guest's clock (host-pause.ts), ms; 0 when it runs. While
+   * held, neither heartbeat-lost nor agent-lost is told: the silence is the pause's.
+   */
+  heldSince = 0;
+  /** links that broke while held (told in watch-resumed instead of agent-lost) */
+  droppedWhileHeld = 0;
   /** an oversized guest string was capped and said so in the log (once per VM) */
   private toldCapped = false;
   private readonly acks: AckCoalescer;
@@ -144,6 +151,12 @@ export class GuestLink {
     s.on('disconnected', (why) => {
       if (this.state === 'stopped') return;
       this.state = 'connecting';
+      if (this.heldSince) {
+        // The host paused, saved or is migrating the domain: its QEMU may close the port.
+        this.droppedWhileHeld++;
+        d.log.info({ vm, why }, 'agent link closed while the host holds the guest stopped: not an agent loss');
+        return;
+      }
       // Channel silence alone says "agent lost", never "guest dead" (libvirt and the
       // heartbeat decide that).
       this.channelEvent('agent-lost', { why });
@@ -164,6 +177,21 @@ export class GuestLink {
 
   start(): void {
     this.session.start();
+  }
+
+  /** The host stopped the guest's clock (paused, saved, snapshotted, migrating): detection held. */
+  hold(sinceMs = Date.now()): void {
+    if (!this.heldSince) this.heldSince = sinceMs;
+    this.session.holdHeartbeat();
+  }
+
+  /** The guest runs again: detection resumes, the first beat given graceMs more. Answers the links dropped meanwhile. */
+  release(graceMs: number): number {
+    const dropped = this.droppedWhileHeld;
+    this.heldSince = 0;
+    this.droppedWhileHeld = 0;
+    this.session.releaseHeartbeat(graceMs);
+    return dropped;
   }
 
   stop(): void {

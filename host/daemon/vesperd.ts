@@ -34,6 +34,7 @@ import { ApiService } from './api-service.js';
 import { DaemonLock, lockPathOf } from './daemon-lock.js';
 import { IngestBatcher } from './ingest.js';
 import { LibvirtConnection } from './libvirt-connection.js';
+import { HostPauses } from './host-pause.js';
 import { eventOfLibvirt } from './libvirt-plugin.js';
 import { VmTable, type VmEntry } from './vm-table.js';
 
@@ -75,6 +76,8 @@ export class Vesperd {
   /** this vesperd's hold on its store (none for an in-memory store) */
   private readonly lock: DaemonLock | null;
   private timers: NodeJS.Timeout[] = [];
+  /** domains the host holds stopped (paused, saved, snapshotted, migrating): no liveness alarms */
+  readonly pauses: HostPauses;
   private stopped = false;
   private readonly log: Logger;
 
@@ -138,6 +141,13 @@ export class Vesperd {
     });
     this.pacer = new ReadPacer(c.channel.readCoalesce);
     this.batcher = new IngestBatcher(this.framework, undefined, this.pacer);
+    this.pauses = new HostPauses({
+      link: (vm) => this.table.vms.get(vm)?.link ?? null,
+      stateOf: (vm) => (this.hv ? this.hv.state(vm) : Promise.reject(new Error('no libvirt'))),
+      hostEvent: (e) => this.hostEvent(e),
+      log: this.log,
+      graceMs: c.channel.resumeGrace ?? 10_000,
+    });
     this.table = new VmTable({
       config: c,
       log: this.log,
@@ -149,6 +159,9 @@ export class Vesperd {
       pacer: this.pacer,
       hostEvent: (e) => this.hostEvent(e),
       hypervisor: () => this.hv,
+      domainState: (vm, state, askedAtMs) => this.pauses.reconcile(vm, state, askedAtMs),
+      linkMade: (vm, link) => this.pauses.linkMade(vm, link),
+      forgot: (vm) => this.pauses.forget(vm),
     });
     this.service = new ApiService({
       config: c,
@@ -264,6 +277,8 @@ export class Vesperd {
     if (e.domain && !this.table.watches(e.domain)) return;
     const ev = eventOfLibvirt(e);
     if (ev) this.hostEvent(ev);
+    // After the event itself, so that the timeline reads "suspended" then "watch-held".
+    this.pauses.onEvent(e);
     // Started, stopped, defined, undefined, device changes: the VM table may have changed.
     if (e.kind === 'lifecycle' || e.kind === 'device-added' || e.kind === 'device-removed' || e.kind === 'panic') void this.rescan();
   }

@@ -54,6 +54,10 @@ export interface VmTableDeps {
   hostEvent: (ev: VesperEvent) => void;
   /** libvirt, when there is a connection; without it only SSH targets are VMs */
   hypervisor: () => Hypervisor | null;
+  /** told of each libvirt domain's state as listed (asked for at askedAtMs), of each new link, of each VM forgotten */
+  domainState?: (vm: string, state: string, askedAtMs: number) => void;
+  linkMade?: (vm: string, link: GuestLink) => void;
+  forgot?: (vm: string) => void;
 }
 
 export class VmTable {
@@ -88,6 +92,7 @@ export class VmTable {
     if (this.stopped) return;
     let doms: DomainInfo[] | null = null;
     let libvirtErr: Error | null = null;
+    const askedAtMs = Date.now();
     try {
       // without libvirt (not there, or not yet), no domain is known: SSH targets only
       const hv = this.d.hypervisor();
@@ -99,6 +104,7 @@ export class VmTable {
     for (const d of doms ?? []) {
       if (!this.watches(d.name)) continue; // another vesperd's, or the operator left it out
       seen.add(d.name);
+      this.d.domainState?.(d.name, d.state, askedAtMs);
       await this.refreshVm(d);
     }
     // SSH targets libvirt does not have (or no longer has) are VMs of their own.
@@ -177,6 +183,7 @@ export class VmTable {
           d.name,
           want.transport === 'virtio' ? unixLink(want.where, this.d.pacer) : sshLink(sshTarget!, this.d.config.ssh),
         );
+        this.d.linkMade?.(d.name, v.link);
         v.link.start();
         if (want.transport === 'ssh') this.log.info({ vm: d.name, target: want.where }, 'reaching the agent over SSH');
       }
@@ -226,6 +233,7 @@ export class VmTable {
     v.link?.stop();
     for (const h of v.handles.values()) this.d.registry.unregister(h);
     this.vms.delete(name);
+    this.d.forgot?.(name);
   }
 
   /** A host plugin with the values the config sets shown as its defaults (`param get VM channel`). */

@@ -43,6 +43,14 @@ export const CHANNEL_PLUGIN: HostPluginDescription = {
     { name: 'heartbeat-lost', description: 'no heartbeat for the set number of intervals' },
     { name: 'heartbeat-back', description: 'heartbeats arrive again (payload: how long they were silent)' },
     { name: 'records-lost', description: "the agent's ring overflowed; payload: how many records it dropped" },
+    {
+      name: 'watch-held',
+      description: 'the host stopped the guest (paused, saved, snapshotted, migrating): heartbeat-lost and agent-lost held (payload: why)',
+    },
+    {
+      name: 'watch-resumed',
+      description: 'the guest runs again: detection resumed (payload: why, heldMs, graceMs given to the first beat, linkDropped)',
+    },
   ],
   params: [
     { name: 'heartbeat_misses', type: 'int', default: '3', description: 'heartbeat intervals without a beat before heartbeat-lost' },

@@ -26,6 +26,7 @@ const DEFAULTS: Config = {
     reconnectMax: 10_000,
     ingest: { recordsPerS: 100_000, bytesPerS: 32 * 1024 ** 2, burst: 1000 },
     readCoalesce: 20,
+    resumeGrace: 10_000,
   },
   actions: { execTimeout: 30_000, rateLimit: { max: 3, per: 600_000 }, fenceLockDir: '/var/lib/vesper/fence' },
   filters: [],
@@ -116,6 +117,7 @@ channel:
   reconnect_min: 1s
   reconnect_max: 2m
   read_coalesce: 0ms
+  resume_grace: 4s
   ingest: { records_per_s: 30000, bytes_per_s: 8MiB, burst: 250ms }
 actions:
   exec_timeout: 1.5s
@@ -162,6 +164,7 @@ attach:
         reconnectMax: 120_000,
         ingest: { recordsPerS: 30_000, bytesPerS: 8 * 1024 ** 2, burst: 250 },
         readCoalesce: 0,
+        resumeGrace: 4000,
       },
       actions: {
         execTimeout: 1500,

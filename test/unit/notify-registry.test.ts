@@ -180,6 +180,8 @@ describe('host plugins', () => {
       'heartbeat-lost',
       'heartbeat-back',
       'records-lost',
+      'watch-held',
+      'watch-resumed',
     ]);
     const r = new PluginRegistry();
     for (const vm of ['vm1', 'vm2', '']) for (const p of HOST_PLUGINS) r.register(hostPluginSpec(p, vm));
