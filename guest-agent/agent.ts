@@ -13,14 +13,15 @@ import { ReaderBudget, TraceFs, locateTracefs } from './kernel/tracefs.js';
 import type { Logger } from './log.js';
 import type { Capabilities } from '../contract/probe-api.js';
 import { ProbeRuntime } from './modules/runtime.js';
-import type { TrustedKeys } from './modules/verify.js';
+import type { HostTrust } from './modules/host-trust.js';
 import { RecordRing } from './ring/record-ring.js';
 import { RunState } from './ring/run-state.js';
 import { MainThreadWatchdog, markQuarantineTold, readQuarantine } from './modules/loop-watchdog.js';
 
 export interface AgentOptions {
   transport: Transport;
-  keys: TrustedKeys;
+  /** the host key(s) trusted, given or pinned on enrolment (host-trust.ts) */
+  trust: HostTrust;
   log: Logger;
   ringRecords: number;
   ringBytes: number;
@@ -98,7 +99,7 @@ export class Agent {
       kmsg: this.kmsg,
       clock: this.clock,
       caps: this.caps,
-      keys: o.keys,
+      keys: o.trust,
       log: o.log,
       append: (rec) => {
         const seq = this.ring.append(rec);
@@ -205,6 +206,7 @@ export class Agent {
       maxFrameBytes: this.o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       agentPid: process.pid,
       endedRuns: this.runState.ended.map((r) => ({ bootId: r.bootId, agentPid: r.agentPid, lastSeq: r.lastSeq })),
+      ...this.o.trust.helloFields(),
     };
   }
 
@@ -227,6 +229,7 @@ export class Agent {
         // Nothing leaves before the run-state file has its number (see run-state.ts).
         beforeSend: () => this.runState.note(this.ring.lastSeq),
         maxFrameBytes: this.o.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
+        onHelloAck: (ack, nonce) => this.o.trust.onHelloAck(ack, nonce),
       },
       (closed) => {
         if (this.session === closed) this.session = null;

@@ -1,10 +1,13 @@
+import { existsSync, statSync } from 'node:fs';
+import { join } from 'node:path';
 import { Command, CommanderError, InvalidArgumentError } from 'commander';
 import { ErrorCode, VesperError, exitStatusFor } from '../proto/errors.js';
 import { VESPER_VERSION } from '../proto/version.js';
 import { Agent } from './agent.js';
 import { relay } from './channel/relay.js';
-import { parseTransport } from './channel/transports.js';
+import { VirtioPortTransport, parseTransport } from './channel/transports.js';
 import { createLogger } from './log.js';
+import { DEFAULT_STATE_DIR, HostTrust, PIN_FILE, resetPin } from './modules/host-trust.js';
 import { TrustedKeys } from './modules/verify.js';
 
 /**
@@ -39,7 +42,16 @@ export async function run(argv: string[]): Promise<void> {
     .description('vesper guest agent: loads signed probe modules and streams kernel events to the host')
     .version(VESPER_VERSION)
     .option('-t, --transport <spec>', 'unix:PATH (listen), stdio, or virtio:PORT-NAME', 'virtio:org.vesper.agent.0')
-    .requiredOption('-k, --host-key <path>', "the host's ed25519 public key (PEM), or a directory of them", process.env.VESPER_HOST_KEY)
+    .option(
+      '-k, --host-key <path>',
+      "the host's ed25519 public key (PEM), or a directory of them: trusted as given, no enrolment (SSH installs)",
+      process.env.VESPER_HOST_KEY,
+    )
+    .option(
+      '--state-dir <dir>',
+      'without --host-key: where the host key is pinned on first contact over the virtio-serial port (docs/trust.md)',
+      DEFAULT_STATE_DIR,
+    )
     .option('--ring-records <n>', 'records the ring holds until acknowledged', int(16), 65536)
     .option('--ring-mb <n>', 'megabytes of encoded records the ring holds', int(1), 16)
     .option('--trace-buffer-kb <n>', 'kernel trace buffer per CPU per probe instance', int(4), 1024)
@@ -55,7 +67,8 @@ export async function run(argv: string[]): Promise<void> {
   if (!parseUsage(program, argv)) return;
   const o = program.opts<{
     transport: string;
-    hostKey: string;
+    hostKey?: string;
+    stateDir: string;
     ringRecords: number;
     ringMb: number;
     traceBufferKb: number;
@@ -68,9 +81,18 @@ export async function run(argv: string[]): Promise<void> {
   const log = createLogger();
   let agent: Agent;
   try {
+    const transport = parseTransport(o.transport);
+    // Enrolment only where only the hypervisor can reach the agent: its virtio-serial port.
+    const trust = o.hostKey ? HostTrust.given(o.hostKey, log) : HostTrust.pinned(o.stateDir, transport instanceof VirtioPortTransport, log);
+    log.info(
+      trust.given !== null
+        ? { hostKeys: trust.ids(), given: trust.given }
+        : { hostKeys: trust.ids(), pin: trust.pinPath, enrols: trust.ids().length === 0 },
+      trust.ids().length ? 'trusted host key' : 'not enrolled: the first host over the virtio-serial port is pinned',
+    );
     agent = new Agent({
-      transport: parseTransport(o.transport),
-      keys: TrustedKeys.load(o.hostKey),
+      transport,
+      trust,
       log,
       ringRecords: o.ringRecords,
       ringBytes: o.ringMb * 1024 * 1024,
@@ -151,4 +173,60 @@ export async function runRelay(argv: string[]): Promise<number> {
       : undefined,
     log: say,
   });
+}
+
+/**
+ * `vesper-agent enrol [--state-dir DIR] [--reset]`: shows the pinned host key; --reset (root
+ * only) forgets it, so that the next host to reach the agent over its virtio-serial port is
+ * pinned (the running agent reads the pin again at its next link). Returns the exit status.
+ */
+export function runEnrol(argv: string[]): number {
+  const program = new Command('vesper-agent enrol')
+    .description(
+      'shows the host key this agent trusts; --reset forgets it (root only): the next host over the virtio-serial port is pinned',
+    )
+    .option('--state-dir <dir>', "the agent's state directory (its --state-dir)", DEFAULT_STATE_DIR)
+    .option('--reset', 'forget the pinned host key (re-enrolment)')
+    .showHelpAfterError();
+  if (
+    !parseUsage(
+      program,
+      argv.filter((_, i) => i !== 2),
+    )
+  )
+    return Number(process.exitCode ?? 2);
+  const o = program.opts<{ stateDir: string; reset?: boolean }>();
+  const fail = (code: string, msg: string): number => {
+    process.stderr.write(`vesper-agent enrol: ${code}: ${msg}\n`);
+    return exitStatusFor(code);
+  };
+  const pin = join(o.stateDir, PIN_FILE);
+  if (o.reset) {
+    if (process.getuid?.() !== 0)
+      return fail(ErrorCode.PERMISSION_DENIED, 'only root may re-enrol the agent (it decides which host the guest trusts)');
+    let r: { removed: boolean; path: string };
+    try {
+      r = resetPin(o.stateDir);
+    } catch (err) {
+      return fail(ErrorCode.KEY_INVALID, `cannot remove ${pin}: ${(err as Error).message}`);
+    }
+    process.stdout.write(
+      r.removed
+        ? `forgot the pinned host key ${r.path}: the next host to reach this agent over its virtio-serial port is pinned. Restart the agent (systemctl restart vesper-agent) so that no module loaded under the old key keeps running.\n`
+        : `no host key was pinned (${r.path}): the next host over the virtio-serial port is pinned\n`,
+    );
+    return 0;
+  }
+  if (!existsSync(pin)) {
+    process.stdout.write(`not enrolled: no host key pinned in ${pin}; the next host over the virtio-serial port is pinned\n`);
+    return 0;
+  }
+  try {
+    const t = TrustedKeys.load(pin);
+    process.stdout.write(`pinned host key ${t.ids().join(', ')} (${pin}, since ${statSync(pin).mtime.toISOString()})\n`);
+    return 0;
+  } catch (err) {
+    const e = VesperError.from(err, ErrorCode.KEY_INVALID);
+    return fail(e.code, `${e.message}; re-enrol with --reset`);
+  }
 }

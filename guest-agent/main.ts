@@ -10,7 +10,11 @@ import { writeFileSync } from 'node:fs';
 
 const POOL = 64;
 
-if (process.argv[2] === 'relay') {
+if (process.argv[2] === 'enrol') {
+  // Shows or resets the pinned host key (docs/trust.md): no pool, no second process.
+  const { runEnrol } = await import('./cli.js');
+  process.exitCode = runEnrol(process.argv);
+} else if (process.argv[2] === 'relay') {
   // The relay only moves bytes: no pool, no second process.
   const { runRelay } = await import('./cli.js');
   process.exitCode = await runRelay(process.argv);

@@ -44,6 +44,11 @@ export const ErrorCode = {
   // keys and files
   KEY_MISSING: 'VSP_KEY_MISSING',
   KEY_INVALID: 'VSP_KEY_INVALID',
+  /**
+   * enrolment (docs/trust.md): the agent trusts another host key than the one this host offers
+   * (pinned on first contact, or given with --host-key); the host is refused until re-enrolment
+   */
+  HOST_KEY_MISMATCH: 'VSP_HOST_KEY_MISMATCH',
   USAGE: 'VSP_USAGE',
   INTERNAL: 'VSP_INTERNAL',
   // the probe catalogue or the agent bundle not where an install or a built checkout keeps them
@@ -94,7 +99,7 @@ export function exitStatusFor(code: string): number {
   if (code === ErrorCode.USAGE || code === ErrorCode.FILTER_INVALID || code === ErrorCode.PARAM_UNKNOWN) return 2;
   if (code === ErrorCode.CONFIG_INVALID || code === ErrorCode.PACEMAKER_MAPPING) return 78; // EX_CONFIG
   if (code === ErrorCode.PERMISSION_DENIED || code === ErrorCode.SSH_AUTH) return 77; // EX_NOPERM
-  if (code === ErrorCode.SSH_HOSTKEY_UNKNOWN || code === ErrorCode.SSH_HOSTKEY_CHANGED) return 76; // EX_PROTOCOL
+  if (code === ErrorCode.SSH_HOSTKEY_UNKNOWN || code === ErrorCode.SSH_HOSTKEY_CHANGED || code === ErrorCode.HOST_KEY_MISMATCH) return 76; // EX_PROTOCOL
   if (code === ErrorCode.SSH_CONNECT || code === ErrorCode.SSH_TIMEOUT || code === ErrorCode.SSH_DISCONNECTED) return 69; // EX_UNAVAILABLE
   if (code === ErrorCode.AGENT_NOT_INSTALLED) return 3;
   if (code === ErrorCode.KEY_MISSING) return 66; // EX_NOINPUT: a key file not there or not readable

@@ -23,7 +23,7 @@ import {
   writeFileSync,
 } from 'node:fs';
 import { gzipSync } from 'node:zlib';
-import { basename, dirname, join, relative } from 'node:path';
+import { basename, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { build } from 'esbuild';
 import semver from 'semver';
@@ -33,7 +33,8 @@ import { bashCompletion, manPage } from './package-docs.js';
 
 const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..');
 const DIST = join(ROOT, 'dist');
-const OUT = join(DIST, 'pkg');
+/** dist/pkg, or VESPER_PKG_DIR (the package test builds a second, newer version beside the first) */
+const OUT = process.env['VESPER_PKG_DIR'] ? resolve(process.env['VESPER_PKG_DIR']) : join(DIST, 'pkg');
 const NODE_RANGE = '>=20.19 <21 || >=22';
 /** The native addons: loaded at run time from node_modules, everything else is bundled. */
 const NATIVE = ['better-sqlite3', '@unraid/libvirt', 'fs-native-extensions'];
@@ -234,6 +235,8 @@ function hostPackage(version: string): string {
   const lib = join(stage, 'usr/lib/vesper');
   shipNode(join(lib, 'node'));
   copy(join(DIST, 'host', 'vesper.bundled.mjs'), join(lib, 'host', 'vesper.mjs'), 0o644);
+  // the Pacemaker alert agent's sender alone (alert-agent.sh runs it with ./node)
+  copy(join(DIST, 'host', 'vesper-alert.bundled.mjs'), join(lib, 'host', 'vesper-alert.mjs'), 0o644);
   shipNativeAddons(lib);
   for (const f of readdirSync(join(DIST, 'probes'))) copy(join(DIST, 'probes', f), join(lib, 'probes', f));
   copy(join(DIST, 'guest-agent', 'vesper-agent.mjs'), join(lib, 'agent', 'vesper-agent.mjs'));
@@ -331,34 +334,38 @@ async function main(): Promise<void> {
   const version = `${VESPER_VERSION}-${revision}`;
 
   // The host's CLI and daemon as one file: every JS dependency inside, the addons outside.
-  await build({
-    entryPoints: [join(ROOT, 'host/cli/vesper.ts')],
-    outfile: join(DIST, 'host', 'vesper.bundled.mjs'),
-    bundle: true,
-    platform: 'node',
-    target: 'node20',
-    format: 'esm',
-    logLevel: 'error',
-    legalComments: 'none',
-    // The scripts and unit template `vesper agent install` runs on a target, carried as text
-    // (as scripts/build.mjs does).
-    loader: { '.sh': 'text', '.service': 'text' },
-    // ssh2's optional sshcrypto.node stays out: ssh2 then uses Node's own crypto (it tries the
-    // addon in a try/catch); cpu-features likewise.
-    external: [...NATIVE, '*.node', 'cpu-features'],
-    // CommonJS dependencies bundled into ESM: require() for Node built-ins, and __dirname and
-    // __filename, which ssh2's crypto code reads (found by test/acceptance/package.test.ts).
-    banner: {
-      js: [
-        "import { createRequire as __vesperCreateRequire } from 'node:module';",
-        "import { fileURLToPath as __vesperFileURLToPath } from 'node:url';",
-        "import { dirname as __vesperDirname } from 'node:path';",
-        'const require = __vesperCreateRequire(import.meta.url);',
-        'const __filename = __vesperFileURLToPath(import.meta.url);',
-        'const __dirname = __vesperDirname(__filename);',
-      ].join(' '),
-    },
-  });
+  const bundle = (entry: string, outfile: string) =>
+    build({
+      entryPoints: [join(ROOT, entry)],
+      outfile: join(DIST, 'host', outfile),
+      bundle: true,
+      platform: 'node',
+      target: 'node20',
+      format: 'esm',
+      logLevel: 'error',
+      legalComments: 'none',
+      // The scripts and unit template `vesper agent install` runs on a target, carried as text
+      // (as scripts/build.mjs does).
+      loader: { '.sh': 'text', '.service': 'text' },
+      // ssh2's optional sshcrypto.node stays out: ssh2 then uses Node's own crypto (it tries the
+      // addon in a try/catch); cpu-features likewise.
+      external: [...NATIVE, '*.node', 'cpu-features'],
+      // CommonJS dependencies bundled into ESM: require() for Node built-ins, and __dirname and
+      // __filename, which ssh2's crypto code reads (found by test/acceptance/package.test.ts).
+      banner: {
+        js: [
+          "import { createRequire as __vesperCreateRequire } from 'node:module';",
+          "import { fileURLToPath as __vesperFileURLToPath } from 'node:url';",
+          "import { dirname as __vesperDirname } from 'node:path';",
+          'const require = __vesperCreateRequire(import.meta.url);',
+          'const __filename = __vesperFileURLToPath(import.meta.url);',
+          'const __dirname = __vesperDirname(__filename);',
+        ].join(' '),
+      },
+    });
+  await bundle('host/cli/vesper.ts', 'vesper.bundled.mjs');
+  // The Pacemaker alert agent's sender alone: protobufjs inside, as in the CLI.
+  await bundle('host/cli/alert-main.ts', 'vesper-alert.bundled.mjs');
 
   rmSync(OUT, { recursive: true, force: true });
   mkdirSync(OUT, { recursive: true });

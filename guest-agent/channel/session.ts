@@ -13,6 +13,7 @@ import { monoNow } from '../kernel/proc.js';
 import type { Logger } from '../log.js';
 import type { RecordRing } from '../ring/record-ring.js';
 import type { ProbeRuntime } from '../modules/runtime.js';
+import type { AckVerdict } from '../modules/host-trust.js';
 
 const BATCH_MAX_RECORDS = 1024;
 const HANDSHAKE_TIMEOUT_MS = 15_000;
@@ -28,6 +29,8 @@ export interface SessionDeps {
   /** called before every batch goes out */
   beforeSend?: () => void;
   maxFrameBytes: number;
+  /** the host's answer checked against the key(s) this agent trusts (host-trust.ts); refused: the link closes */
+  onHelloAck?: (ack: pb.IHelloAck, nonce: Uint8Array) => AckVerdict;
 }
 
 export class Session {
@@ -43,6 +46,8 @@ export class Session {
   /** armed only while a frame is partly read: an idle link costs no timer */
   private stallTimer: NodeJS.Timeout | null = null;
   private maxBatchBytes: number;
+  /** the nonce of the hello this link sent: the host's key proof signs it */
+  private helloNonce: Uint8Array = new Uint8Array();
   framesIn = 0;
   protocolErrors = 0;
 
@@ -78,7 +83,9 @@ export class Session {
       }, HANDSHAKE_TIMEOUT_MS),
     );
     for (const t of this.timers) t.unref();
-    this.send({ hello: d.hello() });
+    const hello = d.hello();
+    this.helloNonce = hello.enrolNonce ?? new Uint8Array();
+    this.send({ hello });
   }
 
   /** The ring has something new; send it soon (coalescing bursts into one batch). */
@@ -159,6 +166,14 @@ export class Session {
             new VesperError(ErrorCode.PROTOCOL_VERSION, `host speaks protocol ${a.protocolVersion}; this agent speaks ${PROTOCOL_VERSION}`),
           );
           this.close('protocol version');
+          return;
+        }
+        const trust = this.d.onHelloAck?.(a, this.helloNonce) ?? { ok: true };
+        if (!trust.ok) {
+          // Told to the host (which shows it in `vesper status`) and logged by the trust itself;
+          // nothing of this guest goes to a host it does not trust.
+          this.send({ error: trust.error.toWire() });
+          this.close(`host refused: ${trust.error.code}`);
           return;
         }
         if (a.maxFrameBytes) this.maxBatchBytes = Math.max(4096, Math.floor(Math.min(a.maxFrameBytes, this.d.maxFrameBytes) / 2));

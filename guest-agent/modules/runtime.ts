@@ -48,7 +48,7 @@ export interface RuntimeServices {
   kmsg: KmsgSource;
   clock: WallClock;
   caps: Capabilities;
-  keys: TrustedKeys;
+  keys: Pick<TrustedKeys, 'verifyModule'>;
   log: Logger;
   /** Appends a record to the ring; false when it had to be dropped. */
   append(rec: pb.IRecord): boolean;

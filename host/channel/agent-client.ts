@@ -4,11 +4,13 @@
 //
 // Everything the agent sends is untrusted: bad frames and undecodable messages become
 // 'protocolError' events with codes, never exceptions out of the socket handler.
+import type { KeyObject } from 'node:crypto';
 import { EventEmitter } from 'node:events';
 import * as net from 'node:net';
 import type { Duplex } from 'node:stream';
 import { isBatchFrame } from '../../proto/batch.js';
 import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, decodeMessage, encodeMessage, type pb } from '../../proto/codec.js';
+import { offerHostKey } from '../../proto/enrol.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 import type { AgentRecord } from '../../proto/record.js';
@@ -49,6 +51,19 @@ export interface AgentClientOptions {
    * adds its 'protocolError' listener once connectUnix resolved would miss those).
    */
   onProtocolError?: (e: VesperError) => void;
+  /**
+   * The host key to offer in the answer to every hello, with its proof over the hello's nonce
+   * (proto/enrol.ts): an agent not enrolled pins it, an enrolled one checks it. A hello that
+   * names other trusted keys fails the handshake (VSP_HOST_KEY_MISMATCH). Absent: no key offered.
+   */
+  hostKey?: OfferedKey;
+}
+
+/** What a host offers agents of its key (host/keys.ts's HostKey is one). */
+export interface OfferedKey {
+  privateKey: KeyObject;
+  publicKey: KeyObject;
+  id: string;
 }
 
 /** What a link without a pacer (a tool, a test) reads into: one buffer of its own. */
@@ -94,8 +109,8 @@ export class AgentClient extends EventEmitter {
   private readonly gate: HelloGate;
   private readonly decoder: FrameDecoder;
   private closed = false;
-  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget' | 'onProtocolError'>> &
-    Pick<AgentClientOptions, 'resumeFor'>;
+  private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget' | 'onProtocolError' | 'hostKey'>> &
+    Pick<AgentClientOptions, 'resumeFor' | 'hostKey'>;
 
   constructor(
     readonly stream: Duplex,
@@ -113,6 +128,7 @@ export class AgentClient extends EventEmitter {
       maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
       resumeFor: opts.resumeFor,
       keepaliveMs: opts.keepaliveMs ?? 0,
+      hostKey: opts.hostKey,
     };
     this.requests = new RequestTable(this.opts.requestTimeoutMs);
     const problem = (e: VesperError): void => void this.emit('protocolError', e);
@@ -458,6 +474,21 @@ export class AgentClient extends EventEmitter {
   /** A hello answered (hello-gate.ts decides which): resume point, the probes it says it runs, the ack, and 'hello' to listeners. */
   private onHello(h: pb.Hello): void {
     this.hello = h;
+    const key = this.opts.hostKey;
+    const offer = key ? offerHostKey(key.privateKey, key.publicKey, h.enrolNonce ?? new Uint8Array()) : {};
+    const trusted = h.trustedKeyIds ?? [];
+    if (key && trusted.length > 0 && !trusted.includes(key.id)) {
+      // The agent trusts another host's key: it will refuse us. It is answered all the same, so
+      // that it sees our key and says so in its own log, and the link ends here.
+      this.send({ helloAck: { protocolVersion: PROTOCOL_VERSION, hostVersion: VESPER_VERSION, ackedSeq: 0, ...offer } });
+      const e = new VesperError(
+        ErrorCode.HOST_KEY_MISMATCH,
+        `the agent trusts host key ${trusted.join(', ')}, not this host's key ${key.id} (it was enrolled by another host, or this host's key changed): refused until root in the guest re-enrols it (vesper-agent enrol --reset), or for an SSH target, until \`vesper agent install\` gives it this key`,
+      );
+      this.gate.refused(e);
+      this.close();
+      return;
+    }
     if (this.opts.resumeFor) this.intake.lastSeq = this.opts.resumeFor(h);
     this.probes.clear();
     for (const l of h.loaded ?? []) this.remember(l);
@@ -467,6 +498,7 @@ export class AgentClient extends EventEmitter {
         hostVersion: VESPER_VERSION,
         ackedSeq: this.lastSeq,
         maxFrameBytes: this.opts.maxFrameBytes,
+        ...offer,
       },
     });
     this.gate.answered();

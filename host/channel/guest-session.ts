@@ -9,7 +9,7 @@
 import { EventEmitter } from 'node:events';
 import type { pb } from '../../proto/codec.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import { AgentClient, type AgentClientOptions, type ProbeInfo } from './agent-client.js';
+import { AgentClient, type AgentClientOptions, type OfferedKey, type ProbeInfo } from './agent-client.js';
 import type { AgentRecord } from '../../proto/record.js';
 import type { IngestBudgetOptions } from './ingest-budget.js';
 import type { ReadPacer } from './read-pacer.js';
@@ -66,6 +66,8 @@ export interface GuestSessionOptions {
    * that a restarted manager resumes from its store; without it, this session's memory.
    */
   heldFor?: (agentRun: string) => number;
+  /** the host key offered to the agent at every hello (AgentClientOptions.hostKey) */
+  hostKey?: OfferedKey;
 }
 
 /** Passes one burst of hellos may take to agree with the agent (each asks it what it runs). */
@@ -190,6 +192,7 @@ export class GuestSession extends EventEmitter {
         },
         autoAck: this.o.autoAck ?? true,
         ...(this.o.budget ? { budget: this.o.budget } : {}),
+        ...(this.o.hostKey ? { hostKey: this.o.hostKey } : {}),
         // from the first byte: a problem during the handshake is named, not lost
         onProtocolError: (e) => this.emit('protocolError', e),
       });

@@ -94,6 +94,13 @@ export class HelloGate {
     this.answer(h);
   }
 
+  /** The hello was answered, but the link must not go on (the agent refuses our key): `ready` fails with e. */
+  refused(e: VesperError): void {
+    clearTimeout(this.timeout);
+    if (this.heldTimer) clearTimeout(this.heldTimer);
+    this.reject(e);
+  }
+
   /** The link closed: a handshake still waiting fails with why; a held hello is not answered. */
   closed(why: string): void {
     clearTimeout(this.timeout);

@@ -162,6 +162,7 @@ export function printStatus(d: apipb.IVmDetail, o: Output): void {
     linkErrorCode: d.linkErrorCode || null,
     linkError: d.linkError || null,
     hostKey: d.hostKey || null,
+    agentTrust: d.agentTrust || null,
     attached,
   };
   if (o.output === 'json') return out(`${JSON.stringify(j)}\n`);
@@ -177,6 +178,7 @@ export function printStatus(d: apipb.IVmDetail, o: Output): void {
       : ([['channel', j.channelSocket ?? '(none)']] as Array<[string, string]>)),
     ...(j.linkErrorCode ? ([['link error', `${j.linkErrorCode}: ${j.linkError ?? ''}`]] as Array<[string, string]>) : []),
     ['agent', j.agentVersion ? `${j.agentVersion} pid ${j.agentPid} on ${j.kernel}` : '-'],
+    ...(j.agentTrust ? ([['agent trusts', j.agentTrust]] as Array<[string, string]>) : []),
     ['heartbeat', j.heartbeatLost ? 'LOST' : 'ok'],
     ['records', `${j.recordsReceived} received, ${j.recordsLost} lost in the guest`],
     ['events stored', String(j.events)],

@@ -98,6 +98,7 @@ export class ApiService implements DaemonApi {
       linkErrorCode: v.link?.linkError?.code ?? '',
       linkError: v.link?.linkError?.message ?? '',
       hostKey: v.link?.spec.hostKey?.() ?? '',
+      agentTrust: v.link?.agentTrust() ?? '',
       attached: this.store
         .listAttachments(vm)
         .map((a) => ({ name: a.probe, instances: a.instances, params: a.params, loaded: loaded.has(a.probe) })),

@@ -111,6 +111,7 @@ export class GuestLink {
       keepaliveMs: d.keepaliveMs ?? 1000,
       minBackoffMs: d.minBackoffMs ?? 200,
       maxBackoffMs: d.maxBackoffMs ?? 10_000,
+      hostKey: d.key,
       ...(d.budget ? { budget: d.budget } : {}),
     });
     const s = this.session;
@@ -233,6 +234,22 @@ export class GuestLink {
     if (!c || c.isClosed) return; // remembered by the caller; pushed with the probe at the next link
     const handles = [...c.probes.values()].filter((p) => p.name === name && (instance === null || p.instance === instance));
     for (const h of handles) await c.setParams(h.handle, params);
+  }
+
+  /**
+   * Which host key the agent said it trusts at its last hello, against this host's (docs/trust.md);
+   * '' before any hello. A refused link says why in linkError (VSP_HOST_KEY_MISMATCH).
+   */
+  agentTrust(): string {
+    const h = this.session.client?.hello;
+    const mine = this.d.key.id;
+    if (this.linkError?.code === ErrorCode.HOST_KEY_MISMATCH) return `another host's key: this host (${mine}) is refused`;
+    if (!h) return '';
+    const ids = h.trustedKeyIds ?? [];
+    if (h.enrols) return `this host's key ${mine}, enrolled at this link (pinned on first contact)`;
+    if (ids.includes(mine)) return `this host's key ${mine}`;
+    if (!ids.length) return `not said (an agent older than enrolment)`;
+    return `${ids.join(', ')}, not this host's key ${mine}`;
   }
 
   private module(name: string): ReturnType<typeof signModule> {

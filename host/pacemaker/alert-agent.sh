@@ -68,6 +68,11 @@ here=$(dirname -- "$self")
 verb=alert-pacemaker
 if [ -n "${VESPER_CLI:-}" ]; then
   set -- "$VESPER_CLI"
+elif [ -f "$here/host/vesper-alert.mjs" ] && [ -x "$here/node" ]; then
+  # installed by the vesper package: /usr/lib/vesper/alert-agent.sh beside the small sender and
+  # the runtime shipped with it (not the whole CLI: the alert must be quick)
+  set -- "$here/node" "$here/host/vesper-alert.mjs"
+  verb=
 elif [ -f "$here/../../dist/host/vesper-alert.mjs" ] && command -v "${VESPER_NODE:-node}" >/dev/null 2>&1; then
   set -- "${VESPER_NODE:-node}" "$here/../../dist/host/vesper-alert.mjs"
   verb=

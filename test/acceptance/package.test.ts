@@ -11,11 +11,15 @@
 // mounted whatever happens to the test, and removing the root can never reach the host's /dev.
 import { createHash } from 'node:crypto';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { VESPER_VERSION } from '../../proto/version.js';
+import { numbersIn } from '../helpers/fault-answer.js';
+import { waitFor } from '../helpers/wait.js';
+import { VmRig } from '../rigs/vm/rig.js';
 
 const ROOT = join(import.meta.dirname, '..', '..');
 const MIRROR = 'http://deb.debian.org/debian';
@@ -67,13 +71,22 @@ interface Run {
   err: string;
 }
 
-/** Runs a shell script inside the root, with /proc and /dev mounted only for its duration. */
-function inRoot(root: string, script: string, timeoutMs = 120_000): Run {
+/**
+ * The command that runs a shell script inside the root, with /proc and /dev mounted only for its
+ * duration, and `binds` (host directories, e.g. libvirtd's socket directory) at the same paths.
+ */
+function rootCommand(root: string, script: string, binds: string[] = []): string[] {
   const wrapper =
-    'set -e; R="$1"; shift; mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"; ' +
-    'mount -t tmpfs tmpfs "$R/run"; exec chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 /bin/sh -c "$1"';
+    'set -e; R="$1"; S="$2"; shift 2; mount -t proc proc "$R/proc"; mount --rbind /dev "$R/dev"; ' +
+    'mount -t tmpfs tmpfs "$R/run"; for b in "$@"; do mkdir -p "$R$b"; mount --bind "$b" "$R$b"; done; ' +
+    'exec chroot "$R" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 /bin/sh -c "$S"';
   // --pid --fork: when the command ends, every process it left behind (a daemon) is killed too
-  const r = spawnSync('unshare', ['--mount', '--propagation', 'private', '--pid', '--fork', 'sh', '-c', wrapper, 'sh', root, script], {
+  return ['--mount', '--propagation', 'private', '--pid', '--fork', 'sh', '-c', wrapper, 'sh', root, script, ...binds];
+}
+
+/** Runs a shell script inside the root (rootCommand). */
+function inRoot(root: string, script: string, timeoutMs = 120_000): Run {
+  const r = spawnSync('unshare', rootCommand(root, script), {
     encoding: 'utf8',
     timeout: timeoutMs,
     killSignal: 'SIGKILL',
@@ -94,22 +107,12 @@ function freshRoot(tar: string, into: string): string {
   return root;
 }
 
-/** A copy of a .deb with its Debian revision raised: a newer build of the same source. */
-function newerBuild(deb: string, revision: string, into: string): string {
-  const dir = join(into, 'repack');
-  execFileSync('dpkg-deb', ['-R', deb, dir]);
-  const control = join(dir, 'DEBIAN', 'control');
-  writeFileSync(control, readFileSync(control, 'utf8').replace(/^Version: .*$/m, `Version: ${VESPER_VERSION}-${revision}`));
-  const out = join(into, `vesper_${VESPER_VERSION}-${revision}_amd64.deb`);
-  execFileSync('dpkg-deb', ['--root-owner-group', '-Zzstd', '-b', dir, out], { stdio: 'ignore' });
-  rmSync(dir, { recursive: true, force: true });
-  return out;
-}
-
 describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', () => {
   let work = '';
   let hostDeb = '';
   let agentDeb = '';
+  /** a second build of the same tree with a higher Debian revision: what an upgrade installs */
+  let newerDeb = '';
   let tar = '';
 
   beforeAll(() => {
@@ -120,6 +123,15 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
     // VESPER_TEST_PREBUILT_PKG=1 takes the packages in dist/pkg as they are (iterating on the test)
     if (!(process.env['VESPER_TEST_PREBUILT_PKG'] === '1' && existsSync(hostDeb) && existsSync(agentDeb)))
       execFileSync('npm', ['run', '--silent', 'package'], { cwd: ROOT, stdio: ['ignore', 'ignore', 'inherit'], timeout: 600_000 });
+    // A real newer build (scripts/package.ts again, revision 2), not a copy with its version edited.
+    const pkg2 = join(work, 'pkg2');
+    execFileSync(process.execPath, [join(ROOT, 'node_modules/tsx/dist/cli.mjs'), join(ROOT, 'scripts/package.ts')], {
+      cwd: ROOT,
+      env: { ...process.env, VESPER_DEB_REVISION: '2', VESPER_PKG_DIR: pkg2 },
+      stdio: ['ignore', 'ignore', 'inherit'],
+      timeout: 600_000,
+    });
+    newerDeb = join(pkg2, `vesper_${VESPER_VERSION}-2_amd64.deb`);
     tar = baseTarball();
   }, 1_200_000);
 
@@ -131,7 +143,7 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
   it('installs with apt, runs the CLI and the daemon, upgrades keeping store and key, purges to nothing', () => {
     const root = freshRoot(tar, work);
     copyFileSync(hostDeb, join(root, 'tmp', 'vesper_1.deb'));
-    copyFileSync(newerBuild(hostDeb, '2', work), join(root, 'tmp', 'vesper_2.deb'));
+    copyFileSync(newerDeb, join(root, 'tmp', 'vesper_2.deb'));
     const before = ok(root, 'find / -xdev \\( -path /proc -o -path /tmp \\) -prune -o -print | sort');
 
     // Install: only Debian's archive is configured in the root.
@@ -157,11 +169,16 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
         'vesper daemon --config /tmp/t.yaml > /tmp/d.log 2>&1 & pid=$!',
         'i=0; while [ ! -S /run/vesper/vesperd.sock ]; do i=$((i+1)); [ $i -gt 300 ] && { cat /tmp/d.log; exit 1; }; sleep 0.1; done',
         'vesper list -o json; echo ---; vesper probes -o json; echo ---',
+        // the Pacemaker alert agent as Pacemaker runs it: the package's small sender on its own
+        // runtime (no pacemaker section here, so nobody listens: the sender's own error comes back)
+        'CRM_alert_kind=node CRM_alert_node=n1 CRM_alert_desc=lost VESPER_ALERT_TIMEOUT=2 VESPER_ALERT_LOG=/tmp/alert.log sh -x /usr/lib/vesper/alert-agent.sh 2>&1 || true; echo ---; cat /tmp/alert.log; echo ---',
         'kill -TERM $pid; wait $pid || true',
       ].join('\n'),
       120_000,
     );
-    const [list, probes] = daemon.split('---\n');
+    const [list, probes, alertTrace, alertLog] = daemon.split('---\n');
+    expect(alertTrace).toMatch(/\/usr\/lib\/vesper\/node \/usr\/lib\/vesper\/host\/vesper-alert\.mjs --timeout 2s/);
+    expect(alertLog).toMatch(/kind=node .*not sent \(exit \d+\): vesper: VSP_[A-Z_]+: /);
     expect(list).toContain('"test"'); // the test driver's one domain
     // the daemon's catalogue is the installed one (/usr/lib/vesper/probes), no source tree in the root
     const names = readdirSync(join(ROOT, 'dist', 'probes')).filter((f) => f.endsWith('.manifest.json'));
@@ -178,7 +195,7 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
 
     // Purge: nothing of vesper's remains, not even the group.
     ok(root, 'apt-get purge -y -q vesper > /tmp/apt.log 2>&1 || { cat /tmp/apt.log; exit 1; }', 300_000);
-    ok(root, 'rm -f /tmp/vesper_1.deb /tmp/vesper_2.deb /tmp/t.yaml /tmp/d.log /tmp/apt.log');
+    ok(root, 'rm -f /tmp/vesper_1.deb /tmp/vesper_2.deb /tmp/t.yaml /tmp/d.log /tmp/apt.log /tmp/alert.log');
     expect(inRoot(root, 'getent group vesper').status).toBe(2);
     const after = ok(root, 'find / -xdev \\( -path /proc -o -path /tmp \\) -prune -o -print | sort');
     // what is there now and was not before, apt's and dpkg's own records aside, and the backup
@@ -204,6 +221,8 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
     expect(ok(root, 'grep ^ExecStart= /lib/systemd/system/vesper-agent.service')).toContain(
       '/usr/lib/vesper-agent/node /usr/lib/vesper-agent/vesper-agent.mjs',
     );
+    // no host key copied in: the agent pins the first host's in its state directory (docs/trust.md)
+    expect(ok(root, 'grep ^ExecStart= /lib/systemd/system/vesper-agent.service')).toContain('--state-dir /var/lib/vesper-agent');
     expect(ok(root, 'stat -c %a /var/lib/vesper-agent').trim()).toBe('700');
     const size = Number(ok(root, "dpkg-query -W -f '${Installed-Size}' vesper-agent"));
     expect(size).toBeGreaterThan(1000);
@@ -212,6 +231,74 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
     ok(root, 'rm -f /tmp/vesper-agent.deb /tmp/apt.log');
     expect(ok(root, 'find / -xdev \\( -path /proc -o -path /tmp \\) -prune -o -print | grep -i vesper || echo none').trim()).toBe('none');
   }, 600_000);
+  it('vesperd from the installed package attaches a probe to a real guest, whose fresh agent enrols, and a real SIGSEGV arrives', async () => {
+    const root = join(work, 'guest-root');
+    mkdirSync(root);
+    execFileSync('tar', ['-C', root, '-xf', tar]);
+    copyFileSync(hostDeb, join(root, 'tmp', 'vesper.deb'));
+    ok(root, 'apt-get install -y -q /tmp/vesper.deb > /tmp/apt.log 2>&1 || { cat /tmp/apt.log; exit 1; }', 300_000);
+    // A guest whose agent has no key (as its package starts it): it enrols with the packaged vesperd.
+    const rig = new VmRig({ testHelpers: true, enrol: true, onProgress: (s, d) => console.warn(`vm rig: ${s}${d ? `: ${d}` : ''}`) });
+    let daemon: ReturnType<typeof spawn> | null = null;
+    try {
+      await rig.prepare();
+      await rig.startOnly();
+      await waitFor(
+        'the guest fault helper answers',
+        () =>
+          rig.fault('ping', 5000).then(
+            () => true,
+            () => false,
+          ),
+        180_000,
+        1000,
+      );
+      // In the root: libvirtd's socket directory and the rig's (the channel socket) at their own paths.
+      const script = [
+        'set -e',
+        `printf 'libvirt:\\n  uri: qemu:///system\\n  domains: [${rig.name}]\\nchannel:\\n  reconnect_max: 1s\\n' > /tmp/g.yaml`,
+        'vesper daemon --config /tmp/g.yaml > /tmp/d.log 2>&1 & pid=$!',
+        'i=0; while [ ! -S /run/vesper/vesperd.sock ]; do i=$((i+1)); [ $i -gt 600 ] && { cat /tmp/d.log; exit 1; }; sleep 0.1; done',
+        `i=0; until vesper status ${rig.name} -o json | grep -q '"link":"connected"'; do i=$((i+1)); [ $i -gt 240 ] && { vesper status ${rig.name}; cat /tmp/d.log; exit 1; }; sleep 0.5; done`,
+        `vesper status ${rig.name}`,
+        `vesper attach ${rig.name} signal --param comms=vesper-demo-svc`,
+        `i=0; until vesper status ${rig.name} -o json | grep -q '"name":"signal"[^}]*"loaded":true'; do i=$((i+1)); [ $i -gt 240 ] && { vesper status ${rig.name}; exit 1; }; sleep 0.5; done`,
+        'echo ready > /tmp/ready',
+        // the test causes the fault now; the record must reach the packaged vesperd's store
+        `i=0; until vesper events --vm ${rig.name} --plugin signal -o json | grep '"sig":11' ; do i=$((i+1)); [ $i -gt 120 ] && { echo no signal record; cat /tmp/d.log; exit 1; }; sleep 0.5; done`,
+        'kill -TERM $pid; wait $pid || true',
+      ].join('\n');
+      let out = '';
+      const done = new Promise<number | null>((resolve) => {
+        daemon = spawn('unshare', rootCommand(root, script, ['/run/libvirt', rig.dir]), { stdio: ['ignore', 'pipe', 'pipe'] });
+        daemon.stdout!.on('data', (c: Buffer) => (out += c.toString()));
+        daemon.stderr!.on('data', (c: Buffer) => (out += c.toString()));
+        daemon.on('exit', (code) => resolve(code));
+      });
+      const exited = { code: undefined as number | null | undefined };
+      void done.then((c) => (exited.code = c));
+      await waitFor(
+        'the packaged vesperd has the probe loaded in the guest',
+        () => existsSync(join(root, 'tmp', 'ready')) || exited.code !== undefined,
+        240_000,
+        500,
+      );
+      expect(exited.code, out).toBeUndefined();
+      expect(out).toMatch(/agent trusts\s+this host's key [0-9a-f]{16}/);
+      const [pid] = numbersIn(await rig.fault('segv'));
+      const code = await Promise.race([done, new Promise<string>((r) => setTimeout(() => r('timeout'), 120_000))]);
+      expect(code, out).toBe(0);
+      expect(out).toMatch(new RegExp(`"pid":${pid}\\b`));
+      // the key the guest pinned is the installed package's host key
+      const hostPub = ok(root, 'cat /etc/vesper/host.pub');
+      const pinned = await rig.fault('enrol-show', 60_000);
+      const { keyId } = await import('../../proto/module-digest.js');
+      expect(pinned).toContain(`pinned host key ${keyId(hostPub)}`);
+    } finally {
+      (daemon as ReturnType<typeof spawn> | null)?.kill('SIGKILL');
+      await rig.stop();
+    }
+  }, 900_000);
 });
 
 if (why) {

@@ -144,8 +144,11 @@ describe('vesper-agent.service and its udev rule', () => {
 
   it('runs the agent on that port, always restarted, out of the OOM killer’s reach', () => {
     expect(one(unit, 'Service', 'ExecStart')).toBe(
-      `/usr/lib/vesper-agent/node /usr/lib/vesper-agent/vesper-agent.mjs --transport virtio:${PORT} --host-key /etc/vesper/host.pub --state-file /run/vesper-agent/run-state`,
+      `/usr/lib/vesper-agent/node /usr/lib/vesper-agent/vesper-agent.mjs --transport virtio:${PORT} --state-dir /var/lib/vesper-agent --state-file /run/vesper-agent/run-state`,
     );
+    // the pinned host key lives in the state directory (docs/trust.md): systemd makes it, private
+    expect(one(unit, 'Service', 'StateDirectory')).toBe('vesper-agent');
+    expect(one(unit, 'Service', 'StateDirectoryMode')).toBe('0700');
     expect(one(unit, 'Service', 'Restart')).toBe('always');
     expect(one(unit, 'Service', 'OOMScoreAdjust')).toBe('-1000');
     expect(one(unit, 'Unit', 'StartLimitIntervalSec')).toBe('0');

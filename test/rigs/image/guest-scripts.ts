@@ -12,6 +12,8 @@ export const SEGV_PROGRAM = '/usr/sbin/vesper-segv';
 export const FAULT_HELPER = '/usr/sbin/vesper-fault';
 export const AGENT_PATH = '/opt/vesper/vesper-agent.mjs';
 export const HOST_KEY_PATH = '/etc/vesper/host.pub';
+/** where an agent started without a key pins the host's (the package's --state-dir) */
+export const AGENT_STATE_DIR = '/var/lib/vesper-agent';
 
 export interface GuestConfOptions {
   /** Modules in load order (dependencies first), as paths inside the image. */
@@ -29,6 +31,7 @@ export function guestConf(o: GuestConfOptions): string {
     TEST_PORT,
     AGENT_PATH,
     HOST_KEY_PATH,
+    AGENT_STATE_DIR,
     DEMO_SERVICE,
     EXIT_PROGRAM,
     SEGV_PROGRAM,

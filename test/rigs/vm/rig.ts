@@ -35,6 +35,11 @@ export interface VmRigOptions {
    * the guest's /dev/vda; the helper mounts it for stress-ng's files. Needs stressTools.
    */
   scratchDiskMiB?: number;
+  /**
+   * Start the agent as its package does, with no host key: it enrols with the first host over
+   * its port (docs/trust.md). Default: it is given the rig's key (--host-key).
+   */
+  enrol?: boolean;
 }
 
 const KVM_PROBE_MS = 25_000;
@@ -123,7 +128,7 @@ export class VmRig {
       accel,
       kernel: this.image.kernel,
       initrd: this.image.initrd,
-      cmdline: GUEST_KERNEL_CMDLINE,
+      cmdline: this.opts.enrol ? `${GUEST_KERNEL_CMDLINE} vesper.enrol=1` : GUEST_KERNEL_CMDLINE,
       memoryMiB: this.opts.memoryMiB ?? 512,
       vcpus: this.opts.vcpus ?? 1,
       consoleLog: this.consoleLog,

@@ -24,6 +24,9 @@
 #                                           its heartbeats stop and nothing else shows (thin
 #                                           evidence for the analysis)
 #   reboot           ok reboot              then the guest reboots itself (reboot -f)
+#   enrol-show       ok enrol-show STATUS TEXT  `vesper-agent enrol`: the host key the agent pinned
+#   enrol-reset      ok enrol-reset STATUS TEXT `vesper-agent enrol --reset` as root: the pin is
+#                                           forgotten, the next host over the port is pinned
 #   crash            ok crash PID           a fresh process stores to address 0 (no respawn wait)
 #   panic-now        ok panic-now           then sysrq-c at once (for timing the panic)
 #   sigstorm N [R]   ok sigstorm MS PID     N SIGUSR1s from node to a sleep that ignores them,
@@ -470,6 +473,14 @@ while :; do
       svc_cg_clean
       rm -f $HOLD
       reply "ok release-svc"
+      ;;
+    enrol-show | enrol-reset)
+      if [ "$cmd" = enrol-reset ]; then flag=--reset; else flag=; fi
+      # shellcheck disable=SC2086 # no flag: no word
+      out=$(/usr/bin/node "$AGENT_PATH" enrol --state-dir "$AGENT_STATE_DIR" $flag 2>&1)
+      st=$?
+      # shellcheck disable=SC2086 # one line: the text's newlines become spaces
+      reply "ok $cmd $st "$out
       ;;
     kill-agent)
       p=
