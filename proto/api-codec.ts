@@ -24,6 +24,8 @@ export declare namespace apipb {
   type IVmSummary = A.api.v1.IVmSummary;
   type VmSummary = A.api.v1.VmSummary;
   type IVmDetail = A.api.v1.IVmDetail;
+  type IDaemonDetail = A.api.v1.IDaemonDetail;
+  type ISinkStatus = A.api.v1.ISinkStatus;
   type IAttachedProbe = A.api.v1.IAttachedProbe;
   type IProbeInfo = A.api.v1.IProbeInfo;
   type IHostEvent = A.api.v1.IHostEvent;

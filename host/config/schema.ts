@@ -18,6 +18,7 @@ import {
 } from '../actions/parse.js';
 import { DEFAULT_ALERT_SOCKET } from '../pacemaker/alert-event.js';
 import { parseSshTarget } from '../ssh/target.js';
+import { metricsSchema, type MetricsListen } from './metrics-config.js';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
 
 export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
@@ -132,6 +133,8 @@ export interface Config {
   pacemaker?: PacemakerConfig;
   /** VMs reached over SSH (no virtio channel needed); none by default */
   ssh: SshConfig;
+  /** the Prometheus endpoint (metrics-config.ts) */
+  metrics: { listen: MetricsListen };
 }
 
 // ------------------------------------------------------------------ field types
@@ -391,6 +394,7 @@ export const fileSchema = mapping('a mapping of sections', {
   attach: z.array(attachSchema, { error: 'must be a list of attach rules' }).prefault([]),
   pacemaker: pacemakerSchema.optional(),
   ssh: sshSchema.prefault({}),
+  metrics: metricsSchema,
 });
 
 export type FileConfig = z.output<typeof fileSchema>;
@@ -435,6 +439,7 @@ export function toConfig(f: FileConfig): Config {
     })),
     ...(f.pacemaker ? { pacemaker: toPacemakerConfig(f.pacemaker) } : {}),
     ssh: toSshConfig(f.ssh),
+    metrics: { listen: f.metrics.listen },
   };
 }
 

@@ -27,6 +27,8 @@ export interface EventFeed {
 export interface DaemonApi {
   listVms(): Promise<apipb.IVmSummary[]>;
   vmStatus(vm: string): Promise<apipb.IVmDetail>;
+  /** the daemon itself: version, uptime, store, sinks (optional for test doubles) */
+  daemonStatus?(): apipb.IDaemonDetail;
   probeCatalogue(): apipb.IProbeInfo[];
   attach(vm: string, probes: string[], params: Record<string, string>, instances: number): Promise<apipb.IAttachedProbe[]>;
   /** resolves with the probes that were not attached (nothing to do for those) */
@@ -193,6 +195,9 @@ export class ApiServer {
         return reply({ vms: { vms: await m.listVms() } });
       case 'status':
         return reply({ vm: await m.vmStatus(need(req.status?.vm, 'vm')) });
+      case 'daemon':
+        if (!m.daemonStatus) throw new VesperError(ErrorCode.USAGE, 'this vesperd has no daemon status');
+        return reply({ daemon: m.daemonStatus() });
       case 'probes':
         return reply({ probes: { probes: m.probeCatalogue() } });
       case 'attach': {

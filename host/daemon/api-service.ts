@@ -39,6 +39,8 @@ export interface ApiServiceDeps {
   pacemaker: PacemakerActions;
   /** Pacemaker resource → VM, for alerts */
   resourceVm: Map<string, string>;
+  /** the daemon's own status (`vesper status` without a VM) */
+  daemon?: () => apipb.IDaemonDetail;
 }
 
 export class ApiService implements DaemonApi {
@@ -102,6 +104,12 @@ export class ApiService implements DaemonApi {
         .listAttachments(vm)
         .map((a) => ({ name: a.probe, instances: a.instances, params: a.params, loaded: loaded.has(a.probe) })),
     };
+  }
+
+  daemonStatus(): apipb.IDaemonDetail {
+    if (!this.d.daemon) throw new VesperError(ErrorCode.USAGE, 'this API has no daemon status');
+    this.batcher.flush();
+    return this.d.daemon();
   }
 
   probeCatalogue(): apipb.IProbeInfo[] {

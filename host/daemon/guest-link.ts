@@ -18,6 +18,7 @@ import { MAX_HONEST_RECORD_BYTES, capOversizedRecord } from '../notify/guest-str
 import { endedRunLosses } from './ended-runs.js';
 import { ACK_AT_RECORDS, AckCoalescer } from './ack-coalescer.js';
 import type { ReadPacer } from '../channel/read-pacer.js';
+import type { LatencyHistogram } from '../metrics/latency.js';
 
 export interface GuestLinkDeps {
   key: HostKey;
@@ -36,7 +37,12 @@ export interface GuestLinkDeps {
   acks?: AckCoalescer;
   /** the daemon's read pacer: a unix socket's reads count towards it (absent: not paced) */
   pacer?: ReadPacer;
+  /** detection latency (guest kernel record → stored, host clock) by plugin, when metrics are on */
+  latency?: LatencyHistogram;
 }
+
+/** how often a link measures its agent's clock again (guest clocks drift, under TCG more) */
+export const CLOCK_EVERY_MS = 60_000;
 
 export type LinkState = 'connecting' | 'connected' | 'stopped';
 
@@ -75,6 +81,11 @@ export class GuestLink {
   heartbeatLost = false;
   recordsReceived = 0;
   recordsLost = 0;
+  /** records lost with ended agent runs (numbered by an agent that died before they were sent) */
+  recordsLostEnded = 0;
+  /** the agent's CLOCK_MONOTONIC minus ours (ns), while connected and measured; null otherwise */
+  clockOffsetNs: number | null = null;
+  private clockTimer: NodeJS.Timeout | null = null;
   /** why the last link attempt failed; null once a link works */
   linkError: VesperError | null = null;
   readonly spec: LinkSpec;
@@ -130,8 +141,11 @@ export class GuestLink {
       });
       d.log.info({ vm, repushed: i.repushed, agentRestarted: i.agentRestarted }, 'agent connected');
       // What earlier agent runs of this boot numbered and the store does not hold died with them.
+      this.clockOffsetNs = null;
+      if (d.latency) this.measureClock();
       const lost = endedRunLosses(vm, i.hello, (run) => d.heldFor(vm, run));
       if (lost.length) {
+        for (const e of lost) this.recordsLostEnded += Number((e.payload['loss'] as { count?: number } | undefined)?.count ?? 0);
         for (const e of lost)
           d.log.warn({ vm, ...(e.payload['loss'] as object), agentRun: e.source?.agentRun }, 'records lost with an ended agent run');
         d.batcher.push(lost, (err) => {
@@ -142,6 +156,7 @@ export class GuestLink {
     s.on('disconnected', (why) => {
       if (this.state === 'stopped') return;
       this.state = 'connecting';
+      this.clockOffsetNs = null;
       // Channel silence alone says "agent lost", never "guest dead" (libvirt and the
       // heartbeat decide that).
       this.channelEvent('agent-lost', { why });
@@ -162,10 +177,15 @@ export class GuestLink {
 
   start(): void {
     this.session.start();
+    if (this.d.latency) {
+      this.clockTimer = setInterval(() => this.measureClock(), CLOCK_EVERY_MS);
+      this.clockTimer.unref();
+    }
   }
 
   stop(): void {
     this.state = 'stopped';
+    if (this.clockTimer) clearInterval(this.clockTimer);
     this.acks.drop(this);
     this.session.stop();
     this.spec.close?.();
@@ -205,6 +225,29 @@ export class GuestLink {
     for (const h of handles) await c.setParams(h.handle, params);
   }
 
+  /** The agent's clock against ours: the best of a few pings (agent-client.ts clockOffset). */
+  private measureClock(): void {
+    const c = this.session.client;
+    if (!c || c.isClosed) return;
+    c.clockOffset(3).then(
+      ({ offsetNs }) => {
+        if (this.session.client === c && !c.isClosed) this.clockOffsetNs = offsetNs;
+      },
+      () => undefined, // the link went: measured again at the next connection
+    );
+  }
+
+  /** Each newly stored record's latency from its kernel time to now, on our monotonic clock. */
+  private observeLatency(rs: AgentRecord[], events: VesperEvent[], h: LatencyHistogram, offsetNs: number): void {
+    const now = Number(process.hrtime.bigint());
+    for (let i = 0; i < rs.length; i++) {
+      const e = events[i]!;
+      if (e.id === undefined) continue; // held already (a resent record): its latency was counted
+      const s = (now - (rs[i]!.monoNs - offsetNs)) / 1e9;
+      h.observe(e.plugin, s > 0 ? s : 0);
+    }
+  }
+
   private module(name: string): ReturnType<typeof signModule> {
     let m = this.modules.get(name);
     if (!m) {
@@ -233,6 +276,8 @@ export class GuestLink {
         this.session.client?.close();
         return;
       }
+      const h = this.d.latency;
+      if (h !== undefined && this.clockOffsetNs !== null) this.observeLatency(rs, events, h, this.clockOffsetNs);
       this.ackSoon(run, last);
     });
   }

@@ -401,6 +401,24 @@ export class EventStore {
     return this.guard('pruning', () => this.pruner.prune(nowUs, this.nextId, this.vmIndex));
   }
 
+  /** Retention from now on (a configuration reload): the same checks as open()'s. */
+  setRetention(r: Retention): void {
+    checkOptions(this.path, { retention: r });
+    const mine = this.retention as Record<string, unknown>;
+    for (const k of Object.keys(mine)) if (k !== 'pruneBudgetRows') delete mine[k];
+    Object.assign(this.retention, r);
+  }
+
+  /** The retention in force (maxBytes: the limit the store's live bytes are held to). */
+  retentionNow(): Readonly<Retention> {
+    return this.retention;
+  }
+
+  /** Live bytes of the database (cheap: three pragmas, no scan); what stats().bytes says. */
+  liveBytes(): number {
+    return this.guard('reading its size', () => this.pruner.liveBytes());
+  }
+
   stats(): StoreStats {
     return this.guard('reading stats', () => {
       const row = this.statsStmt.get() ?? { events: 0, oldestUs: null, newestUs: null };

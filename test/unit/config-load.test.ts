@@ -31,6 +31,7 @@ const DEFAULTS: Config = {
   filters: [],
   attach: [],
   ssh: { targets: {}, connectTimeout: 15_000, keepalive: 5000, keepaliveCountMax: 3 },
+  metrics: { listen: { kind: 'off' } },
 };
 
 /** The VesperError parseConfig throws for `text`. */
@@ -197,7 +198,26 @@ attach:
         },
       ],
       ssh: DEFAULTS.ssh,
+      metrics: DEFAULTS.metrics,
     });
+  });
+
+  it('metrics.listen: off, HOST:PORT ([v6]:PORT) or a unix socket path; anything else is a mistake at its line', () => {
+    expect(parseConfig('metrics: { listen: 127.0.0.1:9477 }\n', 'x').metrics.listen).toEqual({
+      kind: 'tcp',
+      host: '127.0.0.1',
+      port: 9477,
+    });
+    expect(parseConfig('metrics: { listen: "[::1]:9477" }\n', 'x').metrics.listen).toEqual({ kind: 'tcp', host: '::1', port: 9477 });
+    expect(parseConfig('metrics: { listen: /run/vesper/metrics.sock }\n', 'x').metrics.listen).toEqual({
+      kind: 'unix',
+      path: '/run/vesper/metrics.sock',
+    });
+    expect(parseConfig('metrics: { listen: off }\n', 'x').metrics.listen).toEqual({ kind: 'off' });
+    expect(mistakes('daemon: {}\nmetrics:\n  listen: 9477\n').message).toBe(
+      "vesper.yaml:3:11: metrics.listen: must be off, HOST:PORT (127.0.0.1:9477, [::1]:9477) or a unix socket's absolute path",
+    );
+    expect(mistakes('metrics:\n  listen: localhost:99999\n').message).toContain('vesper.yaml:2:11: metrics.listen: must be off, HOST:PORT');
   });
 
   it('a size may be a plain number of bytes', () => {
@@ -275,7 +295,7 @@ describe('mistakes', () => {
     expect(err.message.split('\n')).toEqual([
       'vesper.yaml:2:3: daemon.loglevel: unknown key (did you mean "log_level"?); allowed here: socket, group, log_level',
       'vesper.yaml:4:3: libvirt.url: unknown key (did you mean "uri"?); allowed here: uri, channel, domains',
-      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh',
+      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh, metrics',
       'vesper.yaml:8:5: filters[0].decision: missing: must be one of notify, discard, action',
       'vesper.yaml:10:5: filters[0].decison: unknown key (did you mean "decision"?); allowed here: vm, plugin, instance, event, decision, action, args',
     ]);
@@ -357,7 +377,7 @@ describe('mistakes', () => {
       'vesper.yaml:4:3: store.path: must be the event database file (an absolute path), got null (an empty value)',
     ]);
     expect(mistakes('- a\n- b\n').message).toBe(
-      'vesper.yaml:1:1: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh)',
+      'vesper.yaml:1:1: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh, metrics)',
     );
   });
 });

@@ -365,6 +365,7 @@ describe('CLI argument helpers', () => {
       'analyze',
       'attach',
       'channel',
+      'config',
       'daemon',
       'detach',
       'events',
