@@ -215,7 +215,7 @@ attach:
     });
     expect(parseConfig('metrics: { listen: off }\n', 'x').metrics.listen).toEqual({ kind: 'off' });
     expect(mistakes('daemon: {}\nmetrics:\n  listen: 9477\n').message).toBe(
-      "vesper.yaml:3:11: metrics.listen: must be off, HOST:PORT (127.0.0.1:9477, [::1]:9477) or a unix socket's absolute path",
+      "vesper.yaml:3:11: metrics.listen: must be off, HOST:PORT (127.0.0.1:9477, [::1]:9477) or a unix socket's absolute path, got 9477",
     );
     expect(mistakes('metrics:\n  listen: localhost:99999\n').message).toContain('vesper.yaml:2:11: metrics.listen: must be off, HOST:PORT');
   });
