@@ -16,6 +16,19 @@ done
 if ((${#need_debs[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}"
 fi
+# promtool and prometheus: the metrics test scrapes vesperd with a Prometheus of its own and
+# checks the shipped alert rules. The package's service is never wanted running here: without
+# systemd, invoke-rc.d would start it (port 9090) unless a policy says no, so one says no for
+# the install only when the machine has none.
+if ! command -v promtool >/dev/null 2>&1; then
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus || status=$?
+  [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
+  [ "${status:-0}" = 0 ] || exit "$status"
+fi
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund >&2
 fi

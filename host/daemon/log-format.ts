@@ -21,8 +21,9 @@ const NAMES: Record<number, string> = { 10: 'TRACE', 20: 'DEBUG', 30: 'INFO', 40
 const OWN = new Set(['level', 'time', 'pid', 'hostname', 'msg', 'v']);
 
 function valueText(v: unknown): string {
-  const s = typeof v === 'string' ? v : JSON.stringify(v);
-  return typeof v === 'string' && /^[^\s"=]+$/.test(s) ? s : JSON.stringify(s === undefined ? null : typeof v === 'string' ? v : s);
+  if (typeof v === 'number' || typeof v === 'boolean' || v === null) return String(v);
+  const s = typeof v === 'string' ? v : (JSON.stringify(v) ?? 'undefined');
+  return /^[^\s"=\\]+$/.test(s) && typeof v === 'string' ? s : JSON.stringify(s);
 }
 
 /** One pino JSON line in the style asked for (the line itself for json, or when it is not JSON). */
