@@ -27,7 +27,7 @@ describe('log lines', () => {
   });
 
   it('read as time, level and message on a terminal, and stay JSON elsewhere', () => {
-    expect(formatLine(line(40, 'slow', { ms: 12 }), 'terminal')).toMatch(/^\d\d:\d\d:\d\d\.006 WARN  slow ms=12\n$/);
+    expect(formatLine(line(40, 'slow', { ms: 12 }), 'terminal')).toMatch(/^\d\d:\d\d:\d\d\.006 WARN {2}slow ms=12\n$/);
     expect(formatLine(line(30, 'a\nb'), 'journal')).toBe('<6>a\\nb\n'); // one journal entry per line
     const j = line(30, 'as is');
     expect(formatLine(j, 'json')).toBe(j);

@@ -3,7 +3,9 @@
 // a text that `promtool check metrics` (Debian's prometheus package) finds no fault with; and
 // the shipped alert rules, which `promtool check rules` must accept.
 import { execFileSync, spawnSync } from 'node:child_process';
-import { resolve } from 'node:path';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { Metrics, type LinkReading } from '../../host/metrics/metrics.js';
 import { LATENCY_BUCKETS } from '../../host/metrics/latency.js';
@@ -13,6 +15,8 @@ import type { VesperEvent } from '../../host/notify/event.js';
 import { ErrorCode } from '../../proto/errors.js';
 
 const RULES = resolve(import.meta.dirname, '../../host/metrics/vesper.rules.yml');
+const OPERATIONS = resolve(import.meta.dirname, '../../docs/operations.md');
+const amtool = spawnSync('amtool', ['--version']).status === 0;
 const promtool = spawnSync('promtool', ['--version']).status === 0;
 const NO_PROMTOOL = 'promtool missing (Debian package prometheus; scripts/ensure-deps.sh installs it)';
 if (!promtool) console.warn(`SKIP promtool checks: ${NO_PROMTOOL}`);
@@ -138,4 +142,17 @@ describe('metrics', () => {
         expect(execFileSync('grep', ['-c', `alert: ${alert}$`, RULES], { encoding: 'utf8' }).trim()).toBe('1');
     },
   );
+
+  it.skipIf(!amtool)('documents an Alertmanager route that amtool check-config accepts (Debian prometheus-alertmanager)', () => {
+    const doc = readFileSync(OPERATIONS, 'utf8');
+    const at = doc.indexOf('# alertmanager.yml');
+    expect(at).toBeGreaterThan(0);
+    const dir = mkdtempSync(join(tmpdir(), 'vesper-am-'));
+    try {
+      writeFileSync(join(dir, 'alertmanager.yml'), doc.slice(at, doc.indexOf('```', at)));
+      expect(execFileSync('amtool', ['check-config', join(dir, 'alertmanager.yml')], { encoding: 'utf8' })).toContain('SUCCESS');
+    } finally {
+      rmSync(dir, { recursive: true });
+    }
+  });
 });
