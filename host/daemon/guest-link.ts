@@ -43,6 +43,9 @@ export interface GuestLinkDeps {
 
 /** how often a link measures its agent's clock again (guest clocks drift, under TCG more) */
 export const CLOCK_EVERY_MS = 60_000;
+/** the second measurement after a link comes up, and how old a tight one may get before any replaces it */
+const CLOCK_SETTLE_MS = 3000;
+const CLOCK_STALE_MS = 10 * 60_000;
 
 export type LinkState = 'connecting' | 'connected' | 'stopped';
 
@@ -85,6 +88,9 @@ export class GuestLink {
   recordsLostEnded = 0;
   /** the agent's CLOCK_MONOTONIC minus ours (ns), while connected and measured; null otherwise */
   clockOffsetNs: number | null = null;
+  /** the round trip (ms) the offset was measured with, and when (performance.now()) */
+  private clockRttMs = Infinity;
+  private clockAt = 0;
   private clockTimer: NodeJS.Timeout | null = null;
   /** why the last link attempt failed; null once a link works */
   linkError: VesperError | null = null;
@@ -142,7 +148,12 @@ export class GuestLink {
       d.log.info({ vm, repushed: i.repushed, agentRestarted: i.agentRestarted }, 'agent connected');
       // What earlier agent runs of this boot numbered and the store does not hold died with them.
       this.clockOffsetNs = null;
-      if (d.latency) this.measureClock();
+      this.clockRttMs = Infinity;
+      if (d.latency) {
+        this.measureClock();
+        // again once the agent has settled (its first seconds push probes: slow round trips)
+        setTimeout(() => this.measureClock(), CLOCK_SETTLE_MS).unref();
+      }
       const lost = endedRunLosses(vm, i.hello, (run) => d.heldFor(vm, run));
       if (lost.length) {
         for (const e of lost) this.recordsLostEnded += Number((e.payload['loss'] as { count?: number } | undefined)?.count ?? 0);
@@ -229,9 +240,17 @@ export class GuestLink {
   private measureClock(): void {
     const c = this.session.client;
     if (!c || c.isClosed) return;
-    c.clockOffset(3).then(
-      ({ offsetNs }) => {
-        if (this.session.client === c && !c.isClosed) this.clockOffsetNs = offsetNs;
+    c.clockOffset(5).then(
+      ({ offsetNs, rttMs }) => {
+        if (this.session.client !== c || c.isClosed) return;
+        // The error is at most half the round trip: a slower measurement does not replace a
+        // tighter one unless that one is old (guest clocks drift).
+        const now = performance.now();
+        if (this.clockOffsetNs !== null && rttMs > 2 * this.clockRttMs + 1 && now - this.clockAt < CLOCK_STALE_MS) return;
+        this.clockOffsetNs = offsetNs;
+        this.clockRttMs = rttMs;
+        this.clockAt = now;
+        this.d.log.debug({ vm: this.vm, offsetNs, rttMs }, 'agent clock measured');
       },
       () => undefined, // the link went: measured again at the next connection
     );
