@@ -1,6 +1,7 @@
 // `vesper status` without a VM: vesperd itself (version, uptime, config, store, metrics, sinks).
 import type { apipb } from '../../proto/api-codec.js';
-import { formatTable, type Output } from './output.js';
+import { printSinks, sinkJson } from './export-commands.js';
+import type { Output } from './output.js';
 
 export interface DaemonStatusJson {
   version: string;
@@ -12,7 +13,8 @@ export interface DaemonStatusJson {
   metrics: string;
   vms: number;
   linksUp: number;
-  sinks: Array<{ name: string; kind: string; backlog: number; cursor: string; lastError: string | null }>;
+  /** as `sinkJson` gives them */
+  sinks: Array<Record<string, unknown>>;
 }
 
 export function daemonStatusJson(d: apipb.IDaemonDetail): DaemonStatusJson {
@@ -31,13 +33,7 @@ export function daemonStatusJson(d: apipb.IDaemonDetail): DaemonStatusJson {
     metrics: d.metricsListen || 'off',
     vms: d.vms ?? 0,
     linksUp: d.linksUp ?? 0,
-    sinks: (d.sinks ?? []).map((s) => ({
-      name: s.name ?? '',
-      kind: s.kind ?? '',
-      backlog: Number(s.backlog ?? 0),
-      cursor: s.cursor ?? '',
-      lastError: s.lastError || null,
-    })),
+    sinks: (d.sinks ?? []).map(sinkJson),
   };
 }
 
@@ -65,14 +61,7 @@ export function printDaemonStatus(d: apipb.IDaemonDetail, o: Output): void {
     `store:    ${j.store.path}: ${j.store.events} events, ${mib(j.store.bytes)}${pct}`,
     `VMs:      ${j.vms}, ${j.linksUp} linked`,
     `metrics:  ${j.metrics}`,
-    `sinks:    ${j.sinks.length ? '' : 'none'}`,
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
-  if (j.sinks.length)
-    process.stdout.write(
-      formatTable(
-        ['SINK', 'KIND', 'BACKLOG', 'CURSOR', 'LAST ERROR'],
-        j.sinks.map((s) => [s.name, s.kind, s.backlog, s.cursor || '-', s.lastError ?? '-']),
-      ),
-    );
+  printSinks(d.sinks ?? [], o);
 }

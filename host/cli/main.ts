@@ -16,6 +16,7 @@ import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
 import { sendAlert } from './alert-send.js';
 import { addAgentCommands } from './agent.js';
 import { addChannelCommands } from './channel.js';
+import { addStoreCommands } from './export-commands.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { DEFAULT_TAIL } from '../daemon/api-server.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
@@ -116,6 +117,8 @@ export function buildProgram(): Command {
       const r = await withClient(cmd, (c) => c.request({ status: { vm } }));
       printStatus(r.vm ?? {}, o);
     });
+
+  addStoreCommands(program, withClient);
 
   program
     .command('probes')

@@ -20,6 +20,7 @@ import { DEFAULT_ALERT_SOCKET } from '../pacemaker/alert-event.js';
 import { parseSshTarget } from '../ssh/target.js';
 import { metricsSchema, type MetricsListen } from './metrics-config.js';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
+import { sinksSchema, toSinkConfig, type SinkConfig } from '../export/config.js';
 
 export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
 export type StoreSync = 'full' | 'normal';
@@ -135,6 +136,8 @@ export interface Config {
   ssh: SshConfig;
   /** the Prometheus endpoint (metrics-config.ts) */
   metrics: { listen: MetricsListen };
+  /** export sinks (host/export/config.ts); none by default */
+  sinks: SinkConfig[];
 }
 
 // ------------------------------------------------------------------ field types
@@ -395,6 +398,7 @@ export const fileSchema = mapping('a mapping of sections', {
   pacemaker: pacemakerSchema.optional(),
   ssh: sshSchema.prefault({}),
   metrics: metricsSchema,
+  sinks: sinksSchema,
 });
 
 export type FileConfig = z.output<typeof fileSchema>;
@@ -440,6 +444,7 @@ export function toConfig(f: FileConfig): Config {
     ...(f.pacemaker ? { pacemaker: toPacemakerConfig(f.pacemaker) } : {}),
     ssh: toSshConfig(f.ssh),
     metrics: { listen: f.metrics.listen },
+    sinks: f.sinks.map(toSinkConfig),
   };
 }
 

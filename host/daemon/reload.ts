@@ -1,6 +1,6 @@
 // What a SIGHUP reload may change while vesperd runs, and what only a restart applies. The
 // sections the daemon reads as it goes (filters, attach rules, log level, retention, SSH
-// targets) are taken from the new config; those its parts were built with at start (sockets,
+// targets, export sinks) are taken from the new config; those its parts were built with at start (sockets,
 // the store's file, libvirt, channel timings, actions, pacemaker, metrics.listen) keep their
 // old values, and the log says which changed and need a restart.
 import type { Config } from '../config/schema.js';
@@ -12,6 +12,7 @@ const LIVE: Array<[string, (c: Config) => unknown]> = [
   ['attach', (c) => c.attach],
   ['store.retention', (c) => c.store.retention],
   ['ssh', (c) => c.ssh],
+  ['sinks', (c) => c.sinks],
 ];
 
 /** The settings a reload does not apply (built into the daemon's parts at start). */
@@ -54,4 +55,5 @@ export function takeLiveSettings(now: Config, next: Config): void {
   now.attach = next.attach;
   now.store.retention = next.store.retention;
   now.ssh = next.ssh;
+  now.sinks = next.sinks;
 }

@@ -79,7 +79,7 @@ async function reload(d: Vesperd, given: string | undefined, path: string, log: 
   }
   await sd.notify('RELOADING=1', `MONOTONIC_USEC=${process.hrtime.bigint() / 1000n}`);
   try {
-    const plan = d.reload(next);
+    const plan = await d.reload(next);
     if (!plan.applied.length && !plan.needRestart.length) log.info({ config: path }, 'configuration reloaded: nothing changed');
     else
       log.info(

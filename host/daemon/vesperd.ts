@@ -33,6 +33,8 @@ import { VESPER_VERSION } from '../../proto/version.js';
 import { metricsListenText } from '../config/metrics-config.js';
 import type { apipb } from '../../proto/api-codec.js';
 import { planReload, takeLiveSettings, type ReloadPlan } from './reload.js';
+import { Exporter } from '../export/exporter.js';
+import { buildSinks } from '../export/kinds.js';
 import { AckCoalescer } from './ack-coalescer.js';
 import { ApiServer } from './api-server.js';
 import { ApiService } from './api-service.js';
@@ -62,6 +64,8 @@ export class Vesperd {
   readonly framework: NotificationFramework;
   readonly store: EventStore;
   readonly batcher: IngestBatcher;
+  /** the export sinks (host/export/): read from the store after each commit */
+  readonly exporter: Exporter;
   readonly table: VmTable;
   /** what the API answers with (the local socket and Pacemaker's alert socket) */
   readonly service: ApiService;
@@ -114,6 +118,7 @@ export class Vesperd {
             links: () => this.linkReadings(),
             storeBytes: () => this.store.liveBytes(),
             storeLimitBytes: () => this.store.retentionNow().maxBytes ?? 0,
+            sinks: () => this.exporter.states(),
             ingest: () => {
               const f = this.framework.counters();
               return {
@@ -170,7 +175,21 @@ export class Vesperd {
       ...(this.metrics ? { tally: this.metrics.tally } : {}),
     });
     this.pacer = new ReadPacer(c.channel.readCoalesce);
-    this.batcher = new IngestBatcher(this.framework, undefined, this.pacer);
+    this.exporter = new Exporter(this.store, this.log, hostname());
+    const framework = this.framework;
+    const exporter = this.exporter;
+    this.batcher = new IngestBatcher(
+      {
+        ingest(events) {
+          const r = framework.ingest(events);
+          if (r.stored > 0) exporter.wake();
+          return r;
+        },
+        publishNow: () => framework.publishNow(),
+      },
+      undefined,
+      this.pacer,
+    );
     this.table = new VmTable({
       config: c,
       log: this.log,
@@ -194,6 +213,7 @@ export class Vesperd {
       queue: this.queue,
       store: this.store,
       batcher: this.batcher,
+      exporter: this.exporter,
       pacemaker: this.pacemaker,
       resourceVm: resourceIndex(pc?.vms ?? {}),
       daemon: () => this.status(),
@@ -221,6 +241,9 @@ export class Vesperd {
       });
       await this.libvirt.start();
     }
+    // Sinks before the links: a sink resumes from its cursor, so nothing is missed either way,
+    // but a daemon that says it is up has its sinks running.
+    await this.exporter.setSinks(buildSinks(c.sinks));
     await this.rescan();
     this.api = new ApiServer(this.service, { socket: c.daemon.socket, group: c.daemon.group, log: this.log });
     await this.api.listen();
@@ -282,6 +305,7 @@ export class Vesperd {
     await Promise.race([this.actions.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
     await this.libvirt?.stop(); // closes its connection, if it made one
     for (const h of this.others.values()) await h.then((x) => x.close()).catch(() => undefined);
+    await this.exporter.close();
     this.store.close();
     this.lock?.release();
     this.log.info('vesperd stopped');
@@ -323,7 +347,7 @@ export class Vesperd {
 
   private prune(): void {
     try {
-      const { deleted } = this.store.prune();
+      const { deleted } = this.exporter.prune();
       this.metrics?.retentionDeletedAdd(deleted);
       if (deleted) this.log.info({ deleted }, 'retention: old events deleted');
     } catch (err) {
@@ -367,7 +391,7 @@ export class Vesperd {
       metricsListen: this.metrics?.where || metricsListenText(c.metrics.listen),
       vms: this.table.vms.size,
       linksUp: up,
-      sinks: [],
+      sinks: this.service.sinkStates(),
       configLoadedAtMs: this.configLoadedAt,
     };
   }
@@ -375,11 +399,13 @@ export class Vesperd {
   /**
    * A configuration reload (SIGHUP): the live settings of `next` (reload.ts) are taken now, the
    * others keep their values until a restart. No link is dropped, except that of a VM whose SSH
-   * target changed (or went). Throws (and changes nothing) when the new retention is refused.
+   * target changed (or went); a sink whose settings changed is restarted from its cursor (the
+   * others keep running). Throws (and changes nothing) when the new sinks or retention are refused.
    */
-  reload(next: Config): ReloadPlan {
+  async reload(next: Config): Promise<ReloadPlan> {
     const c = this.o.config;
     const plan = planReload(c, next);
+    const sinks = plan.applied.includes('sinks') ? buildSinks(next.sinks) : null;
     if (plan.applied.includes('store.retention'))
       this.store.setRetention({
         maxAgeMs: next.store.retention.maxAge,
@@ -395,6 +421,7 @@ export class Vesperd {
       for (const f of this.store.listFilters()) this.filters.set(f.decision as FilterRule);
     }
     if (plan.applied.includes('ssh')) void this.rescan();
+    if (sinks) await this.exporter.setSinks(sinks);
     this.configLoadedAt = Date.now();
     return plan;
   }
