@@ -107,6 +107,17 @@ class ArrayManager implements DaemonApi {
       },
     ];
   }
+  daemonStatus(): apipb.IDaemonDetail {
+    return {
+      version: '9.9.9',
+      pid: 1,
+      uptimeS: 61,
+      configPath: '/etc/vesper/vesper.yaml',
+      storePath: '/x.db',
+      metricsListen: 'off',
+      sinks: this.sinkStates(),
+    };
+  }
   readonly backups: string[] = [];
   storeBackup(path: string): Promise<string> {
     this.backups.push(path);
@@ -155,11 +166,12 @@ describe('the manager API over a unix socket', () => {
     }
   });
 
-  it('`vesper status` without a VM prints the export sinks; `vesper store backup` sends an absolute path', async () => {
+  it('`vesper status` without a VM prints the daemon and its export sinks; `vesper store backup` sends an absolute path', async () => {
     const out = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
     try {
       await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'status', '-o', 'json']);
-      const j = JSON.parse(String(out.mock.calls[0]![0])) as { sinks: Array<Record<string, unknown>> };
+      const j = JSON.parse(String(out.mock.calls[0]![0])) as { version: string; uptimeS: number; sinks: Array<Record<string, unknown>> };
+      expect(j).toMatchObject({ version: '9.9.9', uptimeS: 61, config: '/etc/vesper/vesper.yaml', metrics: 'off' });
       expect(j.sinks[0]).toMatchObject({
         name: 'tickets',
         kind: 'webhook',
@@ -171,7 +183,8 @@ describe('the manager API over a unix socket', () => {
       });
       out.mockClear();
       await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'status']);
-      const text = String(out.mock.calls[0]![0]);
+      const text = out.mock.calls.map((c) => String(c[0])).join('');
+      expect(text).toMatch(/^vesperd:\s+9\.9\.9 \(pid 1\), up 1m 1s$/m);
       expect(text).toMatch(/SINK\s+KIND\s+STATUS\s+CURSOR\s+BACKLOG/);
       expect(text).toMatch(/tickets\s+webhook\s+retrying\s+41\s+7/);
       expect(text).toContain('answered 503');
