@@ -24,10 +24,12 @@ export declare namespace apipb {
   type IVmSummary = A.api.v1.IVmSummary;
   type VmSummary = A.api.v1.VmSummary;
   type IVmDetail = A.api.v1.IVmDetail;
+  type IDaemonDetail = A.api.v1.IDaemonDetail;
   type IAttachedProbe = A.api.v1.IAttachedProbe;
   type IProbeInfo = A.api.v1.IProbeInfo;
   type IHostEvent = A.api.v1.IHostEvent;
   type IAnalyze = A.api.v1.IAnalyze;
+  type ISinkState = A.api.v1.ISinkState;
 }
 
 /** API messages are small; a follower's event batch is capped well below this. */

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need_debs=()
 # dpkg-deb, strip, readelf: npm run package; mmdebstrap, curl: the package test's Debian 12 root;
-# shellcheck: the tests that keep the shell scripts clean.
-for tool in taskset:util-linux mount:mount dpkg-deb:dpkg strip:binutils readelf:binutils mmdebstrap:mmdebstrap curl:curl shellcheck:shellcheck; do
+# shellcheck: the tests that keep the shell scripts clean; rsyslogd: the export sinks' syslog receiver.
+for tool in taskset:util-linux mount:mount dpkg-deb:dpkg strip:binutils readelf:binutils mmdebstrap:mmdebstrap curl:curl shellcheck:shellcheck rsyslogd:rsyslog; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_debs+=("${tool##*:}")
 done
 # The libvirt binding (@unraid/libvirt) compiles against libvirt's headers during npm ci.
@@ -15,6 +15,19 @@ for pkg in libvirt-dev pkg-config g++ make python3; do
 done
 if ((${#need_debs[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_debs[@]}"
+fi
+# promtool and prometheus: the metrics test scrapes vesperd with a Prometheus of its own and
+# checks the shipped alert rules. The package's service is never wanted running here: without
+# systemd, invoke-rc.d would start it (port 9090) unless a policy says no, so one says no for
+# the install only when the machine has none.
+if ! command -v promtool >/dev/null 2>&1; then
+  made_policy=""
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d && made_policy=1
+  fi
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus || status=$?
+  [ -n "$made_policy" ] && rm -f /usr/sbin/policy-rc.d
+  [ "${status:-0}" = 0 ] || exit "$status"
 fi
 if [ ! -d node_modules ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   npm ci --no-audit --no-fund >&2

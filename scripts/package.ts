@@ -248,6 +248,7 @@ function hostPackage(version: string): string {
   );
   copy(join(ROOT, 'host/systemd/vesperd.service'), join(stage, 'lib/systemd/system/vesperd.service'));
   copy(join(ROOT, 'host/config/vesper.example.yaml'), join(stage, 'etc/vesper/vesper.yaml'));
+  copy(join(ROOT, 'host/metrics/vesper.rules.yml'), join(stage, 'usr/share/vesper/prometheus/vesper.rules.yml'));
   const program = buildProgram();
   write(join(stage, 'usr/share/bash-completion/completions/vesper'), bashCompletion(program));
   const date = new Date().toISOString().slice(0, 10);

@@ -7,6 +7,8 @@ import { ErrorCode, VesperError, exitStatusFor } from '../../proto/errors.js';
 import { ACTION_NAMES, ACTION_USAGE } from '../actions/parse.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import { parseDuration } from '../config/units.js';
+import { DEFAULT_CONFIG_PATH, loadConfig } from '../config/load.js';
+import { metricsListenText } from '../config/metrics-config.js';
 import { renderHtml } from '../analysis/report-html.js';
 import { analysisText } from '../analysis/text.js';
 import type { Analysis } from '../analysis/types.js';
@@ -14,9 +16,11 @@ import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
 import { sendAlert } from './alert-send.js';
 import { addAgentCommands } from './agent.js';
 import { addChannelCommands } from './channel.js';
+import { addStoreCommands } from './export-commands.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { DEFAULT_TAIL } from '../daemon/api-server.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
+import { printDaemonStatus } from './daemon-status.js';
 
 const outputOption = (): Option => new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table');
 
@@ -99,13 +103,22 @@ export function buildProgram(): Command {
 
   program
     .command('status')
-    .description('one VM in detail: libvirt state, agent, link, probes, records')
-    .argument('<vm>')
+    .description(
+      'one VM in detail (libvirt state, agent, link, probes, records); without a VM, vesperd itself (version, uptime, store, sinks)',
+    )
+    .argument('[vm]')
     .addOption(outputOption())
-    .action(async (vm: string, o: Output, cmd: Command) => {
+    .action(async (vm: string | undefined, o: Output, cmd: Command) => {
+      if (vm === undefined) {
+        const r = await withClient(cmd, (c) => c.request({ daemon: {} }));
+        printDaemonStatus(r.daemon ?? {}, o);
+        return;
+      }
       const r = await withClient(cmd, (c) => c.request({ status: { vm } }));
       printStatus(r.vm ?? {}, o);
     });
+
+  addStoreCommands(program, withClient);
 
   program
     .command('probes')
@@ -377,6 +390,27 @@ export function buildProgram(): Command {
     .action(async (o: { config?: string }) => {
       const { runDaemon } = await import('../daemon/run.js');
       await runDaemon({ configPath: o.config });
+    });
+
+  program
+    .command('config')
+    .description("vesperd's configuration file")
+    .command('check')
+    .description('check a config file without starting anything (exit 0: sound; 1: every mistake listed, FILE:LINE:COL)')
+    .argument('[file]', 'the file (default /etc/vesper/vesper.yaml)')
+    .action((file: string | undefined) => {
+      const path = file ?? DEFAULT_CONFIG_PATH;
+      try {
+        const c = loadConfig(path);
+        const n = (k: number, what: string): string => `${k} ${what}${k === 1 ? '' : 's'}`;
+        process.stdout.write(
+          `${path}: configuration OK (${n(c.filters.length, 'filter')}, ${n(c.attach.length, 'attach rule')}, ${n(Object.keys(c.ssh.targets).length, 'SSH target')}, metrics ${metricsListenText(c.metrics.listen)})\n`,
+        );
+      } catch (err) {
+        const v = VesperError.from(err);
+        process.stderr.write(`vesper: ${v.code}: configuration NOT valid:\n${v.message}\n`);
+        process.exitCode = 1;
+      }
     });
 
   addAgentCommands(program); // vesper agent install|uninstall|status: over SSH, from this process

@@ -52,7 +52,7 @@ export function parseConfig(text: string, file: string): Config {
     const at = positionOf(doc, lc, []);
     throw new VesperError(
       ErrorCode.CONFIG_INVALID,
-      `${file}:${at.line}:${at.col}: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh)`,
+      `${file}:${at.line}:${at.col}: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh, metrics, sinks)`,
     );
   }
 

@@ -18,7 +18,9 @@ import {
 } from '../actions/parse.js';
 import { DEFAULT_ALERT_SOCKET } from '../pacemaker/alert-event.js';
 import { parseSshTarget } from '../ssh/target.js';
+import { metricsSchema, type MetricsListen } from './metrics-config.js';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
+import { sinksSchema, toSinkConfig, type SinkConfig } from '../export/config.js';
 
 export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
 export type StoreSync = 'full' | 'normal';
@@ -137,6 +139,10 @@ export interface Config {
   pacemaker?: PacemakerConfig;
   /** VMs reached over SSH (no virtio channel needed); none by default */
   ssh: SshConfig;
+  /** the Prometheus endpoint (metrics-config.ts) */
+  metrics: { listen: MetricsListen };
+  /** export sinks (host/export/config.ts); none by default */
+  sinks: SinkConfig[];
 }
 
 // ------------------------------------------------------------------ field types
@@ -399,6 +405,8 @@ export const fileSchema = mapping('a mapping of sections', {
   attach: z.array(attachSchema, { error: 'must be a list of attach rules' }).prefault([]),
   pacemaker: pacemakerSchema.optional(),
   ssh: sshSchema.prefault({}),
+  metrics: metricsSchema,
+  sinks: sinksSchema,
 });
 
 export type FileConfig = z.output<typeof fileSchema>;
@@ -444,6 +452,8 @@ export function toConfig(f: FileConfig): Config {
     })),
     ...(f.pacemaker ? { pacemaker: toPacemakerConfig(f.pacemaker) } : {}),
     ssh: toSshConfig(f.ssh),
+    metrics: { listen: f.metrics.listen },
+    sinks: f.sinks.map(toSinkConfig),
   };
 }
 

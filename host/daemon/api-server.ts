@@ -27,6 +27,8 @@ export interface EventFeed {
 export interface DaemonApi {
   listVms(): Promise<apipb.IVmSummary[]>;
   vmStatus(vm: string): Promise<apipb.IVmDetail>;
+  /** the daemon itself: version, uptime, store, sinks (optional for test doubles) */
+  daemonStatus?(): apipb.IDaemonDetail;
   probeCatalogue(): apipb.IProbeInfo[];
   attach(vm: string, probes: string[], params: Record<string, string>, instances: number): Promise<apipb.IAttachedProbe[]>;
   /** resolves with the probes that were not attached (nothing to do for those) */
@@ -43,6 +45,10 @@ export interface DaemonApi {
   submitHostEvent(e: apipb.IHostEvent): Promise<string>;
   /** The failure analysis of one VM (host/analysis), as JSON text that fits one reply. */
   analyze(req: apipb.IAnalyze): Promise<string>;
+  /** The export sinks' state. */
+  sinkStates(): apipb.ISinkState[];
+  /** An online copy of the store at an absolute path that does not exist yet; resolves with what was done. */
+  storeBackup(path: string): Promise<string>;
 }
 
 export interface ApiServerOptions {
@@ -193,6 +199,9 @@ export class ApiServer {
         return reply({ vms: { vms: await m.listVms() } });
       case 'status':
         return reply({ vm: await m.vmStatus(need(req.status?.vm, 'vm')) });
+      case 'daemon':
+        if (!m.daemonStatus) throw new VesperError(ErrorCode.USAGE, 'this vesperd has no daemon status');
+        return reply({ daemon: m.daemonStatus() });
       case 'probes':
         return reply({ probes: { probes: m.probeCatalogue() } });
       case 'attach': {
@@ -238,6 +247,10 @@ export class ApiServer {
       case 'analyze':
         if (!req.analyze) throw new VesperError(ErrorCode.USAGE, 'analyze needs a VM');
         return reply({ analysis: { json: await m.analyze(req.analyze) } });
+      case 'sinks':
+        return reply({ sinks: { sinks: m.sinkStates() } });
+      case 'storeBackup':
+        return reply({ ok: { message: await m.storeBackup(need(req.storeBackup?.path, 'path')) } });
       case 'hostEvent':
         if (!req.hostEvent) throw new VesperError(ErrorCode.USAGE, 'a host event needs its fields');
         return reply({ ok: { message: await m.submitHostEvent(req.hostEvent) } });

@@ -20,6 +20,7 @@ import { MAX_HONEST_RECORD_BYTES, capOversizedRecord } from '../notify/guest-str
 import { endedRunLosses } from './ended-runs.js';
 import { ACK_AT_RECORDS, AckCoalescer } from './ack-coalescer.js';
 import type { ReadPacer } from '../channel/read-pacer.js';
+import type { LatencyHistogram } from '../metrics/latency.js';
 
 export interface GuestLinkDeps {
   key: HostKey;
@@ -38,7 +39,15 @@ export interface GuestLinkDeps {
   acks?: AckCoalescer;
   /** the daemon's read pacer: a unix socket's reads count towards it (absent: not paced) */
   pacer?: ReadPacer;
+  /** detection latency (guest kernel record → stored, host clock) by plugin, when metrics are on */
+  latency?: LatencyHistogram;
 }
+
+/** how often a link measures its agent's clock again (guest clocks drift, under TCG more) */
+export const CLOCK_EVERY_MS = 60_000;
+/** the second measurement after a link comes up, and how old a tight one may get before any replaces it */
+const CLOCK_SETTLE_MS = 3000;
+const CLOCK_STALE_MS = 10 * 60_000;
 
 export type LinkState = 'connecting' | 'connected' | 'stopped';
 
@@ -77,6 +86,14 @@ export class GuestLink {
   heartbeatLost = false;
   recordsReceived = 0;
   recordsLost = 0;
+  /** records lost with ended agent runs (numbered by an agent that died before they were sent) */
+  recordsLostEnded = 0;
+  /** the agent's CLOCK_MONOTONIC minus ours (ns), while connected and measured; null otherwise */
+  clockOffsetNs: number | null = null;
+  /** the round trip (ms) the offset was measured with, and when (performance.now()) */
+  private clockRttMs = Infinity;
+  private clockAt = 0;
+  private clockTimer: NodeJS.Timeout | null = null;
   /** why the last link attempt failed; null once a link works */
   linkError: VesperError | null = null;
   readonly spec: LinkSpec;
@@ -140,8 +157,16 @@ export class GuestLink {
       });
       d.log.info({ vm, repushed: i.repushed, agentRestarted: i.agentRestarted }, 'agent connected');
       // What earlier agent runs of this boot numbered and the store does not hold died with them.
+      this.clockOffsetNs = null;
+      this.clockRttMs = Infinity;
+      if (d.latency) {
+        this.measureClock();
+        // again once the agent has settled (its first seconds push probes: slow round trips)
+        setTimeout(() => this.measureClock(), CLOCK_SETTLE_MS).unref();
+      }
       const lost = endedRunLosses(vm, i.hello, (run) => d.heldFor(vm, run));
       if (lost.length) {
+        for (const e of lost) this.recordsLostEnded += Number((e.payload['loss'] as { count?: number } | undefined)?.count ?? 0);
         for (const e of lost)
           d.log.warn({ vm, ...(e.payload['loss'] as object), agentRun: e.source?.agentRun }, 'records lost with an ended agent run');
         d.batcher.push(lost, (err) => {
@@ -152,6 +177,7 @@ export class GuestLink {
     s.on('disconnected', (why) => {
       if (this.state === 'stopped') return;
       this.state = 'connecting';
+      this.clockOffsetNs = null;
       if (this.heldSince) {
         // The host paused, saved or is migrating the domain: its QEMU may close the port.
         this.droppedWhileHeld++;
@@ -178,6 +204,10 @@ export class GuestLink {
 
   start(): void {
     this.session.start();
+    if (this.d.latency) {
+      this.clockTimer = setInterval(() => this.measureClock(), CLOCK_EVERY_MS);
+      this.clockTimer.unref();
+    }
   }
 
   /** The host stopped the guest's clock (paused, saved, snapshotted, migrating): detection held. */
@@ -197,6 +227,7 @@ export class GuestLink {
 
   stop(): void {
     this.state = 'stopped';
+    if (this.clockTimer) clearInterval(this.clockTimer);
     this.acks.drop(this);
     this.session.stop();
     this.spec.close?.();
@@ -234,6 +265,37 @@ export class GuestLink {
     if (!c || c.isClosed) return; // remembered by the caller; pushed with the probe at the next link
     const handles = [...c.probes.values()].filter((p) => p.name === name && (instance === null || p.instance === instance));
     for (const h of handles) await c.setParams(h.handle, params);
+  }
+
+  /** The agent's clock against ours: the best of a few pings (agent-client.ts clockOffset). */
+  private measureClock(): void {
+    const c = this.session.client;
+    if (!c || c.isClosed) return;
+    c.clockOffset(5).then(
+      ({ offsetNs, rttMs }) => {
+        if (this.session.client !== c || c.isClosed) return;
+        // The error is at most half the round trip: a slower measurement does not replace a
+        // tighter one unless that one is old (guest clocks drift).
+        const now = performance.now();
+        if (this.clockOffsetNs !== null && rttMs > 2 * this.clockRttMs + 1 && now - this.clockAt < CLOCK_STALE_MS) return;
+        this.clockOffsetNs = offsetNs;
+        this.clockRttMs = rttMs;
+        this.clockAt = now;
+        this.d.log.debug({ vm: this.vm, offsetNs, rttMs }, 'agent clock measured');
+      },
+      () => undefined, // the link went: measured again at the next connection
+    );
+  }
+
+  /** Each newly stored record's latency from its kernel time to now, on our monotonic clock. */
+  private observeLatency(rs: AgentRecord[], events: VesperEvent[], h: LatencyHistogram, offsetNs: number): void {
+    const now = Number(process.hrtime.bigint());
+    for (let i = 0; i < rs.length; i++) {
+      const e = events[i]!;
+      if (e.id === undefined) continue; // held already (a resent record): its latency was counted
+      const s = (now - (rs[i]!.monoNs - offsetNs)) / 1e9;
+      h.observe(e.plugin, s > 0 ? s : 0);
+    }
   }
 
   /**
@@ -280,6 +342,8 @@ export class GuestLink {
         this.session.client?.close();
         return;
       }
+      const h = this.d.latency;
+      if (h !== undefined && this.clockOffsetNs !== null) this.observeLatency(rs, events, h, this.clockOffsetNs);
       this.ackSoon(run, last);
     });
   }

@@ -28,6 +28,13 @@ import { EventQueue } from '../notify/queue.js';
 import { PluginRegistry } from '../notify/registry.js';
 import { resourceIndex } from '../pacemaker/alert-event.js';
 import { EventStore } from '../store/event-store.js';
+import { Metrics, type LinkReading } from '../metrics/metrics.js';
+import { VESPER_VERSION } from '../../proto/version.js';
+import { metricsListenText } from '../config/metrics-config.js';
+import type { apipb } from '../../proto/api-codec.js';
+import { planReload, takeLiveSettings, type ReloadPlan } from './reload.js';
+import { Exporter } from '../export/exporter.js';
+import { buildSinks } from '../export/kinds.js';
 import { AckCoalescer } from './ack-coalescer.js';
 import { ApiServer } from './api-server.js';
 import { ApiService } from './api-service.js';
@@ -45,6 +52,10 @@ export interface VesperdOptions {
   hypervisor?: Hypervisor;
   /** the host key that signs probe modules (default: loadOrCreateHostKey()) */
   key?: HostKey;
+  /** the file the config came from (the start line, status, and what SIGHUP reads again) */
+  configPath?: string;
+  /** keep the metrics even with metrics.listen off (benchmarks, tests reading metrics.text()) */
+  metrics?: boolean;
 }
 
 export class Vesperd {
@@ -54,6 +65,8 @@ export class Vesperd {
   readonly framework: NotificationFramework;
   readonly store: EventStore;
   readonly batcher: IngestBatcher;
+  /** the export sinks (host/export/): read from the store after each commit */
+  readonly exporter: Exporter;
   readonly table: VmTable;
   /** what the API answers with (the local socket and Pacemaker's alert socket) */
   readonly service: ApiService;
@@ -80,6 +93,10 @@ export class Vesperd {
   readonly pauses: HostPauses;
   private stopped = false;
   private readonly log: Logger;
+  /** the Prometheus metrics, when metrics.listen is on (or asked for) */
+  readonly metrics: Metrics | null;
+  private readonly startedAt = Date.now();
+  private configLoadedAt = Date.now();
 
   constructor(private readonly o: VesperdOptions) {
     const c = o.config;
@@ -98,6 +115,24 @@ export class Vesperd {
       throw err;
     }
     this.queue = new EventQueue();
+    this.metrics =
+      c.metrics.listen.kind !== 'off' || o.metrics
+        ? new Metrics({
+            links: () => this.linkReadings(),
+            storeBytes: () => this.store.liveBytes(),
+            storeLimitBytes: () => this.store.retentionNow().maxBytes ?? 0,
+            sinks: () => this.exporter.states(),
+            ingest: () => {
+              const f = this.framework.counters();
+              return {
+                commits: this.batcher.commits,
+                failures: this.batcher.failures,
+                duplicates: f.duplicates,
+                unregisteredPlugin: f.unregisteredPlugin,
+              };
+            },
+          })
+        : null;
     const pc = c.pacemaker;
     this.pacemaker = new PacemakerActions(
       pc
@@ -114,7 +149,8 @@ export class Vesperd {
       pacemaker: this.pacemaker,
       owner: `${hostname()}/${process.pid}`,
       log: this.log,
-      onResult: (ev, r) =>
+      onResult: (ev, r) => {
+        this.metrics?.actionDone(r.action, r.ok, r.error?.code);
         this.hostEvent({
           vm: ev.vm,
           plugin: 'action',
@@ -130,7 +166,8 @@ export class Vesperd {
             detail: r.detail ?? null,
             cause: { id: ev.id, plugin: ev.plugin, event: ev.event },
           },
-        }),
+        });
+      },
     });
     this.framework = new NotificationFramework({
       registry: this.registry,
@@ -138,6 +175,7 @@ export class Vesperd {
       queue: this.queue,
       store: this.store,
       actions: { run: (ev, action, args) => this.actions.run(ev, action, args) },
+      ...(this.metrics ? { tally: this.metrics.tally } : {}),
     });
     this.pacer = new ReadPacer(c.channel.readCoalesce);
     this.batcher = new IngestBatcher(this.framework, undefined, this.pacer);
@@ -148,6 +186,21 @@ export class Vesperd {
       log: this.log,
       graceMs: c.channel.resumeGrace ?? 10_000,
     });
+    this.exporter = new Exporter(this.store, this.log, hostname());
+    const framework = this.framework;
+    const exporter = this.exporter;
+    this.batcher = new IngestBatcher(
+      {
+        ingest(events) {
+          const r = framework.ingest(events);
+          if (r.stored > 0) exporter.wake();
+          return r;
+        },
+        publishNow: () => framework.publishNow(),
+      },
+      undefined,
+      this.pacer,
+    );
     this.table = new VmTable({
       config: c,
       log: this.log,
@@ -162,6 +215,7 @@ export class Vesperd {
       domainState: (vm, state, askedAtMs) => this.pauses.reconcile(vm, state, askedAtMs),
       linkMade: (vm, link) => this.pauses.linkMade(vm, link),
       forgot: (vm) => this.pauses.forget(vm),
+      ...(this.metrics ? { latency: this.metrics.latency } : {}),
     });
     this.service = new ApiService({
       config: c,
@@ -173,8 +227,10 @@ export class Vesperd {
       queue: this.queue,
       store: this.store,
       batcher: this.batcher,
+      exporter: this.exporter,
       pacemaker: this.pacemaker,
       resourceVm: resourceIndex(pc?.vms ?? {}),
+      daemon: () => this.status(),
     });
   }
 
@@ -199,6 +255,9 @@ export class Vesperd {
       });
       await this.libvirt.start();
     }
+    // Sinks before the links: a sink resumes from its cursor, so nothing is missed either way,
+    // but a daemon that says it is up has its sinks running.
+    await this.exporter.setSinks(buildSinks(c.sinks));
     await this.rescan();
     this.api = new ApiServer(this.service, { socket: c.daemon.socket, group: c.daemon.group, log: this.log });
     await this.api.listen();
@@ -219,7 +278,17 @@ export class Vesperd {
     this.timers.push(setInterval(() => void this.rescan(), 30_000));
     this.timers.push(setInterval(() => this.prune(), 60_000));
     for (const t of this.timers) t.unref();
-    this.log.info({ vms: this.vms.size, store: c.store.path }, 'vesperd started');
+    await this.metrics?.listen(c.metrics.listen);
+    this.log.info(
+      {
+        version: VESPER_VERSION,
+        config: this.o.configPath ?? null,
+        vms: this.vms.size,
+        store: c.store.path,
+        metrics: this.metrics?.where || 'off',
+      },
+      `vesperd ${VESPER_VERSION} started (config ${this.o.configPath ?? 'built in'})`,
+    );
   }
 
   /** libvirt is there (at start, or later): its events, then its domains. */
@@ -241,6 +310,7 @@ export class Vesperd {
     for (const t of this.timers) clearInterval(t);
     await this.api?.close();
     await this.alertApi?.close();
+    await this.metrics?.close();
     this.table.stop();
     this.acks.stop();
     this.batcher.flush();
@@ -249,6 +319,7 @@ export class Vesperd {
     await Promise.race([this.actions.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
     await this.libvirt?.stop(); // closes its connection, if it made one
     for (const h of this.others.values()) await h.then((x) => x.close()).catch(() => undefined);
+    await this.exporter.close();
     this.store.close();
     this.lock?.release();
     this.log.info('vesperd stopped');
@@ -292,10 +363,82 @@ export class Vesperd {
 
   private prune(): void {
     try {
-      const { deleted } = this.store.prune();
+      const { deleted } = this.exporter.prune();
+      this.metrics?.retentionDeletedAdd(deleted);
       if (deleted) this.log.info({ deleted }, 'retention: old events deleted');
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'retention failed');
     }
+  }
+
+  /** Each link as the metrics read it. */
+  private *linkReadings(): Iterable<LinkReading> {
+    for (const v of this.table.vms.values()) {
+      const l = v.link;
+      if (!l) continue;
+      const c = l.session.client;
+      yield {
+        vm: v.name,
+        transport: l.spec.transport,
+        up: l.state === 'connected',
+        lostAgent: l.recordsLost,
+        lostEndedRun: l.recordsLostEnded,
+        throttles: c?.throttles ?? 0,
+        throttledMs: c?.throttledMs ?? 0,
+      };
+    }
+  }
+
+  /** `vesper status` without a VM. */
+  status(): apipb.IDaemonDetail {
+    const c = this.o.config;
+    const st = this.store.stats();
+    let up = 0;
+    for (const v of this.table.vms.values()) if (v.link?.state === 'connected') up++;
+    return {
+      version: VESPER_VERSION,
+      pid: process.pid,
+      uptimeS: (Date.now() - this.startedAt) / 1000,
+      configPath: this.o.configPath ?? '',
+      storePath: c.store.path,
+      storeBytes: st.bytes,
+      storeLimitBytes: c.store.retention.maxSize,
+      storeEvents: st.events,
+      metricsListen: this.metrics?.where || metricsListenText(c.metrics.listen),
+      vms: this.table.vms.size,
+      linksUp: up,
+      sinks: this.service.sinkStates(),
+      configLoadedAtMs: this.configLoadedAt,
+    };
+  }
+
+  /**
+   * A configuration reload (SIGHUP): the live settings of `next` (reload.ts) are taken now, the
+   * others keep their values until a restart. No link is dropped, except that of a VM whose SSH
+   * target changed (or went); a sink whose settings changed is restarted from its cursor (the
+   * others keep running). Throws (and changes nothing) when the new sinks or retention are refused.
+   */
+  async reload(next: Config): Promise<ReloadPlan> {
+    const c = this.o.config;
+    const plan = planReload(c, next);
+    const sinks = plan.applied.includes('sinks') ? buildSinks(next.sinks) : null;
+    if (plan.applied.includes('store.retention'))
+      this.store.setRetention({
+        maxAgeMs: next.store.retention.maxAge,
+        maxBytes: next.store.retention.maxSize,
+        vmShare: next.store.retention.vmShare,
+      });
+    takeLiveSettings(c, next);
+    this.log.level = c.daemon.logLevel;
+    if (plan.applied.includes('filters')) {
+      // the file's rules again, then those set at run time (stored) on top, as at start
+      this.filters.clear();
+      for (const f of c.filters) this.filters.set(f);
+      for (const f of this.store.listFilters()) this.filters.set(f.decision as FilterRule);
+    }
+    if (plan.applied.includes('ssh')) void this.rescan();
+    if (sinks) await this.exporter.setSinks(sinks);
+    this.configLoadedAt = Date.now();
+    return plan;
   }
 }

@@ -9,6 +9,7 @@ import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { Config } from '../config/schema.js';
 import type { ReadPacer } from '../channel/read-pacer.js';
 import type { HostKey } from '../keys.js';
+import type { LatencyHistogram } from '../metrics/latency.js';
 import { channelSocketPath, AGENT_CHANNEL } from '../libvirt/channel.js';
 import type { DomainInfo, Hypervisor } from '../libvirt/hypervisor.js';
 import type { VesperEvent } from '../notify/event.js';
@@ -58,6 +59,8 @@ export interface VmTableDeps {
   domainState?: (vm: string, state: string, askedAtMs: number) => void;
   linkMade?: (vm: string, link: GuestLink) => void;
   forgot?: (vm: string) => void;
+  /** detection latency by plugin (the metrics'), when metrics are on */
+  latency?: LatencyHistogram;
 }
 
 export class VmTable {
@@ -175,6 +178,7 @@ export class VmTable {
     }
     const have = v.link ? { transport: v.link.spec.transport, where: v.link.spec.transport === 'ssh' ? (v.ssh ?? '') : v.socket } : null;
     v.socket = socket;
+    v.ssh = sshTarget?.target ?? null; // a reload may have changed it: the link follows below
     if (want?.transport !== have?.transport || want?.where !== have?.where) {
       v.link?.stop();
       v.link = null;
@@ -205,6 +209,7 @@ export class VmTable {
       minBackoffMs: c.reconnectMin,
       maxBackoffMs: c.reconnectMax,
       budget: { recordsPerS: c.ingest.recordsPerS, bytesPerS: c.ingest.bytesPerS, burstMs: c.ingest.burst },
+      ...(this.d.latency ? { latency: this.d.latency } : {}),
     });
   }
 

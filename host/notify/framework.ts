@@ -11,6 +11,7 @@ import type { VesperEvent } from './event.js';
 import { FilterTable } from './filter.js';
 import { vmLabel } from '../../contract/names.js';
 import { checkParamValue } from './params.js';
+import type { EventTally } from './event-tally.js';
 import { EventQueue } from './queue.js';
 import { PluginRegistry, type Plugin, type PluginHandle } from './registry.js';
 
@@ -33,6 +34,8 @@ export interface FrameworkOptions {
   /** without a store, every event counts as new (nothing is de-duplicated) */
   store?: EventSink;
   actions?: ActionDispatch;
+  /** counts of stored events by vm, plugin, event and disposition (the metrics'), if wanted */
+  tally?: EventTally;
 }
 
 export interface FrameworkCounters {
@@ -77,6 +80,7 @@ export class NotificationFramework {
   readonly queue: EventQueue;
   private readonly store: EventSink | null;
   private readonly actions: ActionDispatch | null;
+  private readonly tally: EventTally | null;
   private readonly params = new Map<PluginHandle, ParamState>();
   private readonly c: FrameworkCounters = {
     ingested: 0,
@@ -96,6 +100,7 @@ export class NotificationFramework {
     this.queue = opts.queue ?? new EventQueue();
     this.store = opts.store ?? null;
     this.actions = opts.actions ?? null;
+    this.tally = opts.tally ?? null;
     // A plugin's parameter values live as long as its registration.
     this.registry.on('unregistered', (p) => this.params.delete(p.handle));
   }
@@ -144,11 +149,13 @@ export class NotificationFramework {
     }
 
     const queue = this.queue;
+    const tally = this.tally;
     let discarded = 0;
     let notified = 0;
     for (let i = 0; i < fresh.length; i++) {
       const ev = fresh[i]!;
       const d = ev.disposition;
+      if (tally !== null) tally.add(ev);
       if (d === 'discard') {
         discarded++;
         if (queue.discardedWanted > 0) queue.publish(ev); // for `events -f --all`; not acted on

@@ -14,6 +14,7 @@ import { IngestBatcher } from '../../host/daemon/ingest.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
 import { FilterTable } from '../../host/notify/filter.js';
 import { NotificationFramework } from '../../host/notify/framework.js';
+import { Metrics as VesperMetrics } from '../../host/metrics/metrics.js';
 import { EventQueue } from '../../host/notify/queue.js';
 import { EventStore } from '../../host/store/event-store.js';
 import { openStoreForSql } from '../helpers/store-sql.js';
@@ -30,8 +31,12 @@ function threadTicks(pid: number, tid: number): number {
   return Number(rest[11]) + Number(rest[12]);
 }
 
-/** A manager core as vesperd builds it: framework, store, queue, one subscriber draining. */
-function managerCore(dir: string) {
+/**
+ * A manager core as vesperd builds it: framework, store, queue, one subscriber draining; with
+ * `withMetrics`, also vesperd's metrics (metrics.listen on) hooked in as vesperd hooks them, and
+ * scraped every 5 s (three times Prometheus's default rate) for the cost of the scrapes too.
+ */
+function managerCore(dir: string, withMetrics = false) {
   const store = EventStore.open(join(dir, 'events.db'), {
     sync: (process.env['VESPER_BENCH_SYNC'] as 'full' | 'normal' | undefined) ?? 'full',
   });
@@ -40,12 +45,33 @@ function managerCore(dir: string) {
   // Filters as a real table has them: a discard and an action that does not match.
   filters.set({ vm: '*', plugin: 'heartbeat', instance: '*', event: '*', decision: { kind: 'discard' } });
   filters.set({ vm: 'none', plugin: 'signal', instance: 0, event: 'signal', decision: { kind: 'action', action: 'restart', args: [] } });
-  const framework = new NotificationFramework({ filters, queue, store, actions: { run: () => undefined } });
+  let batcherRef: IngestBatcher | null = null;
+  const metrics = withMetrics
+    ? new VesperMetrics({
+        links: () => [],
+        storeBytes: () => store.liveBytes(),
+        storeLimitBytes: () => 1 << 30,
+        ingest: () => ({ commits: batcherRef?.commits ?? 0, failures: batcherRef?.failures ?? 0, duplicates: 0, unregisteredPlugin: 0 }),
+      })
+    : null;
+  const framework = new NotificationFramework({
+    filters,
+    queue,
+    store,
+    actions: { run: () => undefined },
+    ...(metrics ? { tally: metrics.tally } : {}),
+  });
   // the read pacer and the ack coalescer vesperd owns and shares between its links
   const pacer = new ReadPacer();
   const acks = new AckCoalescer();
   const batcher = new IngestBatcher(framework, undefined, pacer);
-  return { store, queue, framework, batcher, pacer, acks };
+  batcherRef = batcher;
+  let scrapes = 0;
+  const scraper = metrics ? setInterval(() => void metrics.text().then((t) => (scrapes += t.length > 0 ? 1 : 0)), 5000) : null;
+  const stop = (): void => {
+    if (scraper) clearInterval(scraper);
+  };
+  return { store, queue, framework, batcher, pacer, acks, metrics, stop, scrapes: () => scrapes };
 }
 
 /**
@@ -69,6 +95,7 @@ function simLink(
     keepaliveMs: 1000,
     acks: core.acks,
     pacer: core.pacer,
+    ...(core.metrics ? { latency: core.metrics.latency } : {}),
     ...(asVesperd ? { budget: { recordsPerS: ingest.recordsPerS, bytesPerS: ingest.bytesPerS, burstMs: ingest.burst } } : {}),
   });
 }
@@ -90,9 +117,9 @@ async function simsListening(sim: ChildProcess): Promise<void> {
  * simulated agent in another process sends a storm of 204,800 records as fast as the link takes
  * them; this process (one thread) does all the rest, and its CPU time per record is reported.
  */
-async function ingest(m: Metrics): Promise<void> {
+async function ingest(m: Metrics, withMetrics = false, pre = 'manager.'): Promise<void> {
   const dir = mkdtempSync(join(tmpdir(), 'vesper-bench-ingest-'));
-  const core = managerCore(dir);
+  const core = managerCore(dir, withMetrics);
   const total = 400 * 512;
   const sim = forkSims(dir, ['1', '0', String(total)]);
   let link: GuestLink | null = null;
@@ -112,11 +139,13 @@ async function ingest(m: Metrics): Promise<void> {
     await waitFor('every record delivered', () => delivered >= total, 120_000, 1);
     const s = (mono() - t0) / 1e9;
     const cpu = process.cpuUsage(cpu0);
-    m['manager.ingest_records_per_s'] = Math.round(total / s);
-    m['manager.ingest_cpu_us_per_record'] = round((cpu.user + cpu.system) / total, 2);
-    m['manager.ingest_commits'] = core.batcher.commits;
+    m[`${pre}ingest_records_per_s`] = Math.round(total / s);
+    m[`${pre}ingest_cpu_us_per_record`] = round((cpu.user + cpu.system) / total, 2);
+    m[`${pre}ingest_commits`] = core.batcher.commits;
+    if (core.metrics) m[`${pre}ingest_events_counted`] = core.metrics.tally.rows().reduce((a, r) => a + r.count, 0);
     await waitFor('all acknowledged', () => core.store.highestSeq('sim-0', link!.session.agentRun ?? '') >= total, 10_000, 5);
   } finally {
+    core.stop();
     link?.stop();
     core.acks.stop();
     sim.kill('SIGKILL');
@@ -135,11 +164,11 @@ export async function sessions(
   n: number,
   rate: number,
   seconds: number,
-  o: { coalesceMs?: number; prefix?: string } = {},
+  o: { coalesceMs?: number; prefix?: string; metrics?: boolean } = {},
 ): Promise<void> {
   const pre = o.prefix ?? 'manager.';
   const dir = mkdtempSync(join(tmpdir(), 'vesper-bench-sess-'));
-  const core = managerCore(dir);
+  const core = managerCore(dir, o.metrics ?? false);
   core.pacer.windowMs = o.coalesceMs ?? DEFAULT_COALESCE_MS;
   const sim = forkSims(dir, [String(n), String(rate)]);
   const links: GuestLink[] = [];
@@ -186,7 +215,15 @@ export async function sessions(
     m[`${pre}sessions_paced_turns_per_s`] = round((core.pacer.pauses - pauses0) / wall, 1);
     m[`${pre}event_to_subscriber_ms.p50`] = round(pct(lat, 50), 3);
     m[`${pre}event_to_subscriber_ms.p99`] = round(pct(lat, 99), 3);
+    if (core.metrics) {
+      const t = await core.metrics.text();
+      let observed = 0;
+      for (const x of t.matchAll(/^vesper_detection_latency_seconds_count\{[^}]*\} (\d+)/gm)) observed += Number(x[1]);
+      m[`${pre}latency_observed`] = observed;
+      m[`${pre}scrapes`] = core.scrapes();
+    }
   } finally {
+    core.stop();
     for (const l of links) l.stop();
     core.acks.stop();
     sim.kill('SIGKILL');
@@ -275,6 +312,8 @@ export async function managerBench(
   if (o.want('manager.ingest')) {
     o.log('manager: ingest');
     await ingest(m);
+    o.log('manager: ingest with metrics on (counted per event, latency per record, scraped every 5 s)');
+    await ingest(m, true, 'manager.metrics.');
   }
   if (o.want('manager.sessions') || o.want('manager.event_to')) {
     // Side by side in one run: vesperd's default read coalescing, then none.
@@ -282,6 +321,8 @@ export async function managerBench(
     await sessions(m, 1000, 100, 10);
     o.log('manager: the same without read coalescing (channel.read_coalesce: 0ms)');
     await sessions(m, 1000, 100, 10, { coalesceMs: 0, prefix: 'manager.uncoalesced.' });
+    o.log('manager: the same with metrics on (default coalescing)');
+    await sessions(m, 1000, 100, 10, { metrics: true, prefix: 'manager.metrics.' });
   }
   if (o.kernel && o.want('manager.kill9')) {
     o.log('manager: SIGKILL during a stream');

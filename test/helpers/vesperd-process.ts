@@ -101,6 +101,8 @@ export class VesperdProcess {
   log = '';
   /** when each daemon started, was signalled and exited (for a failing test's report) */
   readonly trail: string[] = [];
+  /** more environment for the daemon (NOTIFY_SOCKET, WATCHDOG_USEC, ...) */
+  env: Record<string, string> = {};
 
   constructor(
     readonly configPath: string,
@@ -149,7 +151,7 @@ export class VesperdProcess {
   async start(): Promise<void> {
     const p = spawn(process.execPath, [VESPER, 'daemon', '--config', this.configPath], {
       stdio: ['ignore', 'ignore', 'pipe'],
-      env: { ...process.env, VESPER_KEY_DIR: this.keyDir },
+      env: { ...process.env, VESPER_KEY_DIR: this.keyDir, ...this.env },
     });
     p.stderr.on('data', (c: Buffer) => (this.log = (this.log + c.toString()).slice(-65_536)));
     p.on('exit', (code, sig) => this.note(`vesperd ${p.pid} exited: ${code ?? sig}`));

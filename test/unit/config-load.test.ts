@@ -32,6 +32,8 @@ const DEFAULTS: Config = {
   filters: [],
   attach: [],
   ssh: { targets: {}, connectTimeout: 15_000, keepalive: 5000, keepaliveCountMax: 3 },
+  metrics: { listen: { kind: 'off' } },
+  sinks: [],
 };
 
 /** The VesperError parseConfig throws for `text`. */
@@ -200,7 +202,27 @@ attach:
         },
       ],
       ssh: DEFAULTS.ssh,
+      metrics: DEFAULTS.metrics,
+      sinks: [],
     });
+  });
+
+  it('metrics.listen: off, HOST:PORT ([v6]:PORT) or a unix socket path; anything else is a mistake at its line', () => {
+    expect(parseConfig('metrics: { listen: 127.0.0.1:9477 }\n', 'x').metrics.listen).toEqual({
+      kind: 'tcp',
+      host: '127.0.0.1',
+      port: 9477,
+    });
+    expect(parseConfig('metrics: { listen: "[::1]:9477" }\n', 'x').metrics.listen).toEqual({ kind: 'tcp', host: '::1', port: 9477 });
+    expect(parseConfig('metrics: { listen: /run/vesper/metrics.sock }\n', 'x').metrics.listen).toEqual({
+      kind: 'unix',
+      path: '/run/vesper/metrics.sock',
+    });
+    expect(parseConfig('metrics: { listen: off }\n', 'x').metrics.listen).toEqual({ kind: 'off' });
+    expect(mistakes('daemon: {}\nmetrics:\n  listen: 9477\n').message).toBe(
+      "vesper.yaml:3:11: metrics.listen: must be off, HOST:PORT (127.0.0.1:9477, [::1]:9477) or a unix socket's absolute path, got 9477",
+    );
+    expect(mistakes('metrics:\n  listen: localhost:99999\n').message).toContain('vesper.yaml:2:11: metrics.listen: must be off, HOST:PORT');
   });
 
   it('a size may be a plain number of bytes', () => {
@@ -278,7 +300,7 @@ describe('mistakes', () => {
     expect(err.message.split('\n')).toEqual([
       'vesper.yaml:2:3: daemon.loglevel: unknown key (did you mean "log_level"?); allowed here: socket, group, log_level',
       'vesper.yaml:4:3: libvirt.url: unknown key (did you mean "uri"?); allowed here: uri, channel, domains',
-      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh',
+      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh, metrics, sinks',
       'vesper.yaml:8:5: filters[0].decision: missing: must be one of notify, discard, action',
       'vesper.yaml:10:5: filters[0].decison: unknown key (did you mean "decision"?); allowed here: vm, plugin, instance, event, decision, action, args',
     ]);
@@ -360,7 +382,7 @@ describe('mistakes', () => {
       'vesper.yaml:4:3: store.path: must be the event database file (an absolute path), got null (an empty value)',
     ]);
     expect(mistakes('- a\n- b\n').message).toBe(
-      'vesper.yaml:1:1: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh)',
+      'vesper.yaml:1:1: (top level): must be a mapping of sections (daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh, metrics, sinks)',
     );
   });
 });
@@ -556,6 +578,7 @@ describe('the example file', () => {
       'password_env:',
       'prefix:',
       'run_dir:',
+      'sinks:',
     ])
       expect(text, key).toContain(key);
   });
@@ -566,13 +589,13 @@ describe('the example file', () => {
     const out: string[] = [];
     let inBlock = false;
     for (const line of lines) {
-      if (line === 'filters: []' || line === 'attach: []' || line === '  targets: {}') continue;
+      if (line === 'filters: []' || line === 'attach: []' || line === 'sinks: []' || line === '  targets: {}') continue;
       if (line === '#  targets:') {
         inBlock = true;
         out.push(line.slice(1));
         continue;
       }
-      if (/^#(filters|attach|pacemaker|standby_uri):/.test(line) || /^ {2}#standby_uri:/.test(line)) {
+      if (/^#(filters|attach|pacemaker|sinks|standby_uri):/.test(line) || /^ {2}#standby_uri:/.test(line)) {
         inBlock = !line.startsWith('  ');
         out.push(line.replace('#', ''));
         continue;
@@ -590,6 +613,13 @@ describe('the example file', () => {
     expect(c.filters[3]!.decision).toMatchObject({ kind: 'action', action: 'pacemaker-fail' });
     expect(c.attach[0]!.probes.map((p) => p.name)).toEqual(['signal', 'oom', 'heartbeat']);
     expect(c.actions.standbyUri).toBe('qemu+ssh://standby.example/system');
+    expect(c.sinks.map((s) => [s.name, s.kind])).toEqual([
+      ['tickets', 'webhook'],
+      ['archive', 'file'],
+      ['siem', 'syslog'],
+    ]);
+    expect(c.sinks[1]!.params).toEqual({ path: '/var/log/vesper/events.ndjson', max_size: 100 * 1024 ** 2, keep: 5 });
+    expect(c.sinks[1]!.run.start).toBe('oldest');
     expect(c.pacemaker).toEqual({
       vms: { web1: { resource: 'vm-web1' }, db1: { resource: 'vm-db1', node: 'node1' } },
       node: 'node1',

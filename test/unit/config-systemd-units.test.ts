@@ -1,5 +1,5 @@
 // The shipped systemd units and udev rule, read as systemd would read their keys: the daemon's
-// unit (Type=exec, restarts, directories, libvirt ordering, hardening that leaves libvirt and
+// unit (Type=notify with a watchdog and SIGHUP reload, restarts, directories, libvirt ordering, hardening that leaves libvirt and
 // Node working) and the guest agent's, bound to its virtio-serial port's device unit, whose
 // name must be the path escaped exactly as systemd escapes it (checked against
 // `systemd-escape --path` where that exists).
@@ -85,9 +85,13 @@ describe('device unit names', () => {
 describe('vesperd.service', () => {
   const unit = parseUnit(readFileSync(DAEMON_UNIT, 'utf8'));
 
-  it('runs the daemon as a Type=exec service that restarts on failure', () => {
+  it('runs the daemon as a Type=notify service with a watchdog, reloaded by SIGHUP, that restarts on failure', () => {
     expect([...unit.keys()]).toEqual(['Unit', 'Service', 'Install']);
-    expect(one(unit, 'Service', 'Type')).toBe('exec');
+    expect(one(unit, 'Service', 'Type')).toBe('notify');
+    // systemd-notify --pid sends vesperd's messages from a child process
+    expect(one(unit, 'Service', 'NotifyAccess')).toBe('all');
+    expect(one(unit, 'Service', 'ExecReload')).toBe('/bin/kill -HUP $MAINPID');
+    expect(one(unit, 'Service', 'WatchdogSec')).toMatch(/^\d+s$/);
     expect(one(unit, 'Service', 'ExecStart')).toBe('/usr/bin/vesper daemon');
     expect(one(unit, 'Service', 'Restart')).toBe('on-failure');
     expect(one(unit, 'Install', 'WantedBy')).toBe('multi-user.target');

@@ -90,6 +90,39 @@ class ArrayManager implements DaemonApi {
       return Promise.reject(err);
     }
   }
+  sinkStates(): apipb.ISinkState[] {
+    return [
+      {
+        name: 'tickets',
+        kind: 'webhook',
+        cursor: 41,
+        backlog: 7,
+        delivered: 41,
+        failures: 2,
+        lost: 0,
+        lastError: 'http://x answered 503',
+        lastErrorAtMs: 1,
+        lastDeliveredAtMs: 2,
+        status: 'retrying',
+      },
+    ];
+  }
+  daemonStatus(): apipb.IDaemonDetail {
+    return {
+      version: '9.9.9',
+      pid: 1,
+      uptimeS: 61,
+      configPath: '/etc/vesper/vesper.yaml',
+      storePath: '/x.db',
+      metricsListen: 'off',
+      sinks: this.sinkStates(),
+    };
+  }
+  readonly backups: string[] = [];
+  storeBackup(path: string): Promise<string> {
+    this.backups.push(path);
+    return Promise.resolve(`backed up to ${path}`);
+  }
   readonly hostEvents: apipb.IHostEvent[] = [];
   submitHostEvent(e: apipb.IHostEvent): Promise<string> {
     this.hostEvents.push(e);
@@ -130,6 +163,37 @@ describe('the manager API over a unix socket', () => {
       expect((usage as VesperError).code).toBe(ErrorCode.USAGE);
     } finally {
       c.close();
+    }
+  });
+
+  it('`vesper status` without a VM prints the daemon and its export sinks; `vesper store backup` sends an absolute path', async () => {
+    const out = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    try {
+      await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'status', '-o', 'json']);
+      const j = JSON.parse(String(out.mock.calls[0]![0])) as { version: string; uptimeS: number; sinks: Array<Record<string, unknown>> };
+      expect(j).toMatchObject({ version: '9.9.9', uptimeS: 61, config: '/etc/vesper/vesper.yaml', metrics: 'off' });
+      expect(j.sinks[0]).toMatchObject({
+        name: 'tickets',
+        kind: 'webhook',
+        status: 'retrying',
+        cursor: 41,
+        backlog: 7,
+        failures: 2,
+        lost: 0,
+      });
+      out.mockClear();
+      await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'status']);
+      const text = out.mock.calls.map((c) => String(c[0])).join('');
+      expect(text).toMatch(/^vesperd:\s+9\.9\.9 \(pid 1\), up 1m 1s$/m);
+      expect(text).toMatch(/SINK\s+KIND\s+STATUS\s+CURSOR\s+BACKLOG/);
+      expect(text).toMatch(/tickets\s+webhook\s+retrying\s+41\s+7/);
+      expect(text).toContain('answered 503');
+      out.mockClear();
+      await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'store', 'backup', 'rel/copy.db']);
+      expect(m.backups).toEqual([join(process.cwd(), 'rel/copy.db')]);
+      expect(String(out.mock.calls[0]![0])).toContain('backed up to');
+    } finally {
+      out.mockRestore();
     }
   });
 
@@ -365,6 +429,7 @@ describe('CLI argument helpers', () => {
       'analyze',
       'attach',
       'channel',
+      'config',
       'daemon',
       'detach',
       'events',
@@ -373,6 +438,7 @@ describe('CLI argument helpers', () => {
       'param',
       'probes',
       'status',
+      'store',
     ]);
     // No daemon here: the verb fails to connect, after parsing the action's arguments as words.
     const sock = join(tmpdir(), `vesper-none-${process.pid}.sock`);
