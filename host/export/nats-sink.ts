@@ -55,7 +55,6 @@ export class NatsSink implements ExportSink {
   private link: Link | null = null;
   private connecting: Promise<Link> | null = null;
   private readonly ackTimeoutMs: number;
-  private readonly encoder = new TextEncoder();
 
   constructor(
     name: string,
@@ -112,7 +111,7 @@ export class NatsSink implements ExportSink {
         const h = link.headers();
         h.set('Nats-Msg-Id', e.eventId);
         const subject = eventSubject(this.cfg.subject_prefix, { host: e.host, vm: e.vm, plugin: e.plugin, event: e.event });
-        link.nc.publish(subject, this.encoder.encode(JSON.stringify(e)), { reply: `${link.inbox}.${base + i}`, headers: h });
+        link.nc.publish(subject, JSON.stringify(e), { reply: `${link.inbox}.${base + i}`, headers: h });
       });
       const r = await acks.catch(async (err: Error) => {
         // A lost ack may hide a lost publish ahead of stored ones: start over on a new connection.

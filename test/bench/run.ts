@@ -25,6 +25,7 @@ import { soakBench } from './soak.js';
 import { splitBrainBench } from './splitbrain.js';
 import { sshBench } from './ssh.js';
 import { faultsBench } from './faults.js';
+import { fleetBench } from './fleet.js';
 import { agentIdle, loopCost, rssMb } from './agent-idle.js';
 import { vmBench } from './vm.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -74,6 +75,11 @@ const TARGETS: Record<string, string> = {
   'splitbrain.starts_before_fence': '0',
   'ssh.sigsegv_to_host_ms.p99': '<= 10',
   'ssh.install_s': '< 30',
+  'fleet.events_per_s': '>= 50000',
+  'fleet.events_lost': '0',
+  'fleet.publish_to_subscriber_ms.p99': '<= 50',
+  'fleet.outage_events_lost': '0',
+  'fleet.stored_twice': '0',
 };
 
 const TICK = Number(spawnSync('getconf', ['CLK_TCK']).stdout.toString().trim()) || 100;
@@ -278,6 +284,7 @@ async function main(): Promise<void> {
   if (want('manager.')) await managerBench(m, { kernel: !why, want, log: (s) => console.error(s) });
   if (want('analyze.')) await analyzeBench(m, { log: (s) => console.error(s) });
   if (want('fuzz.')) await fuzzBench(m, { cases: 100_000, log: (s) => console.error(s) });
+  if (want('fleet.')) await fleetBench(m, { log: (s) => console.error(s) });
   if (why) {
     console.error(`agent benchmarks skipped: ${why}`);
   } else {
