@@ -7,7 +7,19 @@
 export const DEFAULT_SUBJECT_PREFIX = 'vesper';
 const PLAIN = /^[A-Za-z0-9_-]$/;
 
+/** Names repeat (a fleet has few hosts, VMs, plugins, events): escaped once each, up to a bound. */
+const tokens = new Map<string, string>();
+const MAX_CACHED = 10_000;
+
 export function subjectToken(name: string): string {
+  const hit = tokens.get(name);
+  if (hit !== undefined) return hit;
+  const t = escapeName(name);
+  if (tokens.size < MAX_CACHED) tokens.set(name, t);
+  return t;
+}
+
+function escapeName(name: string): string {
   if (name === '') return '~';
   let out = '';
   for (const ch of name) {
