@@ -29,8 +29,8 @@ function busOptions(c: Command): Command {
     .option('--bus <urls>', 'NATS servers, comma-separated (default $VESPER_BUS)')
     .option('-c, --config <file>', "read the bus from this vesper.yaml's nats sink")
     .option('--sink <name>', 'which nats sink of the config (default the first)')
-    .option('--stream <name>', 'the JetStream stream (default VESPER, or the sink\'s)')
-    .option('--subject-prefix <token>', 'the subjects\' first token (default vesper, or the sink\'s)')
+    .option('--stream <name>', "the JetStream stream (default VESPER, or the sink's)")
+    .option('--subject-prefix <token>', "the subjects' first token (default vesper, or the sink's)")
     .option('--creds <file>', 'a NATS .creds file')
     .option('--user <user>', 'NATS user (the password from $VESPER_BUS_PASSWORD)');
 }
@@ -52,7 +52,8 @@ export function busConfig(o: BusOptions, env: NodeJS.ProcessEnv = process.env): 
     base = params;
   }
   const servers = o.bus ?? env['VESPER_BUS'] ?? base['servers'];
-  if (servers === undefined) throw new VesperError(ErrorCode.USAGE, 'where is the bus? give --bus nats://HOST:4222 (or VESPER_BUS), or -c vesper.yaml');
+  if (servers === undefined)
+    throw new VesperError(ErrorCode.USAGE, 'where is the bus? give --bus nats://HOST:4222 (or VESPER_BUS), or -c vesper.yaml');
   const stream = { ...((base['stream'] as Record<string, unknown> | undefined) ?? {}), ...(o.stream ? { name: o.stream } : {}) };
   let credentials = base['credentials'];
   if (o.creds) credentials = { creds_file: o.creds };
@@ -87,7 +88,9 @@ export function eventLine(e: BusEvent): string {
 }
 
 export function addFleetCommands(program: Command): void {
-  const fleet = program.command('fleet').description("every host's events, read from the fleet bus (NATS JetStream) that the hosts' nats sinks publish to");
+  const fleet = program
+    .command('fleet')
+    .description("every host's events, read from the fleet bus (NATS JetStream) that the hosts' nats sinks publish to");
 
   busOptions(fleet.command('list'))
     .description("every host's VMs: how many events, the agent link's last word, the last event")
@@ -125,7 +128,14 @@ export function addFleetCommands(program: Command): void {
       process.stdout.write(
         formatTable(
           ['HOST', 'VM', 'EVENTS', 'LINK', 'LAST EVENT', 'AT (host clock)'],
-          rows.map((r) => [r.host, r.vm || '(host)', r.events, r.link ?? '-', r.last ? `${r.last.plugin}/${r.last.event}` : '-', r.last ? tod(r.last.hostTimeUs) : '-']),
+          rows.map((r) => [
+            r.host,
+            r.vm || '(host)',
+            r.events,
+            r.link ?? '-',
+            r.last ? `${r.last.plugin}/${r.last.event}` : '-',
+            r.last ? tod(r.last.hostTimeUs) : '-',
+          ]),
         ),
       );
     });
@@ -146,11 +156,19 @@ export function addFleetCommands(program: Command): void {
       process.once('SIGTERM', stop);
       process.stdout.once('error', stop);
       const json = o.output === 'json';
-      if (!json) process.stdout.write(`${'TIME (host clock)'.padEnd(24)} ${'HOST'.padEnd(12)} ${'VM'.padEnd(16)} ${'EVENT'.padEnd(26)} ID        PAYLOAD\n`);
+      if (!json)
+        process.stdout.write(
+          `${'TIME (host clock)'.padEnd(24)} ${'HOST'.padEnd(12)} ${'VM'.padEnd(16)} ${'EVENT'.padEnd(26)} ID        PAYLOAD\n`,
+        );
       await withBus(o, (bus) =>
-        bus.events({ host: o.host, vm: o.vm }, { follow: Boolean(o.follow), fromSeq: o.fromSeq }, (e) => {
-          process.stdout.write(json ? `${JSON.stringify(e)}\n` : `${eventLine(e)}\n`);
-        }, ac.signal),
+        bus.events(
+          { host: o.host, vm: o.vm },
+          { follow: Boolean(o.follow), fromSeq: o.fromSeq },
+          (e) => {
+            process.stdout.write(json ? `${JSON.stringify(e)}\n` : `${eventLine(e)}\n`);
+          },
+          ac.signal,
+        ),
       );
     });
 

@@ -77,7 +77,10 @@ export class NatsSink implements ExportSink {
     const acks = new Promise<{ stored: number; duplicates: number }>((resolve, reject) => {
       let stored = 0;
       let duplicates = 0;
-      const timer = setTimeout(() => fail(new Error(`${pending.size} of ${batch.length} events not acknowledged within ${this.ackTimeoutMs} ms`)), this.ackTimeoutMs);
+      const timer = setTimeout(
+        () => fail(new Error(`${pending.size} of ${batch.length} events not acknowledged within ${this.ackTimeoutMs} ms`)),
+        this.ackTimeoutMs,
+      );
       const fail = (err: Error): void => {
         clearTimeout(timer);
         link.waiting = null;
@@ -210,10 +213,13 @@ export async function ensureStream(nc: NatsConnection, cfg: NatsParams): Promise
     await jsm.streams.info(s.name);
     return;
   } catch (err) {
-    if (!/not found/i.test((err as Error).message)) throw new VesperError(ErrorCode.BUS_UNAVAILABLE, `nats stream ${s.name}: ${(err as Error).message}`, '', { cause: err });
+    if (!/not found/i.test((err as Error).message))
+      throw new VesperError(ErrorCode.BUS_UNAVAILABLE, `nats stream ${s.name}: ${(err as Error).message}`, '', { cause: err });
   }
   if (!s.create) throw new VesperError(ErrorCode.BUS_STREAM_MISSING, `nats stream ${s.name} does not exist and stream.create is false`);
-  const retention = { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[s.retention];
+  const retention = { limits: RetentionPolicy.Limits, interest: RetentionPolicy.Interest, workqueue: RetentionPolicy.Workqueue }[
+    s.retention
+  ];
   await jsm.streams.add({
     name: s.name,
     subjects: [`${cfg.subject_prefix}.>`],

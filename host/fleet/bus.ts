@@ -34,9 +34,14 @@ export class FleetBus {
       const nc = await connect({ servers: serverList(cfg), name: 'vesper fleet', timeout: timeoutMs, ...(await connectAuth(cfg)) });
       return new FleetBus(nc, cfg);
     } catch (err) {
-      throw new VesperError(ErrorCode.BUS_UNAVAILABLE, `no server of ${serverList(cfg).join(', ')} answered: ${(err as Error).message}`, '', {
-        cause: err,
-      });
+      throw new VesperError(
+        ErrorCode.BUS_UNAVAILABLE,
+        `no server of ${serverList(cfg).join(', ')} answered: ${(err as Error).message}`,
+        '',
+        {
+          cause: err,
+        },
+      );
     }
   }
 
@@ -118,7 +123,11 @@ export class FleetBus {
 
   private streamError(err: unknown): VesperError {
     const msg = (err as Error).message ?? String(err);
-    if (/not found/i.test(msg)) return new VesperError(ErrorCode.BUS_STREAM_MISSING, `stream ${this.cfg.stream.name} not found on the bus: has any host published yet?`);
+    if (/not found/i.test(msg))
+      return new VesperError(
+        ErrorCode.BUS_STREAM_MISSING,
+        `stream ${this.cfg.stream.name} not found on the bus: has any host published yet?`,
+      );
     return new VesperError(ErrorCode.BUS_UNAVAILABLE, `stream ${this.cfg.stream.name}: ${msg}`, '', { cause: err });
   }
 }

@@ -68,12 +68,25 @@ describe.skipIf(why !== '')('fleet bus: three JetStream nodes, three hosts, a no
     const stderr: string[] = [];
     for (const h of hosts) {
       const opts = { store: join(rig.dir, `${h.name}.db`), host: h.name, servers, vms: VMS, count: PER_HOST, rate: RATE, replicas: 3 };
-      const p = spawn('ip', ['netns', 'exec', h.ns, process.execPath, '--import', 'tsx', join(projectRoot(), 'test/rigs/fleet/storm-host.ts'), JSON.stringify(opts)], {
-        cwd: projectRoot(),
-        stdio: ['ignore', 'pipe', 'pipe'],
-      });
+      const p = spawn(
+        'ip',
+        [
+          'netns',
+          'exec',
+          h.ns,
+          process.execPath,
+          '--import',
+          'tsx',
+          join(projectRoot(), 'test/rigs/fleet/storm-host.ts'),
+          JSON.stringify(opts),
+        ],
+        {
+          cwd: projectRoot(),
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
       procs.push(p);
-      p.stderr!.on('data', (d: Buffer) => stderr.push(`${h.name}: ${d.toString()}`));
+      p.stderr.on('data', (d: Buffer) => stderr.push(`${h.name}: ${d.toString()}`));
       jsonLines<HostLine>(p, (l) => last.set(l.host, l));
     }
     // The stream exists once a host delivered (the sinks create it, replicas 3).
@@ -81,11 +94,15 @@ describe.skipIf(why !== '')('fleet bus: three JetStream nodes, three hosts, a no
       throw new Error(`${err.message}; hosts: ${JSON.stringify([...last.values()])}; stderr: ${stderr.join('')}`);
     });
     const seen: Seen[] = [];
-    const follower = spawn('ip', ['netns', 'exec', sub.ns, process.execPath, VESPER, 'fleet', 'events', '-f', '-o', 'json', '--bus', servers.join(',')], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const follower = spawn(
+      'ip',
+      ['netns', 'exec', sub.ns, process.execPath, VESPER, 'fleet', 'events', '-f', '-o', 'json', '--bus', servers.join(',')],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     procs.push(follower);
-    follower.stderr!.on('data', (d: Buffer) => stderr.push(`follower: ${d.toString()}`));
+    follower.stderr.on('data', (d: Buffer) => stderr.push(`follower: ${d.toString()}`));
     jsonLines<Seen>(follower, (e) => seen.push(e));
 
     // Mid-storm: a NATS node dies for good, and h2 is off the bus for 30 s.
@@ -110,9 +127,13 @@ describe.skipIf(why !== '')('fleet bus: three JetStream nodes, three hosts, a no
 
     // The stream, read again from the start by a fresh reader.
     const stored: Seen[] = [];
-    const reader = spawn('ip', ['netns', 'exec', sub.ns, process.execPath, VESPER, 'fleet', 'events', '-o', 'json', '--bus', servers.join(',')], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const reader = spawn(
+      'ip',
+      ['netns', 'exec', sub.ns, process.execPath, VESPER, 'fleet', 'events', '-o', 'json', '--bus', servers.join(',')],
+      {
+        stdio: ['ignore', 'pipe', 'pipe'],
+      },
+    );
     procs.push(reader);
     jsonLines<Seen>(reader, (e) => stored.push(e));
     const code = await new Promise<number | null>((r) => reader.on('exit', r));

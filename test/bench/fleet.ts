@@ -25,7 +25,12 @@ interface Line {
   [k: string]: unknown;
 }
 
-function child(ns: string, script: string, arg: unknown, procs: ChildProcess[]): { p: ChildProcess; lines: Line[]; next: (pred: (l: Line) => boolean, ms: number) => Promise<Line> } {
+function child(
+  ns: string,
+  script: string,
+  arg: unknown,
+  procs: ChildProcess[],
+): { p: ChildProcess; lines: Line[]; next: (pred: (l: Line) => boolean, ms: number) => Promise<Line> } {
   const p = spawn('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', join(projectRoot(), script), JSON.stringify(arg)], {
     cwd: projectRoot(),
     stdio: ['ignore', 'pipe', 'inherit'],
@@ -33,7 +38,7 @@ function child(ns: string, script: string, arg: unknown, procs: ChildProcess[]):
   procs.push(p);
   const lines: Line[] = [];
   const waiters: Array<() => void> = [];
-  createInterface({ input: p.stdout! }).on('line', (l) => {
+  createInterface({ input: p.stdout }).on('line', (l) => {
     try {
       lines.push(JSON.parse(l) as Line);
     } catch {
@@ -46,7 +51,8 @@ function child(ns: string, script: string, arg: unknown, procs: ChildProcess[]):
     for (;;) {
       const hit = lines.find(pred);
       if (hit) return hit;
-      if (Date.now() > until || p.exitCode !== null) throw new Error(`${script}: no such line within ${ms} ms (last: ${JSON.stringify(lines.at(-1))})`);
+      if (Date.now() > until || p.exitCode !== null)
+        throw new Error(`${script}: no such line within ${ms} ms (last: ${JSON.stringify(lines.at(-1))})`);
       await new Promise<void>((r) => {
         waiters.push(r);
         setTimeout(r, 200);

@@ -55,7 +55,7 @@ describe('nats sink config', () => {
 
   it('refuses unknown keys, a bad duration and a prefix that is not one token, with VSP_CONFIG_INVALID', () => {
     for (const bad of [
-      { servers: 'nats://a' , stream: { replica: 3 } },
+      { servers: 'nats://a', stream: { replica: 3 } },
       { servers: 'nats://a', stream: { duplicate_window: '10' } },
       { servers: 'nats://a', subject_prefix: 'a.b' },
       { servers: [] },
@@ -72,7 +72,7 @@ describe('nats sink config', () => {
 });
 
 describe('vesper fleet: where the bus is', () => {
-  it('takes --bus, else VESPER_BUS, else the config file\'s nats sink (runner keys left out)', () => {
+  it("takes --bus, else VESPER_BUS, else the config file's nats sink (runner keys left out)", () => {
     const dir = mkdtempSync(join(tmpdir(), 'fleet-cfg-'));
     const file = join(dir, 'vesper.yaml');
     writeFileSync(
@@ -92,7 +92,15 @@ describe('vesper fleet: where the bus is', () => {
 
 const S = 1_000_000;
 let seq = 0;
-function ev(host: string, id: number, hostTimeUs: number, busDelayUs: number, plugin: string, event: string, payload: Record<string, unknown> = {}): BusEvent {
+function ev(
+  host: string,
+  id: number,
+  hostTimeUs: number,
+  busDelayUs: number,
+  plugin: string,
+  event: string,
+  payload: Record<string, unknown> = {},
+): BusEvent {
   return {
     id,
     eventId: `${host}/${id}`,
@@ -115,7 +123,15 @@ function ev(host: string, id: number, hostTimeUs: number, busDelayUs: number, pl
 describe('vesper fleet analyze', () => {
   // Host A's clock is 5 s behind the bus, host B's 2 s ahead; publish delays 3-40 ms, one backlog of 20 s.
   const T = 1_800_000_000 * S;
-  const mk = (host: 'A' | 'B', id: number, busUs: number, delayUs: number, plugin: string, event: string, payload?: Record<string, unknown>): BusEvent => {
+  const mk = (
+    host: 'A' | 'B',
+    id: number,
+    busUs: number,
+    delayUs: number,
+    plugin: string,
+    event: string,
+    payload?: Record<string, unknown>,
+  ): BusEvent => {
     const skew = host === 'A' ? -5 * S : 2 * S;
     const e = ev(host, id, busUs - delayUs + skew, delayUs, plugin, event, payload);
     e.busTimeUs = busUs;
@@ -149,9 +165,7 @@ describe('vesper fleet analyze', () => {
   });
 
   it('the in-memory source answers the queries analyze makes', () => {
-    const src = new ArraySource(
-      events.map((e) => ({ ...e, id: e.streamSeq, source: null, disposition: 'notify' as const })),
-    );
+    const src = new ArraySource(events.map((e) => ({ ...e, id: e.streamSeq, source: null, disposition: 'notify' as const })));
     expect(src.query({ vm: 'web', order: 'desc', limit: 1 }).map((e) => e.event)).toEqual(['started']);
     expect(src.query({ kinds: [{ plugin: 'libvirt', event: 'crashed' }] }).length).toBe(1);
     expect(src.query({ vm: 'other' })).toEqual([]);

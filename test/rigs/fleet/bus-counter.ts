@@ -45,6 +45,8 @@ await bus.events(
 clearTimeout(timer);
 delays.sort((a, b) => a - b);
 const pct = (p: number): number => delays[Math.min(delays.length - 1, Math.ceil((p / 100) * delays.length) - 1)] ?? NaN;
-process.stdout.write(`${JSON.stringify({ received, distinct: ids.size, twice: received - ids.size, firstMs, lastMs, p50: pct(50), p99: pct(99), max: delays.at(-1) ?? NaN })}\n`);
+process.stdout.write(
+  `${JSON.stringify({ received, distinct: ids.size, twice: received - ids.size, firstMs, lastMs, p50: pct(50), p99: pct(99), max: delays.at(-1) ?? NaN })}\n`,
+);
 await bus.close();
 process.exit(0);

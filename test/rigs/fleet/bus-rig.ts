@@ -128,7 +128,8 @@ export class BusRig {
     while (Date.now() < until) {
       const r = spawnSync('ip', ['netns', 'exec', n.ns, 'ss', '-Hltn', `sport = :${CLIENT_PORT}`], { encoding: 'utf8' });
       if (r.stdout.includes(`${CLIENT_PORT}`)) return;
-      if (n.proc?.exitCode !== null) throw new Error(`nats-server ${n.name} exited (${n.proc?.exitCode}); see ${join(this.dir, `${n.name}.log`)}`);
+      if (n.proc?.exitCode !== null)
+        throw new Error(`nats-server ${n.name} exited (${n.proc?.exitCode}); see ${join(this.dir, `${n.name}.log`)}`);
       await new Promise((r) => setTimeout(r, 100));
     }
     throw new Error(`nats-server ${n.name} does not listen after 20 s`);

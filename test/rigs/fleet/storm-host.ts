@@ -63,9 +63,10 @@ function toExport(e: VesperEvent): ExportEvent {
 
 async function produce(): Promise<void> {
   while (appended < o.count) {
-    const due = o.rate > 0 ? Math.min(o.count, Math.floor(((Date.now() - startMs) / 1000) * o.rate) + 1) : Math.min(o.count, appended + 2000);
+    const due =
+      o.rate > 0 ? Math.min(o.count, Math.floor(((Date.now() - startMs) / 1000) * o.rate) + 1) : Math.min(o.count, appended + 2000);
     const batch: VesperEvent[] = [];
-    for (; appended + batch.length < due; ) {
+    for (; appended + batch.length < due;) {
       const n = appended + batch.length;
       batch.push({
         vm: `vm-${o.host}-${n % o.vms}`,
@@ -108,7 +109,9 @@ async function outbox(): Promise<void> {
 }
 
 const report = (done = false): void =>
-  void process.stdout.write(`${JSON.stringify({ host: o.host, appended, delivered, cursor, failures, lastError, stats: sink.stats, done })}\n`);
+  void process.stdout.write(
+    `${JSON.stringify({ host: o.host, appended, delivered, cursor, failures, lastError, stats: sink.stats, done })}\n`,
+  );
 const ticker = setInterval(() => report(), 1000);
 await Promise.all([produce(), outbox()]);
 clearInterval(ticker);
