@@ -369,6 +369,7 @@ describe('CLI argument helpers', () => {
       'detach',
       'events',
       'filter',
+      'fleet',
       'list',
       'param',
       'probes',
