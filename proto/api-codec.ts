@@ -28,6 +28,7 @@ export declare namespace apipb {
   type IProbeInfo = A.api.v1.IProbeInfo;
   type IHostEvent = A.api.v1.IHostEvent;
   type IAnalyze = A.api.v1.IAnalyze;
+  type ISinkState = A.api.v1.ISinkState;
 }
 
 /** API messages are small; a follower's event batch is capped well below this. */

@@ -15,6 +15,7 @@ import { sendAlert } from './alert-send.js';
 import { addAgentCommands } from './agent.js';
 import { addChannelCommands } from './channel.js';
 import { addFleetCommands } from './fleet.js';
+import { addStoreCommands, printSinks } from './export-commands.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
 import { DEFAULT_TAIL } from '../daemon/api-server.js';
 import { printEvents, printFilters, printParams, printProbes, printStatus, printVms, type Output } from './output.js';
@@ -100,13 +101,20 @@ export function buildProgram(): Command {
 
   program
     .command('status')
-    .description('one VM in detail: libvirt state, agent, link, probes, records')
-    .argument('<vm>')
+    .description('one VM in detail: libvirt state, agent, link, probes, records; without a VM, the export sinks')
+    .argument('[vm]')
     .addOption(outputOption())
-    .action(async (vm: string, o: Output, cmd: Command) => {
+    .action(async (vm: string | undefined, o: Output, cmd: Command) => {
+      if (vm === undefined) {
+        const r = await withClient(cmd, (c) => c.request({ sinks: {} }));
+        printSinks(r.sinks?.sinks ?? [], o);
+        return;
+      }
       const r = await withClient(cmd, (c) => c.request({ status: { vm } }));
       printStatus(r.vm ?? {}, o);
     });
+
+  addStoreCommands(program, withClient);
 
   program
     .command('probes')

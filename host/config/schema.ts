@@ -19,6 +19,7 @@ import {
 import { DEFAULT_ALERT_SOCKET } from '../pacemaker/alert-event.js';
 import { parseSshTarget } from '../ssh/target.js';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
+import { sinksSchema, toSinkConfig, type SinkConfig } from '../export/config.js';
 
 export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
 export type StoreSync = 'full' | 'normal';
@@ -132,6 +133,8 @@ export interface Config {
   pacemaker?: PacemakerConfig;
   /** VMs reached over SSH (no virtio channel needed); none by default */
   ssh: SshConfig;
+  /** export sinks (host/export/config.ts); none by default */
+  sinks: SinkConfig[];
 }
 
 // ------------------------------------------------------------------ field types
@@ -391,6 +394,7 @@ export const fileSchema = mapping('a mapping of sections', {
   attach: z.array(attachSchema, { error: 'must be a list of attach rules' }).prefault([]),
   pacemaker: pacemakerSchema.optional(),
   ssh: sshSchema.prefault({}),
+  sinks: sinksSchema,
 });
 
 export type FileConfig = z.output<typeof fileSchema>;
@@ -435,6 +439,7 @@ export function toConfig(f: FileConfig): Config {
     })),
     ...(f.pacemaker ? { pacemaker: toPacemakerConfig(f.pacemaker) } : {}),
     ssh: toSshConfig(f.ssh),
+    sinks: f.sinks.map(toSinkConfig),
   };
 }
 

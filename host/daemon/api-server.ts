@@ -43,6 +43,10 @@ export interface DaemonApi {
   submitHostEvent(e: apipb.IHostEvent): Promise<string>;
   /** The failure analysis of one VM (host/analysis), as JSON text that fits one reply. */
   analyze(req: apipb.IAnalyze): Promise<string>;
+  /** The export sinks' state. */
+  sinkStates(): apipb.ISinkState[];
+  /** An online copy of the store at an absolute path that does not exist yet; resolves with what was done. */
+  storeBackup(path: string): Promise<string>;
 }
 
 export interface ApiServerOptions {
@@ -238,6 +242,10 @@ export class ApiServer {
       case 'analyze':
         if (!req.analyze) throw new VesperError(ErrorCode.USAGE, 'analyze needs a VM');
         return reply({ analysis: { json: await m.analyze(req.analyze) } });
+      case 'sinks':
+        return reply({ sinks: { sinks: m.sinkStates() } });
+      case 'storeBackup':
+        return reply({ ok: { message: await m.storeBackup(need(req.storeBackup?.path, 'path')) } });
       case 'hostEvent':
         if (!req.hostEvent) throw new VesperError(ErrorCode.USAGE, 'a host event needs its fields');
         return reply({ ok: { message: await m.submitHostEvent(req.hostEvent) } });

@@ -23,6 +23,9 @@ import type { EventQuery } from '../store/event-query.js';
 import { checkFilterKey, checkProbeParamValue, notPushedReason, type KnownPlugin } from './api-checks.js';
 import type { DaemonApi, EventFeed } from './api-server.js';
 import type { IngestBatcher } from './ingest.js';
+import type { Exporter } from '../export/exporter.js';
+import { existsSync } from 'node:fs';
+import { isAbsolute } from 'node:path';
 import type { VmEntry, VmTable } from './vm-table.js';
 
 export interface ApiServiceDeps {
@@ -35,6 +38,8 @@ export interface ApiServiceDeps {
   queue: EventQueue;
   store: EventStore;
   batcher: IngestBatcher;
+  /** the export sinks, when the daemon runs them */
+  exporter?: Exporter;
   /** which VMs Pacemaker manages (an action filter on another is refused) */
   pacemaker: PacemakerActions;
   /** Pacemaker resource → VM, for alerts */
@@ -251,6 +256,33 @@ export class ApiService implements DaemonApi {
    * The analysis of a VM's failure window: the store's own query (the one `vesper events` uses)
    * reads the window once; a VM gone from libvirt is still analysed from what the store holds.
    */
+  sinkStates(): apipb.ISinkState[] {
+    return (this.d.exporter?.states() ?? []).map((s) => ({
+      name: s.name,
+      kind: s.kind,
+      cursor: s.cursor,
+      backlog: s.backlog,
+      delivered: s.delivered,
+      failures: s.failures,
+      lost: s.lost,
+      lastError: s.lastError ?? '',
+      lastErrorAtMs: s.lastErrorAtMs ?? 0,
+      lastDeliveredAtMs: s.lastDeliveredAtMs ?? 0,
+      status: s.status,
+    }));
+  }
+
+  async storeBackup(path: string): Promise<string> {
+    if (!isAbsolute(path)) throw new VesperError(ErrorCode.USAGE, `store backup: ${path} is not an absolute path`);
+    if (existsSync(path)) throw new VesperError(ErrorCode.USAGE, `store backup: ${path} exists; give a new file`);
+    this.batcher.flush(); // what was received before the request is in the copy
+    const before = this.store.lastId();
+    const started = Date.now();
+    const { totalPages } = await this.store.backup(path);
+    this.log.info({ path, pages: totalPages, lastId: before, ms: Date.now() - started }, 'store backed up');
+    return `backed up ${this.store.path} to ${path} (${totalPages} pages; every event up to id ${before})`;
+  }
+
   async analyze(req: apipb.IAnalyze): Promise<string> {
     const vm = req.vm ?? '';
     this.batcher.flush(); // what was received is part of the answer

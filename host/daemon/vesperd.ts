@@ -28,6 +28,8 @@ import { EventQueue } from '../notify/queue.js';
 import { PluginRegistry } from '../notify/registry.js';
 import { resourceIndex } from '../pacemaker/alert-event.js';
 import { EventStore } from '../store/event-store.js';
+import { Exporter } from '../export/exporter.js';
+import { buildSinks } from '../export/kinds.js';
 import { AckCoalescer } from './ack-coalescer.js';
 import { ApiServer } from './api-server.js';
 import { ApiService } from './api-service.js';
@@ -53,6 +55,8 @@ export class Vesperd {
   readonly framework: NotificationFramework;
   readonly store: EventStore;
   readonly batcher: IngestBatcher;
+  /** the export sinks (host/export/): read from the store after each commit */
+  readonly exporter: Exporter;
   readonly table: VmTable;
   /** what the API answers with (the local socket and Pacemaker's alert socket) */
   readonly service: ApiService;
@@ -137,7 +141,21 @@ export class Vesperd {
       actions: { run: (ev, action, args) => this.actions.run(ev, action, args) },
     });
     this.pacer = new ReadPacer(c.channel.readCoalesce);
-    this.batcher = new IngestBatcher(this.framework, undefined, this.pacer);
+    this.exporter = new Exporter(this.store, this.log, hostname());
+    const framework = this.framework;
+    const exporter = this.exporter;
+    this.batcher = new IngestBatcher(
+      {
+        ingest(events) {
+          const r = framework.ingest(events);
+          if (r.stored > 0) exporter.wake();
+          return r;
+        },
+        publishNow: () => framework.publishNow(),
+      },
+      undefined,
+      this.pacer,
+    );
     this.table = new VmTable({
       config: c,
       log: this.log,
@@ -160,6 +178,7 @@ export class Vesperd {
       queue: this.queue,
       store: this.store,
       batcher: this.batcher,
+      exporter: this.exporter,
       pacemaker: this.pacemaker,
       resourceVm: resourceIndex(pc?.vms ?? {}),
     });
@@ -186,6 +205,9 @@ export class Vesperd {
       });
       await this.libvirt.start();
     }
+    // Sinks before the links: a sink resumes from its cursor, so nothing is missed either way,
+    // but a daemon that says it is up has its sinks running.
+    await this.exporter.setSinks(buildSinks(c.sinks));
     await this.rescan();
     this.api = new ApiServer(this.service, { socket: c.daemon.socket, group: c.daemon.group, log: this.log });
     await this.api.listen();
@@ -236,6 +258,7 @@ export class Vesperd {
     await Promise.race([this.actions.idle(), new Promise((r) => setTimeout(r, 5000).unref())]);
     await this.libvirt?.stop(); // closes its connection, if it made one
     for (const h of this.others.values()) await h.then((x) => x.close()).catch(() => undefined);
+    await this.exporter.close();
     this.store.close();
     this.lock?.release();
     this.log.info('vesperd stopped');
@@ -277,7 +300,7 @@ export class Vesperd {
 
   private prune(): void {
     try {
-      const { deleted } = this.store.prune();
+      const { deleted } = this.exporter.prune();
       if (deleted) this.log.info({ deleted }, 'retention: old events deleted');
     } catch (err) {
       this.log.warn({ err: (err as Error).message }, 'retention failed');

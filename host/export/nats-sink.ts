@@ -58,19 +58,20 @@ export class NatsSink implements ExportSink {
 
   constructor(
     name: string,
-    private readonly cfg: NatsParams,
+    /** the entry as configured: a reload compares it (exporter.ts sameConfig) */
+    readonly config: NatsParams,
     /** this host's name (the eventIds' host), for the connection's name */
     private readonly hostName: string = os.hostname(),
   ) {
     this.name = name;
-    this.ackTimeoutMs = parseDuration(cfg.ack_timeout);
+    this.ackTimeoutMs = parseDuration(config.ack_timeout);
   }
 
   async deliver(batch: readonly ExportEvent[], signal: AbortSignal): Promise<void> {
     if (!batch.length) return;
     signal.throwIfAborted();
     const link = await this.client();
-    const stream = this.cfg.stream.name;
+    const stream = this.config.stream.name;
     // One reply subject per event on the connection's ack inbox, one timer for the batch: the
     // client's js.publish() makes a request (a timer and a promise) per event, ten times slower.
     const pending = new Map<number, ExportEvent>();
@@ -113,7 +114,7 @@ export class NatsSink implements ExportSink {
         pending.set(base + i, e);
         const h = link.headers();
         h.set('Nats-Msg-Id', e.eventId);
-        const subject = eventSubject(this.cfg.subject_prefix, { host: e.host, vm: e.vm, plugin: e.plugin, event: e.event });
+        const subject = eventSubject(this.config.subject_prefix, { host: e.host, vm: e.vm, plugin: e.plugin, event: e.event });
         link.nc.publish(subject, JSON.stringify(e), { reply: `${link.inbox}.${base + i}`, headers: h });
       });
       const r = await acks.catch(async (err: Error) => {
@@ -152,22 +153,22 @@ export class NatsSink implements ExportSink {
     let nc: NatsConnection;
     try {
       nc = await connect({
-        servers: serverList(this.cfg),
+        servers: serverList(this.config),
         name: `vesperd ${this.hostName} sink ${this.name}`,
         reconnect: false, // see the header: a fresh connection per failure keeps the order
         timeout: this.ackTimeoutMs,
-        ...(await connectAuth(this.cfg)),
+        ...(await connectAuth(this.config)),
       });
     } catch (err) {
       throw new VesperError(
         ErrorCode.BUS_UNAVAILABLE,
-        `nats sink ${this.name}: no server of ${serverList(this.cfg).join(', ')} answered: ${(err as Error).message}`,
+        `nats sink ${this.name}: no server of ${serverList(this.config).join(', ')} answered: ${(err as Error).message}`,
         '',
         { cause: err },
       );
     }
     try {
-      await ensureStream(nc, this.cfg);
+      await ensureStream(nc, this.config);
     } catch (err) {
       await nc.close().catch(() => undefined);
       throw err;

@@ -21,6 +21,7 @@ import { EventQueryRunner, type EventQuery } from './event-query.js';
 import { payloadColumn } from './event-row.js';
 import { RetentionPruner, type PruneResult, type Retention } from './retention.js';
 import { INDEXED_THROUGH_KEY, migrate } from './schema.js';
+import { SinkCursorTable } from './sink-cursors.js';
 import { VmIndex } from './vm-index.js';
 import { storeError } from './store-error.js';
 
@@ -120,6 +121,8 @@ export class EventStore {
   private readonly attachments: AttachmentTable;
   private readonly filters: SavedFilterTable;
   private readonly meta: MetaTable;
+  /** the export sinks' cursors and outbox reads (host/export/) */
+  readonly sinks: SinkCursorTable;
   /** the next event's id: ids are given here, so a batch's ids are known before its commit */
   private nextId: number;
   /** host time of the newest event: later events never get an earlier one */
@@ -223,6 +226,7 @@ export class EventStore {
     this.attachments = new AttachmentTable(db);
     this.filters = new SavedFilterTable(db);
     this.meta = new MetaTable(db);
+    this.sinks = new SinkCursorTable(db);
     this.indexEveryMs = opts.indexEveryMs ?? INDEX_EVERY_MS;
     this.nextId = this.idAfterLast();
     this.lastHostUs = (db.prepare('SELECT host_time_us FROM events ORDER BY id DESC LIMIT 1').pluck().get() as number | undefined) ?? 0;
@@ -395,10 +399,39 @@ export class EventStore {
   }
 
   /** Applies the retention given to open(); see retention.ts for the bounds of one call. */
-  prune(nowUs: number = Date.now() * 1000): PruneResult {
+  /**
+   * `holdFrom`: age retention deletes no event at or after this id (the oldest one an export
+   * sink has not delivered yet); size retention, the hard limit, still may (the exporter counts
+   * such events as lost).
+   */
+  prune(nowUs: number = Date.now() * 1000, holdFrom?: number): PruneResult {
     // the newest rows into vm_ids first: size retention finds each VM's events there
     if (this.retention.maxBytes !== undefined && (this.retention.vmShare ?? 1) < 1) this.indexTail();
-    return this.guard('pruning', () => this.pruner.prune(nowUs, this.nextId, this.vmIndex));
+    return this.guard('pruning', () => this.pruner.prune(nowUs, this.nextId, this.vmIndex, holdFrom));
+  }
+
+  /** The id of the newest event stored (0 when none ever was). */
+  lastId(): number {
+    return this.nextId - 1;
+  }
+
+  /** The store's sink table, through the store's error wrapping. */
+  sinkOp<T>(doing: string, fn: (t: SinkCursorTable) => T): T {
+    return this.guard(doing, () => fn(this.sinks));
+  }
+
+  /**
+   * An online, consistent copy of the whole file at `dest` (SQLite's backup API). Writes made by
+   * this connection while it runs are carried into the copy, so it holds at least every event
+   * committed before the call. Runs in steps between which the event loop goes on.
+   */
+  async backup(dest: string): Promise<{ totalPages: number }> {
+    try {
+      const r = await this.db.backup(dest, { progress: () => 2048 });
+      return { totalPages: r.totalPages };
+    } catch (err) {
+      throw storeError(this.path, `backing up to ${dest}`, err);
+    }
   }
 
   stats(): StoreStats {

@@ -93,15 +93,20 @@ export class RetentionPruner {
     return this.liveBytesStmt.get() ?? 0;
   }
 
-  /** `nextId`: the id the next event will get (so: every id below it may have been used). */
-  prune(nowUs: number, nextId: number, vmIndex: VmIndex): PruneResult {
+  /**
+   * `nextId`: the id the next event will get (so: every id below it may have been used).
+   * `holdFrom`: age retention keeps every event at or after this id (see EventStore.prune).
+   */
+  prune(nowUs: number, nextId: number, vmIndex: VmIndex, holdFrom?: number): PruneResult {
     let budget = this.retention.pruneBudgetRows ?? PRUNE_BUDGET_ROWS;
     let deleted = 0;
     let complete = true;
 
     const { maxAgeMs, maxBytes } = this.retention;
     if (maxAgeMs !== undefined) {
-      const cutoffId = this.times.boundAt(nowUs - maxAgeMs * 1000, nextId);
+      // Held behind the export sinks: an event a sink has not delivered is not old enough.
+      const ageBound = this.times.boundAt(nowUs - maxAgeMs * 1000, nextId);
+      const cutoffId = holdFrom === undefined ? ageBound : Math.min(ageBound, holdFrom);
       while (budget > 0) {
         const n = this.deleteOlderStmt.run(cutoffId, Math.min(CHUNK_ROWS, budget)).changes;
         deleted += n;

@@ -4,6 +4,7 @@
 
 import type Database from 'better-sqlite3';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { SINK_CURSORS_SCHEMA } from './sink-cursors.js';
 import { VM_INDEX_SCHEMA, VmIndex } from './vm-index.js';
 
 const V1 = `
@@ -110,8 +111,11 @@ UPDATE events SET host_time_us = w.m
 DROP INDEX IF EXISTS events_by_time;
 `;
 
+// Export sinks keep their cursors in the store (sink-cursors.ts, host/export/).
+const V5 = SINK_CURSORS_SCHEMA;
+
 /** Step n takes a file from version n to n + 1: SQL, or code where SQL alone cannot. */
-export const MIGRATIONS: ReadonlyArray<string | ((db: Database.Database) => void)> = [V1, V2, v3, V4];
+export const MIGRATIONS: ReadonlyArray<string | ((db: Database.Database) => void)> = [V1, V2, v3, V4, V5];
 
 /** The version this code writes and reads. */
 export const SCHEMA_VERSION = MIGRATIONS.length;

@@ -28,6 +28,7 @@ import { faultsBench } from './faults.js';
 import { fleetBench } from './fleet.js';
 import { agentIdle, loopCost, rssMb } from './agent-idle.js';
 import { vmBench } from './vm.js';
+import { exportBench } from './export.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const TARGETS: Record<string, string> = {
@@ -74,6 +75,9 @@ const TARGETS: Record<string, string> = {
   'splitbrain.double_starts': '0',
   'splitbrain.starts_before_fence': '0',
   'ssh.sigsegv_to_host_ms.p99': '<= 10',
+  'export.webhook_events_per_s': '>= 10000',
+  'export.file_events_per_s': '>= 50000',
+  'export.outage_events_lost': '0',
   'ssh.install_s': '< 30',
   'fleet.events_per_s': '>= 50000',
   'fleet.events_lost': '0',
@@ -283,6 +287,7 @@ async function main(): Promise<void> {
   if (want('host.decode')) hostDecode(m);
   if (want('manager.')) await managerBench(m, { kernel: !why, want, log: (s) => console.error(s) });
   if (want('analyze.')) await analyzeBench(m, { log: (s) => console.error(s) });
+  if (want('export.')) await exportBench(m, { want, log: (s) => console.error(s) });
   if (want('fuzz.')) await fuzzBench(m, { cases: 100_000, log: (s) => console.error(s) });
   if (want('fleet.')) await fleetBench(m, { log: (s) => console.error(s) });
   if (why) {

@@ -31,6 +31,7 @@ const DEFAULTS: Config = {
   filters: [],
   attach: [],
   ssh: { targets: {}, connectTimeout: 15_000, keepalive: 5000, keepaliveCountMax: 3 },
+  sinks: [],
 };
 
 /** The VesperError parseConfig throws for `text`. */

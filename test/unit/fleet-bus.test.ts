@@ -9,6 +9,8 @@ import { describe, expect, it } from 'vitest';
 import { eventSubject, parseSubject, subjectFilter, subjectToken, tokenName } from '../../host/export/nats-subject.js';
 import { parseNatsParams } from '../../host/export/nats-config.js';
 import { SINK_KINDS } from '../../host/export/kinds.js';
+import { DEFAULT_RUNNER_OPTIONS } from '../../host/export/exporter.js';
+import { sinksSchema, toSinkConfig } from '../../host/export/config.js';
 import { busConfig } from '../../host/cli/fleet.js';
 import { ArraySource, fleetAnalyze, hostClocks, hostsText } from '../../host/fleet/analyze.js';
 import type { BusEvent } from '../../host/fleet/bus.js';
@@ -65,9 +67,21 @@ describe('nats sink config', () => {
   });
 
   it('is registered as the sink kind nats', () => {
-    const s = SINK_KINDS['nats']!({ name: 'bus', kind: 'nats', params: { servers: 'nats://127.0.0.1:1' } }, { host: 'h1' });
+    const s = SINK_KINDS['nats']!(
+      { name: 'bus', kind: 'nats', run: DEFAULT_RUNNER_OPTIONS, params: { servers: 'nats://127.0.0.1:1' } },
+      { host: 'h1' },
+    );
     expect(s.kind).toBe('nats');
     expect(s.name).toBe('bus');
+  });
+
+  it('is a kind of the sinks: list, with the runner keys beside its own', () => {
+    const [c] = sinksSchema
+      .parse([{ name: 'bus', kind: 'nats', batch_max: 5000, servers: ['nats://a:4222'], stream: { replicas: 3 } }])
+      .map(toSinkConfig);
+    expect(c!.run.batchMax).toBe(5000);
+    expect(c!.params).toMatchObject({ servers: ['nats://a:4222'], stream: { name: 'VESPER', replicas: 3 } });
+    expect(() => sinksSchema.parse([{ name: 'bus', kind: 'nats', servers: 'nats://a', stream: { replica: 3 } }])).toThrow();
   });
 });
 

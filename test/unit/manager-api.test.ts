@@ -90,6 +90,28 @@ class ArrayManager implements DaemonApi {
       return Promise.reject(err);
     }
   }
+  sinkStates(): apipb.ISinkState[] {
+    return [
+      {
+        name: 'tickets',
+        kind: 'webhook',
+        cursor: 41,
+        backlog: 7,
+        delivered: 41,
+        failures: 2,
+        lost: 0,
+        lastError: 'http://x answered 503',
+        lastErrorAtMs: 1,
+        lastDeliveredAtMs: 2,
+        status: 'retrying',
+      },
+    ];
+  }
+  readonly backups: string[] = [];
+  storeBackup(path: string): Promise<string> {
+    this.backups.push(path);
+    return Promise.resolve(`backed up to ${path}`);
+  }
   readonly hostEvents: apipb.IHostEvent[] = [];
   submitHostEvent(e: apipb.IHostEvent): Promise<string> {
     this.hostEvents.push(e);
