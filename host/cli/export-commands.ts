@@ -32,7 +32,7 @@ export function printSinks(sinks: apipb.ISinkState[], o: Output): void {
     return;
   }
   if (sinks.length === 0) {
-    process.stdout.write('sinks: none configured (see docs/export.md)\n');
+    process.stdout.write('sinks: none configured (see docs/operations.md)\n');
     return;
   }
   const now = Date.now();
@@ -62,7 +62,7 @@ export function addStoreCommands(program: Command, withClient: WithClient): void
   const store = program.command('store').description('the event store');
   store
     .command('backup')
-    .description('an online, consistent copy of the event store while vesperd runs (SQLite backup API); see docs/export.md')
+    .description('an online, consistent copy of the event store while vesperd runs (SQLite backup API); see docs/operations.md')
     .argument('<file>', 'the copy to write (must not exist)')
     .action(async (file: string, _o: unknown, cmd: Command) => {
       const r = await withClient(cmd, (c) => c.request({ storeBackup: { path: resolve(file) } }));

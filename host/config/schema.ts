@@ -19,7 +19,7 @@ import {
 import { DEFAULT_ALERT_SOCKET } from '../pacemaker/alert-event.js';
 import { parseSshTarget } from '../ssh/target.js';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
-import { sinksSchema, toSinkConfig, type SinkConfig } from '../export/config.js';
+import { sinksSchema, toSinkConfig, type SinkConfig } from './sinks.js';
 
 export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
 export type StoreSync = 'full' | 'normal';
@@ -133,7 +133,7 @@ export interface Config {
   pacemaker?: PacemakerConfig;
   /** VMs reached over SSH (no virtio channel needed); none by default */
   ssh: SshConfig;
-  /** export sinks (host/export/config.ts); none by default */
+  /** export sinks (host/config/sinks.ts, run by host/export/); none by default */
   sinks: SinkConfig[];
 }
 

@@ -2,7 +2,7 @@
 // start and on a reload). A new kind registers its factory here.
 import { hostname } from 'node:os';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import type { SinkConfig } from './config.js';
+import type { SinkConfig } from '../config/sinks.js';
 import type { SinkSpec } from './exporter.js';
 import { FileSink, type FileParams } from './file.js';
 import { parseNatsParams } from './nats-config.js';

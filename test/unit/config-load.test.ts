@@ -198,6 +198,7 @@ attach:
         },
       ],
       ssh: DEFAULTS.ssh,
+      sinks: [],
     });
   });
 
@@ -276,7 +277,7 @@ describe('mistakes', () => {
     expect(err.message.split('\n')).toEqual([
       'vesper.yaml:2:3: daemon.loglevel: unknown key (did you mean "log_level"?); allowed here: socket, group, log_level',
       'vesper.yaml:4:3: libvirt.url: unknown key (did you mean "uri"?); allowed here: uri, channel, domains',
-      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh',
+      'vesper.yaml:5:1: stroe: unknown key (did you mean "store"?); allowed here: daemon, libvirt, store, channel, actions, filters, attach, pacemaker, ssh, sinks',
       'vesper.yaml:8:5: filters[0].decision: missing: must be one of notify, discard, action',
       'vesper.yaml:10:5: filters[0].decison: unknown key (did you mean "decision"?); allowed here: vm, plugin, instance, event, decision, action, args',
     ]);
@@ -554,6 +555,7 @@ describe('the example file', () => {
       'password_env:',
       'prefix:',
       'run_dir:',
+      'sinks:',
     ])
       expect(text, key).toContain(key);
   });
@@ -564,13 +566,13 @@ describe('the example file', () => {
     const out: string[] = [];
     let inBlock = false;
     for (const line of lines) {
-      if (line === 'filters: []' || line === 'attach: []' || line === '  targets: {}') continue;
+      if (line === 'filters: []' || line === 'attach: []' || line === 'sinks: []' || line === '  targets: {}') continue;
       if (line === '#  targets:') {
         inBlock = true;
         out.push(line.slice(1));
         continue;
       }
-      if (/^#(filters|attach|pacemaker|standby_uri):/.test(line) || /^ {2}#standby_uri:/.test(line)) {
+      if (/^#(filters|attach|pacemaker|sinks|standby_uri):/.test(line) || /^ {2}#standby_uri:/.test(line)) {
         inBlock = !line.startsWith('  ');
         out.push(line.replace('#', ''));
         continue;
@@ -588,6 +590,13 @@ describe('the example file', () => {
     expect(c.filters[3]!.decision).toMatchObject({ kind: 'action', action: 'pacemaker-fail' });
     expect(c.attach[0]!.probes.map((p) => p.name)).toEqual(['signal', 'oom', 'heartbeat']);
     expect(c.actions.standbyUri).toBe('qemu+ssh://standby.example/system');
+    expect(c.sinks.map((s) => [s.name, s.kind])).toEqual([
+      ['tickets', 'webhook'],
+      ['archive', 'file'],
+      ['siem', 'syslog'],
+    ]);
+    expect(c.sinks[1]!.params).toEqual({ path: '/var/log/vesper/events.ndjson', max_size: 100 * 1024 ** 2, keep: 5 });
+    expect(c.sinks[1]!.run.start).toBe('oldest');
     expect(c.pacemaker).toEqual({
       vms: { web1: { resource: 'vm-web1' }, db1: { resource: 'vm-db1', node: 'node1' } },
       node: 'node1',

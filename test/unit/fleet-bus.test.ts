@@ -10,7 +10,7 @@ import { eventSubject, parseSubject, subjectFilter, subjectToken, tokenName } fr
 import { parseNatsParams } from '../../host/export/nats-config.js';
 import { SINK_KINDS } from '../../host/export/kinds.js';
 import { DEFAULT_RUNNER_OPTIONS } from '../../host/export/exporter.js';
-import { sinksSchema, toSinkConfig } from '../../host/export/config.js';
+import { sinksSchema, toSinkConfig } from '../../host/config/sinks.js';
 import { busConfig } from '../../host/cli/fleet.js';
 import { ArraySource, fleetAnalyze, hostClocks, hostsText } from '../../host/fleet/analyze.js';
 import type { BusEvent } from '../../host/fleet/bus.js';

@@ -155,6 +155,35 @@ describe('the manager API over a unix socket', () => {
     }
   });
 
+  it('`vesper status` without a VM prints the export sinks; `vesper store backup` sends an absolute path', async () => {
+    const out = vi.spyOn(process.stdout, 'write').mockImplementation(() => true);
+    try {
+      await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'status', '-o', 'json']);
+      const j = JSON.parse(String(out.mock.calls[0]![0])) as { sinks: Array<Record<string, unknown>> };
+      expect(j.sinks[0]).toMatchObject({
+        name: 'tickets',
+        kind: 'webhook',
+        status: 'retrying',
+        cursor: 41,
+        backlog: 7,
+        failures: 2,
+        lost: 0,
+      });
+      out.mockClear();
+      await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'status']);
+      const text = String(out.mock.calls[0]![0]);
+      expect(text).toMatch(/SINK\s+KIND\s+STATUS\s+CURSOR\s+BACKLOG/);
+      expect(text).toMatch(/tickets\s+webhook\s+retrying\s+41\s+7/);
+      expect(text).toContain('answered 503');
+      out.mockClear();
+      await buildProgram().parseAsync(['node', 'vesper', '--socket', socket, 'store', 'backup', 'rel/copy.db']);
+      expect(m.backups).toEqual([join(process.cwd(), 'rel/copy.db')]);
+      expect(String(out.mock.calls[0]![0])).toContain('backed up to');
+    } finally {
+      out.mockRestore();
+    }
+  });
+
   it('`vesper analyze` asks vesperd and prints the analysis as JSON or as text, verdicts first', async () => {
     const demo = { pid: 7, comm: 'demo' };
     m.publish({ ...ev(1), payload: { signal: { sig: 11, code: 1, result: 0, senderIsKernel: true, target: demo, sender: demo } } });
@@ -396,6 +425,7 @@ describe('CLI argument helpers', () => {
       'param',
       'probes',
       'status',
+      'store',
     ]);
     // No daemon here: the verb fails to connect, after parsing the action's arguments as words.
     const sock = join(tmpdir(), `vesper-none-${process.pid}.sock`);

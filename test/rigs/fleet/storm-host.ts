@@ -8,7 +8,7 @@
 import pino from 'pino';
 import { EventStore } from '../../../host/store/event-store.js';
 import { Exporter } from '../../../host/export/exporter.js';
-import { sinksSchema, toSinkConfig } from '../../../host/export/config.js';
+import { sinksSchema, toSinkConfig } from '../../../host/config/sinks.js';
 import { buildSinks } from '../../../host/export/kinds.js';
 import type { NatsSink } from '../../../host/export/nats-sink.js';
 import type { VesperEvent } from '../../../host/notify/event.js';

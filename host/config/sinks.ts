@@ -1,10 +1,25 @@
 // The `sinks:` list of vesper.yaml: every entry has a unique `name`, a `kind` and the kind's own
 // keys, plus how it is run (batching, timeout, retry, where a new sink starts). Parsed here into
-// SinkConfig; host/export/kinds.ts builds the sinks from it (buildSinks).
+// SinkConfig; host/export/kinds.ts builds the sinks from it (buildSinks), host/export/exporter.ts
+// runs them.
 import { z } from 'zod';
-import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from '../config/units.js';
-import type { RunnerOptions } from './exporter.js';
-import { natsParamsShape } from './nats-config.js';
+import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
+import { natsParamsShape } from '../export/nats-config.js';
+
+/** How the exporter runs one sink. */
+export interface RunnerOptions {
+  /** most events handed over in one deliver() */
+  batchMax: number;
+  /** ms a woken runner waits for more events before it reads a batch smaller than batchMax */
+  linger: number;
+  /** ms a deliver() may take before it is aborted (and retried) */
+  timeout: number;
+  /** first and largest retry delay, ms */
+  retryMin: number;
+  retryMax: number;
+  /** where a sink without a saved cursor starts: events stored from now on, or every stored one */
+  start: 'now' | 'oldest';
+}
 
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f]/;
