@@ -4,7 +4,7 @@
 // runs them.
 import { z } from 'zod';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
-import { natsParamsShape } from '../export/nats-config.js';
+import { natsParamsShape } from './nats.js';
 
 /** How the exporter runs one sink. */
 export interface RunnerOptions {
@@ -125,7 +125,7 @@ export const syslogSinkSchema = strict('a syslog sink', {
     .prefault('vesper'),
 });
 
-/** The fleet bus: NATS JetStream (host/export/nats-config.ts has the keys and their defaults). */
+/** The fleet bus: NATS JetStream (host/config/nats.ts has the keys and their defaults). */
 export const natsSinkSchema = strict('a nats sink', { ...common, kind: z.literal('nats'), ...natsParamsShape });
 
 /** A sink's kind-specific keys, as the file has them (snake_case). */

@@ -4,7 +4,7 @@
 // case); the empty name (a host's own events have vm '') is a lone `~`. Escaping is one-to-one,
 // so `vm.a` and `vm_a` never share a subject, and a reader can filter on an exact VM.
 
-export const DEFAULT_SUBJECT_PREFIX = 'vesper';
+export { DEFAULT_SUBJECT_PREFIX } from '../config/nats.js';
 const PLAIN = /^[A-Za-z0-9_-]$/;
 
 /** Names repeat (a fleet has few hosts, VMs, plugins, events): escaped once each, up to a bound. */
