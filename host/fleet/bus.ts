@@ -30,19 +30,20 @@ export class FleetBus {
 
   static async open(cfg: BusConfig, timeoutMs = 5000): Promise<FleetBus> {
     const { connect } = await import('@nats-io/transport-node');
-    try {
-      const nc = await connect({ servers: serverList(cfg), name: 'vesper fleet', timeout: timeoutMs, ...(await connectAuth(cfg)) });
-      return new FleetBus(nc, cfg);
-    } catch (err) {
-      throw new VesperError(
-        ErrorCode.BUS_UNAVAILABLE,
-        `no server of ${serverList(cfg).join(', ')} answered: ${(err as Error).message}`,
-        '',
-        {
-          cause: err,
-        },
-      );
+    const auth = await connectAuth(cfg);
+    // Each server in turn: nats.js's first connect gives up at the first server that refuses,
+    // and a dead node of a healthy cluster must not stop a reader. Once connected, the client
+    // learns the cluster's other servers and reconnects to them by itself.
+    const errors: string[] = [];
+    for (const server of serverList(cfg)) {
+      try {
+        const nc = await connect({ servers: [server], name: 'vesper fleet', timeout: timeoutMs, ...auth });
+        return new FleetBus(nc, cfg);
+      } catch (err) {
+        errors.push(`${server}: ${(err as Error).message}`);
+      }
     }
+    throw new VesperError(ErrorCode.BUS_UNAVAILABLE, `no server of the bus answered (${errors.join('; ')})`);
   }
 
   async close(): Promise<void> {

@@ -136,8 +136,10 @@ describe.skipIf(why !== '')('fleet bus: three JetStream nodes, three hosts, a no
     );
     procs.push(reader);
     jsonLines<Seen>(reader, (e) => stored.push(e));
+    let readerErr = '';
+    reader.stderr.on('data', (d: Buffer) => (readerErr += d.toString()));
     const code = await new Promise<number | null>((r) => reader.on('exit', r));
-    expect(code).toBe(0);
+    expect(code, readerErr).toBe(0);
 
     for (const [what, list] of [
       ['stream', stored],
