@@ -90,6 +90,11 @@ export const ErrorCode = {
   // the agent on an SSH target (vesper agent install/uninstall/status)
   AGENT_NOT_INSTALLED: 'VSP_AGENT_NOT_INSTALLED',
   AGENT_NOT_ANSWERING: 'VSP_AGENT_NOT_ANSWERING',
+  // the fleet bus (host/export/nats-sink.ts, vesper fleet): no NATS server answered, the stream
+  // is not there, or JetStream did not acknowledge a publish (the sink retries the batch)
+  BUS_UNAVAILABLE: 'VSP_BUS_UNAVAILABLE',
+  BUS_STREAM_MISSING: 'VSP_BUS_STREAM_MISSING',
+  BUS_PUBLISH_FAILED: 'VSP_BUS_PUBLISH_FAILED',
 } as const;
 
 export type ErrorCodeValue = (typeof ErrorCode)[keyof typeof ErrorCode];
@@ -103,7 +108,8 @@ export function exitStatusFor(code: string): number {
   if (code === ErrorCode.SSH_CONNECT || code === ErrorCode.SSH_TIMEOUT || code === ErrorCode.SSH_DISCONNECTED) return 69; // EX_UNAVAILABLE
   if (code === ErrorCode.AGENT_NOT_INSTALLED) return 3;
   if (code === ErrorCode.KEY_MISSING) return 66; // EX_NOINPUT: a key file not there or not readable
-  if (code === ErrorCode.AGENT_NOT_ANSWERING) return 69;
+  if (code === ErrorCode.AGENT_NOT_ANSWERING || code === ErrorCode.BUS_UNAVAILABLE || code === ErrorCode.BUS_PUBLISH_FAILED) return 69;
+  if (code === ErrorCode.BUS_STREAM_MISSING) return 3;
   if (code === ErrorCode.DAEMON_UNREACHABLE || code === ErrorCode.PACEMAKER_UNAVAILABLE) return 69; // EX_UNAVAILABLE
   if (code === ErrorCode.DAEMON_RUNNING) return 75; // EX_TEMPFAIL
   if (

@@ -20,7 +20,7 @@ import { DEFAULT_ALERT_SOCKET } from '../pacemaker/alert-event.js';
 import { parseSshTarget } from '../ssh/target.js';
 import { metricsSchema, type MetricsListen } from './metrics-config.js';
 import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
-import { sinksSchema, toSinkConfig, type SinkConfig } from '../export/config.js';
+import { sinksSchema, toSinkConfig, type SinkConfig } from './sinks.js';
 
 export type LogLevel = 'info' | 'debug' | 'warn' | 'error';
 export type StoreSync = 'full' | 'normal';
@@ -141,7 +141,7 @@ export interface Config {
   ssh: SshConfig;
   /** the Prometheus endpoint (metrics-config.ts) */
   metrics: { listen: MetricsListen };
-  /** export sinks (host/export/config.ts); none by default */
+  /** export sinks (host/config/sinks.ts, run by host/export/); none by default */
   sinks: SinkConfig[];
 }
 

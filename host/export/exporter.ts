@@ -10,23 +10,12 @@
 // may delete undelivered events; the exporter counts them per sink as lost (persisted, logged
 // at error level, in `vesper status`).
 import type { Logger } from 'pino';
+import type { RunnerOptions } from '../config/sinks.js';
+
+export type { RunnerOptions } from '../config/sinks.js';
 import { payloadFromColumn, type EventRow } from '../store/event-row.js';
 import type { EventStore } from '../store/event-store.js';
 import type { ExportEvent, ExportSink } from './sink.js';
-
-export interface RunnerOptions {
-  /** most events handed over in one deliver() */
-  batchMax: number;
-  /** ms a woken runner waits for more events before it reads a batch smaller than batchMax */
-  linger: number;
-  /** ms a deliver() may take before it is aborted (and retried) */
-  timeout: number;
-  /** first and largest retry delay, ms */
-  retryMin: number;
-  retryMax: number;
-  /** where a sink without a saved cursor starts: events stored from now on, or every stored one */
-  start: 'now' | 'oldest';
-}
 
 export const DEFAULT_RUNNER_OPTIONS: RunnerOptions = {
   batchMax: 1000,

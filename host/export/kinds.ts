@@ -2,9 +2,11 @@
 // start and on a reload). A new kind registers its factory here.
 import { hostname } from 'node:os';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
-import type { SinkConfig } from './config.js';
+import type { SinkConfig } from '../config/sinks.js';
 import type { SinkSpec } from './exporter.js';
 import { FileSink, type FileParams } from './file.js';
+import { parseNatsParams } from './nats-config.js';
+import { NatsSink } from './nats-sink.js';
 import type { ExportSink } from './sink.js';
 import { SyslogSink, type SyslogParams } from './syslog.js';
 import { WebhookSink, type WebhookParams } from './webhook.js';
@@ -20,6 +22,7 @@ export const SINK_KINDS: Record<string, SinkFactory> = {
   webhook: (c, ctx) => new WebhookSink(c.name, c.params as unknown as WebhookParams, ctx.host),
   file: (c) => new FileSink(c.name, c.params as unknown as FileParams),
   syslog: (c) => new SyslogSink(c.name, c.params as unknown as SyslogParams),
+  nats: (c, ctx) => new NatsSink(c.name, parseNatsParams(c.params, `sink ${c.name}`), ctx.host),
 };
 
 export function defaultSinkContext(): SinkContext {

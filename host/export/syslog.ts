@@ -10,7 +10,7 @@
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, type Socket } from 'node:net';
 import type { ExportEvent, ExportSink } from './sink.js';
-import { SYSLOG_FACILITIES } from './config.js';
+import { SYSLOG_FACILITIES } from '../config/sinks.js';
 
 export interface SyslogParams {
   transport: 'tcp' | 'udp' | 'unix';

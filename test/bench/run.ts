@@ -25,6 +25,7 @@ import { soakBench } from './soak.js';
 import { splitBrainBench } from './splitbrain.js';
 import { sshBench } from './ssh.js';
 import { faultsBench } from './faults.js';
+import { fleetBench } from './fleet.js';
 import { agentIdle, loopCost, rssMb } from './agent-idle.js';
 import { vmBench } from './vm.js';
 import { falseAlarmsBench } from './false-alarms.js';
@@ -80,6 +81,11 @@ const TARGETS: Record<string, string> = {
   'export.outage_events_lost': '0',
   'ssh.install_s': '< 30',
   'distro.false_alarms': '0',
+  'fleet.events_per_s': '>= 50000',
+  'fleet.events_lost': '0',
+  'fleet.publish_to_subscriber_ms.p99': '<= 50',
+  'fleet.outage_events_lost': '0',
+  'fleet.stored_twice': '0',
 };
 
 const TICK = Number(spawnSync('getconf', ['CLK_TCK']).stdout.toString().trim()) || 100;
@@ -287,6 +293,7 @@ async function main(): Promise<void> {
   if (want('analyze.')) await analyzeBench(m, { log: (s) => console.error(s) });
   if (want('export.')) await exportBench(m, { want, log: (s) => console.error(s) });
   if (want('fuzz.')) await fuzzBench(m, { cases: 100_000, log: (s) => console.error(s) });
+  if (want('fleet.')) await fleetBench(m, { log: (s) => console.error(s) });
   if (why) {
     console.error(`agent benchmarks skipped: ${why}`);
   } else {

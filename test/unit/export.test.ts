@@ -2,7 +2,7 @@
 // TCP listener and real files; the sinks that fail are test doubles of the ExportSink contract.
 import { createServer as createHttp } from 'node:http';
 import { createServer as createTcp, type Socket } from 'node:net';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pino from 'pino';
@@ -203,6 +203,18 @@ describe('sinks', () => {
     // the oldest rotated file was dropped; what is kept is contiguous and ends with the last event
     expect(ids[ids.length - 1]).toBe(60);
     expect(ids).toEqual(Array.from({ length: ids.length }, (_, i) => 61 - ids.length + i));
+  });
+
+  it('file: a line cut short by a crash is ended before the next append, so every later line is whole', async () => {
+    const path = join(tmp(), 'cut.ndjson');
+    writeFileSync(path, `${JSON.stringify(ev(1))}\n{"id":2,"eventId":"h/`);
+    const f = new FileSink('f', { path, max_size: 1 << 20, keep: 1 });
+    await f.deliver([ev(2), ev(3)]);
+    await f.close();
+    const lines = readFileSync(path, 'utf8').trimEnd().split('\n');
+    expect(lines).toHaveLength(4);
+    expect(() => JSON.parse(lines[1]!) as unknown).toThrow();
+    expect(lines.slice(2).map((l) => (JSON.parse(l) as ExportEvent).id)).toEqual([2, 3]);
   });
 
   it('webhook: POSTs JSON batches; a non-2xx answer is a failure', async () => {

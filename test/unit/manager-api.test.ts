@@ -434,6 +434,7 @@ describe('CLI argument helpers', () => {
       'detach',
       'events',
       'filter',
+      'fleet',
       'list',
       'param',
       'probes',

@@ -1,9 +1,25 @@
 // The `sinks:` list of vesper.yaml: every entry has a unique `name`, a `kind` and the kind's own
 // keys, plus how it is run (batching, timeout, retry, where a new sink starts). Parsed here into
-// SinkConfig; host/export/kinds.ts builds the sinks from it (buildSinks).
+// SinkConfig; host/export/kinds.ts builds the sinks from it (buildSinks), host/export/exporter.ts
+// runs them.
 import { z } from 'zod';
-import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from '../config/units.js';
-import type { RunnerOptions } from './exporter.js';
+import { DURATION_HINT, SIZE_HINT, parseDuration, parseSize } from './units.js';
+import { natsParamsShape } from './nats.js';
+
+/** How the exporter runs one sink. */
+export interface RunnerOptions {
+  /** most events handed over in one deliver() */
+  batchMax: number;
+  /** ms a woken runner waits for more events before it reads a batch smaller than batchMax */
+  linger: number;
+  /** ms a deliver() may take before it is aborted (and retried) */
+  timeout: number;
+  /** first and largest retry delay, ms */
+  retryMin: number;
+  retryMax: number;
+  /** where a sink without a saved cursor starts: events stored from now on, or every stored one */
+  start: 'now' | 'oldest';
+}
 
 // eslint-disable-next-line no-control-regex
 const CONTROL = /[\u0000-\u001f\u007f]/;
@@ -109,9 +125,12 @@ export const syslogSinkSchema = strict('a syslog sink', {
     .prefault('vesper'),
 });
 
+/** The fleet bus: NATS JetStream (host/config/nats.ts has the keys and their defaults). */
+export const natsSinkSchema = strict('a nats sink', { ...common, kind: z.literal('nats'), ...natsParamsShape });
+
 /** A sink's kind-specific keys, as the file has them (snake_case). */
-export const sinkSchema = z.discriminatedUnion('kind', [webhookSinkSchema, fileSinkSchema, syslogSinkSchema], {
-  error: 'must be a sink with a kind: webhook, file or syslog',
+export const sinkSchema = z.discriminatedUnion('kind', [webhookSinkSchema, fileSinkSchema, syslogSinkSchema, natsSinkSchema], {
+  error: 'must be a sink with a kind: webhook, file, syslog or nats',
 });
 
 export const sinksSchema = z
