@@ -9,6 +9,7 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, unlinkSync, w
 import * as net from 'node:net';
 import { agentAlive } from '../ring/run-state.js';
 import { dirname } from 'node:path';
+import { AGENT_NODE_FLAGS } from '../../contract/node-flags.js';
 
 export interface RelayOptions {
   socket: string;
@@ -46,7 +47,7 @@ export function spawnAgent(socket: string, o: NonNullable<RelayOptions['spawn']>
     const log = openSync(o.logFile, 'a', 0o600);
     const child = spawn(
       process.execPath,
-      [process.argv[1]!, '--transport', `unix:${socket}`, '--host-key', o.hostKey, ...(o.extraArgs ?? [])],
+      [...AGENT_NODE_FLAGS, process.argv[1]!, '--transport', `unix:${socket}`, '--host-key', o.hostKey, ...(o.extraArgs ?? [])],
       {
         detached: true,
         stdio: ['ignore', log, log],

@@ -65,7 +65,7 @@ respawn() {
   done
 }
 
-(export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node "$AGENT_PATH" --transport "virtio:$AGENT_PORT" --host-key "$HOST_KEY_PATH" --state-file /run/vesper-agent/run-state) &
+(export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node --single-threaded-gc "$AGENT_PATH" --transport "virtio:$AGENT_PORT" --host-key "$HOST_KEY_PATH" --state-file /run/vesper-agent/run-state) &
 respawn vesper-demo-svc /run/vesper-demo-svc.pid "$DEMO_SERVICE" &
 httpd -p 80 -h /srv/www
 # The i6300esb watchdog, fed by its own small process at normal priority (not by the agent):
