@@ -9,7 +9,6 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, unlinkSync, w
 import * as net from 'node:net';
 import { agentAlive } from '../ring/run-state.js';
 import { dirname } from 'node:path';
-import { AGENT_NODE_FLAGS } from '../../contract/node-flags.js';
 
 export interface RelayOptions {
   socket: string;
@@ -47,7 +46,7 @@ export function spawnAgent(socket: string, o: NonNullable<RelayOptions['spawn']>
     const log = openSync(o.logFile, 'a', 0o600);
     const child = spawn(
       process.execPath,
-      [...AGENT_NODE_FLAGS, process.argv[1]!, '--transport', `unix:${socket}`, '--host-key', o.hostKey, ...(o.extraArgs ?? [])],
+      [process.argv[1]!, '--transport', `unix:${socket}`, '--host-key', o.hostKey, ...(o.extraArgs ?? [])],
       {
         detached: true,
         stdio: ['ignore', log, log],

@@ -3,7 +3,6 @@
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { relayCommand, shellQuote as q, type AgentLayout } from './agent-link.js';
 import unitTemplate from './remote/agent.service';
-import { AGENT_NODE_FLAGS } from '../../contract/node-flags.js';
 
 /** Names inside the prefix. */
 export const OWNER_MARK = '.vesper-agent-prefix';
@@ -53,7 +52,7 @@ export function agentWrapper(l: AgentLayout, node: string): string {
   return [
     '#!/bin/sh',
     '# Written by `vesper agent install`: the vesper agent bundle on this node.',
-    `exec ${q(node)} ${AGENT_NODE_FLAGS.join(' ')} ${q(`${l.prefix}/${BUNDLE}`)} "$@"`,
+    `exec ${q(node)} ${q(`${l.prefix}/${BUNDLE}`)} "$@"`,
     '',
   ].join('\n');
 }
