@@ -7,6 +7,7 @@
 // `vesper-agent relay` (guest-agent/channel/relay.ts) is what an SSH exec channel runs.
 import { spawn } from 'node:child_process';
 import { writeFileSync } from 'node:fs';
+import { AGENT_NODE_FLAGS } from '../contract/node-flags.js';
 
 const POOL = 64;
 
@@ -27,7 +28,9 @@ if (process.argv[2] === 'enrol') {
     } catch {
       /* not root: the agent itself says so */
     }
-  const child = spawn(process.execPath, [...process.execArgv, ...process.argv.slice(1)], {
+  // With the agent's node options (../contract/node-flags.ts), which V8 takes at start-up only.
+  const flags = AGENT_NODE_FLAGS.filter((f) => !process.execArgv.includes(f));
+  const child = spawn(process.execPath, [...process.execArgv, ...flags, ...process.argv.slice(1)], {
     stdio: 'inherit',
     env: { ...process.env, UV_THREADPOOL_SIZE: String(POOL) },
   });

@@ -21,6 +21,7 @@ import { appendFileSync, readFileSync, writeFileSync } from 'node:fs';
 import { Worker } from 'node:worker_threads';
 import type { MainWatchData } from '../worker/main-watch.js';
 import { workerCode } from '../worker/code.js';
+import { onTick } from '../kernel/ticker.js';
 
 /** the longest check period */
 const MAX_CHECK_MS = 2500;
@@ -41,7 +42,7 @@ export class MainThreadWatchdog {
   // [0]: bumped by the main thread; [1]: 1 asks the worker to end
   private readonly shared = new Int32Array(new SharedArrayBuffer(8));
   private readonly worker: Worker;
-  private readonly timer: NodeJS.Timeout;
+  private readonly offTick: () => void;
 
   constructor(readonly stallMs = 10_000) {
     const checkMs = Math.max(50, Math.min(MAX_CHECK_MS, Math.floor(stallMs / 4)));
@@ -53,13 +54,13 @@ export class MainThreadWatchdog {
       resourceLimits: { maxOldGenerationSizeMb: 8, maxYoungGenerationSizeMb: 1, stackSizeMb: 1 },
     });
     this.worker.unref();
-    // Once per check period: the stall needs four checks in a row without a bump.
-    this.timer = setInterval(() => Atomics.add(this.shared, 0, 1), checkMs);
-    this.timer.unref();
+    // At least once per check period (the stall needs four checks in a row without a bump), on
+    // the agent's shared 1 s tick when the period allows it: no wake-up of its own.
+    this.offTick = onTick(checkMs >= 1000 ? 1000 : checkMs, () => Atomics.add(this.shared, 0, 1));
   }
 
   stop(): Promise<number> {
-    clearInterval(this.timer);
+    this.offTick();
     Atomics.store(this.shared, 1, 1);
     Atomics.notify(this.shared, 1);
     return this.worker.terminate();

@@ -21,6 +21,7 @@ import { MemoryEventsWatcher } from '../kernel/cgroup.js';
 import type { EventFormat, FieldValue } from '../kernel/event-format.js';
 import type { KmsgSource } from '../kernel/kmsg.js';
 import { PressureWatcher, pressureFile, readPressure } from '../kernel/pressure.js';
+import { onTick } from '../kernel/ticker.js';
 import type { WallClock } from '../kernel/proc.js';
 import type { TraceFs, TraceInstance } from '../kernel/tracefs.js';
 import type { Logger } from '../log.js';
@@ -33,12 +34,13 @@ import { ProbeInstance, type Load, type Release } from './probe-instance.js';
 import type { TrustedKeys } from './verify.js';
 
 /**
- * How often the main thread looks at the probe workers' liveness: six looks per stall, at
- * most two a second (an idle agent pays one wake-up of its main thread per look; a loop is
- * reported at most one look after the stall, 3.5 s at the default 3 s).
+ * How often the main thread looks at the probe workers' liveness: three looks per stall, at
+ * most one a second, on the agent's shared tick (ticker.ts), so that an idle agent pays no
+ * wake-up of its own for it; a loop is reported at most one look after the stall, 4 s at the
+ * default 3 s.
  */
 function checkMsFor(stallMs: number): number {
-  return Math.max(50, Math.min(500, Math.floor(stallMs / 6)));
+  return Math.max(50, Math.min(1000, Math.floor(stallMs / 3)));
 }
 
 export interface RuntimeServices {
@@ -78,7 +80,7 @@ export class ProbeRuntime {
   private queue: Promise<unknown> = Promise.resolve();
   private readonly ringFull = new SharedArrayBuffer(4);
   private readonly ringFullFlag = new Int32Array(this.ringFull);
-  private watchdog: NodeJS.Timeout | null = null;
+  private watchdog: (() => void) | null = null;
   faults = 0;
 
   constructor(private readonly s: RuntimeServices) {}
@@ -171,7 +173,7 @@ export class ProbeRuntime {
     return this.serial(async () => {
       for (const i of [...this.instances.values()].reverse()) await this.stop(i);
       for (const l of [...this.loads]) await this.endLoad(l);
-      if (this.watchdog) clearInterval(this.watchdog);
+      this.watchdog?.();
       this.watchdog = null;
     });
   }
@@ -248,10 +250,7 @@ export class ProbeRuntime {
     };
     if (this.s.onThread) worker.worker.once('online', this.s.onThread);
     this.loads.add(load);
-    if (!this.watchdog) {
-      this.watchdog = setInterval(() => this.checkWorkers(), checkMsFor(this.s.loopStallMs ?? 3000));
-      this.watchdog.unref();
-    }
+    if (!this.watchdog) this.watchdog = onTick(checkMsFor(this.s.loopStallMs ?? 3000), () => this.checkWorkers());
     return load;
   }
 

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { loadOrCreateHostKey, type HostKey } from '../keys.js';
 import { agentBundlePath } from '../assets.js';
+import { AGENT_NODE_FLAGS } from '../../contract/node-flags.js';
 import { readProbeBundle, signModule } from '../probes/package.js';
 import { AgentClient, type AgentClientOptions } from './agent-client.js';
 
@@ -48,6 +49,9 @@ export class LocalAgent {
     const bundle = agentBundlePath();
     const o = this.opts;
     const args = [
+      // What the agent's own entry adds when it starts itself again (it does not here: the
+      // pool size is in the environment already).
+      ...AGENT_NODE_FLAGS,
       ...(o.nodeArgs ?? []),
       bundle,
       '--transport',

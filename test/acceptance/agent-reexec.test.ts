@@ -9,6 +9,7 @@ import { loadOrCreateHostKey } from '../../host/keys.js';
 import { projectRoot } from '../helpers/project-root.js';
 import { whyNoKernelAccess } from '../helpers/root.js';
 import { waitFor } from '../helpers/wait.js';
+import { AGENT_NODE_FLAGS } from '../../contract/node-flags.js';
 
 const why = whyNoKernelAccess();
 if (why) console.warn(`SKIP agent re-exec test: ${why}`);
@@ -65,6 +66,8 @@ describe.skipIf(Boolean(why))('the agent started without UV_THREADPOOL_SIZE', ()
     expect(child).toBeGreaterThan(0);
     agentPid = child!;
     expect(readFileSync(`/proc/${child}/environ`, 'utf8').split('\0')).toContain('UV_THREADPOOL_SIZE=64');
+    // ... and with the agent's node options, which V8 takes at start-up only.
+    expect(readFileSync(`/proc/${child}/cmdline`, 'utf8').split('\0')).toEqual(expect.arrayContaining([...AGENT_NODE_FLAGS]));
     if (canProtect) {
       expect(adj(p.pid!)).toBe('-1000');
       expect(adj(child!)).toBe('-1000');

@@ -9,7 +9,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, describe, expect, it } from 'vitest';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from '../helpers/project-root.js';
 import { BusRig, whyNoBusRig } from '../rigs/fleet/bus-rig.js';
 import { VESPER } from '../helpers/vesperd-process.js';
 import { sleep, waitFor } from '../helpers/wait.js';

@@ -16,7 +16,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
-import { projectRoot } from '../../host/probes/package.js';
+import { projectRoot } from '../helpers/project-root.js';
 import { BusRig, whyNoBusRig } from '../rigs/fleet/bus-rig.js';
 import { sleep } from '../helpers/wait.js';
 import { round, type Metrics } from './stats.js';

@@ -10,6 +10,12 @@ import { sleep, waitFor } from '../helpers/wait.js';
 import { loadAllProbes } from './agent-idle.js';
 
 const numbersWith = (line: string): number[] => numbersIn(line, true);
+/** The fields of an "ok VERB ..." answer by position: a zero stays in its place (numbersIn drops it). */
+function fieldsOf(line: string, verb: string): number[] {
+  const w = line.trim().split(/\s+/);
+  if (w[0] !== 'ok' || w[1] !== verb) throw new Error(`the guest helper answered ${JSON.stringify(line)} to ${verb}`);
+  return w.slice(2).map(Number);
+}
 import { mono, pct, round, type Metrics } from './stats.js';
 
 const round3 = (n: number): number => round(n, 3);
@@ -146,13 +152,13 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     m['vm.idle_probes'] = skipped.length ? `six but ${skipped.join('; ')}` : 'all six';
     await sleep(3000);
     const pid = client.hello.agentPid;
-    const [t1, hz, up1] = numbersWith(await rig.fault(`stat ${pid}`));
-    const [sw1] = numbersWith(await rig.fault(`wakeups ${pid}`));
+    const [t1, hz, up1] = fieldsOf(await rig.fault(`stat ${pid}`), 'stat');
+    const [sw1, , upW1] = fieldsOf(await rig.fault(`wakeups ${pid}`), 'wakeups');
     await sleep(60_000);
-    const [t2, , up2] = numbersWith(await rig.fault(`stat ${pid}`));
-    const [sw2, rssKb, up3] = numbersWith(await rig.fault(`wakeups ${pid}`));
+    const [t2, , up2] = fieldsOf(await rig.fault(`stat ${pid}`), 'stat');
+    const [sw2, rssKb, upW2] = fieldsOf(await rig.fault(`wakeups ${pid}`), 'wakeups');
     m['vm.agent_idle_cpu_pct'] = round3((100 * ((t2! - t1!) / hz!)) / (up2! - up1!));
-    m['vm.agent_idle_wakeups_per_s'] = round((sw2! - sw1!) / (up3! - up1!), 2);
+    m['vm.agent_idle_wakeups_per_s'] = round((sw2! - sw1!) / (upW2! - upW1!), 2);
     m['vm.agent_rss_mb'] = round(rssKb! / 1024, 1);
 
     // Panic: from the helper's answer (sent just before sysrq-c) to libvirt's crashed event.

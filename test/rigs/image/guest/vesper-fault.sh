@@ -432,7 +432,12 @@ while :; do
       if number "$arg" && [ -d "/proc/$arg/task" ]; then
         sw=0
         rss=0
-        for f in /proc/"$arg"/task/*/status; do
+        # The script runs with globbing off (set -f): on for this one list of threads only
+        # (with it off, the pattern was read as a file name and every count was 0).
+        set +f
+        tasks=$(echo /proc/"$arg"/task/*/status)
+        set -f
+        for f in $tasks; do
           while read -r k v _; do
             case "$k" in voluntary_ctxt_switches: | nonvoluntary_ctxt_switches:) sw=$((sw + v)) ;; esac
           done 2>/dev/null <"$f"
