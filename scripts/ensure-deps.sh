@@ -5,10 +5,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need_debs=()
 # dpkg-deb, strip, readelf: npm run package; mmdebstrap, curl: the package test's Debian 12 root;
-# shellcheck: the tests that keep the shell scripts clean; rsyslogd: the export sinks' syslog receiver;
-# nats-server (2.9, JetStream): the fleet bus's acceptance test and benchmark; ip (iproute2): their
-# network namespaces.
-for tool in taskset:util-linux mount:mount dpkg-deb:dpkg strip:binutils readelf:binutils mmdebstrap:mmdebstrap curl:curl shellcheck:shellcheck rsyslogd:rsyslog nats-server:nats-server ip:iproute2; do
+# mmdebstrap, mkfs.ext4, qemu-img, ssh, ssh-keygen: the Debian guest images and their rig
+# (test/rigs/distro); shellcheck: the tests that keep the shell scripts clean; rsyslogd: the export
+# sinks' syslog receiver; nats-server (2.9, JetStream): the fleet bus's acceptance test and
+# benchmark; ip (iproute2): their network namespaces.
+for tool in taskset:util-linux mount:mount dpkg-deb:dpkg strip:binutils readelf:binutils mmdebstrap:mmdebstrap curl:curl \
+  mkfs.ext4:e2fsprogs qemu-img:qemu-utils ssh:openssh-client ssh-keygen:openssh-client shellcheck:shellcheck \
+  rsyslogd:rsyslog nats-server:nats-server ip:iproute2; do
   command -v "${tool%%:*}" >/dev/null 2>&1 || need_debs+=("${tool##*:}")
 done
 # The libvirt binding (@unraid/libvirt) compiles against libvirt's headers during npm ci.

@@ -151,7 +151,8 @@ function describeSignal(e: VesperEvent): string {
       ? 'from itself'
       : `from ${task(s.sender)}${senderOrigin(e)}`;
   const result = s.result !== 0 ? ` (${SIGNAL_RESULTS[s.result] ?? `result ${s.result}`})` : '';
-  return `${signalName(s.sig)} to ${task(s.target)} ${from}${result}`;
+  const unit = unitOfCgroup(str(obj(e.payload['signal'])['targetCgroup']));
+  return `${signalName(s.sig)} to ${task(s.target)}${unit ? ` [${unit}]` : ''} ${from}${result}`;
 }
 
 /** The sending process's parent, cgroup and unit, as the signal probe read them (null when unknown). */
@@ -170,7 +171,8 @@ function senderOrigin(e: VesperEvent): string {
 
 function describeExit(p: Obj): string {
   const x = obj(p['exit']);
-  const who = `${task(x['task'])}${str(x['filename']) ? ` [${str(x['filename'])}]` : ''}${x['thread'] === true ? ' (thread)' : ''}`;
+  const unit = unitOfCgroup(str(x['cgroup']));
+  const who = `${task(x['task'])}${str(x['filename']) ? ` [${str(x['filename'])}]` : ''}${unit ? ` in ${unit}` : ''}${x['thread'] === true ? ' (thread)' : ''}`;
   const sig = num(x['signal']) ?? 0;
   if (sig !== 0) return `${who} was killed by ${signalName(sig)}`;
   if (x['codeKnown'] === true) return `${who} exited with code ${num(x['exitCode']) ?? 0}`;
@@ -221,7 +223,10 @@ function describeGuest(e: VesperEvent): string {
   if ('exit' in p) return describeExit(p);
   if ('exec' in p) {
     const x = obj(p['exec']);
-    return `${task(x['task'])} ran ${str(x['filename']) || '?'}`;
+    const unit = unitOfCgroup(str(x['cgroup']));
+    const parent = obj(x['parent']);
+    const by = num(parent['pid']) !== undefined ? `, child of ${task(parent)}` : '';
+    return `${task(x['task'])} ran ${str(x['filename']) || '?'}${unit || by ? ` (${[unit && `in ${unit}`, by.slice(2)].filter(Boolean).join(', ')})` : ''}`;
   }
   if ('fork' in p) {
     const x = obj(p['fork']);

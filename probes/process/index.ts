@@ -1,6 +1,7 @@
-import { readdirSync } from 'node:fs';
+import { readdirSync, readFileSync } from 'node:fs';
 import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
 import { NOT_FATAL_BY_DEFAULT } from '../../contract/signals.js';
+import { cgroupOfPid } from '../_shared/cgroup.js';
 import { anyOf } from '../_shared/trace-filter.js';
 
 const CLONE_THREAD = 0x10000;
@@ -59,6 +60,24 @@ export function exitStatus(c: Cause | undefined): ExitStatus {
   return unknown;
 }
 
+/** The parent of a live process, from /proc/<pid>/stat (its comm may hold spaces and parentheses). */
+function parentOf(pid: number): { pid: number; comm: string } | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+    if (!(ppid > 0)) return undefined;
+    let comm = '';
+    try {
+      comm = readFileSync(`/proc/${ppid}/comm`, 'utf8').trimEnd();
+    } catch {
+      /* the parent is gone already: its pid is still worth saying */
+    }
+    return { pid: ppid, comm };
+  } catch {
+    return undefined;
+  }
+}
+
 const probe: ProbeModule = {
   setup(ctx: ProbeContext) {
     const comms = (ctx.params['comms'] as string[]).map((c) => c.slice(0, 15));
@@ -78,6 +97,10 @@ const probe: ProbeModule = {
       return c;
     };
     const filenames = new Map<number, string>(); // by pid, from exec
+    // Each process's cgroup (which names its systemd unit), by tgid: read at the probe's start and
+    // at each exec, inherited at fork. A process systemd starts is put in its unit's cgroup before
+    // it runs the unit's program; a move without an exec is rare and not seen here.
+    const cgroups = new Map<number, string>();
     const waiting = new Map<number, { timer: NodeJS.Timeout; check: () => void }>();
     const tgidOf = (tid: number): number => threads.get(tid) ?? tid;
     const bound = (m: Map<number, unknown>): void => {
@@ -95,6 +118,8 @@ const probe: ProbeModule = {
           continue;
         }
         for (const t of tasks) if (t !== p) threads.set(Number(t), Number(p));
+        const cg = cgroupOfPid(Number(p));
+        if (cg) cgroups.set(Number(p), cg);
       }
     } catch {
       /* no /proc: thread exits then look like process exits */
@@ -112,7 +137,25 @@ const probe: ProbeModule = {
       if (wantStatus) causes.set(pid, { since: ev.ts });
       // After exec the kernel names the task after the file (first 15 bytes).
       const comm = filename.slice(filename.lastIndexOf('/') + 1).slice(0, 15);
-      ctx.emit('exec', { exec: { task: { pid, comm }, filename, oldPid: f['old_pid'] as number } }, ev.ts);
+      const cgroup = cgroupOfPid(pid) || cgroups.get(pid) || '';
+      if (cgroup) {
+        cgroups.set(pid, cgroup);
+        bound(cgroups);
+      }
+      const parent = parentOf(pid);
+      ctx.emit(
+        'exec',
+        {
+          exec: {
+            task: { pid, comm },
+            filename,
+            oldPid: f['old_pid'] as number,
+            ...(parent ? { parent } : {}),
+            ...(cgroup ? { cgroup } : {}),
+          },
+        },
+        ev.ts,
+      );
     });
 
     ctx.trace('task', 'task_newtask', '', (ev) => {
@@ -120,6 +163,12 @@ const probe: ProbeModule = {
       if ((f['clone_flags'] as number) & CLONE_THREAD) {
         threads.set(f['pid'] as number, tgidOf(ev.pid));
         bound(threads);
+      } else {
+        const cg = cgroups.get(tgidOf(ev.pid));
+        if (cg) {
+          cgroups.set(f['pid'] as number, cg);
+          bound(cgroups);
+        }
       }
     });
 
@@ -197,7 +246,13 @@ const probe: ProbeModule = {
         if (!isThread) causes.delete(pid);
         const filename = filenames.get(pid) ?? '';
         filenames.delete(pid);
-        ctx.emit('exit', { exit: { task: { pid, comm }, ...exitStatus(c), filename, thread: isThread } }, ev.ts);
+        const cgroup = cgroups.get(tgid) ?? '';
+        if (!isThread) cgroups.delete(pid);
+        ctx.emit(
+          'exit',
+          { exit: { task: { pid, comm }, ...exitStatus(c), filename, thread: isThread, ...(cgroup ? { cgroup } : {}) } },
+          ev.ts,
+        );
       };
       // Records of one process can come from different CPUs out of order: an exit may be
       // read before its cause. Give the cause a moment to arrive.

@@ -1,29 +1,27 @@
-import { readFileSync } from 'node:fs';
 import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
 import { signalNumber } from '../../contract/signals.js';
+import { cgroupOfPid } from '../_shared/cgroup.js';
 import { allOf, anyOf } from '../_shared/trace-filter.js';
 
 const TRACE_SIGNAL_IGNORED = 1;
 
+interface Origin {
+  senderParent?: { pid: number; comm: string };
+  senderCgroup?: string;
+}
+
 /**
- * Who a sending process is: its parent and its cgroup (which names its systemd unit), read
- * from /proc while it is most likely still there. Only for signals one process sends another
- * (kill(2), rare), never for the kernel's own: two small /proc reads.
+ * Who a sending process is: its parent and its cgroup (which names its systemd unit: PID 1 in
+ * /init.scope is systemd itself, a shell in session-N.scope an administrator's), read from /proc
+ * while it is most likely still there. Only for signals one process sends another (kill(2),
+ * rare), never for the kernel's own: two small /proc reads.
  */
-function senderOrigin(ctx: ProbeContext, pid: number): { senderParent?: { pid: number; comm: string }; senderCgroup?: string } {
-  const out: { senderParent?: { pid: number; comm: string }; senderCgroup?: string } = {};
+function senderOrigin(ctx: ProbeContext, pid: number): Origin {
+  const out: Origin = {};
   const ppid = Number(ctx.procStatus(pid)?.['PPid']);
   if (ppid > 0) out.senderParent = { pid: ppid, comm: ctx.comm(ppid) };
-  let text = '';
-  try {
-    text = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
-  } catch {
-    return out;
-  }
-  // cgroup v2: "0::/system.slice/x.service"; v1: the name=systemd hierarchy has the unit.
-  const lines = text.split('\n');
-  const line = lines.find((l) => l.startsWith('0::')) ?? lines.find((l) => l.includes(':name=systemd:'));
-  if (line) out.senderCgroup = line.slice(line.indexOf(':', line.indexOf(':') + 1) + 1).slice(0, 4096);
+  const cg = cgroupOfPid(pid);
+  if (cg) out.senderCgroup = cg;
   return out;
 }
 
@@ -46,6 +44,19 @@ const probe: ProbeModule = {
       if (origins.size >= ORIGIN_CACHE_MAX) origins.clear();
       const origin = senderOrigin(ctx, pid);
       origins.set(pid, { ts, origin });
+      return origin;
+    };
+    // The target's cgroup says which unit a stop or a kill was for. Read when the record is made:
+    // the target of a kill(2) is most often still there (a SIGKILL's may already be gone).
+    // Cached like the sender's: a storm of kills at one target costs one read a second.
+    const targets = new Map<number, { ts: number; origin: { targetCgroup?: string } }>();
+    const targetOf = (pid: number, ts: number): { targetCgroup?: string } => {
+      const hit = targets.get(pid);
+      if (hit && ts - hit.ts < ORIGIN_TTL_NS) return hit.origin;
+      if (targets.size >= ORIGIN_CACHE_MAX) targets.clear();
+      const cg = cgroupOfPid(pid);
+      const origin = cg ? { targetCgroup: cg } : {};
+      targets.set(pid, { ts, origin });
       return origin;
     };
     const sigs = (ctx.params['signals'] as string[]).map(signalNumber);
@@ -74,7 +85,7 @@ const probe: ProbeModule = {
             target: { pid: f['pid'] as number, comm: f['comm'] as string },
             sender: { pid: ev.pid, comm: ev.pid === f['pid'] ? (f['comm'] as string) : ctx.comm(ev.pid) },
             senderIsKernel: code > 0,
-            ...(code <= 0 && ev.pid !== f['pid'] ? originOf(ev.pid, ev.ts) : {}),
+            ...(code <= 0 && ev.pid !== f['pid'] ? { ...originOf(ev.pid, ev.ts), ...targetOf(f['pid'] as number, ev.ts) } : {}),
           },
         },
         ev.ts,

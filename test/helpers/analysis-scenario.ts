@@ -67,26 +67,43 @@ export class Scenario {
     sig: number,
     target: Task,
     sender: Task,
-    o: { code?: number; result?: number; senderParent?: Task; senderCgroup?: string } = {},
+    o: { code?: number; result?: number; senderParent?: Task; senderCgroup?: string; targetCgroup?: string } = {},
   ): VesperEvent {
     const code = o.code ?? 0;
     const origin = {
       ...(o.senderParent ? { senderParent: o.senderParent } : {}),
       ...(o.senderCgroup ? { senderCgroup: o.senderCgroup } : {}),
+      ...(o.targetCgroup ? { targetCgroup: o.targetCgroup } : {}),
     };
     return this.guest(ms, 'signal', 'signal', {
       signal: { sig, code, errno: 0, result: o.result ?? 0, group: code <= 0, target, sender, senderIsKernel: code > 0, ...origin },
     });
   }
 
-  exit(ms: number, t: Task, o: { signal?: number; code?: number } = {}): VesperEvent {
+  exit(ms: number, t: Task, o: { signal?: number; code?: number; cgroup?: string; filename?: string } = {}): VesperEvent {
     return this.guest(ms, 'process', 'exit', {
-      exit: { task: t, exitCode: o.code ?? 0, signal: o.signal ?? 0, codeKnown: true, filename: `/usr/sbin/${t.comm}`, thread: false },
+      exit: {
+        task: t,
+        exitCode: o.code ?? 0,
+        signal: o.signal ?? 0,
+        codeKnown: true,
+        filename: o.filename ?? `/usr/sbin/${t.comm}`,
+        thread: false,
+        ...(o.cgroup ? { cgroup: o.cgroup } : {}),
+      },
     });
   }
 
-  exec(ms: number, t: Task): VesperEvent {
-    return this.guest(ms, 'process', 'exec', { exec: { task: t, filename: `/usr/sbin/${t.comm}`, oldPid: t.pid } });
+  exec(ms: number, t: Task, o: { parent?: Task; cgroup?: string; filename?: string } = {}): VesperEvent {
+    return this.guest(ms, 'process', 'exec', {
+      exec: {
+        task: t,
+        filename: o.filename ?? `/usr/sbin/${t.comm}`,
+        oldPid: t.pid,
+        ...(o.parent ? { parent: o.parent } : {}),
+        ...(o.cgroup ? { cgroup: o.cgroup } : {}),
+      },
+    });
   }
 
   /** Beats every intervalMs from fromMs up to (not including) toMs. */
@@ -95,7 +112,11 @@ export class Scenario {
       this.guest(ms, 'heartbeat', 'beat', { heartbeat: { count: n, intervalMs, delayMs: 0.2 } });
   }
 
-  oom(ms: number, victim: Task, o: { memcg?: string; constraint?: string; anonRssKb?: number; oomGroup?: string } = {}): VesperEvent {
+  oom(
+    ms: number,
+    victim: Task,
+    o: { memcg?: string; taskMemcg?: string; constraint?: string; anonRssKb?: number; oomGroup?: string } = {},
+  ): VesperEvent {
     return this.guest(ms, 'oom', 'oom_kill', {
       oom: {
         victim,
@@ -107,7 +128,7 @@ export class Scenario {
         pgtablesKb: 100,
         oomScoreAdj: 0,
         memcg: o.memcg ?? '/vesper-oom',
-        taskMemcg: o.memcg ?? '/vesper-oom',
+        taskMemcg: o.taskMemcg ?? o.memcg ?? '/vesper-oom',
         constraint: o.constraint ?? 'CONSTRAINT_MEMCG',
         trigger: victim,
         figuresComplete: true,

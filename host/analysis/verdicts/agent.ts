@@ -5,6 +5,7 @@ import { num, obj, str } from '../payload.js';
 import { signalName, signalOf, task } from '../timeline.js';
 import { runBefore, runOfHello, type RunInfo } from './agent-runs.js';
 import type { AgentKill } from './signals.js';
+import { plannedShutdown } from './stops.js';
 import { CHANNEL_SILENCE, S, type Window, clock, draft, secs, type Draft } from './window.js';
 
 /** The agent went away while the guest lived: a new agent run on the same boot, or a signal to it. */
@@ -43,21 +44,41 @@ export function agentFaults(w: Window, runs: RunInfo[], out: Draft[], kills: Age
     d.summary =
       `The vesper agent (pid ${prev.pid}) stopped at about ${clock(lastUs)} while the guest kept running (same boot, no hypervisor event): ${how}. ` +
       `A new agent (pid ${pid ?? '?'}) connected ${secs(Math.max(0, c.timeUs - lastUs))} later; guest events in between were not seen.`;
+    if (kill?.planned) {
+      // systemd stopped it on request (systemctl restart, an upgrade of the package): no fault.
+      d.kind = 'planned-stop';
+      d.details['by'] = 'systemd';
+      d.summary =
+        `The vesper agent (pid ${prev.pid}) was stopped by systemd at ${clock(kill.signal.timeUs)} (a stop job: systemctl restart or stop, an upgrade), ` +
+        `planned, not a fault; a new agent (pid ${pid ?? '?'}) connected ${secs(Math.max(0, c.timeUs - lastUs))} later.`;
+    }
     out.push(d);
   }
   // A signal to the agent with no new run in the window (yet).
   for (const k of kills) {
     if (w.claimed.has(k.signal.id)) continue;
     const s = signalOf(k.signal.ev)!;
-    const d = draft(
-      'agent-fault',
-      'service',
-      STOP_SIGNALS.has(s.sig) || FAULT_SIGNALS.has(s.sig) ? 'confident' : 'uncertain',
-      k.signal.timeUs,
-      `The vesper agent (pid ${k.run.pid}) was sent ${signalName(s.sig)} by ${s.senderIsKernel ? 'the kernel' : task(s.sender)} at ${clock(k.signal.timeUs)}; ` +
-        'no new agent connected within the window.',
-      { oldAgentPid: k.run.pid, signal: signalName(s.sig) },
-    );
+    const shutdown = k.planned ? plannedShutdown(out, k.signal, 1) : null;
+    const d = k.planned
+      ? draft(
+          'planned-stop',
+          'service',
+          'confident',
+          k.signal.timeUs,
+          `The vesper agent (pid ${k.run.pid}) was stopped with ${signalName(s.sig)} by systemd at ${clock(k.signal.timeUs)}` +
+            (shutdown ? `, as part of the guest's shutdown at ${clock(shutdown.atUs)}` : ' (a stop job: systemctl stop, an upgrade)') +
+            ': planned, not a fault.',
+          { oldAgentPid: k.run.pid, signal: signalName(s.sig), by: 'systemd' },
+        )
+      : draft(
+          'agent-fault',
+          'service',
+          STOP_SIGNALS.has(s.sig) || FAULT_SIGNALS.has(s.sig) ? 'confident' : 'uncertain',
+          k.signal.timeUs,
+          `The vesper agent (pid ${k.run.pid}) was sent ${signalName(s.sig)} by ${s.senderIsKernel ? 'the kernel' : task(s.sender)} at ${clock(k.signal.timeUs)}; ` +
+            'no new agent connected within the window.',
+          { oldAgentPid: k.run.pid, signal: signalName(s.sig) },
+        );
     w.claim(d, [k.signal]);
     for (const kk of CHANNEL_SILENCE) w.claim(d, w.near(kk, k.signal.timeUs - S, k.signal.timeUs + 30 * S));
     out.push(d);

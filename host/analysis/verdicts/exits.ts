@@ -2,8 +2,9 @@
 // the signal not watched): only the process's exit says it died, so the verdict is uncertain,
 // and who sent the signal is unknown.
 import { FATAL_SIGNALS, FAULT_SIGNALS, SIGNALS } from '../../../contract/signals.js';
-import { num, obj } from '../payload.js';
+import { num, obj, str } from '../payload.js';
 import { signalName, task } from '../timeline.js';
+import { withSystemd, cgroupOfRecord } from './systemd.js';
 import { type Window, clock, draft, type Draft } from './window.js';
 
 /** Exits by a fatal signal left unclaimed once the signal records are explained. */
@@ -33,6 +34,12 @@ export function exits(w: Window, out: Draft[]): void {
           );
     d.details = { signal: sn, sig, target: x['task'] };
     w.claim(d, [p]);
+    d.summary += withSystemd(w, d, {
+      cgroup: cgroupOfRecord(p),
+      deathUs: p.timeUs,
+      run: p.ev.source?.agentRun ?? '',
+      filename: str(x['filename']),
+    });
     out.push(d);
   }
 }

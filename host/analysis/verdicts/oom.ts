@@ -5,6 +5,7 @@ import { SIGNALS, SI_KERNEL } from '../../../contract/signals.js';
 import { num, obj, str } from '../payload.js';
 import { signalOf, task, type Placed } from '../timeline.js';
 import type { VerdictScope } from '../types.js';
+import { withSystemd } from './systemd.js';
 import { S, type Window, clock, clusters, draft, type Draft } from './window.js';
 
 const KILL = SIGNALS.KILL!;
@@ -111,8 +112,18 @@ export function ooms(w: Window, out: Draft[]): void {
       d.details['exitsSeen'] = exits.length;
       const trigText =
         num(trig['pid']) !== undefined && !pids.has(num(trig['pid']) as number) ? `; the allocation that hit it was by ${task(trig)}` : '';
+      // The victim's unit (its cgroup, else the one whose limit was hit), and what systemd did
+      // next: OOMPolicy=stop stops the rest of the unit, Restart= starts it again.
+      const exit0 = exits.find((p) => num(obj(obj(p.ev.payload['exit'])['task'])['pid']) === v0.pid);
+      const systemd = withSystemd(w, d, {
+        cgroup: v0.taskMemcg || cg,
+        deathUs: exit0?.timeUs ?? first.timeUs,
+        run: first.ev.source?.agentRun ?? '',
+        filename: exit0 ? str(obj(exit0.ev.payload['exit'])['filename']) : '',
+      });
       d.summary =
         `The OOM killer killed ${v0.pid} (${v0.comm || '?'}), ${Math.round(rss / 1024)} MiB resident${others}, at ${clock(first.timeUs)}: ${where}${trigText}.` +
+        systemd +
         pressure +
         (Array.isArray(consumers) ? '' : ' The probe does not list the other consumers of memory.');
       out.push(d);

@@ -42,9 +42,9 @@ export interface VmRigOptions {
   enrol?: boolean;
 }
 
-const KVM_PROBE_MS = 25_000;
+export const KVM_PROBE_MS = 25_000;
 
-function bootId(): string {
+export function bootId(): string {
   try {
     return readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim();
   } catch {
@@ -52,10 +52,10 @@ function bootId(): string {
   }
 }
 
-const accelCacheFile = (): string => join(projectRoot(), '.cache', 'accel.json');
+export const accelCacheFile = (): string => join(projectRoot(), '.cache', 'accel.json');
 
 /** What booted on this host since it last started (the KVM probe is done once per host boot). */
-function cachedAccel(): Accel | null {
+export function cachedAccel(): Accel | null {
   try {
     const c = JSON.parse(readFileSync(accelCacheFile(), 'utf8')) as { bootId: string; accel: Accel };
     return c.bootId === bootId() ? c.accel : null;

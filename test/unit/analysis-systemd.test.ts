@@ -1,0 +1,261 @@
+// Verdicts that know systemd, from event sequences shaped as the probes record them on a Debian
+// guest: the cgroup of each exec and exit, the parent of each exec, the sender's and the target's
+// cgroup of each signal one process sends another. Every sequence goes through the record
+// encoding the store keeps (asStored), so the new fields are proven to survive the wire format.
+import { describe, expect, it } from 'vitest';
+import { analysisJson, analyze, windowAround } from '../../host/analysis/analyze.js';
+import { isFailureLike } from '../../host/analysis/failure-like.js';
+import { analysisText } from '../../host/analysis/text.js';
+import type { Analysis, Verdict } from '../../host/analysis/types.js';
+import type { VesperEvent } from '../../host/notify/event.js';
+import { Scenario, asStored, type Task } from '../helpers/analysis-scenario.js';
+
+const SYSTEMD: Task = { pid: 1, comm: 'systemd' };
+const INIT = '/init.scope';
+const SESSION = '/user.slice/user-0.slice/session-3.scope';
+
+/** Stores the events as vesperd does (guest records as encoded records) and analyses around the anchor. */
+function around(s: Scenario, anchor: VesperEvent): Analysis {
+  const events = s.done().map((e) => Object.assign(asStored(e), { id: e.id }));
+  const a = analyze(events, {
+    vm: 'web1',
+    window: windowAround(anchor.hostTimeUs),
+    anchor: { mode: 'last', atUs: anchor.hostTimeUs, eventId: anchor.id ?? null },
+  });
+  // The JSON answer is the same analysis.
+  expect(JSON.parse(analysisJson(a, 1 << 20))).toEqual(JSON.parse(JSON.stringify(a)));
+  return a;
+}
+
+const ids = (...es: VesperEvent[]): number[] => es.map((e) => e.id!);
+
+function only(a: Analysis): Verdict {
+  expect(a.verdicts.map((v) => `${v.kind}: ${v.summary}`)).toHaveLength(1);
+  return a.verdicts[0]!;
+}
+
+describe('analysis with systemd', () => {
+  const crasherCg = '/system.slice/vesper-crasher.service';
+  const crasher: Task = { pid: 500, comm: 'vesper-crasher' };
+  const file = '/usr/local/bin/vesper-crasher';
+
+  it('a crash in a Restart=on-failure service (Debian 12: systemd forks and execs the program): restarted by systemd after N ms', () => {
+    const s = new Scenario();
+    const sig = s.signal(10_000, 11, crasher, crasher, { code: 1 });
+    const ex = s.exit(10_004, crasher, { signal: 11, cgroup: crasherCg, filename: file });
+    const re = s.exec(10_112, { pid: 530, comm: 'vesper-crasher' }, { parent: SYSTEMD, cgroup: crasherCg, filename: file });
+    const a = around(s, sig);
+    const v = only(a);
+    expect(v).toMatchObject({
+      kind: 'app-crash',
+      scope: 'service',
+      confidence: 'confident',
+      details: { unit: 'vesper-crasher.service', cgroup: crasherCg, restart: { by: 'systemd', afterMs: 108, pid: 530, filename: file } },
+    });
+    expect(v.summary).toContain('It was in vesper-crasher.service.');
+    expect(v.summary).toContain(
+      'systemd restarted vesper-crasher.service 108 ms later (530 (vesper-crasher), /usr/local/bin/vesper-crasher)',
+    );
+    expect(v.evidence).toEqual(ids(sig, ex, re));
+    const text = analysisText(a);
+    expect(text).toContain('1. app-crash (service, confident)');
+    expect(text).toContain('systemd restarted vesper-crasher.service 108 ms later');
+    expect(text).toMatch(
+      /process\/exec\s+530 \(vesper-crasher\) ran \/usr\/local\/bin\/vesper-crasher \(in vesper-crasher\.service, child of 1 \(systemd\)\)/,
+    );
+    expect(text).toMatch(
+      /process\/exit\s+500 \(vesper-crasher\) \[\/usr\/local\/bin\/vesper-crasher\] in vesper-crasher\.service was killed by SIGSEGV/,
+    );
+  });
+
+  it('Debian 13: systemd-executor runs first, then the program in the same process; the restart is the program’s exec', () => {
+    const s = new Scenario();
+    const sig = s.signal(10_000, 11, crasher, crasher, { code: 1 });
+    const ex = s.exit(10_004, crasher, { signal: 11, cgroup: crasherCg, filename: file });
+    const t = { pid: 531, comm: 'systemd-executo' };
+    const x1 = s.exec(10_106, t, { parent: SYSTEMD, cgroup: crasherCg, filename: '/usr/lib/systemd/systemd-executor' });
+    const x2 = s.exec(10_120, { pid: 531, comm: 'vesper-crasher' }, { parent: SYSTEMD, cgroup: crasherCg, filename: file });
+    const v = only(around(s, sig));
+    expect(v.details).toMatchObject({ unit: 'vesper-crasher.service', restart: { by: 'systemd', afterMs: 116, pid: 531 } });
+    expect(v.evidence).toEqual(ids(sig, ex, x1, x2));
+  });
+
+  it('no restart: an exec of another program in the unit after the death (ExecStopPost=) is not one', () => {
+    const s = new Scenario();
+    const sig = s.signal(10_000, 11, crasher, crasher, { code: 1 });
+    s.exit(10_004, crasher, { signal: 11, cgroup: crasherCg, filename: file });
+    s.exec(10_050, { pid: 540, comm: 'cleanup' }, { parent: SYSTEMD, cgroup: crasherCg, filename: '/usr/local/bin/cleanup' });
+    // and a new process of the same program elsewhere is not its restart either
+    s.exec(10_300, { pid: 541, comm: 'vesper-crasher' }, { parent: { pid: 700, comm: 'bash' }, cgroup: SESSION, filename: file });
+    const v = around(s, sig).verdicts.find((x) => x.kind === 'app-crash')!;
+    expect(v.details).toMatchObject({ unit: 'vesper-crasher.service', restart: null });
+    expect(v.summary).not.toContain('restarted');
+  });
+
+  it('a crash: systemd stopping the rest of the unit (KillMode=control-group) is part of it, not a stop of its own', () => {
+    const s = new Scenario();
+    const helper: Task = { pid: 501, comm: 'helper' };
+    const sig = s.signal(10_000, 11, crasher, crasher, { code: 1 });
+    const ex = s.exit(10_004, crasher, { signal: 11, cgroup: crasherCg, filename: file });
+    const term = s.signal(10_010, 15, helper, SYSTEMD, { senderCgroup: INIT, targetCgroup: crasherCg });
+    const hx = s.exit(10_012, helper, { signal: 15, cgroup: crasherCg });
+    const v = only(around(s, sig));
+    expect(v.kind).toBe('app-crash');
+    expect(v.details).toMatchObject({ systemdStopped: 1 });
+    expect(v.summary).toContain('systemd then stopped the rest of the unit (1 signal)');
+    expect(v.evidence).toEqual(ids(sig, ex, term, hx));
+  });
+
+  it('an OOM in a service with MemoryMax=: the unit from its cgroup, the restart', () => {
+    const s = new Scenario();
+    const cg = '/system.slice/vesper-hog.service';
+    const hog: Task = { pid: 610, comm: 'vesper-hog' };
+    const oom = s.oom(20_000, hog, { memcg: cg, constraint: 'CONSTRAINT_MEMCG' });
+    const kill = s.signal(20_001, 9, hog, hog, { code: 128 });
+    const ex = s.exit(20_020, hog, { signal: 9, cgroup: cg, filename: '/usr/local/bin/vesper-hog' });
+    const re = s.exec(20_250, { pid: 640, comm: 'vesper-hog' }, { parent: SYSTEMD, cgroup: cg, filename: '/usr/local/bin/vesper-hog' });
+    const a = around(s, oom);
+    const v = only(a);
+    expect(v).toMatchObject({
+      kind: 'oom',
+      scope: 'service',
+      details: { unit: 'vesper-hog.service', cgroup: cg, restart: { by: 'systemd', afterMs: 230, pid: 640 } },
+    });
+    expect(v.summary).toContain(`cgroup ${cg} reached its memory limit`);
+    expect(v.summary).toContain('systemd restarted vesper-hog.service 230 ms later');
+    expect(v.evidence).toEqual(ids(oom, kill, ex, re));
+    expect(analysisText(a)).toContain('1. oom (service, confident)');
+  });
+
+  it('systemctl stop of a plain service: SIGTERM from PID 1 in /init.scope is a planned stop of the unit', () => {
+    const s = new Scenario();
+    const cg = '/system.slice/demo.service';
+    const svc: Task = { pid: 812, comm: 'demo' };
+    const term = s.signal(30_000, 15, svc, SYSTEMD, { senderCgroup: INIT, targetCgroup: cg });
+    const ex = s.exit(30_003, svc, { signal: 15, cgroup: cg });
+    expect(isFailureLike(term)).toBe(true); // --last finds it, and tells it is planned
+    const a = around(s, term);
+    const v = only(a);
+    expect(v).toMatchObject({
+      kind: 'planned-stop',
+      scope: 'service',
+      confidence: 'confident',
+      details: { by: 'systemd', unit: 'demo.service' },
+    });
+    expect(v.summary).toContain('by systemd (PID 1)');
+    expect(v.summary).toContain('a stop job for demo.service');
+    expect(v.evidence).toEqual(ids(term, ex));
+    expect(analysisText(a)).toMatch(/SIGTERM to 812 \(demo\) \[demo\.service\] from 1 \(systemd\)/);
+  });
+
+  it('PID 1 that is not systemd (no /init.scope): a SIGTERM outside a shutdown is still not called planned', () => {
+    const s = new Scenario();
+    const term = s.signal(30_000, 15, { pid: 812, comm: 'demo' }, SYSTEMD, { senderCgroup: '/' });
+    expect(only(around(s, term)).kind).toBe('app-killed');
+  });
+
+  it('systemctl stop nginx (Debian: ExecStop= runs start-stop-daemon, SIGQUIT to the master, which passes it on): one planned stop', () => {
+    const s = new Scenario();
+    const cg = '/system.slice/nginx.service';
+    const master: Task = { pid: 400, comm: 'nginx' };
+    const ssd: Task = { pid: 900, comm: 'start-stop-daem' };
+    const x = s.exec(40_000, ssd, { parent: SYSTEMD, cgroup: cg, filename: '/usr/sbin/start-stop-daemon' });
+    const q = s.signal(40_020, 3, master, ssd, { senderParent: SYSTEMD, senderCgroup: cg, targetCgroup: cg });
+    const w1 = s.signal(40_025, 3, { pid: 401, comm: 'nginx' }, master, { senderParent: SYSTEMD, senderCgroup: cg, targetCgroup: cg });
+    const w2 = s.signal(40_025, 3, { pid: 402, comm: 'nginx' }, master, { senderParent: SYSTEMD, senderCgroup: cg, targetCgroup: cg });
+    const wx1 = s.exit(40_030, { pid: 401, comm: 'nginx' }, { code: 0, cgroup: cg });
+    const wx2 = s.exit(40_031, { pid: 402, comm: 'nginx' }, { code: 0, cgroup: cg });
+    const mx = s.exit(40_040, master, { code: 0, cgroup: cg });
+    s.exit(40_060, ssd, { code: 0, cgroup: cg });
+    const a = around(s, q);
+    const v = only(a);
+    expect(v).toMatchObject({ kind: 'planned-stop', scope: 'service', details: { unit: 'nginx.service', signal: 'SIGQUIT' } });
+    expect(v.summary).toContain('a command systemd ran for nginx.service (its ExecStop=)');
+    expect(v.summary).toContain('It exited (code 0)');
+    expect(v.evidence).toEqual(ids(x, q, w1, w2, wx1, wx2, mx));
+  });
+
+  it('the main process signalling its workers is not a stop command, though it is a child of PID 1 in the unit', () => {
+    const s = new Scenario();
+    const cg = '/system.slice/nginx.service';
+    const q = s.signal(
+      40_025,
+      15,
+      { pid: 401, comm: 'nginx' },
+      { pid: 400, comm: 'nginx' },
+      {
+        senderParent: SYSTEMD,
+        senderCgroup: cg,
+        targetCgroup: cg,
+      },
+    );
+    expect(only(around(s, q)).kind).toBe('app-killed');
+  });
+
+  it('kill -9 of nginx’s master by an administrator: an admin kill; systemd stopping the workers is part of it', () => {
+    const s = new Scenario();
+    const cg = '/system.slice/nginx.service';
+    const master: Task = { pid: 400, comm: 'nginx' };
+    const bash: Task = { pid: 700, comm: 'bash' };
+    const k = s.signal(50_000, 9, master, bash, { senderParent: { pid: 690, comm: 'sudo' }, senderCgroup: SESSION, targetCgroup: cg });
+    const mx = s.exit(50_002, master, { signal: 9, cgroup: cg, filename: '/usr/sbin/nginx' });
+    const t1 = s.signal(50_010, 15, { pid: 401, comm: 'nginx' }, SYSTEMD, { senderCgroup: INIT, targetCgroup: cg });
+    const t2 = s.signal(50_010, 15, { pid: 402, comm: 'nginx' }, SYSTEMD, { senderCgroup: INIT, targetCgroup: cg });
+    const x1 = s.exit(50_015, { pid: 401, comm: 'nginx' }, { signal: 15, cgroup: cg });
+    const x2 = s.exit(50_016, { pid: 402, comm: 'nginx' }, { signal: 15, cgroup: cg });
+    const a = around(s, k);
+    const v = only(a);
+    expect(v).toMatchObject({
+      kind: 'app-killed',
+      scope: 'service',
+      confidence: 'confident',
+      details: { by: 'administrator', signal: 'SIGKILL', unit: 'nginx.service', systemdStopped: 2, restart: null },
+    });
+    expect(v.summary).toContain("an administrator's command from the login session session-3.scope (not systemd)");
+    expect(v.summary).toContain('700 (bash) (child of 690 (sudo), in unit session-3.scope)');
+    expect(v.evidence).toEqual(ids(k, mx, t1, t2, x1, x2));
+    expect((JSON.parse(analysisJson(a, 1 << 20)) as Analysis).verdicts[0]!.details!['by']).toBe('administrator');
+  });
+
+  it('systemctl reboot: systemd stops every unit and the agent, the guest reboots; planned, no agent fault and no kill', () => {
+    const s = new Scenario();
+    s.heartbeats(0, 60_000);
+    const nginx = s.signal(60_000, 15, { pid: 400, comm: 'nginx' }, SYSTEMD, {
+      senderCgroup: INIT,
+      targetCgroup: '/system.slice/nginx.service',
+    });
+    const agent = s.signal(60_010, 15, { pid: 300, comm: 'node' }, SYSTEMD, {
+      senderCgroup: INIT,
+      targetCgroup: '/system.slice/vesper-agent.service',
+    });
+    s.exit(60_020, { pid: 400, comm: 'nginx' }, { code: 0, cgroup: '/system.slice/nginx.service' });
+    s.channel(61_000, 'agent-lost', { why: 'closed' });
+    const rb = s.libvirt(63_000, 'rebooted', { libvirtEvent: 'reboot' });
+    s.channel(95_000, 'agent-connected', { agentRestarted: true, repushed: ['signal'], bootId: 'boot-b', agentPid: 250 });
+    const a = around(s, agent);
+    const kinds = a.verdicts.map((v) => v.kind).sort();
+    expect(kinds).toEqual(['guest-stopped', 'planned-stop', 'planned-stop']);
+    const reboot = a.verdicts.find((v) => v.kind === 'guest-stopped')!;
+    expect(reboot).toMatchObject({ scope: 'guest', details: { rebooted: true } });
+    expect(reboot.evidence).toContain(rb.id);
+    const stops = a.verdicts.filter((v) => v.kind === 'planned-stop');
+    expect(stops.find((v) => v.evidence.includes(agent.id!))!.summary).toContain("as part of the guest's shutdown");
+    expect(stops.find((v) => v.evidence.includes(nginx.id!))!.summary).toContain('as part of the guest');
+  });
+
+  it('systemctl restart of the agent: a new agent on the same boot after systemd stopped it is planned, not an agent fault', () => {
+    const s = new Scenario();
+    s.heartbeats(0, 30_000);
+    const term = s.signal(30_000, 15, { pid: 300, comm: 'node' }, SYSTEMD, {
+      senderCgroup: INIT,
+      targetCgroup: '/system.slice/vesper-agent.service',
+    });
+    s.channel(30_100, 'agent-lost', { why: 'closed' });
+    const hello = s.channel(31_500, 'agent-connected', { agentRestarted: true, repushed: ['signal'], bootId: 'boot-a', agentPid: 320 });
+    s.run = 'boot-a/320';
+    s.heartbeats(32_000, 40_000);
+    const v = only(around(s, hello));
+    expect(v).toMatchObject({ kind: 'planned-stop', details: { by: 'systemd', oldAgentPid: 300, newAgentPid: 320 } });
+    expect(v.evidence).toEqual(expect.arrayContaining(ids(term, hello)));
+  });
+});
