@@ -13,7 +13,7 @@ import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
 import { createRequire } from 'node:module';
 import { ErrorCode, VesperError } from '../../../proto/errors.js';
-import { projectRoot } from '../../../host/probes/package.js';
+import { projectRoot } from '../../helpers/project-root.js';
 import { crashOnSignalProgram, writeProgram } from '../demo/tiny-elf.js';
 
 export type Distro = 'debian12' | 'debian13';

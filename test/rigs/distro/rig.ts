@@ -19,7 +19,8 @@ import { AgentClient, type AgentClientOptions } from '../../../host/channel/agen
 import { loadOrCreateHostKey, type HostKey } from '../../../host/keys.js';
 import type { Hypervisor } from '../../../host/libvirt/hypervisor.js';
 import { UnraidHypervisor } from '../../../host/libvirt/unraid.js';
-import { projectRoot, readProbeBundle, signModule } from '../../../host/probes/package.js';
+import { readProbeBundle, signModule } from '../../../host/probes/package.js';
+import { projectRoot } from '../../helpers/project-root.js';
 import { AGENT_PORT } from '../image/guest-scripts.js';
 import { channelXml, type Accel } from '../vm/domain.js';
 import { KVM_PROBE_MS, accelCacheFile, bootId, cachedAccel } from '../vm/rig.js';

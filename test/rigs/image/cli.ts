@@ -9,7 +9,7 @@ import { ErrorCode, VesperError, exitStatusFor } from '../../../proto/errors.js'
 import { loadOrCreateHostKey } from '../../../host/keys.js';
 import { GUEST_KERNEL_CMDLINE, buildGuestImage } from './build.js';
 import { DISTROS, DISTRO_KERNEL_CMDLINE, buildDistroImage, isDistro } from '../distro/image.js';
-import { projectRoot } from '../../../host/probes/package.js';
+import { projectRoot } from '../../helpers/project-root.js';
 import { join } from 'node:path';
 
 async function main(): Promise<void> {
