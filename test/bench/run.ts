@@ -27,6 +27,8 @@ import { sshBench } from './ssh.js';
 import { faultsBench } from './faults.js';
 import { agentIdle, loopCost, rssMb } from './agent-idle.js';
 import { vmBench } from './vm.js';
+import { DISTRO_TARGETS, distroBench } from './distro.js';
+import { DISTROS, isDistro, type Distro } from '../rigs/distro/image.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const TARGETS: Record<string, string> = {
@@ -74,6 +76,7 @@ const TARGETS: Record<string, string> = {
   'splitbrain.starts_before_fence': '0',
   'ssh.sigsegv_to_host_ms.p99': '<= 10',
   'ssh.install_s': '< 30',
+  ...DISTRO_TARGETS,
 };
 
 const TICK = Number(spawnSync('getconf', ['CLK_TCK']).stdout.toString().trim()) || 100;
@@ -258,6 +261,12 @@ async function main(): Promise<void> {
     .option('--splitbrain-trials <n>', 'trials of two managers failing over the same VM at once', '100')
     .option('--soak-minutes <n>', 'minutes of stress-ng in the busy-guest soak', '10')
     .option('--fault-trials <n>', 'faults injected mid-stream (each kind in turn)', '10')
+    .option(
+      '--distros <list>',
+      `the Debian images of the distro benchmarks (${Object.keys(DISTROS).join(',')})`,
+      Object.keys(DISTROS).join(','),
+    )
+    .option('--distro-trials <n>', 'real service crashes per Debian image', '100')
     .option('--vcpus <n>', 'vCPUs of the benchmark guest (the host has 2 CPUs: one runs the storm generator, one the agent)', '2')
     .parse(process.argv)
     .opts<{
@@ -270,6 +279,8 @@ async function main(): Promise<void> {
       splitbrainTrials: string;
       soakMinutes: string;
       faultTrials: string;
+      distros: string;
+      distroTrials: string;
     }>();
   const why = whyNoKernelAccess();
   const m: Metrics = {};
@@ -292,6 +303,12 @@ async function main(): Promise<void> {
     if (o.vm && want('splitbrain.')) await splitBrainBench(m, { trials: Number(o.splitbrainTrials), log: (s) => console.error(s) });
     if (o.vm && want('soak.')) await soakBench(m, { minutes: Number(o.soakMinutes), log: (s) => console.error(s) });
     if (o.vm && want('faults.')) await faultsBench(m, { trials: Number(o.faultTrials), log: (s) => console.error(s) });
+    if (o.vm && want('distro.')) {
+      const distros = o.distros.split(',').filter(Boolean);
+      const bad = distros.filter((d) => !isDistro(d));
+      if (bad.length) throw new Error(`--distros: unknown image ${bad.join(', ')}`);
+      await distroBench(m, { distros: distros as Distro[], trials: Number(o.distroTrials), want, log: (s) => console.error(s) });
+    }
   }
   const t = new Table({ head: ['metric', 'value', 'target'] });
   for (const [k, v] of Object.entries(m)) t.push([k, String(v), TARGETS[k] ?? '']);
