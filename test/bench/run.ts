@@ -30,6 +30,8 @@ import { agentIdle, loopCost, rssMb } from './agent-idle.js';
 import { vmBench } from './vm.js';
 import { falseAlarmsBench } from './false-alarms.js';
 import { exportBench } from './export.js';
+import { DISTRO_TARGETS, distroBench } from './distro.js';
+import { DISTROS, isDistro, type Distro } from '../rigs/distro/image.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const TARGETS: Record<string, string> = {
@@ -86,6 +88,7 @@ const TARGETS: Record<string, string> = {
   'fleet.publish_to_subscriber_ms.p99': '<= 50',
   'fleet.outage_events_lost': '0',
   'fleet.stored_twice': '0',
+  ...DISTRO_TARGETS,
 };
 
 const TICK = Number(spawnSync('getconf', ['CLK_TCK']).stdout.toString().trim()) || 100;
@@ -271,6 +274,12 @@ async function main(): Promise<void> {
     .option('--soak-minutes <n>', 'minutes of stress-ng in the busy-guest soak', '10')
     .option('--fault-trials <n>', 'faults injected mid-stream (each kind in turn)', '10')
     .option('--pause-trials <n>', 'host pause/save/snapshot trials for distro.false_alarms', '21')
+    .option(
+      '--distros <list>',
+      `the Debian images of the distro benchmarks (${Object.keys(DISTROS).join(',')})`,
+      Object.keys(DISTROS).join(','),
+    )
+    .option('--distro-trials <n>', 'real service crashes per Debian image', '100')
     .option('--vcpus <n>', 'vCPUs of the benchmark guest (the host has 2 CPUs: one runs the storm generator, one the agent)', '2')
     .parse(process.argv)
     .opts<{
@@ -284,6 +293,8 @@ async function main(): Promise<void> {
       soakMinutes: string;
       faultTrials: string;
       pauseTrials: string;
+      distros: string;
+      distroTrials: string;
     }>();
   const why = whyNoKernelAccess();
   const m: Metrics = {};
@@ -310,6 +321,12 @@ async function main(): Promise<void> {
     if (o.vm && want('faults.')) await faultsBench(m, { trials: Number(o.faultTrials), log: (s) => console.error(s) });
     if (o.vm && want('distro.false_alarms'))
       await falseAlarmsBench(m, { trials: Math.max(1, Number(o.pauseTrials)), log: (s) => console.error(s) });
+    if (o.vm && want('distro.')) {
+      const distros = o.distros.split(',').filter(Boolean);
+      const bad = distros.filter((d) => !isDistro(d));
+      if (bad.length) throw new Error(`--distros: unknown image ${bad.join(', ')}`);
+      await distroBench(m, { distros: distros as Distro[], trials: Number(o.distroTrials), want, log: (s) => console.error(s) });
+    }
   }
   const t = new Table({ head: ['metric', 'value', 'target'] });
   for (const [k, v] of Object.entries(m)) t.push([k, String(v), TARGETS[k] ?? '']);

@@ -40,7 +40,7 @@ export interface DistroGuestOptions {
    * 'ssh' (sshd answers), 'none' (the domain started).
    */
   waitFor?: 'agent' | 'ssh' | 'none';
-  /** budget for the wait, default 180 s (TCG on a loaded 2-core machine) */
+  /** budget for the wait, default 420 s (TCG on a loaded 2-core machine: seen > 180 s under load 15) */
   bootBudgetMs?: number;
   uri?: string;
   onProgress?: (step: string, detail?: string) => void;
@@ -187,7 +187,7 @@ export class DistroGuest {
       try {
         await this.startAndWait('kvm', KVM_PROBE_MS, 'ssh');
         this.remember('kvm');
-        if ((this.opts.waitFor ?? 'agent') === 'agent') await this.waitAgentUnit(60_000);
+        if (this.waitFor() === 'agent') await this.waitAgentUnit(60_000);
         return;
       } catch (err) {
         if (want === 'kvm') throw err;
@@ -196,8 +196,13 @@ export class DistroGuest {
         accel = 'tcg';
       }
     }
-    await this.startAndWait(accel, this.opts.bootBudgetMs ?? 180_000, this.opts.waitFor ?? 'agent');
+    await this.startAndWait(accel, this.opts.bootBudgetMs ?? 420_000, this.waitFor());
     if (want === 'auto') this.remember(accel);
+  }
+
+  /** What boot() waits for: the agent only where it has a channel to start on. */
+  private waitFor(): 'agent' | 'ssh' | 'none' {
+    return this.opts.waitFor ?? (this.opts.agentChannel === false ? 'ssh' : 'agent');
   }
 
   private remember(accel: Accel): void {
