@@ -30,6 +30,9 @@ const PACKAGES = [
   'systemd-sysv',
   'udev',
   'dbus',
+  // what a Debian install has through systemd's Recommends: an SSH login gets its own
+  // session-N.scope, so a command an administrator runs is told apart from the sshd service
+  'libpam-systemd',
   'openssh-server',
   'nginx',
   // the cloud kernel: virtio, pvpanic, tracefs, kprobe_events, PSI; no i6300esb watchdog driver
