@@ -81,6 +81,10 @@ class SinkRunner {
   lastError: string | null = null;
   lastErrorAtMs: number | null = null;
   lastDeliveredAtMs: number | null = null;
+  /** the cursor as persisted: behind `cursor` by the sink's unconfirmedMs (ExportSink) */
+  savedCursor: number;
+  /** delivered batches not yet persisted, for a sink with unconfirmedMs: their last id and when */
+  private unconfirmed: { id: number; atMs: number }[] = [];
   status = 'idle';
   private readonly abort = new AbortController();
   private wakeUp: (() => void) | null = null;
@@ -104,6 +108,23 @@ class SinkRunner {
       store.sinkOp('saving a sink cursor', (t) => t.set(sink.name, this.cursor));
     }
     this.readThrough = this.cursor;
+    this.savedCursor = this.cursor;
+  }
+
+  /**
+   * What may be persisted once a batch ending at `last` is delivered: `last` itself, or for a
+   * sink whose receiver never acknowledges, the last batch delivered unconfirmedMs ago (null:
+   * nothing new). An idle sink keeps its last window unconfirmed: a restart then sends it again,
+   * which costs duplicates only.
+   */
+  private confirmedThrough(last: number): number | null {
+    const ms = this.sink.unconfirmedMs ?? 0;
+    if (ms <= 0) return last;
+    const now = Date.now();
+    this.unconfirmed.push({ id: last, atMs: now });
+    let save: number | null = null;
+    while (this.unconfirmed.length && this.unconfirmed[0]!.atMs <= now - ms) save = this.unconfirmed.shift()!.id;
+    return save;
   }
 
   start(): void {
@@ -180,8 +201,11 @@ class SinkRunner {
       this.lastDeliveredAtMs = Date.now();
       batch = [];
       this.cursor = last;
+      const save = this.confirmedThrough(last);
+      if (save === null) continue;
       try {
-        this.store.sinkOp('saving a sink cursor', (t) => t.set(this.sink.name, last));
+        this.store.sinkOp('saving a sink cursor', (t) => t.set(this.sink.name, save));
+        this.savedCursor = save;
       } catch (err) {
         // kept in memory; a restart before the next save sends this batch again (at least once)
         this.log.warn({ sink: this.sink.name, err: (err as Error).message }, 'export sink: cursor not saved');
@@ -265,7 +289,7 @@ export class Exporter {
   /** The oldest event some sink still has to deliver (age retention keeps it and all after). */
   holdFrom(): number | undefined {
     let min: number | undefined;
-    for (const r of this.runners.values()) if (min === undefined || r.cursor + 1 < min) min = r.cursor + 1;
+    for (const r of this.runners.values()) if (min === undefined || r.savedCursor + 1 < min) min = r.savedCursor + 1;
     return min;
   }
 

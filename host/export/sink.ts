@@ -29,4 +29,10 @@ export interface ExportSink {
   /** Delivers one batch, in id order. Resolve = delivered; throw = retry the same batch later. */
   deliver(batch: readonly ExportEvent[], signal: AbortSignal): Promise<void>;
   close(): Promise<void>;
+  /**
+   * For a receiver that never acknowledges (syslog over a stream): how long after deliver()
+   * resolved a batch may still be lost with the connection. The persisted cursor stays that far
+   * behind, so a vesperd restarted meanwhile sends those batches again (at least once).
+   */
+  readonly unconfirmedMs?: number;
 }

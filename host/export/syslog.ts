@@ -5,8 +5,10 @@
 // if the receiver stops before reading it. So over a stream, what was written in the last
 // REPLAY_MS (at most REPLAY_BYTES) is kept and written again first on the next connection after
 // one broke: a receiver stopped in the middle of a storm gets everything, some of it twice
-// (de-duplicate on the event's id, in the structured data and the JSON). UDP has no way to know
-// of a loss: it is best effort.
+// (de-duplicate on the event's id, in the structured data and the JSON). That memory dies with
+// vesperd, so the exporter also persists this sink's cursor REPLAY_MS late (unconfirmedMs): a
+// vesperd killed while the receiver was away sends that window again after its restart. UDP
+// has no way to know of a loss: it is best effort.
 import { createSocket, type Socket as UdpSocket } from 'node:dgram';
 import { connect, type Socket } from 'node:net';
 import type { ExportEvent, ExportSink } from './sink.js';
@@ -54,6 +56,8 @@ export function formatRfc5424(e: ExportEvent, facility: number, appName: string)
 
 export class SyslogSink implements ExportSink {
   readonly kind = 'syslog';
+  /** over a stream, what was written lately may die with the connection (see the top) */
+  readonly unconfirmedMs: number;
   private sock: Socket | null = null;
   private udp: UdpSocket | null = null;
   private broken: Error | null = null;
@@ -70,6 +74,7 @@ export class SyslogSink implements ExportSink {
     readonly config: SyslogParams,
   ) {
     this.facility = SYSLOG_FACILITIES.indexOf(config.facility);
+    this.unconfirmedMs = config.transport === 'udp' ? 0 : REPLAY_MS;
   }
 
   private hostPort(): { host: string; port: number } {

@@ -12,7 +12,7 @@
 import { createHash } from 'node:crypto';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { spawn } from 'node:child_process';
-import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, renameSync, rmSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, readdirSync, renameSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -262,7 +262,8 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
         `i=0; until vesper status ${rig.name} -o json | grep -q '"link":"connected"'; do i=$((i+1)); [ $i -gt 240 ] && { vesper status ${rig.name}; cat /tmp/d.log; exit 1; }; sleep 0.5; done`,
         `vesper status ${rig.name}`,
         `vesper attach ${rig.name} signal --param comms=vesper-demo-svc`,
-        `i=0; until vesper status ${rig.name} -o json | grep -q '"name":"signal"[^}]*"loaded":true'; do i=$((i+1)); [ $i -gt 240 ] && { vesper status ${rig.name}; exit 1; }; sleep 0.5; done`,
+        // the probe table's row: PROBE INSTANCES LOADED PARAMS (plain columns, stdout not a terminal)
+        `i=0; until vesper status ${rig.name} | grep -Eq '^signal +[0-9]+ +yes( |$)'; do i=$((i+1)); [ $i -gt 240 ] && { vesper status ${rig.name}; exit 1; }; sleep 0.5; done`,
         'echo ready > /tmp/ready',
         // the test causes the fault now; the record must reach the packaged vesperd's store
         `i=0; until vesper events --vm ${rig.name} --plugin signal -o json | grep '"sig":11' ; do i=$((i+1)); [ $i -gt 120 ] && { echo no signal record; cat /tmp/d.log; exit 1; }; sleep 0.5; done`,
@@ -282,7 +283,11 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
         () => existsSync(join(root, 'tmp', 'ready')) || exited.code !== undefined,
         240_000,
         500,
-      );
+      ).catch((err: Error) => {
+        // say what the packaged vesperd and its CLI said, not only that time ran out
+        const log = existsSync(join(root, 'tmp', 'd.log')) ? readFileSync(join(root, 'tmp', 'd.log'), 'utf8') : '(no log)';
+        throw new Error(`${err.message}\n--- script output:\n${out}\n--- vesperd log (last 4 KB):\n${log.slice(-4096)}`);
+      });
       expect(exited.code, out).toBeUndefined();
       expect(out).toMatch(/agent trusts\s+this host's key [0-9a-f]{16}/);
       const [pid] = numbersIn(await rig.fault('segv'));

@@ -217,6 +217,29 @@ describe('analysis with systemd', () => {
     expect((JSON.parse(analysisJson(a, 1 << 20)) as Analysis).verdicts[0]!.details!['by']).toBe('administrator');
   });
 
+  it('kill -9 from a shell that was gone before the signal probe could read its cgroup: the process probe says it was a login session', () => {
+    // `ssh guest kill -9 PID`: the shell's kill builtin sends and the shell exits at once; the
+    // signal probe finds no /proc entry left (no senderCgroup), the process probe knew the shell.
+    const s = new Scenario();
+    const cg = '/system.slice/nginx.service';
+    const master: Task = { pid: 400, comm: 'nginx' };
+    const bash: Task = { pid: 700, comm: 'bash' };
+    const k = s.signal(50_000, 9, master, bash, { targetCgroup: cg });
+    s.exit(50_001, bash, { code: 0, cgroup: SESSION, filename: '/usr/bin/bash' });
+    s.exit(50_002, master, { signal: 9, cgroup: cg, filename: '/usr/sbin/nginx' });
+    const v = only(around(s, k));
+    expect(v).toMatchObject({ kind: 'app-killed', details: { by: 'administrator', senderCgroup: SESSION, unit: 'nginx.service' } });
+    expect(v.summary).toContain("an administrator's command from the login session session-3.scope");
+  });
+
+  it('the same kill with nothing known of the sender: by whom is not said', () => {
+    const s = new Scenario();
+    const cg = '/system.slice/nginx.service';
+    const k = s.signal(50_000, 9, { pid: 400, comm: 'nginx' }, { pid: 700, comm: 'bash' }, { targetCgroup: cg });
+    s.exit(50_002, { pid: 400, comm: 'nginx' }, { signal: 9, cgroup: cg, filename: '/usr/sbin/nginx' });
+    expect(only(around(s, k)).details).toMatchObject({ by: null, senderCgroup: null });
+  });
+
   it('systemctl reboot: systemd stops every unit and the agent, the guest reboots; planned, no agent fault and no kill', () => {
     const s = new Scenario();
     s.heartbeats(0, 60_000);

@@ -92,6 +92,42 @@ describe('exporter', () => {
     store.close();
   });
 
+  it('a sink whose receiver never acknowledges (unconfirmedMs) has its cursor persisted that late: a restart sends the window again', async () => {
+    const path = join(tmp(), 'events.db');
+    let store = storeWith(path, 100);
+    let ex = new Exporter(store, log, 'h1');
+    class Unacked extends Collect {
+      readonly unconfirmedMs = 200;
+    }
+    const sink = new Unacked('s');
+    await ex.setSinks([{ sink, options: FAST }]);
+    await until('100 delivered', () => sink.got.length === 100);
+    expect(ex.states()[0]!.cursor).toBe(100);
+    await ex.close(); // as a SIGKILL would leave it: nothing delivered in the last 200 ms persisted
+    store.close();
+    store = EventStore.open(path, { sync: 'normal' });
+    ex = new Exporter(store, log, 'h1');
+    const again = new Unacked('s');
+    await ex.setSinks([{ sink: again, options: FAST }]);
+    await until('the unconfirmed window sent again', () => again.got.length === 100);
+    expect(again.got.map((e) => e.id)).toEqual(Array.from({ length: 100 }, (_, i) => i + 1));
+    // once a window has passed, the next delivery persists what it confirmed
+    await new Promise((r) => setTimeout(r, 250));
+    store.append([guestEvent('vm0', 'run2', 1)]);
+    ex.wake();
+    await until('the new event', () => again.got.length === 101);
+    await ex.close();
+    store.close();
+    store = EventStore.open(path, { sync: 'normal' });
+    ex = new Exporter(store, log, 'h1');
+    const third = new Unacked('s');
+    await ex.setSinks([{ sink: third, options: FAST }]);
+    await until('only the last, unconfirmed batch again', () => third.got.length === 1);
+    expect(third.got.map((e) => e.id)).toEqual([101]);
+    await ex.close();
+    store.close();
+  });
+
   it('a new sink starting "now" skips what was stored before it; wake() brings new events at once', async () => {
     const store = storeWith(':memory:', 10);
     const ex = new Exporter(store, log, 'h');

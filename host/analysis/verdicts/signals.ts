@@ -8,7 +8,16 @@ import { senderOriginOf, signalName, signalOf, task, unitOfCgroup, type Placed }
 import type { VerdictConfidence, VerdictKind, VerdictScope } from '../types.js';
 import type { RunInfo } from './agent-runs.js';
 import { plannedShutdown } from './stops.js';
-import { cgroupOfRecord, isUnitCgroup, senderCgroupOf, sentBySystemd, sessionOf, targetCgroupOf, withSystemd } from './systemd.js';
+import {
+  cgroupOfRecord,
+  isUnitCgroup,
+  senderCgroupIn,
+  senderCgroupOf,
+  sentBySystemd,
+  sessionOf,
+  targetCgroupOf,
+  withSystemd,
+} from './systemd.js';
 import { S, type Window, clock, draft, type Draft } from './window.js';
 
 const ABRT = SIGNALS.ABRT!;
@@ -107,7 +116,7 @@ export function signals(w: Window, runs: RunInfo[], out: Draft[], agentKills: Ag
       const from = senderText(p);
       const shutdown = STOP_SIGNALS.has(s.sig) ? plannedShutdown(out, p, spid) : null;
       const byControl = STOP_SIGNALS.has(s.sig) && !shutdown ? controlCommand(w, p, cgroup) : null;
-      const session = sessionOf(senderCgroupOf(p));
+      const session = sessionOf(senderCgroupIn(w, p));
       if (!shutdown && STOP_SIGNALS.has(s.sig) && sentBySystemd(p)) {
         // systemd sends a stop signal of its own accord only for a stop job (systemctl stop or
         // restart, a unit that depends on it, a shutdown) or to clean up after a death (claimed
@@ -152,9 +161,9 @@ export function signals(w: Window, runs: RunInfo[], out: Draft[], agentKills: Ag
     if (!s.senderIsKernel && spid !== tpid) {
       const o = senderOriginOf(p.ev);
       details['senderParent'] = o.parent;
-      details['senderCgroup'] = o.cgroup;
+      details['senderCgroup'] = o.cgroup ?? (senderCgroupIn(w, p) || null);
       details['senderUnit'] = o.unit;
-      details['by'] = sentBySystemd(p) ? 'systemd' : sessionOf(senderCgroupOf(p)) ? 'administrator' : null;
+      details['by'] = sentBySystemd(p) ? 'systemd' : sessionOf(senderCgroupIn(w, p)) ? 'administrator' : null;
     }
     const key = `${p.ev.source?.agentRun ?? ''}:${tpid}:${kind}:${s.senderIsKernel ? 'kernel' : spid}`;
     const prev = pending.get(key);

@@ -45,6 +45,25 @@ export function senderCgroupOf(p: Placed): string {
   return str(obj(p.ev.payload['signal'])['senderCgroup']);
 }
 
+/**
+ * The sender's cgroup: as the signal probe read it, or, when the sender had gone before the probe
+ * could read it (a shell's `kill` builtin sends and exits at once), as the process probe knew that
+ * pid: its exit just after the signal, else its last exec before it. '' when neither says.
+ */
+export function senderCgroupIn(w: Window, p: Placed): string {
+  const own = senderCgroupOf(p);
+  if (own !== '') return own;
+  const spid = num(obj(obj(p.ev.payload['signal'])['sender'])['pid']);
+  if (!spid) return '';
+  const run = runOf(p);
+  const pidOf = (q: Placed): number | undefined => num(obj(obj(q.ev.payload['exit'] ?? q.ev.payload['exec'])['task'])['pid']);
+  const same = (q: Placed): boolean => runOf(q) === run && pidOf(q) === spid && cgroupOfRecord(q) !== '';
+  const exit = w.near('process/exit', p.timeUs, p.timeUs + 5 * S).find(same);
+  if (exit) return cgroupOfRecord(exit);
+  const execs = w.near('process/exec', p.timeUs - 60 * S, p.timeUs).filter(same);
+  return execs.length ? cgroupOfRecord(execs[execs.length - 1]!) : '';
+}
+
 /** The cgroup an exit or exec record names. */
 export function cgroupOfRecord(p: Placed): string {
   return str(obj(p.ev.payload['exit'] ?? p.ev.payload['exec'])['cgroup']);
