@@ -242,6 +242,23 @@ describe('the analysis of a pause', () => {
     expect(a.verdicts[0]!.evidence).toContain(lost.id);
   });
 
+  it('a hang a few seconds after a resume, once the agent beat again, is not the pause’s', () => {
+    const s = new Scenario();
+    s.heartbeats(0, 30_000);
+    s.libvirt(30_050, 'suspended', { event: 'Suspended', reason: 'Paused' });
+    s.channel(30_060, 'watch-held', { why: 'user', libvirt: 'Suspended Paused' });
+    s.libvirt(40_000, 'resumed', { event: 'Resumed', reason: 'Unpaused' });
+    s.channel(40_001, 'watch-resumed', { why: 'user', libvirt: 'Resumed Unpaused', heldMs: 9_940, graceMs: 10_000 });
+    s.heartbeats(40_900, 43_000);
+    // the agent stops (SIGSTOP in the guest) 3 s after the resume: inside resume + grace + 5 s
+    const lost = s.channel(46_100, 'heartbeat-lost', { silentMs: 3000, intervalMs: 1000 });
+    s.channel(53_000, 'heartbeat-back', { silentMs: 10_000 });
+    s.heartbeats(53_000, 70_000);
+    const a = around(s.done(), lost.hostTimeUs);
+    expect(a.verdicts.find((v) => v.evidence.includes(lost.id))?.kind).not.toBe('host-paused');
+    expect(a.verdicts.find((v) => v.kind === 'host-paused')?.evidence ?? []).not.toContain(lost.id);
+  });
+
   it('control: the same heartbeat gap with no pause is still a (thin) hang', () => {
     const s = new Scenario();
     s.heartbeats(0, 30_000);

@@ -48,8 +48,12 @@ export function hostPauses(w: Window, out: Draft[]): void {
       w.near('libvirt/started', fromUs, upto).filter((p) => KEPT_STARTS.has(str(p.ev.payload['reason']))),
     );
     w.claim(d, w.near('libvirt/other', fromUs, upto));
-    // The silence it caused, up to the grace the first beat was given after it.
-    const silenceTo = endUs + graceUs + 5 * S;
+    // The silence it caused: up to the first beat after the resume, and at most to the grace
+    // that beat was given. An alarm after the agent beat again is not the pause's (the agent
+    // may well hang a few seconds after a resume: that is its own story).
+    const graceEnd = endUs + graceUs + 5 * S;
+    const beats = [...w.near('heartbeat/beat', endUs, graceEnd, true), ...w.near('channel/heartbeat-back', endUs, graceEnd, true)];
+    const silenceTo = beats.length ? Math.min(...beats.map((p) => p.timeUs)) : graceEnd;
     const alarms = [...w.near('channel/heartbeat-lost', fromUs, silenceTo), ...w.near('channel/agent-lost', fromUs, silenceTo)];
     w.claim(d, alarms);
     w.claim(d, w.near('channel/heartbeat-back', fromUs, silenceTo));
@@ -57,7 +61,7 @@ export function hostPauses(w: Window, out: Draft[]): void {
     const boots = new Set(w.all.filter((p) => p.timeUs < fromUs && p.ev.source).map((p) => p.ev.source!.agentRun.split('/')[0]));
     w.claim(
       d,
-      w.near('channel/agent-connected', fromUs, silenceTo).filter((p) => boots.size === 0 || boots.has(str(p.ev.payload['bootId']))),
+      w.near('channel/agent-connected', fromUs, graceEnd).filter((p) => boots.size === 0 || boots.has(str(p.ev.payload['bootId']))),
     );
     const stopped = w.near('libvirt/stopped', fromUs, upto, true).find((p) => KEPT_STOPS.has(str(p.ev.payload['reason'])));
     const words = [
