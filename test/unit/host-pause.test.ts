@@ -255,7 +255,7 @@ describe('the analysis of a pause', () => {
     s.channel(53_000, 'heartbeat-back', { silentMs: 10_000 });
     s.heartbeats(53_000, 70_000);
     const a = around(s.done(), lost.hostTimeUs);
-    expect(a.verdicts.find((v) => v.evidence.includes(lost.id))?.kind).not.toBe('host-paused');
+    expect(a.verdicts.find((v) => v.evidence.includes(lost.id!))?.kind).not.toBe('host-paused');
     expect(a.verdicts.find((v) => v.kind === 'host-paused')?.evidence ?? []).not.toContain(lost.id);
   });
 

@@ -54,7 +54,13 @@ export function hostPauses(w: Window, out: Draft[]): void {
     const graceEnd = endUs + graceUs + 5 * S;
     const beats = [...w.near('heartbeat/beat', endUs, graceEnd, true), ...w.near('channel/heartbeat-back', endUs, graceEnd, true)];
     const silenceTo = beats.length ? Math.min(...beats.map((p) => p.timeUs)) : graceEnd;
-    const alarms = [...w.near('channel/heartbeat-lost', fromUs, silenceTo), ...w.near('channel/agent-lost', fromUs, silenceTo)];
+    // A heartbeat-lost says how long the agent had been silent: a silence that began after the
+    // resume (the agent beat meanwhile, even when no beat is stored) is not the pause's.
+    const silentSince = (p: Placed): number => p.timeUs - (num(p.ev.payload['silentMs']) ?? Infinity) * 1000;
+    const alarms = [
+      ...w.near('channel/heartbeat-lost', fromUs, silenceTo).filter((p) => silentSince(p) <= endUs + S),
+      ...w.near('channel/agent-lost', fromUs, silenceTo),
+    ];
     w.claim(d, alarms);
     w.claim(d, w.near('channel/heartbeat-back', fromUs, silenceTo));
     // The same agent linking again after a restore: the link was made anew, the agent lived.
