@@ -178,7 +178,6 @@ export class Vesperd {
       ...(this.metrics ? { tally: this.metrics.tally } : {}),
     });
     this.pacer = new ReadPacer(c.channel.readCoalesce);
-    this.batcher = new IngestBatcher(this.framework, undefined, this.pacer);
     this.pauses = new HostPauses({
       link: (vm) => this.table.vms.get(vm)?.link ?? null,
       stateOf: (vm) => (this.hv ? this.hv.state(vm) : Promise.reject(new Error('no libvirt'))),
