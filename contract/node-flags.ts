@@ -4,8 +4,9 @@
 // them itself. V8 reads them only at start-up: set later (v8.setFlagsFromString) the
 // collector aborts the process.
 //
-// --single-threaded-gc: V8 collects on the isolate's own thread only (the agent's main
-// thread, each worker's thread). With helper threads, every small collection of an idle
-// agent woke V8's pool threads too: ~7 of its ~28 wake-ups a second (measured in host
-// mode, heartbeat and psi loaded). The agent's heaps are a few MB: the pauses stay short.
-export const AGENT_NODE_FLAGS: readonly string[] = ['--single-threaded-gc'];
+// None at present. --single-threaded-gc (V8 collecting on each isolate's own thread) took ~7
+// of an idle agent's ~28 wake-ups a second away, but under a record storm in a TCG guest the
+// agent fell behind: the manager's SIGKILL test stored 92,512 of 100,000 records in 120 s with
+// it and all of them in 28 s without (2026-12-07, one run each). The list stays, so a flag that
+// pays for itself has one place to go, and every launcher already passes it on.
+export const AGENT_NODE_FLAGS: readonly string[] = [];

@@ -149,7 +149,7 @@ describe('vesper-agent.service and its udev rule', () => {
 
   it('runs the agent on that port, always restarted, out of the OOM killer’s reach', () => {
     expect(one(unit, 'Service', 'ExecStart')).toBe(
-      `/usr/lib/vesper-agent/node ${AGENT_NODE_FLAGS.join(' ')} /usr/lib/vesper-agent/vesper-agent.mjs --transport virtio:${PORT} --state-dir /var/lib/vesper-agent --state-file /run/vesper-agent/run-state`,
+      `${['/usr/lib/vesper-agent/node', ...AGENT_NODE_FLAGS].join(' ')} /usr/lib/vesper-agent/vesper-agent.mjs --transport virtio:${PORT} --state-dir /var/lib/vesper-agent --state-file /run/vesper-agent/run-state`,
     );
     // the pinned host key lives in the state directory (docs/trust.md): systemd makes it, private
     expect(one(unit, 'Service', 'StateDirectory')).toBe('vesper-agent');

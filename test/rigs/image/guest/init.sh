@@ -68,7 +68,7 @@ respawn() {
 # vesper.enrol=1 on the kernel command line (VmRig's enrol option): the agent as its package runs
 # it, with no key given: it pins the first host over its port in AGENT_STATE_DIR (docs/trust.md).
 if grep -qw vesper.enrol=1 /proc/cmdline; then set -- --state-dir "$AGENT_STATE_DIR"; else set -- --host-key "$HOST_KEY_PATH"; fi
-(export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node --single-threaded-gc "$AGENT_PATH" --transport "virtio:$AGENT_PORT" "$@" --state-file /run/vesper-agent/run-state) &
+(export UV_THREADPOOL_SIZE=64; respawn agent /run/vesper-agent.pid /usr/bin/node "$AGENT_PATH" --transport "virtio:$AGENT_PORT" "$@" --state-file /run/vesper-agent/run-state) &
 respawn vesper-demo-svc /run/vesper-demo-svc.pid "$DEMO_SERVICE" &
 httpd -p 80 -h /srv/www
 # The i6300esb watchdog, fed by its own small process at normal priority (not by the agent):
