@@ -51,7 +51,14 @@ function comparable(r: AgentRecord, pid: number): Record<string, unknown> {
       Object.entries(v).map(([k, x]) => [
         k,
         // a pid must be the faulting process's own on each side; its number differs
-        (k === 'pid' || k === 'oldPid') && typeof x === 'number' ? (x === pid ? 'the faulting pid' : x) : walk(x),
+        (k === 'pid' || k === 'oldPid') && typeof x === 'number'
+          ? x === pid
+            ? 'the faulting pid'
+            : x
+          : // the exec's parent is whatever ran the program on each machine (checked on its own)
+            k === 'parent' && x && typeof x === 'object'
+            ? 'its parent'
+            : walk(x),
       ]),
     );
   };
@@ -155,6 +162,11 @@ describe.skipIf(Boolean(why))('the same fault over virtio-serial and over SSH', 
     const sig = host.find((r) => r.kind === 'signal')!.raw.signal!;
     expect(sig).toMatchObject({ sig: 11, code: 1, senderIsKernel: true, target: { comm: COMM } });
     expect(host.find((r) => r.kind === 'exit')!.raw.exit).toMatchObject({ signal: 11, filename: SEGV_PROGRAM });
+    // The exec's parent on each side is what ran the program: the guest's fault helper, and
+    // here this test's own process (unshare became the shell, which became the program).
+    const parentOf = (rs: AgentRecord[]) => rs.find((r) => r.kind === 'exec')!.raw.exec!.parent;
+    expect(parentOf(guest)).toMatchObject({ comm: 'vesper-fault' });
+    expect(parentOf(host)).toMatchObject({ pid: process.pid });
     // The values that must differ do: two kernels, two machines.
     expect(sessions[0]!.client!.hello.bootId).not.toBe(sessions[1]!.client!.hello.bootId);
   }, 120_000);

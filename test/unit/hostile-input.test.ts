@@ -150,6 +150,31 @@ describe('a flood of hellos', () => {
   });
 });
 
+describe('the same agent saying hello again at once', () => {
+  it('is a guest linking again (a hello that waited in the virtio-serial port), not a protocol problem; the last is answered', async () => {
+    vi.useFakeTimers({ now: 1_000_000, toFake: ['Date', 'setTimeout', 'clearTimeout'] });
+    try {
+      const l = link();
+      const pids: number[] = [];
+      l.c.on('hello', (h) => pids.push(h.agentPid));
+      l.feed(hello([], { agentPid: 7, agentStartMonoNs: 5 }));
+      l.feed(hello([], { agentPid: 7, agentStartMonoNs: 5 }));
+      expect(pids).toEqual([7]);
+      vi.advanceTimersByTime(HELLO_MIN_INTERVAL_MS);
+      expect(pids).toEqual([7, 7]);
+      expect(l.errors).toEqual([]);
+      // a third at once is no relink any more: told
+      l.feed(hello([], { agentPid: 7, agentStartMonoNs: 5 }));
+      expect(l.errors.filter((e) => e.includes('hellos less than'))).toHaveLength(1);
+      vi.useRealTimers();
+      await sleep(20);
+      l.c.close();
+    } finally {
+      vi.useRealTimers();
+    }
+  });
+});
+
 describe('an agent that stops reading', () => {
   it('has its link closed once the host holds MAX_UNSENT_BYTES for it, not buffered without end', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vesper-unread-'));
