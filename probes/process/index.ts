@@ -60,18 +60,31 @@ export function exitStatus(c: Cause | undefined): ExitStatus {
   return unknown;
 }
 
+/**
+ * A parent's comm is read once a second per pid: a shell or a supervisor starting hundreds of
+ * programs a second would otherwise cost a third /proc read per exec. A parent that itself
+ * execs within that second is the only way to get its old name.
+ */
+const PARENT_COMM_TTL_NS = 1e9;
+const PARENT_COMM_CACHE_MAX = 1024;
+type CommCache = Map<number, { ts: number; comm: string }>;
+
 /** The parent of a live process, from /proc/<pid>/stat (its comm may hold spaces and parentheses). */
-function parentOf(pid: number): { pid: number; comm: string } | undefined {
+function parentOf(pid: number, ts: number, comms: CommCache): { pid: number; comm: string } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
     if (!(ppid > 0)) return undefined;
+    const hit = comms.get(ppid);
+    if (hit && ts - hit.ts < PARENT_COMM_TTL_NS) return { pid: ppid, comm: hit.comm };
     let comm = '';
     try {
       comm = readFileSync(`/proc/${ppid}/comm`, 'utf8').trimEnd();
     } catch {
       /* the parent is gone already: its pid is still worth saying */
     }
+    if (comms.size >= PARENT_COMM_CACHE_MAX) comms.clear();
+    if (comm) comms.set(ppid, { ts, comm });
     return { pid: ppid, comm };
   } catch {
     return undefined;
@@ -101,6 +114,7 @@ const probe: ProbeModule = {
     // at each exec, inherited at fork. A process systemd starts is put in its unit's cgroup before
     // it runs the unit's program; a move without an exec is rare and not seen here.
     const cgroups = new Map<number, string>();
+    const parentComms: CommCache = new Map();
     const waiting = new Map<number, { timer: NodeJS.Timeout; check: () => void }>();
     const tgidOf = (tid: number): number => threads.get(tid) ?? tid;
     const bound = (m: Map<number, unknown>): void => {
@@ -142,7 +156,7 @@ const probe: ProbeModule = {
         cgroups.set(pid, cgroup);
         bound(cgroups);
       }
-      const parent = parentOf(pid);
+      const parent = parentOf(pid, ev.ts, parentComms);
       ctx.emit(
         'exec',
         {
