@@ -11,6 +11,28 @@ import { loadAllProbes } from './agent-idle.js';
 
 const numbersWith = (line: string): number[] => numbersIn(line, true);
 /** The fields of an "ok VERB ..." answer by position: a zero stays in its place (numbersIn drops it). */
+/** Two `threads PID` answers of the fault helper: the five threads that woke most between them. */
+export function topThreads(a: string, b: string): string {
+  const parse = (line: string) => {
+    const [, , up, ...rest] = line.trim().split(/\s+/);
+    const t = new Map<string, { comm: string; sw: number; ticks: number }>();
+    for (const x of rest) {
+      const [tid, comm, sw, ticks] = x.split(':');
+      t.set(tid!, { comm: comm!, sw: Number(sw), ticks: Number(ticks) });
+    }
+    return { up: Number(up), t };
+  };
+  const p = parse(a);
+  const q = parse(b);
+  const s = Math.max(q.up - p.up, 1e-3);
+  return [...q.t]
+    .map(([tid, v]) => ({ tid, comm: v.comm, rate: (v.sw - (p.t.get(tid)?.sw ?? 0)) / s, ticks: v.ticks - (p.t.get(tid)?.ticks ?? 0) }))
+    .sort((x, y) => y.rate - x.rate)
+    .slice(0, 5)
+    .map((x) => `${x.comm}[${x.tid}] ${x.rate.toFixed(2)}/s ${x.ticks}t`)
+    .join(', ');
+}
+
 function fieldsOf(line: string, verb: string): number[] {
   const w = line.trim().split(/\s+/);
   if (w[0] !== 'ok' || w[1] !== verb) throw new Error(`the guest helper answered ${JSON.stringify(line)} to ${verb}`);
@@ -154,7 +176,11 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     const pid = client.hello.agentPid;
     const [t1, hz, up1] = fieldsOf(await rig.fault(`stat ${pid}`), 'stat');
     const [sw1, , upW1] = fieldsOf(await rig.fault(`wakeups ${pid}`), 'wakeups');
+    const th1 = await rig.fault(`threads ${pid}`);
     await sleep(60_000);
+    // Which threads woke: the busiest five, "tid/s" and CPU ticks over the window.
+    m['vm.agent_idle_top_threads'] = topThreads(th1, await rig.fault(`threads ${pid}`));
+    o.log(`vm: idle wake-ups by thread (per s, ticks): ${String(m['vm.agent_idle_top_threads'])}`);
     const [t2, , up2] = fieldsOf(await rig.fault(`stat ${pid}`), 'stat');
     const [sw2, rssKb, upW2] = fieldsOf(await rig.fault(`wakeups ${pid}`), 'wakeups');
     m['vm.agent_idle_cpu_pct'] = round3((100 * ((t2! - t1!) / hz!)) / (up2! - up1!));

@@ -447,6 +447,28 @@ while :; do
         reply "ok wakeups $sw $rss $up"
       else reply "err wakeups no such task"; fi
       ;;
+    threads)
+      # Per thread of a process: "tid:comm:switches:ticks" (utime + stime), to see which thread wakes.
+      if number "$arg" && [ -d "/proc/$arg/task" ]; then
+        out=""
+        set +f
+        dirs=$(echo /proc/"$arg"/task/*)
+        set -f
+        for d in $dirs; do
+          sw=0
+          while read -r k v _; do
+            case "$k" in voluntary_ctxt_switches: | nonvoluntary_ctxt_switches:) sw=$((sw + v)) ;; esac
+          done 2>/dev/null <"$d/status"
+          read -r comm _ 2>/dev/null <"$d/comm" || comm=unknown
+          read -r st 2>/dev/null <"$d/stat" || continue
+          # shellcheck disable=SC2086 # the fields of stat after the comm
+          set -- ${st##*) }
+          out="$out ${d##*/}:$comm:$sw:$((${12} + ${13}))"
+        done
+        read -r up _ </proc/uptime
+        reply "ok threads $up$out"
+      else reply "err threads no such task"; fi
+      ;;
     hang)
       if number "$arg"; then do_hang "$arg"; else reply "err hang usage: hang SECONDS"; fi
       ;;
