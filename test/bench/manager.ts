@@ -10,6 +10,8 @@ import { DEFAULT_COALESCE_MS, ReadPacer } from '../../host/channel/read-pacer.js
 import { AckCoalescer } from '../../host/daemon/ack-coalescer.js';
 import { defaultConfig } from '../../host/config/schema.js';
 import { GuestLink } from '../../host/daemon/guest-link.js';
+import { DEFAULT_RUNNER_OPTIONS, Exporter } from '../../host/export/exporter.js';
+import { FileSink } from '../../host/export/file.js';
 import { IngestBatcher } from '../../host/daemon/ingest.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
 import { FilterTable } from '../../host/notify/filter.js';
@@ -36,7 +38,7 @@ function threadTicks(pid: number, tid: number): number {
  * `withMetrics`, also vesperd's metrics (metrics.listen on) hooked in as vesperd hooks them, and
  * scraped every 5 s (three times Prometheus's default rate) for the cost of the scrapes too.
  */
-function managerCore(dir: string, withMetrics = false) {
+function managerCore(dir: string, withMetrics = false, withSink = false) {
   const store = EventStore.open(join(dir, 'events.db'), {
     sync: (process.env['VESPER_BENCH_SYNC'] as 'full' | 'normal' | undefined) ?? 'full',
   });
@@ -64,14 +66,39 @@ function managerCore(dir: string, withMetrics = false) {
   // the read pacer and the ack coalescer vesperd owns and shares between its links
   const pacer = new ReadPacer();
   const acks = new AckCoalescer();
-  const batcher = new IngestBatcher(framework, undefined, pacer);
+  // With a sink: an exporter on the store, woken after each commit that stored events, as
+  // vesperd wires it (a file sink: the cheapest to receive, so the cost measured is vesper's).
+  const exporter = withSink ? new Exporter(store, pino({ level: 'silent' }), 'bench') : null;
+  const batcher = new IngestBatcher(
+    exporter
+      ? {
+          ingest(events) {
+            const r = framework.ingest(events);
+            if (r.stored > 0) exporter.wake();
+            return r;
+          },
+          publishNow: () => framework.publishNow(),
+        }
+      : framework,
+    undefined,
+    pacer,
+  );
   batcherRef = batcher;
+  const sinkReady = exporter
+    ? exporter.setSinks([
+        {
+          sink: new FileSink('bench-file', { path: join(dir, 'export.jsonl'), max_size: 256 << 20, keep: 2 }),
+          options: DEFAULT_RUNNER_OPTIONS,
+        },
+      ])
+    : Promise.resolve();
   let scrapes = 0;
   const scraper = metrics ? setInterval(() => void metrics.text().then((t) => (scrapes += t.length > 0 ? 1 : 0)), 5000) : null;
-  const stop = (): void => {
+  const stop = async (): Promise<void> => {
     if (scraper) clearInterval(scraper);
+    await exporter?.close();
   };
-  return { store, queue, framework, batcher, pacer, acks, metrics, stop, scrapes: () => scrapes };
+  return { store, queue, framework, batcher, pacer, acks, metrics, exporter, sinkReady, stop, scrapes: () => scrapes };
 }
 
 /**
@@ -145,7 +172,7 @@ async function ingest(m: Metrics, withMetrics = false, pre = 'manager.'): Promis
     if (core.metrics) m[`${pre}ingest_events_counted`] = core.metrics.tally.rows().reduce((a, r) => a + r.count, 0);
     await waitFor('all acknowledged', () => core.store.highestSeq('sim-0', link!.session.agentRun ?? '') >= total, 10_000, 5);
   } finally {
-    core.stop();
+    await core.stop();
     link?.stop();
     core.acks.stop();
     sim.kill('SIGKILL');
@@ -164,11 +191,12 @@ export async function sessions(
   n: number,
   rate: number,
   seconds: number,
-  o: { coalesceMs?: number; prefix?: string; metrics?: boolean } = {},
+  o: { coalesceMs?: number; prefix?: string; metrics?: boolean; sink?: boolean } = {},
 ): Promise<void> {
   const pre = o.prefix ?? 'manager.';
   const dir = mkdtempSync(join(tmpdir(), 'vesper-bench-sess-'));
-  const core = managerCore(dir, o.metrics ?? false);
+  const core = managerCore(dir, o.metrics ?? false, o.sink ?? false);
+  await core.sinkReady;
   core.pacer.windowMs = o.coalesceMs ?? DEFAULT_COALESCE_MS;
   const sim = forkSims(dir, [String(n), String(rate)]);
   const links: GuestLink[] = [];
@@ -222,8 +250,16 @@ export async function sessions(
       m[`${pre}latency_observed`] = observed;
       m[`${pre}scrapes`] = core.scrapes();
     }
+    if (core.exporter) {
+      // The sink kept up: what it delivered during the run, and what it still had to deliver.
+      const st = core.exporter.states()[0];
+      m[`${pre}sink_delivered`] = st?.delivered ?? 0;
+      m[`${pre}sink_backlog_at_end`] = st?.backlog ?? NaN;
+      m[`${pre}sink_failures`] = st?.failures ?? NaN;
+      if (st?.lastError) m[`${pre}sink_last_error`] = st.lastError;
+    }
   } finally {
-    core.stop();
+    await core.stop();
     for (const l of links) l.stop();
     core.acks.stop();
     sim.kill('SIGKILL');
@@ -323,6 +359,8 @@ export async function managerBench(
     await sessions(m, 1000, 100, 10, { coalesceMs: 0, prefix: 'manager.uncoalesced.' });
     o.log('manager: the same with metrics on (default coalescing)');
     await sessions(m, 1000, 100, 10, { metrics: true, prefix: 'manager.metrics.' });
+    o.log('manager: the same with metrics and one export sink (a file) on');
+    await sessions(m, 1000, 100, 10, { metrics: true, sink: true, prefix: 'manager.metrics_sink.' });
   }
   if (o.kernel && o.want('manager.kill9')) {
     o.log('manager: SIGKILL during a stream');
