@@ -18,6 +18,8 @@
 // and the calls are made one after the other in event-id order.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { EventEmitter } from 'node:events';
+import { accessSync, constants } from 'node:fs';
+import { join } from 'node:path';
 
 export type LibvirtEventKind =
   'lifecycle' | 'reboot' | 'watchdog' | 'io-error' | 'panic' | 'device-added' | 'device-removed' | 'agent-lifecycle' | 'other';
@@ -249,7 +251,12 @@ export class LibvirtEvents extends EventEmitter {
   private spawnVirsh(): void {
     this.restartTimer = null;
     const startedAt = Date.now();
-    const child = spawn(this.virshBin, ['-c', this.uri, 'event', '--all', '--loop', '--timestamp'], {
+    const args = ['-c', this.uri, 'event', '--all', '--loop', '--timestamp'];
+    // Under setpriv --pdeathsig: a vesperd killed with SIGKILL takes its virsh with it (without,
+    // virsh ran on until its next write found the pipe closed, hours later on a quiet host).
+    const setpriv = findInPath('setpriv');
+    const viaSetpriv = setpriv !== null && findInPath(this.virshBin) !== null;
+    const child = spawn(viaSetpriv ? setpriv : this.virshBin, viaSetpriv ? ['--pdeathsig', 'KILL', '--', this.virshBin, ...args] : args, {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: {
         ...process.env,
@@ -303,4 +310,20 @@ export class LibvirtEvents extends EventEmitter {
     });
     child.on('close', (code, signal) => onGone(code, signal));
   }
+}
+
+/** The path of an executable: `bin` itself when it holds a slash, else the first match in PATH. */
+function findInPath(bin: string): string | null {
+  const ok = (p: string): boolean => {
+    try {
+      accessSync(p, constants.X_OK);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  if (bin.includes('/')) return ok(bin) ? bin : null;
+  for (const dir of (process.env['PATH'] ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':'))
+    if (dir && ok(join(dir, bin))) return join(dir, bin);
+  return null;
 }

@@ -1,11 +1,14 @@
 // The virsh event line parser, on lines captured from libvirt 9.0 on this project's host (the
 // first group) and on lines built from the formats in libvirt's tools/virsh-domain-event.c for
 // events that need a real guest or disk to cause; and the virsh supervisor, on a fake virsh.
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { afterEach, describe, expect, it } from 'vitest';
 import { EventLineParser, LibvirtEvents, parseEventLine, type LibvirtEvent, type LibvirtEventsExit } from '../../host/libvirt/events.js';
+import { projectRoot } from '../helpers/project-root.js';
 import { waitFor } from '../helpers/wait.js';
 
 const NOW = new Date('2030-01-01T00:00:00Z');
@@ -255,6 +258,51 @@ exec sleep 60
     expect(exits.at(-1)).toMatchObject({ signal: 'SIGTERM', restartInMs: -1 });
     expect(readFileSync(join(dir, 'runs'), 'utf8').trim()).toBe('2');
   });
+
+  it.skipIf(spawnSync('setpriv', ['--help']).status !== 0)(
+    'a vesperd killed with SIGKILL takes its virsh with it (parent-death signal)',
+    async () => {
+      const { bin, dir } = fakeVirsh();
+      const src = pathToFileURL(join(projectRoot(), 'host/libvirt/events.ts')).href;
+      const owner = spawn(
+        process.execPath,
+        [
+          '--import',
+          'tsx',
+          '--input-type=module',
+          '-e',
+          `import { LibvirtEvents } from ${JSON.stringify(src)}; new LibvirtEvents({ virsh: ${JSON.stringify(bin)}, minBackoffMs: 10 }).start(); setInterval(() => {}, 1000);`,
+        ],
+        { stdio: 'ignore', cwd: projectRoot() },
+      );
+      try {
+        // the second run of the fake virsh stays (exec sleep 60)
+        const runs = (): string => (existsSync(join(dir, 'runs')) ? readFileSync(join(dir, 'runs'), 'utf8').trim() : '0');
+        await waitFor('the second virsh run', () => runs() === '2', 15_000);
+        const pid = Number(readFileSync(join(dir, 'pid'), 'utf8'));
+        expect(() => process.kill(pid, 0)).not.toThrow();
+        owner.kill('SIGKILL');
+        await waitFor(
+          'virsh gone with its parent',
+          () => {
+            try {
+              process.kill(pid, 0);
+              return false;
+            } catch {
+              return true;
+            }
+          },
+          5_000,
+        );
+      } finally {
+        owner.kill('SIGKILL');
+        // the fake virsh too, should it have outlived its parent (the failure this test catches)
+        const pid = existsSync(join(dir, 'pid')) ? Number(readFileSync(join(dir, 'pid'), 'utf8')) : 0;
+        if (pid > 0) spawnSync('kill', ['-9', String(pid)]);
+      }
+    },
+    30_000,
+  );
 
   it('keeps retrying, slower each time, when virsh cannot even start', async () => {
     const ev = new LibvirtEvents({ virsh: '/nonexistent/virsh', minBackoffMs: 10, maxBackoffMs: 40 });
