@@ -73,11 +73,7 @@ describe.skipIf(Boolean(why))('vesper analyze with a real guest', () => {
     return s?.sig === sig && s.target?.pid === pid;
   };
 
-  const linkUp = (): Promise<boolean> =>
-    d.json<{ link: string; attached: Array<{ loaded: boolean }> }>(['status', rig.name]).then(
-      (s) => s.link === 'connected' && s.attached.length > 0 && s.attached.every((p) => p.loaded),
-      () => false,
-    );
+  const linkUp = (): Promise<boolean> => d.probesLoaded(rig.name);
 
   beforeAll(async () => {
     rig = new VmRig({ testHelpers: true, onProgress: (s, x) => console.warn(`vm rig: ${s}${x ? `: ${x}` : ''}`) });
@@ -89,16 +85,7 @@ describe.skipIf(Boolean(why))('vesper analyze with a real guest', () => {
     const config = writeVesperdConfig(join(dir, 'vesper.yaml'), { socket, store: join(dir, 'events.db'), domains: [rig.name] });
     d = new VesperdProcess(config, socket);
     await d.start();
-    await waitFor(
-      'vesperd links to the agent',
-      () =>
-        d.json<{ link: string }>(['status', rig.name]).then(
-          (s) => s.link === 'connected',
-          () => false,
-        ),
-      60_000,
-      500,
-    );
+    await d.waitLinked(rig.name, 60_000, 500);
     await d.ok(['attach', rig.name, 'signal', 'process', 'oom', 'heartbeat', '--param', 'interval_ms=1000']);
     await waitFor('probes loaded', linkUp, 60_000, 500);
     await waitFor(

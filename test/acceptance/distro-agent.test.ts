@@ -58,11 +58,7 @@ describe.skipIf(Boolean(why)).each(distros as Distro[])('the vesper-agent packag
   };
   const agentState = async (): Promise<string> => (await g.sshRun('systemctl is-active vesper-agent.service', 30_000)).stdout.trim();
   const crashyPid = async (): Promise<number> => Number((await g.ssh('systemctl show -P MainPID vesper-crashy.service')).trim());
-  const probesLoaded = (): Promise<boolean> =>
-    d.json<{ link: string; attached: Array<{ loaded: boolean }> }>(['status', g.name]).then(
-      (s) => s.link === 'connected' && s.attached.length > 0 && s.attached.every((p) => p.loaded),
-      () => false,
-    );
+  const probesLoaded = (): Promise<boolean> => d.probesLoaded(g.name);
   /** A real crash of the service (its SIGUSR1 handler stores to address 0) and its record at the host. */
   const crashArrives = async (): Promise<EventLine<SignalPayload>> => {
     const pid = await waitFor('vesper-crashy running', async () => (await crashyPid()) || undefined, 30_000, 500);
@@ -119,16 +115,7 @@ describe.skipIf(Boolean(why)).each(distros as Distro[])('the vesper-agent packag
       await waitFor('vesper-agent.service active', async () => (await agentState()) === 'active', 60_000, 1000);
       // started by the device: the unit is not enabled, the port pulled it in
       expect((await g.sshRun('systemctl is-enabled vesper-agent.service')).stdout.trim()).not.toBe('enabled');
-      await waitFor(
-        'vesperd links to the agent',
-        () =>
-          d.json<{ link: string }>(['status', g.name]).then(
-            (s) => s.link === 'connected',
-            () => false,
-          ),
-        90_000,
-        1000,
-      );
+      await d.waitLinked(g.name, 90_000, 1000);
       await d.ok(['attach', g.name, 'signal', 'process', 'oom']);
       await waitFor('probes loaded', probesLoaded, 90_000, 1000);
       const e = await crashArrives();

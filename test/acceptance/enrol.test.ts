@@ -63,16 +63,7 @@ describe.skipIf(Boolean(why))('enrolment of a fresh agent over its virtio-serial
     await rig.prepare();
     // no client of the rig's: the first host to reach the agent is vesperd A
     await rig.startOnly();
-    await waitFor(
-      'the guest fault helper answers',
-      () =>
-        rig.fault('ping', 5000).then(
-          () => true,
-          () => false,
-        ),
-      180_000,
-      1000,
-    );
+    await rig.waitFaultHelper();
   }, 600_000);
 
   afterAll(async () => {

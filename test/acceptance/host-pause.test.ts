@@ -53,11 +53,7 @@ describe.skipIf(Boolean(why))('no false alarm when the host stops the guest', ()
       .map((l) => JSON.parse(l) as EventLine);
   };
   const lastId = async (): Promise<number> => Math.max(0, ...(await events()).map((e) => e.id));
-  const linkUp = (): Promise<boolean> =>
-    d.json<{ link: string; attached: Array<{ loaded: boolean }> }>(['status', rig.name]).then(
-      (s) => s.link === 'connected' && s.attached.length > 0 && s.attached.every((p) => p.loaded),
-      () => false,
-    );
+  const linkUp = (): Promise<boolean> => d.probesLoaded(rig.name);
   const firedLines = (): string[] => (existsSync(fired) ? readFileSync(fired, 'utf8').trim().split('\n').filter(Boolean) : []);
 
   /**
@@ -134,16 +130,7 @@ describe.skipIf(Boolean(why))('no false alarm when the host stops the guest', ()
     });
     d = new VesperdProcess(config, socket);
     await d.start();
-    await waitFor(
-      'vesperd links to the agent',
-      () =>
-        d.json<{ link: string }>(['status', rig.name]).then(
-          (s) => s.link === 'connected',
-          () => false,
-        ),
-      60_000,
-      500,
-    );
+    await d.waitLinked(rig.name, 60_000, 500);
     await d.ok(['attach', rig.name, 'heartbeat', '--param', 'interval_ms=1000']);
     for (const ev of ['heartbeat-lost', 'agent-lost'])
       await d.ok(['filter', 'set', '--vm', rig.name, 'channel', '*', ev, 'action', 'exec', script]);

@@ -31,11 +31,7 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
   const trail: string[] = []; // what happened, printed when VESPER_TEST_VERBOSE is set
   const standby = (): string => `${rig.name}-standby`;
 
-  const linkUp = (): Promise<boolean> =>
-    d.json<{ link: string }>(['status', rig.name]).then(
-      (s) => s.link === 'connected',
-      () => false,
-    );
+  const linkUp = (): Promise<boolean> => d.linked(rig.name);
   const store = (): Database.Database => openStoreForSql(storePath);
   /** `vesper events -f -o json` for the VM's signal events, as a process of its own. */
   const followSignals = () => d.follow<SignalPayload>(['--vm', rig.name, '--plugin', 'signal']);

@@ -76,16 +76,7 @@ describe.skipIf(Boolean(why))('vesperd with Prometheus, systemd notify and SIGHU
     d = new VesperdProcess(configPath, socket);
     d.env = { NOTIFY_SOCKET: notify.path, WATCHDOG_USEC: '1000000' };
     await d.start();
-    await waitFor(
-      'vesperd links to the agent',
-      () =>
-        d.json<{ link: string }>(['status', rig.name]).then(
-          (s) => s.link === 'connected',
-          () => false,
-        ),
-      60_000,
-      500,
-    );
+    await d.waitLinked(rig.name, 60_000, 500);
     await d.ok(['attach', rig.name, 'signal']);
     await waitFor(
       'signal probe loaded',

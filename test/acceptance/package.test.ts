@@ -243,16 +243,7 @@ describe.skipIf(Boolean(why))('the Debian packages in a fresh Debian 12 root', (
     try {
       await rig.prepare();
       await rig.startOnly();
-      await waitFor(
-        'the guest fault helper answers',
-        () =>
-          rig.fault('ping', 5000).then(
-            () => true,
-            () => false,
-          ),
-        180_000,
-        1000,
-      );
+      await rig.waitFaultHelper();
       // In the root: libvirtd's socket directory and the rig's (the channel socket) at their own paths.
       const script = [
         'set -e',

@@ -42,22 +42,9 @@ export async function falseAlarmsBench(m: Metrics, o: { trials: number; log: (s:
         .split('\n')
         .filter(Boolean)
         .map((l) => JSON.parse(l) as EventLine);
-    const linkUp = (): Promise<boolean> =>
-      vd.json<{ link: string; attached: Array<{ loaded: boolean }> }>(['status', rig.name]).then(
-        (s) => s.link === 'connected' && s.attached.length > 0 && s.attached.every((p) => p.loaded),
-        () => false,
-      );
+    const linkUp = (): Promise<boolean> => vd.probesLoaded(rig.name);
     const runs = (): number => (existsSync(fired) ? readFileSync(fired, 'utf8').trim().split('\n').filter(Boolean).length : 0);
-    await waitFor(
-      'vesperd links to the agent',
-      () =>
-        vd.json<{ link: string }>(['status', rig.name]).then(
-          (s) => s.link === 'connected',
-          () => false,
-        ),
-      120_000,
-      500,
-    );
+    await vd.waitLinked(rig.name, 120_000, 500);
     await vd.ok(['attach', rig.name, 'heartbeat', '--param', 'interval_ms=1000']);
     for (const ev of ['heartbeat-lost', 'agent-lost'])
       await vd.ok(['filter', 'set', '--vm', rig.name, 'channel', '*', ev, 'action', 'exec', script]);

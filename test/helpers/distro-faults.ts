@@ -60,21 +60,8 @@ export function distroFaultSuite(distro: Distro): void {
       const config = writeVesperdConfig(join(dir, 'vesper.yaml'), { socket, store: join(dir, 'events.db'), domains: [g.name] });
       d = new VesperdProcess(config, socket);
       await d.start();
-      const linked = (): Promise<boolean> =>
-        d.json<{ link: string; attached: Array<{ loaded: boolean }> }>(['status', g.name]).then(
-          (s) => s.link === 'connected' && s.attached.length > 0 && s.attached.every((p) => p.loaded),
-          () => false,
-        );
-      await waitFor(
-        'vesperd links to the agent',
-        () =>
-          d.json<{ link: string }>(['status', g.name]).then(
-            (s) => s.link === 'connected',
-            () => false,
-          ),
-        120_000,
-        1000,
-      );
+      const linked = (): Promise<boolean> => d.probesLoaded(g.name);
+      await d.waitLinked(g.name, 120_000, 1000);
       await d.ok(['attach', g.name, 'signal', 'process', 'oom', 'heartbeat', '--param', 'interval_ms=1000']);
       await waitFor('probes loaded', linked, 120_000, 1000);
     }, 600_000);

@@ -141,6 +141,27 @@ export class VesperdProcess {
     return JSON.parse(r.stdout) as T;
   }
 
+  /** `vesper status VM` says the link is up (false on any error: the daemon may not answer yet). */
+  linked(vm: string): Promise<boolean> {
+    return this.json<{ link: string }>(['status', vm]).then(
+      (st) => st.link === 'connected',
+      () => false,
+    );
+  }
+
+  /** The link is up and every attached probe is loaded (at least one attached). */
+  probesLoaded(vm: string): Promise<boolean> {
+    return this.json<{ link: string; attached: Array<{ loaded: boolean }> }>(['status', vm]).then(
+      (st) => st.link === 'connected' && st.attached.length > 0 && st.attached.every((p) => p.loaded),
+      () => false,
+    );
+  }
+
+  /** Waits (bounded) until vesperd has linked to the VM's agent. */
+  async waitLinked(vm: string, timeoutMs = 60_000, stepMs = 500): Promise<void> {
+    await waitFor('vesperd links to the agent', () => this.linked(vm), timeoutMs, stepMs);
+  }
+
   /** Runs the CLI and throws unless it succeeds. */
   async ok(args: string[]): Promise<string> {
     const r = await this.cli(args);

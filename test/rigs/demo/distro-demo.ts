@@ -4,16 +4,10 @@
 // they happen on such a guest (through its sshd, as an administrator would), and what vesperd
 // told its subscribers (`vesper events -f`), then `vesper analyze`.
 //   tsx test/rigs/demo/distro-demo.ts [--distro debian12|debian13]
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { projectRoot } from '../../helpers/project-root.js';
 import { DistroGuest } from '../distro/rig.js';
 import { isDistro } from '../distro/image.js';
-
-const log = (msg: string): void => void process.stderr.write(`vesper demo: ${msg}\n`);
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+import { DemoVesperd, log, sleep } from './demo-vesperd.js';
 
 async function main(): Promise<void> {
   const { values } = parseArgs({ options: { distro: { type: 'string', default: 'debian12' } } });
@@ -23,17 +17,12 @@ async function main(): Promise<void> {
     process.exitCode = 77;
     return;
   }
-  const root = projectRoot();
-  const cli = join(root, 'dist/host/vesper.mjs');
-  const dir = mkdtempSync('/tmp/vesper-demo-');
-  const socket = join(dir, 'vesperd.sock');
-  const vesper = (...args: string[]): string => execFileSync(process.execPath, [cli, '--socket', socket, ...args], { encoding: 'utf8' });
   const g = new DistroGuest(values.distro, {
     name: `vesper-demo-${values.distro}`,
     onProgress: (s, d) => log(`${s}${d ? `: ${d}` : ''}`),
   });
-  let daemon: ChildProcess | undefined;
-  let follower: ChildProcess | undefined;
+  const demo = new DemoVesperd(g.key.dir);
+  const vesper = (...args: string[]): string => demo.vesper(...args);
   try {
     await g.prepare();
     // A demo domain left by an interrupted run goes first.
@@ -46,32 +35,14 @@ async function main(): Promise<void> {
     log(
       `in the guest: ${(await g.ssh('systemctl is-active nginx vesper-crashy vesper-agent | paste -sd" "')).trim()} (nginx, vesper-crashy, vesper-agent)`,
     );
-    writeFileSync(
-      join(dir, 'vesper.yaml'),
-      `daemon:\n  socket: ${socket}\n  log_level: warn\nlibvirt:\n  domains: [${g.name}]\nstore:\n  path: ${join(dir, 'events.db')}\nactions:\n  fence_lock_dir: ${join(dir, 'fence')}\n`,
-    );
     log('starting vesperd');
-    daemon = spawn(process.execPath, [cli, 'daemon', '--config', join(dir, 'vesper.yaml')], {
-      stdio: ['ignore', 'ignore', 'inherit'],
-      env: { ...process.env, VESPER_KEY_DIR: g.key.dir },
-    });
-    let linked = false;
-    for (let i = 0; i < 240 && !linked; i++) {
-      await sleep(500);
-      try {
-        linked = (JSON.parse(vesper('status', g.name, '-o', 'json')) as { link?: string }).link === 'connected';
-      } catch {
-        /* vesperd still starting */
-      }
-    }
-    if (!linked) throw new Error(`vesperd did not link to the agent in ${g.name} within 120 s`);
+    demo.start([g.name]);
+    await demo.waitLinked(g.name, 120);
     log('vesper attach: signal, oom, process');
     process.stdout.write(vesper('attach', g.name, 'signal', 'oom'));
     process.stdout.write(vesper('attach', g.name, 'process', '--param', 'comms=vesper-crashy,nginx,tail'));
     log('vesper events -f:');
-    follower = spawn(process.execPath, [cli, '--socket', socket, 'events', '-f', '--vm', g.name], {
-      stdio: ['ignore', 'inherit', 'inherit'],
-    });
+    demo.follow(g.name);
     await sleep(2000);
     for (const [what, cmd] of [
       ['the vesper-crashy service really dereferences NULL (systemd restarts it)', 'systemctl kill -s USR1 vesper-crashy.service'],
@@ -89,17 +60,14 @@ async function main(): Promise<void> {
     log('fault: the guest kernel panics (sysrq-c)');
     await g.sshRun('echo c > /proc/sysrq-trigger', 10_000);
     await sleep(5000);
-    follower.kill();
+    demo.stopFollowing();
     log('vesper list:');
     process.stdout.write(vesper('list'));
     log(`vesper analyze ${g.name} --last: what happened last, and why`);
     process.stdout.write(vesper('analyze', g.name, '--last'));
   } finally {
-    follower?.kill();
-    daemon?.kill('SIGTERM');
-    await sleep(1000);
+    await demo.stop();
     await g.destroy();
-    rmSync(dir, { recursive: true, force: true });
     log('vesperd stopped; guest stopped and undefined');
   }
 }

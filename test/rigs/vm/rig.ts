@@ -15,6 +15,7 @@ import { LibvirtEvents } from '../../../host/libvirt/events.js';
 import { UnraidHypervisor } from '../../../host/libvirt/unraid.js';
 import { readProbeBundle, signModule } from '../../../host/probes/package.js';
 import { projectRoot } from '../../helpers/project-root.js';
+import { waitFor } from '../../helpers/wait.js';
 import { AGENT_PORT, TEST_PORT } from '../image/guest-scripts.js';
 import { channelXml, guestDomainXml, type Accel } from './domain.js';
 
@@ -178,6 +179,20 @@ export class VmRig {
     this.defined = true;
     await this.hv.start(this.name);
     this.progress('boot', `started ${this.name} under ${this.accel.toUpperCase()} (no agent wait)`);
+  }
+
+  /** Waits (bounded) until the guest's fault helper answers: the guest is up, whatever its agent does. */
+  async waitFaultHelper(timeoutMs = 180_000): Promise<void> {
+    await waitFor(
+      'the guest fault helper answers',
+      () =>
+        this.fault('ping', 5000).then(
+          () => true,
+          () => false,
+        ),
+      timeoutMs,
+      1000,
+    );
   }
 
   /** The VESPER "activate" step: hot-plugs the agent's channel into the running guest. */
