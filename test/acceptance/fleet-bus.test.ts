@@ -232,8 +232,8 @@ describe.skipIf(why !== '')('fleet analyze: a VM that failed on one host and was
       procs.push(p);
       let out = '';
       let err = '';
-      p.stdout!.on('data', (d: Buffer) => (out += d.toString()));
-      p.stderr!.on('data', (d: Buffer) => (err += d.toString()));
+      p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      p.stderr.on('data', (d: Buffer) => (err += d.toString()));
       const code = await new Promise<number | null>((r) => p.on('exit', r));
       expect(code, err).toBe(0);
       return out;
