@@ -163,7 +163,11 @@ export function addFleetCommands(program: Command): void {
       await withBus(o, (bus) =>
         bus.events(
           { host: o.host, vm: o.vm },
-          { follow: Boolean(o.follow), fromSeq: o.fromSeq },
+          {
+            follow: Boolean(o.follow),
+            fromSeq: o.fromSeq,
+            onNote: (note) => process.stderr.write(`vesper fleet events: ${note}\n`),
+          },
           (e) => {
             process.stdout.write(json ? `${JSON.stringify(e)}\n` : `${eventLine(e)}\n`);
           },

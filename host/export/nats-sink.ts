@@ -129,6 +129,11 @@ export class NatsSink implements ExportSink {
     }
   }
 
+  /** Connects now (and makes the stream if it is missing) rather than at the first deliver(). */
+  async open(): Promise<void> {
+    await this.client();
+  }
+
   async close(): Promise<void> {
     const l = this.link;
     this.link = null;

@@ -66,3 +66,11 @@ export function parseSubject(prefix: string, subject: string): SubjectParts | nu
   if (t.length !== 4) return null;
   return { host: tokenName(t[0]!), vm: tokenName(t[1]!), plugin: tokenName(t[2]!), event: tokenName(t[3]!) };
 }
+
+/** Whether a subject is one of ours (`<prefix>` and four tokens), without decoding it: for every message read. */
+export function isEventSubject(prefix: string, subject: string): boolean {
+  if (subject.length <= prefix.length || subject[prefix.length] !== '.' || !subject.startsWith(prefix)) return false;
+  let dots = 0;
+  for (let i = prefix.length + 1; i < subject.length; i++) if (subject.charCodeAt(i) === 46) dots++;
+  return dots === 3;
+}

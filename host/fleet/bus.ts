@@ -2,9 +2,10 @@
 // to. Events come back as the sinks sent them (ExportEvent JSON) with the stream's sequence and
 // the time the bus stored them, which is the one clock every host's events share.
 import type { NatsConnection } from '@nats-io/nats-core';
+import type { JetStreamClient } from '@nats-io/jetstream';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { connectAuth, serverList, type NatsParams } from '../export/nats-config.js';
-import { parseSubject, subjectFilter } from '../export/nats-subject.js';
+import { isEventSubject, subjectFilter } from '../export/nats-subject.js';
 import type { ExportEvent } from '../export/sink.js';
 
 /** One event read from the bus. */
@@ -18,6 +19,35 @@ export interface BusEvent extends ExportEvent {
 export interface BusFilter {
   host?: string;
   vm?: string;
+}
+
+const utf8 = new TextDecoder();
+
+/** JetStream API requests (consumer create, info): a server that is down leaves them unanswered. */
+const API_TIMEOUT_MS = 5000;
+/** The idle heartbeat asked of each pull: the consumer is there even when nothing is new. */
+const HEARTBEAT_MS = 1000;
+/** No event and no heartbeat for this long: the consumer is gone (its server died), make another. */
+const STALL_MS = 5000;
+/** Without follow, a read that makes no progress for this long gives up. */
+const READ_DEADLINE_MS = 60_000;
+
+/** Where a read is: the last stream sequence handed over, and (without follow) where it ends. */
+interface ReadState {
+  cursor: number;
+  stopAt: number;
+}
+
+function pause(ms: number, signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      clearTimeout(t);
+      signal.removeEventListener('abort', done);
+      resolve();
+    };
+    const t = setTimeout(done, ms);
+    signal.addEventListener('abort', done, { once: true });
+  });
 }
 
 type BusConfig = Pick<NatsParams, 'servers' | 'credentials' | 'subject_prefix'> & { stream: { name: string } };
@@ -37,7 +67,8 @@ export class FleetBus {
     const errors: string[] = [];
     for (const server of serverList(cfg)) {
       try {
-        const nc = await connect({ servers: [server], name: 'vesper fleet', timeout: timeoutMs, ...auth });
+        // reconnect for ever (a follower outlives a server); reads bound themselves (events())
+        const nc = await connect({ servers: [server], name: 'vesper fleet', timeout: timeoutMs, maxReconnectAttempts: -1, ...auth });
         return new FleetBus(nc, cfg);
       } catch (err) {
         errors.push(`${server}: ${(err as Error).message}`);
@@ -51,10 +82,12 @@ export class FleetBus {
   }
 
   private decode(subject: string, data: Uint8Array, seq: number, timeNs: number): BusEvent | null {
-    if (!parseSubject(this.cfg.subject_prefix, subject)) return null;
+    if (!isEventSubject(this.cfg.subject_prefix, subject)) return null;
     try {
-      const e = JSON.parse(new TextDecoder().decode(data)) as ExportEvent;
-      return { ...e, streamSeq: seq, busTimeUs: Math.round(timeNs / 1000) };
+      const e = JSON.parse(utf8.decode(data)) as BusEvent;
+      e.streamSeq = seq;
+      e.busTimeUs = Math.round(timeNs / 1000);
+      return e;
     } catch {
       return null; // not one of ours: skipped
     }
@@ -85,46 +118,142 @@ export class FleetBus {
 
   /**
    * Every event matching the filter in stream order, handed to onEvent; then, with follow, the
-   * new ones until the signal aborts. Resolves when done (without follow: when the backlog read
-   * at the start has been handed over).
+   * new ones until the signal aborts. Resolves when done (without follow: once the events stored
+   * when the read began have been handed over).
+   *
+   * The reader is a chain of nats.js ordered consumers, each started after the last sequence
+   * handed over, so no event is skipped or handed over twice whatever happens to a consumer. One
+   * is needed because an ordered consumer is an R1 ephemeral on one server of the stream's peers,
+   * and nats.js does not get it back when that server dies: its idle-heartbeat check asks for the
+   * consumer's info, the meta leader answers "consumer is offline", and nats.js only recreates an
+   * ordered consumer on "consumer not found", so it asks again every 30 s for ever (a follower
+   * stalled for good in the fleet acceptance test). A server before 2.9.12 may also place a new
+   * R1 consumer on a peer that is down (nats-server PR 3820): the create then goes unanswered.
+   * So a consumer that delivers nothing, not even the heartbeat of its pull, for STALL_MS is
+   * dropped and another one made; a create that times out is tried again.
    */
-  async events(f: BusFilter, o: { follow: boolean; fromSeq?: number }, onEvent: (e: BusEvent) => void, signal: AbortSignal): Promise<void> {
-    const { jetstream, DeliverPolicy } = await import('@nats-io/jetstream');
-    const js = jetstream(this.nc);
-    const opts = {
-      filter_subjects: subjectFilter(this.cfg.subject_prefix, f),
-      ...(o.fromSeq ? { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: o.fromSeq } : { deliver_policy: DeliverPolicy.All }),
-    };
-    let consumer;
-    try {
-      consumer = await js.consumers.get(this.cfg.stream.name, opts);
-    } catch (err) {
-      throw this.streamError(err);
-    }
-    const info = await consumer.info(true);
-    if (!o.follow && info.num_pending === 0) {
-      await consumer.delete().catch(() => undefined);
-      return;
-    }
-    const msgs = await consumer.consume({ max_messages: 4096 });
-    const stop = (): void => void msgs.stop();
-    signal.addEventListener('abort', stop, { once: true });
-    try {
-      for await (const m of msgs) {
-        const e = this.decode(m.subject, m.data, m.seq, m.info.timestampNanos);
-        if (e) onEvent(e);
-        if (!o.follow && m.info.pending === 0) break;
+  async events(
+    f: BusFilter,
+    o: {
+      follow: boolean;
+      fromSeq?: number;
+      /** why the read made a new consumer (a note for stderr) */
+      onNote?: (note: string) => void;
+      /** once the first consumer is reading: events stored from now on come as they are stored */
+      onReading?: () => void;
+    },
+    onEvent: (e: BusEvent) => void,
+    signal: AbortSignal,
+  ): Promise<void> {
+    const { jetstream } = await import('@nats-io/jetstream');
+    const js = jetstream(this.nc, { timeout: API_TIMEOUT_MS });
+    const read: ReadState = { cursor: (o.fromSeq ?? 1) - 1, stopAt: Infinity };
+    if (!o.follow) {
+      // The end of this read: the stream's last sequence now (later events are for -f).
+      const jsm = await this.manager();
+      try {
+        read.stopAt = (await jsm.streams.info(this.cfg.stream.name)).state.last_seq;
+      } catch (err) {
+        throw this.streamError(err);
       }
-    } finally {
-      signal.removeEventListener('abort', stop);
-      msgs.stop();
-      await consumer.delete().catch(() => undefined);
+      if (read.stopAt <= read.cursor) return;
+    }
+    // without follow, a read gives up when READ_DEADLINE_MS pass without progress
+    let giveUpAt = Date.now() + READ_DEADLINE_MS;
+    let failures = 0;
+    while (!signal.aborted) {
+      if (this.nc.isClosed()) throw new VesperError(ErrorCode.BUS_UNAVAILABLE, 'the connection to the bus closed');
+      const from = read.cursor;
+      let outcome: string;
+      try {
+        outcome = await this.readFrom(js, f, read, onEvent, signal, o.onReading);
+        o.onReading = undefined;
+        failures = 0;
+      } catch (err) {
+        const e = this.streamError(err);
+        if (e.code === ErrorCode.BUS_STREAM_MISSING || (!o.follow && Date.now() >= giveUpAt && read.cursor === from)) throw e;
+        failures++;
+        outcome = `${e.message}; trying again`;
+        await pause(Math.min(2000, 100 * 2 ** failures), signal);
+      }
+      if (outcome === 'done') return;
+      if (read.cursor !== from) giveUpAt = Date.now() + READ_DEADLINE_MS;
+      else if (!o.follow && Date.now() >= giveUpAt)
+        throw new VesperError(ErrorCode.BUS_UNAVAILABLE, `the bus delivered nothing after stream sequence ${read.cursor} (${outcome})`);
+      o.onNote?.(`after stream sequence ${read.cursor}: ${outcome}`);
     }
   }
 
+  /** One ordered consumer from read.cursor + 1: 'done', or why it stopped delivering (a new one is due). */
+  private async readFrom(
+    js: JetStreamClient,
+    f: BusFilter,
+    read: ReadState,
+    onEvent: (e: BusEvent) => void,
+    signal: AbortSignal,
+    onReading?: () => void,
+  ): Promise<string> {
+    const { DeliverPolicy } = await import('@nats-io/jetstream');
+    const consumer = await js.consumers.get(this.cfg.stream.name, {
+      filter_subjects: subjectFilter(this.cfg.subject_prefix, f),
+      deliver_policy: DeliverPolicy.StartSequence,
+      opt_start_seq: read.cursor + 1,
+      // a dropped consumer whose delete did not get through goes by itself
+      inactive_threshold: 60_000,
+    });
+    const drop = (): void => void consumer.delete().catch(() => undefined);
+    if (read.stopAt !== Infinity && (await consumer.info(true)).num_pending === 0) {
+      drop();
+      return 'done';
+    }
+    const msgs = await consumer.consume({ max_messages: 4096, expires: 5 * HEARTBEAT_MS, idle_heartbeat: HEARTBEAT_MS });
+    let aliveAt = Date.now();
+    let stalled = false;
+    void (async () => {
+      // the pull's heartbeats (and its expiry notices) say the consumer is there while idle
+      for await (const s of msgs.status()) if (s.type === 'heartbeat' || s.type === 'discard') aliveAt = Date.now();
+    })().catch(() => undefined);
+    let tickAt = Date.now();
+    const watchdog = setInterval(() => {
+      const now = Date.now();
+      // a tick this late means this process was not running (a loaded machine): not the consumer's fault
+      if (now - tickAt > 2 * HEARTBEAT_MS) aliveAt = now;
+      tickAt = now;
+      if (now - aliveAt < STALL_MS) return;
+      stalled = true;
+      void msgs.stop();
+    }, HEARTBEAT_MS);
+    const stop = (): void => void msgs.stop();
+    signal.addEventListener('abort', stop, { once: true });
+    onReading?.();
+    let done = false;
+    try {
+      for await (const m of msgs) {
+        aliveAt = Date.now();
+        if (m.seq <= read.cursor) continue; // already handed over (a consumer's own reset re-sends)
+        read.cursor = m.seq;
+        const e = this.decode(m.subject, m.data, m.seq, m.info.timestampNanos);
+        if (e) onEvent(e);
+        if (m.seq >= read.stopAt || (read.stopAt !== Infinity && m.info.pending === 0)) {
+          done = true;
+          break;
+        }
+      }
+    } finally {
+      clearInterval(watchdog);
+      signal.removeEventListener('abort', stop);
+      void msgs.stop();
+      drop();
+    }
+    if (stalled) return `the bus consumer sent nothing, not even a heartbeat, for ${STALL_MS} ms: resuming with a new one`;
+    if (done || signal.aborted) return 'done';
+    return 'the bus consumer stopped: resuming with a new one'; // nats.js ends a consume on some errors
+  }
+
   private streamError(err: unknown): VesperError {
+    if (err instanceof VesperError) return err;
     const msg = (err as Error).message ?? String(err);
-    if (/not found/i.test(msg))
+    if (/stream not found/i.test(msg))
       return new VesperError(
         ErrorCode.BUS_STREAM_MISSING,
         `stream ${this.cfg.stream.name} not found on the bus: has any host published yet?`,

@@ -4,25 +4,23 @@
 // replicas-3 stream). A `vesper fleet events -f` subscriber in a fourth namespace follows the
 // bus. In the middle of a storm one NATS node is killed and one host is cut off from the bus for
 // 30 s. Afterwards every event of every host is in the stream exactly once, each VM's in the
-// order its host stored them, and the subscriber saw every one.
+// order its host stored them, and the subscriber saw every one (before the follower made a new
+// consumer when its own died with its node, it stalled there for good).
+// Then `vesper fleet analyze` of a VM that failed on one host and was started on another, both
+// hosts publishing their libvirt events (as vesperd makes them) with clocks that disagree: one
+// timeline on the bus's clock, in the order things happened, each host's clock said.
 import { spawn, type ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { afterAll, describe, expect, it } from 'vitest';
+import type { Analysis } from '../../host/analysis/types.js';
+import type { HostClock } from '../../host/fleet/analyze.js';
 import { projectRoot } from '../helpers/project-root.js';
 import { BusRig, whyNoBusRig } from '../rigs/fleet/bus-rig.js';
 import { VESPER } from '../helpers/vesperd-process.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
-// A known defect, not a missing component: after a NATS node is killed in the middle of the
-// storm, the `vesper fleet events -f` follower stalls (it saw 3,808 and 4,466 of 18,000 in the
-// two runs of 2026-12-07) although the stream holds every event. Issue 21 stays open on it; the
-// test runs when asked, so the defect can be worked on and seen.
-const KNOWN_DEFECT =
-  process.env['VESPER_TEST_FLEET_OUTAGE'] === '1'
-    ? ''
-    : 'known defect (issue 21): the fleet events -f follower stalls after a NATS node is killed; VESPER_TEST_FLEET_OUTAGE=1 runs it';
-const why = whyNoBusRig() || KNOWN_DEFECT;
+const why = whyNoBusRig();
 if (why) console.warn(`SKIP fleet bus tests: ${why}`);
 
 const HOSTS = 3;
@@ -59,6 +57,17 @@ function jsonLines<T>(p: ChildProcess, onLine: (v: T) => void): void {
   });
 }
 
+function hostProcess(ns: string, opts: Record<string, unknown>): ChildProcess {
+  return spawn(
+    'ip',
+    ['netns', 'exec', ns, process.execPath, '--import', 'tsx', join(projectRoot(), 'test/rigs/fleet/storm-host.ts'), JSON.stringify(opts)],
+    {
+      cwd: projectRoot(),
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
+}
+
 describe.skipIf(why !== '')('fleet bus: three JetStream nodes, three hosts, a node killed and a host cut off', () => {
   const rig = new BusRig();
   const procs: ChildProcess[] = [];
@@ -76,25 +85,9 @@ describe.skipIf(why !== '')('fleet bus: three JetStream nodes, three hosts, a no
     const stderr: string[] = [];
     for (const h of hosts) {
       const opts = { store: join(rig.dir, `${h.name}.db`), host: h.name, servers, vms: VMS, count: PER_HOST, rate: RATE, replicas: 3 };
-      const p = spawn(
-        'ip',
-        [
-          'netns',
-          'exec',
-          h.ns,
-          process.execPath,
-          '--import',
-          'tsx',
-          join(projectRoot(), 'test/rigs/fleet/storm-host.ts'),
-          JSON.stringify(opts),
-        ],
-        {
-          cwd: projectRoot(),
-          stdio: ['ignore', 'pipe', 'pipe'],
-        },
-      );
+      const p = hostProcess(h.ns, opts);
       procs.push(p);
-      p.stderr.on('data', (d: Buffer) => stderr.push(`${h.name}: ${d.toString()}`));
+      p.stderr!.on('data', (d: Buffer) => stderr.push(`${h.name}: ${d.toString()}`));
       jsonLines<HostLine>(p, (l) => last.set(l.host, l));
     }
     // The stream exists once a host delivered (the sinks create it, replicas 3).
@@ -113,9 +106,14 @@ describe.skipIf(why !== '')('fleet bus: three JetStream nodes, three hosts, a no
     follower.stderr.on('data', (d: Buffer) => stderr.push(`follower: ${d.toString()}`));
     jsonLines<Seen>(follower, (e) => seen.push(e));
 
-    // Mid-storm: a NATS node dies for good, and h2 is off the bus for 30 s.
+    // Mid-storm: a NATS node dies for good, and h2 is off the bus for 30 s. The node killed is the
+    // one the follower reads from: its consumer (an R1 ephemeral, on one node) dies with it.
     await sleep(8000);
-    rig.killNode(rig.nodes[1]!);
+    const victim = await waitFor("the node of the follower's consumer", () => rig.consumerNodes('VESPER')[0], 20_000, 250);
+    const leader = rig.streamLeader('VESPER');
+    const seenAtKill = seen.length;
+    expect(seenAtKill).toBeGreaterThan(0);
+    rig.killNode(victim);
     await sleep(2000);
     rig.cut(hosts[1]!.ns, true);
     const cutAt = last.get('h2')?.delivered ?? 0;
@@ -166,7 +164,103 @@ describe.skipIf(why !== '')('fleet bus: three JetStream nodes, three hosts, a no
       expect(outOfOrder, `${what}: events of a VM out of their host's order`).toBe(0);
       expect(lastIdOfVm.size).toBe(HOSTS * VMS);
     }
+    const notes = stderr.filter((l) => l.startsWith('follower:'));
+    console.info(
+      `fleet bus: killed ${victim.name} (stream leader: ${leader || '?'}) when the follower had ${seenAtKill} events; follower notes: ${notes.join('').trim() || 'none'}`,
+    );
     // The cut-off host retried and resent: some of its resends were duplicates the stream dropped, or none were in flight.
     console.info(`fleet bus: hosts ${JSON.stringify([...last.values()].map((l) => ({ host: l.host, failures: l.failures })))}`);
+  });
+});
+
+describe.skipIf(why !== '')('fleet analyze: a VM that failed on one host and was started on another', () => {
+  const rig = new BusRig();
+  const procs: ChildProcess[] = [];
+  afterAll(() => {
+    for (const p of procs) p.kill('SIGKILL');
+    rig.stop();
+  });
+
+  it("shows both hosts' events in one timeline on the bus clock, each host's clock said", { timeout: 120_000 }, async () => {
+    await rig.start();
+    const servers = rig.urls;
+    const line = (what: string): string => `event 'lifecycle' for domain 'web': ${what}`;
+    // hA's clock is 20 s ahead, hB's 30 s behind: on their own clocks hB's start comes first.
+    const hosts = [
+      {
+        name: 'hA',
+        skew: 20_000,
+        script: [
+          { atMs: 0, line: line('Started Booted') },
+          { atMs: 2000, line: line('Crashed Panicked') },
+          { atMs: 2100, line: line('Stopped Crashed') },
+        ],
+      },
+      { name: 'hB', skew: -30_000, script: [{ atMs: 4000, line: line('Started Booted') }] },
+    ];
+    const done = new Map<string, boolean>();
+    let stderr = '';
+    for (const h of hosts) {
+      const { ns } = rig.addHost(h.name.toLowerCase());
+      const opts = {
+        store: join(rig.dir, `${h.name}.db`),
+        host: h.name,
+        servers,
+        vms: 1,
+        count: 0,
+        rate: 0,
+        script: h.script,
+        clockSkewMs: h.skew,
+      };
+      const p = hostProcess(ns, opts);
+      procs.push(p);
+      p.stderr!.on('data', (d: Buffer) => (stderr += `${h.name}: ${d.toString()}`));
+      jsonLines<HostLine>(p, (l) => l.done && done.set(h.name, true));
+    }
+    await waitFor('both hosts published', () => done.size === 2, 60_000, 200).catch((err: Error) => {
+      throw new Error(`${err.message}: ${stderr}`);
+    });
+    const sub = rig.addHost('sub');
+    const analyze = async (output: string): Promise<string> => {
+      const p = spawn(
+        'ip',
+        ['netns', 'exec', sub.ns, process.execPath, VESPER, 'fleet', 'analyze', 'web', '-o', output, '--bus', servers.join(',')],
+        {
+          stdio: ['ignore', 'pipe', 'pipe'],
+        },
+      );
+      procs.push(p);
+      let out = '';
+      let err = '';
+      p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+      p.stderr.on('data', (d: Buffer) => (err += d.toString()));
+      const code = await new Promise<number | null>((r) => p.on('exit', r));
+      expect(code, err).toBe(0);
+      return out;
+    };
+    const r = JSON.parse(await analyze('json')) as { analysis: Analysis; hosts: HostClock[]; hostOf: Record<number, string> };
+    const timeline = r.analysis.timeline.map((t) => ({
+      host: r.hostOf[t.id],
+      event: t.event,
+      timeUs: t.timeUs,
+      description: t.description,
+    }));
+    expect(timeline.map((t) => `${t.host} ${t.event}`)).toEqual(['hA started', 'hA panicked', 'hA crashed', 'hB started']);
+    // on the bus clock, in the order things happened (by the hosts' own clocks hB's start was first)
+    const times = timeline.map((t) => t.timeUs);
+    expect([...times].sort((a, b) => a - b)).toEqual(times);
+    expect(timeline[3]!.timeUs - timeline[1]!.timeUs).toBeGreaterThan(1_000_000); // started 2 s after the panic
+    expect(timeline.every((t) => t.description.startsWith(`[${t.host}]`))).toBe(true);
+    // each host's clock put on the bus's: bus − host ≈ −skew (plus its quickest publish)
+    const offsets = Object.fromEntries(r.hosts.map((h) => [h.host, h.offsetUs / 1000]));
+    expect(offsets['hA']).toBeGreaterThan(-20_000);
+    expect(offsets['hA']).toBeLessThan(-20_000 + 5000);
+    expect(offsets['hB']).toBeGreaterThan(30_000);
+    expect(offsets['hB']).toBeLessThan(30_000 + 5000);
+    expect(r.analysis.verdicts[0]?.summary).toMatch(/panic/i);
+    const text = await analyze('text');
+    expect(text).toMatch(/\[hA\].*\n(.*\n)*.*\[hB\]/);
+    expect(text).toMatch(/hA: 3 events,.*bus − host clock ≤ -/);
+    expect(text).toMatch(/hB: 1 event,.*bus − host clock ≤ \+/);
   });
 });

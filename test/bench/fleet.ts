@@ -33,7 +33,7 @@ function child(
 ): { p: ChildProcess; lines: Line[]; next: (pred: (l: Line) => boolean, ms: number) => Promise<Line> } {
   const p = spawn('ip', ['netns', 'exec', ns, process.execPath, '--import', 'tsx', join(projectRoot(), script), JSON.stringify(arg)], {
     cwd: projectRoot(),
-    stdio: ['ignore', 'pipe', 'inherit'],
+    stdio: ['pipe', 'pipe', 'inherit'],
   });
   procs.push(p);
   const lines: Line[] = [];
@@ -76,13 +76,28 @@ async function oneRun(
     const servers = rig.urls;
     const sub = child(s.ns, 'test/rigs/fleet/bus-counter.ts', { servers, expect: o.count, timeoutMs: 240_000 }, procs);
     await sub.next((l) => l['ready'] === true, 30_000);
-    const startMs = Date.now();
+    // Measured from the first event on: the host is connected (it made the stream) and the
+    // subscriber is reading before the host stores anything.
     const host = child(
       h.ns,
       'test/rigs/fleet/storm-host.ts',
-      { store: join(rig.dir, 'h1.db'), host: 'h1', servers, vms: 8, count: o.count, rate: o.rate, replicas: 3, batchMax: 5000 },
+      {
+        store: join(rig.dir, 'h1.db'),
+        host: 'h1',
+        servers,
+        vms: 8,
+        count: o.count,
+        rate: o.rate,
+        replicas: 3,
+        batchMax: 5000,
+        waitGo: true,
+      },
       procs,
     );
+    await host.next((l) => l['open'] === true, 60_000);
+    await sub.next((l) => l['reading'] === true, 60_000);
+    const startMs = Date.now();
+    host.p.stdin!.write('go\n');
     if (o.outage) {
       await sleep(1500);
       rig.killNode(rig.nodes[1]!);
@@ -109,7 +124,7 @@ export async function fleetBench(m: Metrics, o: { log: (s: string) => void; even
   let twice = 0;
   const n = o.events ?? 200_000;
   const fast = await oneRun('throughput', { count: n, rate: 0 }, o.log);
-  // the subscriber may join after the host started: the time runs from the host's start
+  // from the host's first event to the subscriber's last
   m['fleet.events_per_s'] = Math.round(Number(fast.sub['distinct']) / ((Number(fast.sub['lastMs']) - fast.storeFirstMs) / 1000));
   m['fleet.events_lost'] = n - Number(fast.sub['distinct']);
   twice += Number(fast.sub['twice']);

@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
-import { eventSubject, parseSubject, subjectFilter, subjectToken, tokenName } from '../../host/export/nats-subject.js';
+import { eventSubject, isEventSubject, parseSubject, subjectFilter, subjectToken, tokenName } from '../../host/export/nats-subject.js';
 import { parseNatsParams } from '../../host/export/nats-config.js';
 import { SINK_KINDS } from '../../host/export/kinds.js';
 import { DEFAULT_RUNNER_OPTIONS } from '../../host/export/exporter.js';
@@ -44,6 +44,25 @@ describe('subjects', () => {
     expect(subjectFilter('vesper', {})).toBe('vesper.*.*.*.*');
     expect(subjectFilter('vesper', { vm: 'db 1' })).toBe('vesper.*.db~201.*.*');
     expect(subjectFilter('vesper', { host: 'hv1.example', vm: '' })).toBe('vesper.hv1~2Eexample.~.*.*');
+  });
+  it("the reader's quick check of a subject says what parseSubject says", () => {
+    for (const s of [
+      'vesper.h.v.p.e',
+      'vesper.h.v.p',
+      'vesper.h.v.p.e.x',
+      'vesperx.h.v.p.e',
+      'vesper',
+      'vesper.',
+      'other.h.v.p.e',
+      'vesper.~.~.a.b',
+    ])
+      expect(isEventSubject('vesper', s), s).toBe(parseSubject('vesper', s) !== null);
+    fc.assert(
+      fc.property(fc.array(fc.constantFrom('vesper', 'x', '~', ''), { maxLength: 7 }), (parts) => {
+        const s = parts.join('.');
+        expect(isEventSubject('vesper', s)).toBe(parseSubject('vesper', s) !== null);
+      }),
+    );
   });
 });
 

@@ -2,10 +2,12 @@
 // `vesper fleet events -f` does) until it has `expect` distinct events or `timeoutMs` passed,
 // then prints one JSON line: how many it got, how many twice, when the first and last came
 // (ms, this machine's clock) and the delay of each from its host's commit (hostTimeUs) as
-// percentiles. Runs in its own network namespace:  tsx bus-counter.ts '{"servers":[...],"expect":N}'
+// percentiles. Prints {"ready": true} once started and {"reading": true} once its consumer reads
+// the stream (a host started after that is measured from its first event on). Runs in its own
+// network namespace:  tsx bus-counter.ts '{"servers":[...],"expect":N}'
 import { FleetBus } from '../../../host/fleet/bus.js';
 
-const o = JSON.parse(process.argv[2] ?? '{}') as { servers: string[]; expect: number; timeoutMs?: number; skipBefore?: number };
+const o = JSON.parse(process.argv[2] ?? '{}') as { servers: string[]; expect: number; timeoutMs?: number };
 const bus = await FleetBus.open({ servers: o.servers, subject_prefix: 'vesper', stream: { name: 'VESPER' } }, 10_000);
 const ids = new Set<string>();
 let received = 0;
@@ -30,7 +32,11 @@ for (;;) {
 }
 await bus.events(
   {},
-  { follow: true },
+  {
+    follow: true,
+    onNote: (note) => process.stderr.write(`bus-counter: ${note}\n`),
+    onReading: () => process.stdout.write(`${JSON.stringify({ reading: true })}\n`),
+  },
   (e) => {
     const now = Date.now();
     received++;

@@ -14,6 +14,7 @@ const NET = '10.213.7'; // inside the rig's own namespaces only
 export const NODE_IPS = ['11', '12', '13'].map((h) => `${NET}.${h}`);
 const CLIENT_PORT = 4222;
 const ROUTE_PORT = 6222;
+const MONITOR_PORT = 8222;
 
 /** Why a bus rig cannot run here ('' if it can). */
 export function whyNoBusRig(): string {
@@ -21,6 +22,8 @@ export function whyNoBusRig(): string {
   if (process.getuid?.() !== 0) return 'needs root (network namespaces)';
   if (spawnSync('nats-server', ['--version']).status !== 0) return 'nats-server is not installed (scripts/ensure-deps.sh installs it)';
   if (spawnSync('ip', ['netns', 'list']).status !== 0) return 'ip netns does not work here';
+  if (spawnSync('curl', ['--version']).status !== 0)
+    return "curl is not installed (the tests read nats-server's monitoring endpoint with it)";
   return '';
 }
 
@@ -28,6 +31,13 @@ function sh(args: string[], ns?: string): void {
   const argv = ns ? ['netns', 'exec', ns, ...args] : args;
   const r = spawnSync(ns ? 'ip' : args[0]!, ns ? argv : args.slice(1), { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`${(ns ? ['ip', ...argv] : args).join(' ')}: ${r.stderr || r.error?.message}`);
+}
+
+/** What the tests read of nats-server's /jsz report. */
+export interface Jsz {
+  account_details?: Array<{
+    stream_detail?: Array<{ name: string; cluster?: { leader?: string }; consumer_detail?: Array<{ name: string }> }>;
+  }>;
 }
 
 export interface BusNode {
@@ -103,6 +113,7 @@ export class BusRig {
       [
         `server_name: ${n.name}`,
         `listen: ${n.ip}:${CLIENT_PORT}`,
+        `http: ${n.ip}:${MONITOR_PORT}`,
         `jetstream { store_dir: "${store}" }`,
         `cluster { name: vesper-rig, listen: ${n.ip}:${ROUTE_PORT}, routes: [${routes.join(', ')}] }`,
         '',
@@ -116,6 +127,37 @@ export class BusRig {
   killNode(n: BusNode): void {
     n.proc?.kill('SIGKILL');
     n.proc = null;
+  }
+
+  /** A running node's JetStream report (its monitoring endpoint's /jsz with streams and consumers), or null. */
+  jsz(n: BusNode): Jsz | null {
+    if (!n.proc) return null;
+    const url = `http://${n.ip}:${MONITOR_PORT}/jsz?accounts=true&streams=true&consumers=true`;
+    const r = spawnSync('ip', ['netns', 'exec', n.ns, 'curl', '-sf', '--max-time', '3', url], { encoding: 'utf8', timeout: 5000 });
+    if (r.status !== 0) return null;
+    try {
+      return JSON.parse(r.stdout) as Jsz;
+    } catch {
+      return null;
+    }
+  }
+
+  /** The running nodes that host a consumer of the stream (an R1 consumer lives on one only). */
+  consumerNodes(stream: string): BusNode[] {
+    return this.nodes.filter((n) =>
+      (this.jsz(n)?.account_details ?? []).some((a) =>
+        (a.stream_detail ?? []).some((s) => s.name === stream && (s.consumer_detail ?? []).length > 0),
+      ),
+    );
+  }
+
+  /** The stream's leader as a running node reports it ('' when unknown). */
+  streamLeader(stream: string): string {
+    for (const n of this.nodes) {
+      for (const a of this.jsz(n)?.account_details ?? [])
+        for (const s of a.stream_detail ?? []) if (s.name === stream && s.cluster?.leader) return s.cluster.leader;
+    }
+    return '';
   }
 
   /** The host's switch port down (true) or up again (false): cut off from the bus, or back. */

@@ -5,6 +5,10 @@
 //   tsx storm-host.ts '{"store":..., "host":..., "servers":[...], "vms":3, "count":1000, "rate":500, ...}'
 // Prints one JSON line per second ({appended, delivered, failures, lastError}) and a last one
 // with done: true once every event is appended and delivered.
+// With `script`, the host stores those libvirt events instead of a storm: each a `virsh event
+// --loop` line (without its time) made into an event as vesperd's libvirt plugin makes it, at
+// `atMs` after the start, stamped with this host's clock (off by clockSkewMs: a host whose clock
+// is wrong).
 import pino from 'pino';
 import { EventStore } from '../../../host/store/event-store.js';
 import { Exporter } from '../../../host/export/exporter.js';
@@ -12,6 +16,8 @@ import { sinksSchema, toSinkConfig } from '../../../host/config/sinks.js';
 import { buildSinks } from '../../../host/export/kinds.js';
 import type { NatsSink } from '../../../host/export/nats-sink.js';
 import type { VesperEvent } from '../../../host/notify/event.js';
+import { parseEventLine } from '../../../host/libvirt/events.js';
+import { eventOfLibvirt } from '../../../host/daemon/libvirt-plugin.js';
 
 interface StormOptions {
   store: string;
@@ -25,6 +31,10 @@ interface StormOptions {
   replicas?: number;
   batchMax?: number;
   ackTimeout?: string;
+  script?: Array<{ atMs: number; line: string }>;
+  /** connect to the bus, print {"open": true}, and store nothing before a line on stdin */
+  waitGo?: boolean;
+  clockSkewMs?: number;
 }
 
 const o = JSON.parse(process.argv[2] ?? '{}') as StormOptions;
@@ -49,6 +59,12 @@ const specs = buildSinks(
   { host: o.host },
 );
 const sink = specs[0]!.sink as NatsSink;
+if (o.waitGo) {
+  await sink.open();
+  process.stdout.write(`${JSON.stringify({ open: true })}\n`);
+  await new Promise((resolve) => process.stdin.once('data', resolve));
+  process.stdin.pause();
+}
 await exporter.setSinks(specs);
 let appended = store.stats().events;
 const startMs = Date.now();
@@ -80,6 +96,19 @@ async function produce(): Promise<void> {
   }
 }
 
+/** The scripted libvirt events, each at its time. */
+async function play(script: NonNullable<StormOptions['script']>): Promise<void> {
+  for (const s of script) {
+    const wait = startMs + s.atMs - Date.now();
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+    const nowUs = (Date.now() + (o.clockSkewMs ?? 0)) * 1000;
+    const e = eventOfLibvirt(parseEventLine(s.line, new Date(nowUs / 1000)), nowUs);
+    if (!e) throw new Error(`not a libvirt event: ${s.line}`);
+    appended += store.append([e]).stored.length;
+    exporter.wake();
+  }
+}
+
 async function delivered(): Promise<void> {
   while ((exporter.states()[0]?.cursor ?? 0) < o.count) await new Promise((r) => setTimeout(r, 20));
 }
@@ -90,7 +119,8 @@ const report = (done = false): void => {
   process.stdout.write(`${JSON.stringify(line)}\n`);
 };
 const ticker = setInterval(() => report(), 1000);
-await Promise.all([produce(), delivered()]);
+if (o.script) o.count = o.script.length;
+await Promise.all([o.script ? play(o.script) : produce(), delivered()]);
 clearInterval(ticker);
 report(true);
 await exporter.setSinks([]); // stops the runner and closes the sink
