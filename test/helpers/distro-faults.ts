@@ -176,7 +176,7 @@ export function distroFaultSuite(distro: Distro): void {
 
     it('what the kernel lacks is said at attach: a kprobe on a function it has not is refused with VSP_KPROBE_NO_SYMBOL', async () => {
       const r = await d.cli(['attach', g.name, 'kprobe', '--param', 'spec=vesper_no_such_function']);
-      expect(r.code).toBe(72); // EX_OSFILE: a kernel facility missing
+      expect(r.code, r.stderr).toBe(72); // EX_OSFILE: a kernel facility missing
       expect(r.stderr).toContain('VSP_KPROBE_NO_SYMBOL');
       expect(r.stderr).toContain(`this kernel (${g.image.kernelRelease}) has no function vesper_no_such_function`);
       // a function the kernel has is taken (the VESPER capability), and nothing is said of it
