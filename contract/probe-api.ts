@@ -92,8 +92,12 @@ export interface ProbeContext {
   readonly capabilities: Readonly<Capabilities>;
   log(msg: string): void;
 
-  /** Enables a trace event in this probe's own tracing instance, filtered in the kernel. */
-  trace(system: string, event: string, filter: string, handler: (ev: TraceEvent) => void): void;
+  /**
+   * Enables a trace event in this probe's own tracing instance, filtered in the kernel.
+   * `fields`: the fields the handler reads; a kernel whose format of the event lacks one
+   * refuses the load (VSP_TRACEFS_FIELD_MISSING) instead of handing the probe undefined values.
+   */
+  trace(system: string, event: string, filter: string, handler: (ev: TraceEvent) => void, fields?: readonly string[]): void;
   /** Whether the running kernel has the event, and whether its format has a field. */
   hasTraceEvent(system: string, event: string, field?: string): boolean;
   /** Defines a kprobe ("symbol [fetchargs]") and enables it like trace(); returns its event name. */
@@ -118,6 +122,12 @@ export interface ProbeContext {
   emit(event: string, payload: EventPayload, tsNs?: number): boolean;
   /** Reports events the probe itself had to drop. */
   lost(count: number): void;
+  /**
+   * Says what this kernel lacks that the probe runs without, and what that costs ("no X:
+   * Y is not reported"): kept with the loaded probe (code VSP_KERNEL_LACKS) and shown by
+   * `vesper attach` and `vesper status`, so that nothing a kernel lacks is silently ignored.
+   */
+  lacks(message: string): void;
 
   /** A task's name, from /proc (cached briefly); "" when it is gone. */
   comm(pid: number): string;

@@ -35,12 +35,21 @@ export const ErrorCode = {
   // kernel event sources
   TRACEFS_UNAVAILABLE: 'VSP_TRACEFS_UNAVAILABLE',
   TRACEFS_EVENT_MISSING: 'VSP_TRACEFS_EVENT_MISSING',
+  /** a trace event this kernel has lacks a field the probe reads (its format differs from the kernels it was written for) */
+  TRACEFS_FIELD_MISSING: 'VSP_TRACEFS_FIELD_MISSING',
   TRACEFS_BAD_FILTER: 'VSP_TRACEFS_BAD_FILTER',
   TRACEFS_READERS_EXHAUSTED: 'VSP_TRACEFS_READERS_EXHAUSTED',
   KPROBE_UNAVAILABLE: 'VSP_KPROBE_UNAVAILABLE',
   KPROBE_BAD_DEFINITION: 'VSP_KPROBE_BAD_DEFINITION',
+  /** a kprobe on a function this kernel does not have (renamed, inlined, compiled out) */
+  KPROBE_NO_SYMBOL: 'VSP_KPROBE_NO_SYMBOL',
   PSI_UNAVAILABLE: 'VSP_PSI_UNAVAILABLE',
   CGROUP_UNAVAILABLE: 'VSP_CGROUP_UNAVAILABLE',
+  /**
+   * not an error: a loaded probe's warning that the guest's kernel lacks something it runs
+   * without (a trace event field, /dev/kmsg...), and what that costs; shown at attach and in status
+   */
+  KERNEL_LACKS: 'VSP_KERNEL_LACKS',
   // keys and files
   KEY_MISSING: 'VSP_KEY_MISSING',
   KEY_INVALID: 'VSP_KEY_INVALID',

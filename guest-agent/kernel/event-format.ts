@@ -1,7 +1,8 @@
 // Reads a tracefs event's `format` file and decodes raw records of that event.
 // The layout comes from the running kernel, never from assumptions: fields move between
 // kernel versions (oom/mark_victim gained its memory figures in 6.8; sched_process_exit
-// gained group_dead later still), so probes ask for a field and get undefined if it is not there.
+// gained group_dead later still), so a probe names the fields it reads (missing() checks them at
+// load) and asks before it uses one that only some kernels have.
 
 export type FieldValue = number | string;
 
@@ -28,6 +29,11 @@ export class EventFormat {
 
   has(field: string): boolean {
     return this.byName.has(field);
+  }
+
+  /** Of `wanted`, the fields this kernel's format lacks (in the order asked). */
+  missing(wanted: readonly string[]): string[] {
+    return wanted.filter((f) => !this.byName.has(f));
   }
 
   static parse(text: string): EventFormat {

@@ -8,6 +8,7 @@
 // formatting in the kernel, no polling, and an idle reader costs nothing.
 import { execFile, execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { release } from 'node:os';
 import { join } from 'node:path';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { onlineCpus } from './cpus.js';
@@ -173,6 +174,15 @@ export class TraceFs {
     try {
       fs.appendFileSync(join(this.path, 'kprobe_events'), `${type}:vesper/${name} ${rest}\n`);
     } catch (err) {
+      // The kernel says only ENOENT for a function it does not have: name it, and its near names.
+      const symbol = /^([A-Za-z_][\w.]*)(?:\+\S+)?$/.exec(rest.split(/\s+/)[0]!)?.[1];
+      const known = symbol ? kallsyms(symbol) : null;
+      if (symbol && known && !known.found)
+        throw new VesperError(
+          ErrorCode.KPROBE_NO_SYMBOL,
+          `this kernel (${release()}) has no function ${symbol} to probe (renamed, inlined or compiled out)` +
+            (known.near.length ? `; it has ${known.near.join(', ')}` : ''),
+        );
       throw new VesperError(
         ErrorCode.KPROBE_BAD_DEFINITION,
         `the kernel refused kprobe "${rest}": ${(err as Error).message}${this.lastError()}`,
@@ -198,6 +208,27 @@ export class TraceFs {
       return '';
     }
   }
+}
+
+/**
+ * Whether /proc/kallsyms names `symbol`, and up to three names made from it (the compiler's
+ * clones: foo.isra.0, foo.constprop.0, foo.cold); null when it cannot be read. Read only after
+ * the kernel refused a kprobe: the file is megabytes long.
+ */
+export function kallsyms(symbol: string, text?: string): { found: boolean; near: string[] } | null {
+  if (text === undefined)
+    try {
+      text = fs.readFileSync('/proc/kallsyms', 'utf8');
+    } catch {
+      return null;
+    }
+  const near: string[] = [];
+  for (const line of text.split('\n')) {
+    const name = line.split(/\s+/)[2];
+    if (name === symbol) return { found: true, near: [] };
+    if (name !== undefined && near.length < 3 && name.startsWith(`${symbol}.`) && !near.includes(name)) near.push(name);
+  }
+  return { found: false, near };
 }
 
 function readPageSize(path: string): number {
@@ -244,9 +275,23 @@ export class TraceInstance {
     private readonly handler: TraceHandler,
   ) {}
 
-  /** Enables system/event in this instance with an in-kernel filter ("" for none). */
-  enable(system: string, event: string, filter = ''): EventFormat {
+  /**
+   * Enables system/event in this instance with an in-kernel filter ("" for none). `fields`: those
+   * the probe reads; a format without one of them refuses the event (VSP_TRACEFS_FIELD_MISSING)
+   * before anything is enabled, rather than handing the probe undefined values.
+   */
+  enable(system: string, event: string, filter = '', fields: readonly string[] = []): EventFormat {
     const fmt = this.fs_.format(system, event);
+    const missing = fmt.missing(fields);
+    if (missing.length)
+      throw new VesperError(
+        ErrorCode.TRACEFS_FIELD_MISSING,
+        `this kernel (${release()}) has no field ${missing.join(', ')} in trace event ${system}/${event}`,
+        `its fields: ${fmt.fields
+          .map((f) => f.name)
+          .filter((n) => !n.startsWith('common_'))
+          .join(', ')}`,
+      );
     const edir = join(this.dir, 'events', system, event);
     if (filter) {
       try {

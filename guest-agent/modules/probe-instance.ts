@@ -27,6 +27,8 @@ export class ProbeInstance {
   faulted = false;
   stopped = false;
   kprobes = 0;
+  /** what the kernel lacks that this instance runs without (ctx.lacks, VSP_KERNEL_LACKS) */
+  readonly warnings: pb.IError[] = [];
   /** events dropped because the worker fell behind, not yet told */
   dropped = 0;
   droppedFirst = 0;
@@ -51,6 +53,7 @@ export class ProbeInstance {
       params: Object.entries(this.paramsText).map(([name, value]) => ({ name, value })),
       digest: this.digest,
       events: this.manifest.events.map((e) => ({ id: e.id, name: e.name })),
+      warnings: this.warnings,
     };
   }
 }

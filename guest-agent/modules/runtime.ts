@@ -439,9 +439,9 @@ export class ProbeRuntime {
         this.deliver(inst, hid, payload);
     switch (op) {
       case 'trace': {
-        const [, system, event, filter, hid] = args as [number, string, string, string, number];
+        const [, system, event, filter, hid, fields] = args as [number, string, string, string, number, string[] | undefined];
         const t = this.traceInstance(inst);
-        const fmt = t.enable(system, event, filter);
+        const fmt = t.enable(system, event, filter, fields);
         inst.traceHandlers.set(fmt.id, hid);
         if (this.instances.has(handle)) t.start(); // called after setup: read from now on
         return undefined;
@@ -488,6 +488,14 @@ export class ProbeRuntime {
         const w = new PressureWatcher(file, o.resource, o.kind, o.thresholdUs, o.windowUs, to<PsiSample>(hid));
         w.start();
         own(`pressure watcher ${file}`, () => w.stop());
+        return undefined;
+      }
+      case 'lacks': {
+        const message = String(args[1]).slice(0, 512);
+        if (inst.warnings.length < 16 && !inst.warnings.some((w) => w.message === message)) {
+          inst.warnings.push({ code: ErrorCode.KERNEL_LACKS, message });
+          s.log.warn({ probe: load.manifest.name, instance: inst.instance }, `this kernel lacks: ${message}`);
+        }
         return undefined;
       }
       case 'memoryEvents': {

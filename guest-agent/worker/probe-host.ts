@@ -152,8 +152,8 @@ function context(handle: number, instance: number, params: Record<string, ParamV
     params,
     capabilities: data.caps,
     log: (msg) => queue(['log', handle, String(msg)]),
-    trace: (system, event, filter, fn) => {
-      call('trace', [handle, system, event, filter, hid(fn as Handler)]);
+    trace: (system, event, filter, fn, fields) => {
+      call('trace', [handle, system, event, filter, hid(fn as Handler), fields ? [...fields] : undefined]);
     },
     hasTraceEvent: (system, event, field) => call('hasTraceEvent', [system, event, field]) as boolean,
     kprobe: (spec, filter, fn) => call('kprobe', [handle, spec, filter, hid(fn as Handler)]) as string,
@@ -189,6 +189,9 @@ function context(handle: number, instance: number, params: Record<string, ParamV
       return Atomics.load(ringFull, 0) === 0;
     },
     lost: (count) => queue(['lost', handle, count]),
+    lacks: (message) => {
+      call('lacks', [handle, String(message)]);
+    },
     comm: (pid) => proc.comm(pid),
     procStatus: (pid) => proc.status(pid),
     now: monoNow,

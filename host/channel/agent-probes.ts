@@ -15,6 +15,13 @@ export interface ProbeInfo {
   events: Map<number, string>;
   /** the module's digest as the agent reports it (hex; '' when it gave none or an overlong one) */
   digest: string;
+  /** what the guest's kernel lacks that the probe runs without (at most MAX_PROBE_WARNINGS, each cut to MAX_WARNING_CHARS) */
+  warnings: ProbeWarning[];
+}
+
+export interface ProbeWarning {
+  code: string;
+  message: string;
 }
 
 /** The longest probe name the host takes from an agent; event and parameter names too. */
@@ -30,6 +37,17 @@ export const MAX_PROBE_VERSION = 64;
 export const MAX_PARAM_VALUE = 4096;
 export const MAX_PROBE_PARAMS = 64;
 export const MAX_PROBE_EVENTS = 256;
+/** A probe's warnings the host keeps (the agent's own bound is 16): more are dropped, longer ones cut. */
+export const MAX_PROBE_WARNINGS = 16;
+export const MAX_WARNING_CHARS = 512;
+
+/** The warnings an agent gives with a probe, bounded, each with a VSP_* code (else VSP_KERNEL_LACKS). */
+function warningsOf(ws: readonly pb.IError[] | null | undefined): ProbeWarning[] {
+  return (ws ?? []).slice(0, MAX_PROBE_WARNINGS).map((w) => ({
+    code: /^VSP_[A-Z_]{1,60}$/.test(w.code ?? '') ? (w.code as string) : ErrorCode.KERNEL_LACKS,
+    message: (w.message ?? '').slice(0, MAX_WARNING_CHARS),
+  }));
+}
 
 /** A probe as the agent describes it, checked: its info, or why it is refused (and then only its handle). */
 export function probeOfAgent(l: pb.ILoadedProbe): { info: ProbeInfo; refused: VesperError | null } {
@@ -55,7 +73,16 @@ export function probeOfAgent(l: pb.ILoadedProbe): { info: ProbeInfo; refused: Ve
     );
     // nothing of what it sent is kept: a refused probe is its handle
     return {
-      info: { handle, name: `handle-${handle}`, instance: l.instance ?? 0, version: '', params: {}, events: new Map(), digest: '' },
+      info: {
+        handle,
+        name: `handle-${handle}`,
+        instance: l.instance ?? 0,
+        version: '',
+        params: {},
+        events: new Map(),
+        digest: '',
+        warnings: [],
+      },
       refused,
     };
   }
@@ -66,6 +93,7 @@ export function probeOfAgent(l: pb.ILoadedProbe): { info: ProbeInfo; refused: Ve
     version,
     params: Object.fromEntries(params.map((p) => [p.name ?? '', p.value ?? ''])),
     digest: l.digest && l.digest.length <= 64 ? Buffer.from(l.digest).toString('hex') : '',
+    warnings: warningsOf(l.warnings),
     // an event name is a name, and no longer than a probe's: every stored event of it carries it
     events: new Map(
       events.filter((e) => (e.name ?? '').length <= MAX_PROBE_NAME && isName(e.name ?? '')).map((e) => [e.id ?? 0, e.name ?? '']),

@@ -149,7 +149,17 @@ export class GuestSession extends EventEmitter {
 
   async attach(p: AttachedProbe): Promise<void> {
     this.attached.set(p.name, p);
-    if (this.client && !this.client.isClosed) await this.push(this.client, p);
+    if (this.client && !this.client.isClosed)
+      try {
+        await this.push(this.client, p);
+      } catch (err) {
+        // The agent refused it (a kprobe on a function this kernel has not, a bad parameter):
+        // not kept, so that it is not pushed again at every link. A link that broke meanwhile
+        // keeps it, to be pushed when the agent is back.
+        const code = VesperError.from(err).code;
+        if (code !== ErrorCode.DISCONNECTED && code !== ErrorCode.REQUEST_TIMEOUT) this.attached.delete(p.name);
+        throw err;
+      }
     this.armHeartbeat();
   }
 

@@ -142,12 +142,27 @@ export function buildProgram(): Command {
       const params = keyValues(o.param);
       const r = await withClient(cmd, (c) => c.request({ attach: { vm, probes, params, instances: o.instances ?? 0 } }));
       const attached = r.attached?.attached ?? [];
-      if (o.output === 'json') process.stdout.write(`${JSON.stringify(attached)}\n`);
+      if (o.output === 'json')
+        process.stdout.write(
+          `${JSON.stringify(
+            attached.map((a) => ({
+              name: a.name,
+              instances: a.instances,
+              params: a.params ?? {},
+              loaded: Boolean(a.loaded),
+              pending: a.pending ?? '',
+              warnings: (a.warnings ?? []).map((w) => ({ code: w.code ?? '', message: w.message ?? '' })),
+            })),
+          )}\n`,
+        );
       else
-        for (const a of attached)
+        for (const a of attached) {
           process.stdout.write(
             `attached ${a.name} to ${vm} (${a.instances} instance${a.instances === 1 ? '' : 's'}${a.loaded ? ', loaded' : a.pending ? `; ${a.pending}` : ', pushed when the agent connects'})\n`,
           );
+          // what the guest's kernel lacks that the probe runs without: said, never silently ignored
+          for (const w of a.warnings ?? []) process.stdout.write(`  ${w.code}: ${w.message}\n`);
+        }
     });
 
   program

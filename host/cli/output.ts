@@ -148,6 +148,7 @@ export function printStatus(d: apipb.IVmDetail, o: Output): void {
     instances: a.instances,
     params: a.params ?? {},
     loaded: Boolean(a.loaded),
+    warnings: (a.warnings ?? []).map((w) => ({ code: w.code ?? '', message: w.message ?? '' })),
   }));
   const j = {
     ...vmJson(d.summary ?? {}),
@@ -163,6 +164,7 @@ export function printStatus(d: apipb.IVmDetail, o: Output): void {
     linkError: d.linkError || null,
     hostKey: d.hostKey || null,
     agentTrust: d.agentTrust || null,
+    kernelLacks: d.kernelLacks ?? [],
     attached,
   };
   if (o.output === 'json') return out(`${JSON.stringify(j)}\n`);
@@ -182,6 +184,7 @@ export function printStatus(d: apipb.IVmDetail, o: Output): void {
     ['heartbeat', j.heartbeatLost ? 'LOST' : 'ok'],
     ['records', `${j.recordsReceived} received, ${j.recordsLost} lost in the guest`],
     ['events stored', String(j.events)],
+    ...j.kernelLacks.map((m): [string, string] => ['kernel lacks', m]),
   ];
   out(rows.map(([k, v]) => `${k.padEnd(14)} ${v}\n`).join(''));
   if (attached.length)
@@ -198,6 +201,8 @@ export function printStatus(d: apipb.IVmDetail, o: Output): void {
         ]),
       ),
     );
+  // what the guest's kernel lacks that a loaded probe runs without
+  for (const a of attached) for (const w of a.warnings) out(`${a.name}: ${w.code}: ${w.message}\n`);
 }
 
 export function printProbes(ps: apipb.IProbeInfo[], o: Output): void {

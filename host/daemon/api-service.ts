@@ -106,9 +106,15 @@ export class ApiService implements DaemonApi {
       linkError: v.link?.linkError?.message ?? '',
       hostKey: v.link?.spec.hostKey?.() ?? '',
       agentTrust: v.link?.agentTrust() ?? '',
-      attached: this.store
-        .listAttachments(vm)
-        .map((a) => ({ name: a.probe, instances: a.instances, params: a.params, loaded: loaded.has(a.probe) })),
+      attached: this.store.listAttachments(vm).map((a) => ({
+        name: a.probe,
+        instances: a.instances,
+        params: a.params,
+        loaded: loaded.has(a.probe),
+        warnings: v.link?.warningsOf(a.probe) ?? [],
+      })),
+      // What the agent found missing at its start (its hello), said rather than ignored.
+      kernelLacks: (hello?.capabilities?.missing ?? []).slice(0, 16).map((m) => String(m).slice(0, 512)),
     };
   }
 
@@ -164,6 +170,7 @@ export class ApiService implements DaemonApi {
         instances: n,
         params: mine,
         loaded: v.link?.loadedNow().has(name) ?? false,
+        warnings: v.link?.warningsOf(name) ?? [],
         pending: v.link ? '' : notPushedReason(vm, v.state, this.d.config.libvirt.channel ?? AGENT_CHANNEL),
       });
     }

@@ -10,6 +10,7 @@ import type { AgentRecord } from '../../proto/record.js';
 import { ProblemLog } from '../channel/problem-log.js';
 import { GuestSession, unixOpener, type AttachedProbe, type LinkOpener } from '../channel/guest-session.js';
 import type { IngestBudgetOptions } from '../channel/ingest-budget.js';
+import type { ProbeWarning } from '../channel/agent-probes.js';
 import type { HostKey } from '../keys.js';
 import type { VesperEvent } from '../notify/event.js';
 import { readProbeBundle, signModule } from '../probes/package.js';
@@ -244,6 +245,16 @@ export class GuestLink {
   }
 
   /** Attaches (or re-attaches with new parameters) a probe; pushed now if the agent is there. */
+  /** What the running agent's kernel lacks that the probe `name` runs without (its instances' warnings, once each). */
+  warningsOf(name: string): ProbeWarning[] {
+    const c = this.session.client;
+    if (!c || c.isClosed) return [];
+    const out: ProbeWarning[] = [];
+    for (const p of c.probes.values())
+      if (p.name === name) for (const w of p.warnings) if (!out.some((o) => o.message === w.message)) out.push(w);
+    return out;
+  }
+
   async attach(p: AttachedProbe): Promise<void> {
     // Loaded already (attached before, or left in the agent by an earlier vesperd): replaced,
     // so the parameters asked for now are the ones that run.

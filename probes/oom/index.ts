@@ -72,34 +72,51 @@ const probe: ProbeModule = {
       ctx.emit('oom_kill', { oom: o }, p.ts);
     };
 
-    ctx.trace('oom', 'mark_victim', '', (ev) => {
-      const f = ev.fields;
-      const pid = f['pid'] as number;
-      const oom: pb.IOomEvent = {
-        victim: { pid, comm: (f['comm'] as string | undefined) ?? ctx.comm(pid) },
-        trigger: { pid: ev.pid, comm: lastInvoker || ctx.comm(ev.pid) },
-      };
-      // Newer kernels (6.8 on) carry the figures, in kB, in the event itself.
-      if (f['total_vm'] !== undefined) {
-        oom.totalVmKb = f['total_vm'] as number;
-        oom.anonRssKb = f['anon_rss'] as number;
-        oom.fileRssKb = f['file_rss'] as number;
-        oom.shmemRssKb = f['shmem_rss'] as number;
-        oom.uid = f['uid'] as number;
-        oom.pgtablesKb = f['pgtables'] as number;
-        oom.oomScoreAdj = f['oom_score_adj'] as number;
-        oom.figuresComplete = true;
-      }
-      const p: Pending = { oom, ts: ev.ts, timer: null };
-      pending.set(pid, p);
-      if (!ctx.capabilities.kmsg || killed.has(pid)) return send(pid);
-      // The report is printed before the trace event fires, but the kernel log is read one line
-      // per read and trails the trace reader: after a guest-wide OOM (the memory dump and the
-      // task list come first) the report's summary arrived 140 ms after mark_victim in a TCG
-      // guest, and a 50 ms wait sent the record without constraint and cgroups. The record
-      // leaves when the report's "Killed process" line is read; this is only the bound.
-      p.timer = setTimeout(() => send(pid), wait);
-    });
+    // What this kernel's mark_victim lacks and where it comes from instead, said at load.
+    const figures = ctx.hasTraceEvent('oom', 'mark_victim', 'total_vm');
+    if (!ctx.capabilities.kmsg)
+      ctx.lacks(
+        figures
+          ? 'no readable /dev/kmsg: OOM records carry no constraint and no cgroups of the OOM report'
+          : 'no readable /dev/kmsg, and no memory figures in oom/mark_victim (they came in Linux 6.8): OOM records carry the victim only',
+      );
+    else if (!figures)
+      ctx.lacks("no memory figures in oom/mark_victim (they came in Linux 6.8): they are read from the kernel log's OOM report");
+
+    ctx.trace(
+      'oom',
+      'mark_victim',
+      '',
+      (ev) => {
+        const f = ev.fields;
+        const pid = f['pid'] as number;
+        const oom: pb.IOomEvent = {
+          victim: { pid, comm: (f['comm'] as string | undefined) ?? ctx.comm(pid) },
+          trigger: { pid: ev.pid, comm: lastInvoker || ctx.comm(ev.pid) },
+        };
+        // Newer kernels (6.8 on) carry the figures, in kB, in the event itself.
+        if (f['total_vm'] !== undefined) {
+          oom.totalVmKb = f['total_vm'] as number;
+          oom.anonRssKb = f['anon_rss'] as number;
+          oom.fileRssKb = f['file_rss'] as number;
+          oom.shmemRssKb = f['shmem_rss'] as number;
+          oom.uid = f['uid'] as number;
+          oom.pgtablesKb = f['pgtables'] as number;
+          oom.oomScoreAdj = f['oom_score_adj'] as number;
+          oom.figuresComplete = true;
+        }
+        const p: Pending = { oom, ts: ev.ts, timer: null };
+        pending.set(pid, p);
+        if (!ctx.capabilities.kmsg || killed.has(pid)) return send(pid);
+        // The report is printed before the trace event fires, but the kernel log is read one line
+        // per read and trails the trace reader: after a guest-wide OOM (the memory dump and the
+        // task list come first) the report's summary arrived 140 ms after mark_victim in a TCG
+        // guest, and a 50 ms wait sent the record without constraint and cgroups. The record
+        // leaves when the report's "Killed process" line is read; this is only the bound.
+        p.timer = setTimeout(() => send(pid), wait);
+      },
+      ['pid'],
+    );
 
     if (ctx.capabilities.kmsg)
       ctx.kmsg(

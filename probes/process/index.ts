@@ -140,51 +140,63 @@ const probe: ProbeModule = {
     }
 
     const execFilter = comms.length ? `(${comms.map((c) => `filename ~ "*/${c.replace(/["\\*]/g, '')}"`).join(' || ')})` : '';
-    ctx.trace('sched', 'sched_process_exec', execFilter, (ev) => {
-      const f = ev.fields;
-      const pid = f['pid'] as number;
-      const filename = f['filename'] as string;
-      filenames.set(pid, filename);
-      bound(filenames);
-      // A new program: what the old one's threads did while exec tore them down (SIGKILL
-      // deliveries from de_thread) says nothing about how this one will end.
-      if (wantStatus) causes.set(pid, { since: ev.ts });
-      // After exec the kernel names the task after the file (first 15 bytes).
-      const comm = filename.slice(filename.lastIndexOf('/') + 1).slice(0, 15);
-      const cgroup = cgroupOfPid(pid) || cgroups.get(pid) || '';
-      if (cgroup) {
-        cgroups.set(pid, cgroup);
-        bound(cgroups);
-      }
-      const parent = parentOf(pid, ev.ts, parentComms);
-      ctx.emit(
-        'exec',
-        {
-          exec: {
-            task: { pid, comm },
-            filename,
-            oldPid: f['old_pid'] as number,
-            ...(parent ? { parent } : {}),
-            ...(cgroup ? { cgroup } : {}),
-          },
-        },
-        ev.ts,
-      );
-    });
-
-    ctx.trace('task', 'task_newtask', '', (ev) => {
-      const f = ev.fields;
-      if ((f['clone_flags'] as number) & CLONE_THREAD) {
-        threads.set(f['pid'] as number, tgidOf(ev.pid));
-        bound(threads);
-      } else {
-        const cg = cgroups.get(tgidOf(ev.pid));
-        if (cg) {
-          cgroups.set(f['pid'] as number, cg);
+    ctx.trace(
+      'sched',
+      'sched_process_exec',
+      execFilter,
+      (ev) => {
+        const f = ev.fields;
+        const pid = f['pid'] as number;
+        const filename = f['filename'] as string;
+        filenames.set(pid, filename);
+        bound(filenames);
+        // A new program: what the old one's threads did while exec tore them down (SIGKILL
+        // deliveries from de_thread) says nothing about how this one will end.
+        if (wantStatus) causes.set(pid, { since: ev.ts });
+        // After exec the kernel names the task after the file (first 15 bytes).
+        const comm = filename.slice(filename.lastIndexOf('/') + 1).slice(0, 15);
+        const cgroup = cgroupOfPid(pid) || cgroups.get(pid) || '';
+        if (cgroup) {
+          cgroups.set(pid, cgroup);
           bound(cgroups);
         }
-      }
-    });
+        const parent = parentOf(pid, ev.ts, parentComms);
+        ctx.emit(
+          'exec',
+          {
+            exec: {
+              task: { pid, comm },
+              filename,
+              oldPid: f['old_pid'] as number,
+              ...(parent ? { parent } : {}),
+              ...(cgroup ? { cgroup } : {}),
+            },
+          },
+          ev.ts,
+        );
+      },
+      ['pid', 'old_pid', 'filename'],
+    );
+
+    ctx.trace(
+      'task',
+      'task_newtask',
+      '',
+      (ev) => {
+        const f = ev.fields;
+        if ((f['clone_flags'] as number) & CLONE_THREAD) {
+          threads.set(f['pid'] as number, tgidOf(ev.pid));
+          bound(threads);
+        } else {
+          const cg = cgroups.get(tgidOf(ev.pid));
+          if (cg) {
+            cgroups.set(f['pid'] as number, cg);
+            bound(cgroups);
+          }
+        }
+      },
+      ['pid', 'clone_flags'],
+    );
 
     if (wantStatus) {
       const fatalSigs = NOT_FATAL_BY_DEFAULT.map((n) => `sig != ${n}`).join(' && ');
@@ -194,119 +206,157 @@ const probe: ProbeModule = {
         const c = causeOf(tgid);
         return c.since !== undefined && ts < c.since ? undefined : c;
       };
-      ctx.trace('syscalls', 'sys_enter_exit_group', '', (ev) => {
-        const tgid = tgidOf(ev.pid);
-        const c = current(tgid, ev.ts);
-        if (!c) return;
-        if (c.codeTs === undefined || ev.ts < c.codeTs) {
-          c.code = (ev.fields['error_code'] as number) & 0xff;
-          c.codeTs = ev.ts;
-        }
-        waiting.get(tgid)?.check();
-      });
+      // Kernels without CONFIG_FTRACE_SYSCALLS have no syscall events: exits by signal are still
+      // told, exit codes are not (said at load).
+      const syscalls = ctx.hasTraceEvent('syscalls', 'sys_enter_exit_group', 'error_code');
+      if (!syscalls)
+        ctx.lacks(
+          'no syscalls/sys_enter_exit_group (CONFIG_FTRACE_SYSCALLS off): exit codes are not known, only the signals that end processes',
+        );
+      if (syscalls)
+        ctx.trace(
+          'syscalls',
+          'sys_enter_exit_group',
+          '',
+          (ev) => {
+            const tgid = tgidOf(ev.pid);
+            const c = current(tgid, ev.ts);
+            if (!c) return;
+            if (c.codeTs === undefined || ev.ts < c.codeTs) {
+              c.code = (ev.fields['error_code'] as number) & 0xff;
+              c.codeTs = ev.ts;
+            }
+            waiting.get(tgid)?.check();
+          },
+          ['error_code'],
+        );
       // A fatal signal sent by kill(2) takes the kernel's fast path: the target's threads
       // are sent SIGKILL at once and signal_deliver shows SIGKILL, not the signal that was
       // sent. So remember the last fatal-by-default signal queued for each process before
       // it began to die ...
-      ctx.trace('signal', 'signal_generate', `${fatalSigs} && result == 0`, (ev) => {
-        const tgid = tgidOf(ev.fields['pid'] as number);
-        const c = current(tgid, ev.ts);
-        if (!c) return;
-        const dying = Math.min(c.killedTs ?? Infinity, c.deliveredTs ?? Infinity);
-        if (ev.ts < dying && (c.generatedTs === undefined || ev.ts >= c.generatedTs)) {
-          c.generated = ev.fields['sig'] as number;
-          c.generatedTs = ev.ts;
-        }
-        waiting.get(tgid)?.check();
-      });
+      ctx.trace(
+        'signal',
+        'signal_generate',
+        `${fatalSigs} && result == 0`,
+        (ev) => {
+          const tgid = tgidOf(ev.fields['pid'] as number);
+          const c = current(tgid, ev.ts);
+          if (!c) return;
+          const dying = Math.min(c.killedTs ?? Infinity, c.deliveredTs ?? Infinity);
+          if (ev.ts < dying && (c.generatedTs === undefined || ev.ts >= c.generatedTs)) {
+            c.generated = ev.fields['sig'] as number;
+            c.generatedTs = ev.ts;
+          }
+          waiting.get(tgid)?.check();
+        },
+        ['pid', 'sig'],
+      );
       // ... and what was actually delivered: to a handler (it survived that one) or with
       // the default action (it dies). A SIGKILL delivered with the default action is the
       // kernel tearing down a group that is already exiting (see exitStatus).
-      ctx.trace('signal', 'signal_deliver', fatalSigs, (ev) => {
-        const tgid = tgidOf(ev.pid);
-        const c = current(tgid, ev.ts);
-        if (!c) return;
-        const sig = ev.fields['sig'] as number;
-        if ((ev.fields['sa_handler'] as number) !== 0) {
-          if (c.generated === sig && ev.ts > c.generatedTs!) c.generated = c.generatedTs = undefined;
-          return;
-        }
-        if (sig === SIGKILL) {
-          if (c.killedTs === undefined || ev.ts < c.killedTs) c.killedTs = ev.ts;
-        } else if (c.deliveredTs === undefined || ev.ts < c.deliveredTs) {
-          c.delivered = sig;
-          c.deliveredTs = ev.ts;
-        }
-        waiting.get(tgid)?.check();
-      });
+      ctx.trace(
+        'signal',
+        'signal_deliver',
+        fatalSigs,
+        (ev) => {
+          const tgid = tgidOf(ev.pid);
+          const c = current(tgid, ev.ts);
+          if (!c) return;
+          const sig = ev.fields['sig'] as number;
+          if ((ev.fields['sa_handler'] as number) !== 0) {
+            if (c.generated === sig && ev.ts > c.generatedTs!) c.generated = c.generatedTs = undefined;
+            return;
+          }
+          if (sig === SIGKILL) {
+            if (c.killedTs === undefined || ev.ts < c.killedTs) c.killedTs = ev.ts;
+          } else if (c.deliveredTs === undefined || ev.ts < c.deliveredTs) {
+            c.delivered = sig;
+            c.deliveredTs = ev.ts;
+          }
+          waiting.get(tgid)?.check();
+        },
+        ['sig', 'sa_handler'],
+      );
     }
 
-    ctx.trace('sched', 'sched_process_exit', anyOf('comm', comms), (ev) => {
-      const f = ev.fields;
-      const pid = f['pid'] as number;
-      const comm = f['comm'] as string;
-      const leaderOf = threads.get(pid);
-      const isThread = leaderOf !== undefined;
-      if (isThread) threads.delete(pid);
-      if (isThread && !wantThreads) return;
-      const tgid = isThread ? leaderOf : pid;
-      const emit = (): void => {
-        const w = waiting.get(pid);
-        if (w) {
-          clearTimeout(w.timer);
-          waiting.delete(pid);
-        }
-        const c = causes.get(tgid);
-        if (!isThread) causes.delete(pid);
-        const filename = filenames.get(pid) ?? '';
-        filenames.delete(pid);
-        const cgroup = cgroups.get(tgid) ?? '';
-        if (!isThread) cgroups.delete(pid);
-        ctx.emit(
-          'exit',
-          { exit: { task: { pid, comm }, ...exitStatus(c), filename, thread: isThread, ...(cgroup ? { cgroup } : {}) } },
-          ev.ts,
-        );
-      };
-      // Records of one process can come from different CPUs out of order: an exit may be
-      // read before its cause. Give the cause a moment to arrive.
-      const settled = (): boolean => {
-        const c = causes.get(tgid);
-        if (!c) return false;
-        if (c.code !== undefined || c.delivered !== undefined) return true;
-        return c.killedTs !== undefined && c.generated !== undefined;
-      };
-      if (!wantStatus || isThread || settled()) emit();
-      else {
-        const w = {
-          timer: setTimeout(() => {
-            if (causes.get(tgid)?.killedTs === undefined) return emit();
-            w.timer = setTimeout(emit, KILLED_WAIT_MS - STATUS_WAIT_MS);
-          }, STATUS_WAIT_MS),
-          check: () => {
-            if (settled()) emit();
-          },
+    ctx.trace(
+      'sched',
+      'sched_process_exit',
+      anyOf('comm', comms),
+      (ev) => {
+        const f = ev.fields;
+        const pid = f['pid'] as number;
+        const comm = f['comm'] as string;
+        const leaderOf = threads.get(pid);
+        const isThread = leaderOf !== undefined;
+        if (isThread) threads.delete(pid);
+        if (isThread && !wantThreads) return;
+        const tgid = isThread ? leaderOf : pid;
+        const emit = (): void => {
+          const w = waiting.get(pid);
+          if (w) {
+            clearTimeout(w.timer);
+            waiting.delete(pid);
+          }
+          const c = causes.get(tgid);
+          if (!isThread) causes.delete(pid);
+          const filename = filenames.get(pid) ?? '';
+          filenames.delete(pid);
+          const cgroup = cgroups.get(tgid) ?? '';
+          if (!isThread) cgroups.delete(pid);
+          ctx.emit(
+            'exit',
+            { exit: { task: { pid, comm }, ...exitStatus(c), filename, thread: isThread, ...(cgroup ? { cgroup } : {}) } },
+            ev.ts,
+          );
         };
-        waiting.set(pid, w);
-      }
-    });
+        // Records of one process can come from different CPUs out of order: an exit may be
+        // read before its cause. Give the cause a moment to arrive.
+        const settled = (): boolean => {
+          const c = causes.get(tgid);
+          if (!c) return false;
+          if (c.code !== undefined || c.delivered !== undefined) return true;
+          return c.killedTs !== undefined && c.generated !== undefined;
+        };
+        if (!wantStatus || isThread || settled()) emit();
+        else {
+          const w = {
+            timer: setTimeout(() => {
+              if (causes.get(tgid)?.killedTs === undefined) return emit();
+              w.timer = setTimeout(emit, KILLED_WAIT_MS - STATUS_WAIT_MS);
+            }, STATUS_WAIT_MS),
+            check: () => {
+              if (settled()) emit();
+            },
+          };
+          waiting.set(pid, w);
+        }
+      },
+      ['pid', 'comm'],
+    );
 
     if (ctx.params['fork'])
-      ctx.trace('sched', 'sched_process_fork', '', (ev) => {
-        const f = ev.fields;
-        const child = f['child_pid'] as number;
-        if (threads.has(child)) return;
-        ctx.emit(
-          'fork',
-          {
-            fork: {
-              parent: { pid: f['parent_pid'] as number, comm: f['parent_comm'] as string },
-              child: { pid: child, comm: f['child_comm'] as string },
+      ctx.trace(
+        'sched',
+        'sched_process_fork',
+        '',
+        (ev) => {
+          const f = ev.fields;
+          const child = f['child_pid'] as number;
+          if (threads.has(child)) return;
+          ctx.emit(
+            'fork',
+            {
+              fork: {
+                parent: { pid: f['parent_pid'] as number, comm: f['parent_comm'] as string },
+                child: { pid: child, comm: f['child_comm'] as string },
+              },
             },
-          },
-          ev.ts,
-        );
-      });
+            ev.ts,
+          );
+        },
+        ['parent_pid', 'parent_comm', 'child_pid', 'child_comm'],
+      );
   },
 };
 export default probe;

@@ -77,35 +77,41 @@ const probe: ProbeModule = {
       anyOf('comm', comms),
       ctx.params['include_ignored'] ? '' : `result != ${TRACE_SIGNAL_IGNORED}`,
     );
-    ctx.trace('signal', 'signal_generate', filter, (ev) => {
-      const f = ev.fields;
-      const code = f['code'] as number;
-      const pid = f['pid'] as number;
-      // si_code > 0 is the kernel's own (SEGV_MAPERR, BUS_ADRERR, SI_KERNEL for the OOM
-      // killer, ...); <= 0 is a process (SI_USER from kill(2), SI_TKILL, SI_QUEUE, ...).
-      // Either way common_pid is the task running when it was raised: the faulting task for
-      // a fault, the sender for kill(2).
-      const signal: Signal = {
-        sig: f['sig'] as number,
-        code,
-        errno: f['errno'] as number,
-        result: f['result'] as number,
-        group: Boolean(f['group']),
-        target: { pid, comm: f['comm'] as string },
-        sender: { pid: ev.pid, comm: ev.pid === pid ? (f['comm'] as string) : ctx.comm(ev.pid) },
-        senderIsKernel: code > 0,
-      };
-      // Set one by one, not spread: a record of a kill storm is built tens of thousands of
-      // times a second, and spreads cost it a third more agent time per record.
-      if (code <= 0 && ev.pid !== pid) {
-        const o = originOf(ev.pid, ev.ts);
-        if (o.senderParent) signal.senderParent = o.senderParent;
-        if (o.senderCgroup) signal.senderCgroup = o.senderCgroup;
-        const t = targetOf(pid, ev.ts);
-        if (t.targetCgroup) signal.targetCgroup = t.targetCgroup;
-      }
-      ctx.emit('signal', { signal }, ev.ts);
-    });
+    ctx.trace(
+      'signal',
+      'signal_generate',
+      filter,
+      (ev) => {
+        const f = ev.fields;
+        const code = f['code'] as number;
+        const pid = f['pid'] as number;
+        // si_code > 0 is the kernel's own (SEGV_MAPERR, BUS_ADRERR, SI_KERNEL for the OOM
+        // killer, ...); <= 0 is a process (SI_USER from kill(2), SI_TKILL, SI_QUEUE, ...).
+        // Either way common_pid is the task running when it was raised: the faulting task for
+        // a fault, the sender for kill(2).
+        const signal: Signal = {
+          sig: f['sig'] as number,
+          code,
+          errno: f['errno'] as number,
+          result: f['result'] as number,
+          group: Boolean(f['group']),
+          target: { pid, comm: f['comm'] as string },
+          sender: { pid: ev.pid, comm: ev.pid === pid ? (f['comm'] as string) : ctx.comm(ev.pid) },
+          senderIsKernel: code > 0,
+        };
+        // Set one by one, not spread: a record of a kill storm is built tens of thousands of
+        // times a second, and spreads cost it a third more agent time per record.
+        if (code <= 0 && ev.pid !== pid) {
+          const o = originOf(ev.pid, ev.ts);
+          if (o.senderParent) signal.senderParent = o.senderParent;
+          if (o.senderCgroup) signal.senderCgroup = o.senderCgroup;
+          const t = targetOf(pid, ev.ts);
+          if (t.targetCgroup) signal.targetCgroup = t.targetCgroup;
+        }
+        ctx.emit('signal', { signal }, ev.ts);
+      },
+      ['sig', 'code', 'errno', 'result', 'group', 'pid', 'comm'],
+    );
   },
 };
 export default probe;

@@ -47,7 +47,9 @@ async function oneDistro(m: Metrics, d: Distro, o: { trials: number; idleS?: num
     await g.hv.destroy(g.name);
     const t0 = mono();
     await g.hv.start(g.name);
-    client = await g.connectAgent(180_000);
+    // Offering the host key enrols the agent (its unit pins the first host over the port): an
+    // agent not enrolled runs no module (VSP_KEY_MISSING).
+    client = await g.connectAgent(180_000, { hostKey: g.key });
     m[`${p}.boot_to_agent_s`] = round3((mono() - t0) / 1e9);
     await g.waitSsh(120_000);
 

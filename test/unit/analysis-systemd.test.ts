@@ -266,6 +266,56 @@ describe('analysis with systemd', () => {
     expect(stops.find((v) => v.evidence.includes(nginx.id!))!.summary).toContain('as part of the guest');
   });
 
+  it("root's ssh logout: the user's service manager (systemd --user) stops its (sd-pam) helper; planned, not a kill", () => {
+    // Seen on the Debian guests after every ssh command: logind stops user@0.service once the
+    // last session is over; PID 1 stops the manager, which stops what runs under it.
+    const s = new Scenario();
+    const um = '/user.slice/user-0.slice/user@0.service/init.scope';
+    const manager: Task = { pid: 425, comm: 'systemd' };
+    const pam: Task = { pid: 426, comm: '(sd-pam)' };
+    s.signal(10_000, 15, manager, SYSTEMD, { senderCgroup: INIT, targetCgroup: um });
+    s.exit(10_300, manager, { code: 0, cgroup: um });
+    const term = s.signal(10_670, 15, pam, manager, { senderCgroup: um, targetCgroup: um });
+    s.signal(10_676, 9, pam, SYSTEMD, { senderCgroup: INIT });
+    s.exit(10_680, pam, { signal: 9, cgroup: um });
+    const a = around(s, term);
+    expect(a.verdicts.map((v) => v.kind)).not.toContain('app-killed');
+    expect(a.verdicts.find((x) => x.evidence.includes(term.id!))!.kind).toBe('planned-stop');
+    // the manager's own stop not recorded (its cgroup not read as it exited): still the manager's
+    const s2 = new Scenario();
+    s2.exec(1_000, manager, { parent: SYSTEMD, cgroup: um, filename: '/usr/lib/systemd/systemd' });
+    const term2 = s2.signal(10_670, 15, pam, manager, { targetCgroup: um });
+    s2.exit(10_680, pam, { signal: 9, cgroup: um });
+    const v = only(around(s2, term2));
+    expect(v.kind).toBe('planned-stop');
+    expect(v.summary).toContain('the service manager of user@0.service');
+  });
+
+  it("a user's service manager signalling outside its own tree is not called planned", () => {
+    const s = new Scenario();
+    const k = s.signal(
+      10_000,
+      15,
+      { pid: 400, comm: 'nginx' },
+      { pid: 425, comm: 'systemd' },
+      {
+        senderCgroup: '/user.slice/user-0.slice/user@0.service/init.scope',
+        targetCgroup: '/system.slice/nginx.service',
+      },
+    );
+    expect(only(around(s, k)).kind).toBe('app-killed');
+  });
+
+  it('systemctl reboot with a login open: the user manager stops its helper as part of the shutdown', () => {
+    const s = new Scenario();
+    s.heartbeats(0, 60_000);
+    const um = '/user.slice/user-0.slice/user@0.service/init.scope';
+    const pam = s.signal(60_000, 15, { pid: 402, comm: '(sd-pam)' }, { pid: 400, comm: 'systemd' }, { senderCgroup: um, targetCgroup: um });
+    s.libvirt(63_000, 'rebooted', { libvirtEvent: 'reboot' });
+    const a = around(s, pam);
+    expect(a.verdicts.find((v) => v.evidence.includes(pam.id!))!.summary).toContain("as part of the guest's shutdown");
+  });
+
   it('systemctl restart of the agent: a new agent on the same boot after systemd stopped it is planned, not an agent fault', () => {
     const s = new Scenario();
     s.heartbeats(0, 30_000);

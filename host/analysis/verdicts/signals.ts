@@ -16,6 +16,7 @@ import {
   sentBySystemd,
   sessionOf,
   targetCgroupOf,
+  userManagerOf,
   withSystemd,
 } from './systemd.js';
 import { S, type Window, clock, draft, type Draft } from './window.js';
@@ -114,7 +115,9 @@ export function signals(w: Window, runs: RunInfo[], out: Draft[], agentKills: Ag
       // hung worker, a script killing the wrong pid and an administrator all look the same.
       // Only a stop it knows to be planned (the guest's own shutdown) is called planned.
       const from = senderText(p);
-      const shutdown = STOP_SIGNALS.has(s.sig) ? plannedShutdown(out, p, spid) : null;
+      const userManager = STOP_SIGNALS.has(s.sig) ? userManagerOf(w, p) : null;
+      // a user's service manager stops what it runs as the guest shuts down, as PID 1 does
+      const shutdown = STOP_SIGNALS.has(s.sig) ? plannedShutdown(out, p, userManager ? 1 : spid) : null;
       const byControl = STOP_SIGNALS.has(s.sig) && !shutdown ? controlCommand(w, p, cgroup) : null;
       const session = sessionOf(senderCgroupIn(w, p));
       if (!shutdown && STOP_SIGNALS.has(s.sig) && sentBySystemd(p)) {
@@ -126,6 +129,11 @@ export function signals(w: Window, runs: RunInfo[], out: Draft[], agentKills: Ag
           `${who} was stopped with ${sn} by systemd (PID 1) at ${clock(p.timeUs)}: a stop job for ${unit || 'its unit'} ` +
           '(systemctl stop or restart, or a unit it depends on), planned, not a failure.' +
           fate;
+      } else if (userManager && !shutdown) {
+        kind = 'planned-stop';
+        summary =
+          `${who} was stopped with ${sn} by ${task(s.sender)}, the service manager of ${userManager}, at ${clock(p.timeUs)}: ` +
+          `it stops what runs under it when ${userManager} stops (the user's last session ended), planned, not a failure.${fate}`;
       } else if (byControl) {
         kind = 'planned-stop';
         control = byControl;

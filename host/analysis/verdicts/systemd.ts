@@ -25,6 +25,22 @@ export function sentBySystemd(p: Placed): boolean {
   return num(s.sender['pid']) === 1 && str(obj(p.ev.payload['signal'])['senderCgroup']) === SYSTEMD_CGROUP;
 }
 
+/**
+ * The sender was a user's service manager (`systemd --user`, in
+ * /user.slice/user-N.slice/user@N.service/): it stops what runs under it, its own (sd-pam)
+ * helper last, when logind or a shutdown stops user@N.service after the user's last session.
+ * Returns "user@N.service", or null.
+ */
+export function userManagerOf(w: Window, p: Placed): string | null {
+  const s = signalOf(p.ev);
+  if (!s || s.senderIsKernel || num(s.sender['pid']) === 1 || str(s.sender['comm']) !== 'systemd') return null;
+  const m = /^\/user\.slice\/user-\d+\.slice\/(user@\d+\.service)\//.exec(senderCgroupIn(w, p));
+  if (!m) return null;
+  // only what runs under that manager: its own tree
+  const target = targetCgroupOf(p);
+  return target === '' || target.startsWith(m[0]) ? (m[1] as string) : null;
+}
+
 /** "session-3.scope" when the cgroup is a login session's (ssh, a console): an administrator's. */
 export function sessionOf(cgroup: string): string | null {
   const m = /\/(session-[^/]+\.scope)$/.exec(cgroup);
