@@ -35,9 +35,11 @@ export interface Hypervisor {
   start(name: string): Promise<void>;
   /**
    * Starts a transient domain from XML with its CPUs paused (QEMU opens its disks, runs nothing);
-   * returns its name. Used to ask libvirt's lock manager whether it would refuse a start.
+   * returns its name. libvirt's lock manager takes its locks only when the CPUs start (resume).
    */
   createPaused(xml: string): Promise<string>;
+  /** Lets a paused domain's CPUs run; libvirt's lock manager acquires the disks' locks first. */
+  resume(name: string): Promise<void>;
   /** Hard power-off: QEMU is killed. */
   destroy(name: string): Promise<void>;
   /** Asks the guest to power off (ACPI); returns at once, the guest may ignore it. */

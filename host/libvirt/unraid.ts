@@ -110,6 +110,10 @@ export class UnraidHypervisor implements Hypervisor {
     }
   }
 
+  async resume(name: string): Promise<void> {
+    await this.onDomain('resume', name, (d) => d.resume());
+  }
+
   async destroy(name: string): Promise<void> {
     await this.onDomain('destroy', name, (d) => d.destroy());
   }

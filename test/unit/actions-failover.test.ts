@@ -13,7 +13,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { FailoverError, failover, standbyXml, type FailoverOptions } from '../../host/actions/failover.js';
 import { FenceLock } from '../../host/actions/fence-lock.js';
 import { readFenceMark, withFenceMark } from '../../host/actions/fence-mark.js';
-import { guardedDisks } from '../../host/actions/lock-guard.js';
+import { guardedDisks, probeXml } from '../../host/actions/lock-guard.js';
 import { restartDomain } from '../../host/actions/restart.js';
 import type { DeviceChangeOptions, DomainInfo, DomainStateName, Hypervisor } from '../../host/libvirt/hypervisor.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
@@ -84,6 +84,8 @@ class FakeHypervisor implements Hypervisor {
   stuckState: DomainStateName | null = null;
   /** delay of destroy(), ms */
   destroyDelayMs = 0;
+  /** QEMU's own image locks, seen from this host: holder -> its domain XML (null: none reach here) */
+  qemuImageLocks: Map<string, string> | null = null;
 
   constructor(
     readonly label: string,
@@ -129,9 +131,22 @@ class FakeHypervisor implements Hypervisor {
     const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1] ?? '';
     this.note(`createPaused ${name}`);
     if (this.domains.has(name)) throw new VesperError(ErrorCode.LIBVIRT_CALL, `operation failed: domain '${name}' already exists`);
-    this.lockSpace?.acquire(this.lockOwner(name), xml);
+    if (this.qemuImageLocks) {
+      const busy = guardedDisks(xml).find((d) => [...this.qemuImageLocks!.values()].some((x) => x.includes(d.source)));
+      if (busy)
+        throw new VesperError(
+          ErrorCode.DISK_LOCKED,
+          `start: Failed to get "write" lock; Is another process using the image [${busy.source}]?`,
+        );
+    }
     this.domains.set(name, { state: 'paused', xml, transient: true });
     return name;
+  }
+  async resume(name: string): Promise<void> {
+    this.note(`resume ${name}`);
+    const d = this.dom(name);
+    this.lockSpace?.acquire(this.lockOwner(name), d.xml); // libvirt takes the locks when the CPUs start
+    d.state = 'running';
   }
   async destroy(name: string): Promise<void> {
     this.note(`destroy ${name}`);
@@ -269,6 +284,8 @@ describe('failover (FenceThenStart)', () => {
     // before the confirmation the standby saw only the guard's probe (refused), nothing else
     expect(calls.slice(0, confirmed).filter((c) => c.startsWith('standby.'))).toEqual([
       expect.stringMatching(/^standby\.createPaused vesper-guard-/),
+      expect.stringMatching(/^standby\.resume vesper-guard-/), // refused: the lockspace holds the disk
+      expect.stringMatching(/^standby\.destroy vesper-guard-/),
       'standby.xml db1-b', // is there a definition marked by a newer failover?
     ]);
 
@@ -467,6 +484,31 @@ describe('failover guarded by the lock manager', () => {
     expect(err.code).toBe(ErrorCode.FAILOVER_UNGUARDED);
     expect(err.message).toContain('lockspace is not the one the primary uses');
     expect(live()).toEqual(['primary/db1']);
+  });
+
+  it("a refusal by QEMU's own image lock on the standby counts too (it comes before the lock manager's), and says so", async () => {
+    standby.lockSpace = null;
+    standby.qemuImageLocks = new Map([['primary/db1', XML]]);
+    const r = await failover(opts());
+    expect(r.guard).toMatchObject({ by: 'qemu-image-lock', holder: 'vm' });
+    expect(r.guard!.refusal).toContain('Failed to get "write" lock');
+  });
+
+  it('a probe whose CPUs start is destroyed at once; it never boots the disk (an empty CD-ROM is its only boot device)', async () => {
+    standby.lockSpace = null;
+    await failed(failover(opts()));
+    const probe = calls.find((c) => c.startsWith('standby.createPaused'))!.split(' ')[1]!;
+    expect(calls.filter((c) => c.includes(probe))).toEqual([
+      `standby.createPaused ${probe}`,
+      `standby.resume ${probe}`,
+      `standby.destroy ${probe}`,
+    ]);
+    const xml = probeXml('p', XML, guardedDisks(XML));
+    expect(xml).toMatch(/<disk type='file' device='cdrom'><target dev='hdc' bus='ide'\/><readonly\/><boot order='1'\/><\/disk>/);
+    expect(xml.match(/<boot /g)).toHaveLength(1);
+    expect(xml).toContain("<source file='/shared/db1.qcow2'/>");
+    expect(xml).toContain("<driver name='qemu' type='qcow2'/>");
+    expect(xml).not.toContain('tools.iso'); // read-only disks are not locked, not probed
   });
 
   it('a VM shut off on the primary: a paused probe holds its disks there while the standby is asked', async () => {

@@ -66,6 +66,7 @@ function fakeHv(label: string, calls: string[], domains: Map<string, string>, de
       domains.set(name, 'running');
     },
     createPaused: nope,
+    resume: nope,
     destroy: async (name) => {
       note(`destroy ${name}`);
       await sleep(destroyDelayMs);
