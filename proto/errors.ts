@@ -77,6 +77,13 @@ export const ErrorCode = {
   ACTION_RATE_LIMITED: 'VSP_ACTION_RATE_LIMITED',
   FENCE_FAILED: 'VSP_FENCE_FAILED',
   FENCE_LOCKED: 'VSP_FENCE_LOCKED',
+  // failover (host/actions/failover.ts, docs/failures.md#failover): the standby's libvirt would not refuse
+  // a second QEMU on the VM's disks (no lock manager, or a lockspace the primary does not share);
+  // libvirt's lock manager refused to start a QEMU on disks another QEMU holds; the primary's
+  // libvirt cannot be reached, so the VM cannot be fenced (a host failure: Pacemaker/STONITH's job)
+  FAILOVER_UNGUARDED: 'VSP_FAILOVER_UNGUARDED',
+  DISK_LOCKED: 'VSP_DISK_LOCKED',
+  PRIMARY_UNREACHABLE: 'VSP_PRIMARY_UNREACHABLE',
   PERMISSION_DENIED: 'VSP_PERMISSION_DENIED',
   DAEMON_UNREACHABLE: 'VSP_DAEMON_UNREACHABLE',
   /** another vesperd holds this configuration's store (its lock beside the store) */
@@ -120,7 +127,9 @@ export function exitStatusFor(code: string): number {
   if (code === ErrorCode.AGENT_NOT_ANSWERING || code === ErrorCode.BUS_UNAVAILABLE || code === ErrorCode.BUS_PUBLISH_FAILED) return 69;
   if (code === ErrorCode.BUS_STREAM_MISSING) return 3;
   if (code === ErrorCode.DAEMON_UNREACHABLE || code === ErrorCode.PACEMAKER_UNAVAILABLE) return 69; // EX_UNAVAILABLE
-  if (code === ErrorCode.DAEMON_RUNNING) return 75; // EX_TEMPFAIL
+  if (code === ErrorCode.DAEMON_RUNNING || code === ErrorCode.DISK_LOCKED) return 75; // EX_TEMPFAIL: held by another
+  if (code === ErrorCode.FAILOVER_UNGUARDED) return 78; // EX_CONFIG: turn the lock manager on
+  if (code === ErrorCode.PRIMARY_UNREACHABLE) return 69; // EX_UNAVAILABLE
   if (
     code === ErrorCode.VM_NOT_FOUND ||
     code === ErrorCode.DOMAIN_NOT_FOUND ||

@@ -1,22 +1,30 @@
-// FenceThenStart: move a VM whose host (or whose instance) failed to a standby hypervisor,
-// without ever letting two instances run at once. In order, each step only after the one
-// before it succeeded:
+// FenceThenStart: move a VM whose instance failed to a standby hypervisor, without ever letting
+// two instances run at once. In order, each step only after the one before it succeeded:
 //
-//   locked     the fence lock on the VM (and on the name it will run under on the standby), so
+//   locked     the fence lease on the VM (and on the name it will run under on the standby), so
 //              that of several managers that suspect the VM, one acts; the others get
-//              VSP_FENCE_LOCKED naming the holder
+//              VSP_FENCE_LOCKED naming the holder. The lease is a coordination marker with a
+//              fencing token (fence-lock.ts), not the guarantee.
+//   guarded    the guarantee: the standby's libvirt refuses a second QEMU on the VM's disks while
+//              the primary holds them (libvirt's lock manager, checked by trying: lock-guard.ts);
+//              VSP_FAILOVER_UNGUARDED otherwise, nothing fenced. Skipped only when the operator
+//              said so (actions.require_lock_manager: false).
 //   fenced     destroy on the primary; a domain that is already shut off is fine
 //   confirmed  the primary's libvirt says 'shut off' (an injected waitStopped, e.g. libvirt's
 //              lifecycle events, then one state read; or polling the state), within
-//              confirmTimeoutMs
-//   defined    the primary's persistent XML, renamed if asked, defined on the standby
-//   started    started on the standby
+//              confirmTimeoutMs: what fence_virsh does (destroy, then read the state back)
+//   defined    the primary's persistent XML, renamed if asked and marked with the fencing token,
+//              defined on the standby, unless the standby holds a definition marked by a newer
+//              failover (VSP_FENCE_LOCKED: this manager is the stale one)
+//   started    started on the standby. If libvirt's lock manager refuses because another QEMU
+//              holds the disks (another manager's copy, a restart on the primary), that is
+//              VSP_DISK_LOCKED: the refusal working, said as such
 //
 // A primary whose libvirt cannot be reached is NOT a stopped primary: the host may be alive
 // behind a broken network and the VM with it, writing to the same disks. That fails with
-// VSP_FENCE_FAILED and nothing is started; an operator (or a power fence) must decide. The lock
-// is renewed (which also proves we still hold it) before defining and before starting, and
-// released at the end whatever happened.
+// VSP_PRIMARY_UNREACHABLE and nothing is started: a dead host is Pacemaker's and STONITH's job.
+// The lease is renewed (which also proves we still hold it) before defining and before starting,
+// and released at the end whatever happened.
 //
 // The standby must reach the VM's disks (shared storage): vesper moves the definition, not data.
 // Callers connect to the standby before calling (the runner does): fencing a VM that then
@@ -25,10 +33,12 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { Hypervisor } from '../libvirt/hypervisor.js';
 import { describeHolder, type FenceLock, type Lease } from './fence-lock.js';
+import { newerFenceOnStandby, withFenceMark } from './fence-mark.js';
+import { verifyLockGuard, type LockGuardResult } from './lock-guard.js';
 import { silentLog, type ActionLog } from './log.js';
 import { destroyIfRunning } from './restart.js';
 
-export type FailoverStepName = 'locked' | 'fenced' | 'confirmed' | 'defined' | 'started';
+export type FailoverStepName = 'locked' | 'guarded' | 'fenced' | 'confirmed' | 'defined' | 'started';
 
 export interface FailoverStep {
   step: FailoverStepName;
@@ -55,6 +65,11 @@ export interface FailoverOptions {
    * more after it resolves.
    */
   waitStopped?: (vm: string, timeoutMs: number) => Promise<void>;
+  /**
+   * Refuse unless the standby's libvirt refuses a second QEMU on the VM's disks (default true).
+   * false only for setups without shared disks, such as tests of the ordering on one libvirtd.
+   */
+  requireLockManager?: boolean;
   /** lease length (default confirmTimeoutMs + 120 s: the libvirt calls after it are bounded too) */
   leaseTtlMs?: number;
   log?: ActionLog;
@@ -66,6 +81,10 @@ export interface FailoverResult {
   /** false: the domain was already shut off on the primary */
   destroyed: boolean;
   steps: FailoverStep[];
+  /** the lease's fencing token, also written into the standby's definition */
+  fence: number;
+  /** how the lock manager's refusal was seen (null: not required) */
+  guard: LockGuardResult | null;
 }
 
 /** A failover that stopped part way; `steps` says how far it got. */
@@ -117,21 +136,53 @@ export async function failover(o: FailoverOptions): Promise<FailoverResult> {
       leases.push(r.lease);
     }
     mark('locked');
+    const fence = Math.max(...leases.map((l) => l.fence));
 
-    // 2. fence
+    // 2. the guard: libvirt's lock manager, not our lease
+    let guard: LockGuardResult | null = null;
+    if (o.requireLockManager !== false) {
+      try {
+        guard = await verifyLockGuard({ vm: o.vm, primary: o.primary, standby: o.standby, log });
+      } catch (err) {
+        const e = VesperError.from(err, ErrorCode.ACTION_FAILED);
+        if (e.code === ErrorCode.LIBVIRT_UNAVAILABLE) throw fail(ErrorCode.PRIMARY_UNREACHABLE, unreachable(e), err);
+        if (e.code === ErrorCode.DOMAIN_NOT_FOUND) throw fail(ErrorCode.FENCE_FAILED, fenceProblem(e), err);
+        throw fail(e.code, e.message, err);
+      }
+      mark('guarded');
+    }
+    // A standby definition marked by a newer failover: this manager is the stale one. Asked
+    // before the fence (not to shoot a VM for nothing) and again before the define.
+    const stale = async (): Promise<void> => {
+      let newer: string;
+      try {
+        newer = await newerFenceOnStandby(o.standby, target, fence);
+      } catch (err) {
+        throw fail(ErrorCode.ACTION_FAILED, (err as Error).message, err);
+      }
+      if (newer)
+        throw fail(
+          ErrorCode.FENCE_LOCKED,
+          `the standby's ${target} was defined by a newer failover (${newer}, ours ${fence}); not failing over`,
+        );
+    };
+    await stale();
+
+    // 3. fence
     let destroyed: boolean;
     try {
       destroyed = (await destroyIfRunning(o.primary, o.vm)).destroyed;
     } catch (err) {
-      throw fail(ErrorCode.FENCE_FAILED, fenceProblem(err), err);
+      const unreached = VesperError.from(err).code === ErrorCode.LIBVIRT_UNAVAILABLE;
+      throw fail(unreached ? ErrorCode.PRIMARY_UNREACHABLE : ErrorCode.FENCE_FAILED, fenceProblem(err), err);
     }
     mark('fenced');
 
-    // 3. confirm
+    // 4. confirm
     await confirmShutOff(o, fail);
     mark('confirmed');
 
-    // 4. define on the standby
+    // 5. define on the standby, unless a newer failover already did
     await renewAll(o.lock, leases, fail);
     let xml: string;
     try {
@@ -139,23 +190,31 @@ export async function failover(o: FailoverOptions): Promise<FailoverResult> {
     } catch (err) {
       throw fail(ErrorCode.ACTION_FAILED, `cannot read the definition from the primary: ${(err as Error).message}`, err);
     }
+    await stale();
     let defined: string;
     try {
-      defined = await o.standby.define(standbyXml(xml, o.standbyName));
+      defined = await o.standby.define(withFenceMark(standbyXml(xml, o.standbyName), { fence, owner: o.owner }));
     } catch (err) {
       throw fail(ErrorCode.ACTION_FAILED, `define ${target} on the standby: ${(err as Error).message}`, err);
     }
     mark('defined');
 
-    // 5. start there
+    // 6. start there
     await renewAll(o.lock, leases, fail);
     try {
       await o.standby.start(defined || target);
     } catch (err) {
-      throw fail(ErrorCode.ACTION_FAILED, `start ${target} on the standby: ${(err as Error).message}`, err);
+      const e = VesperError.from(err, ErrorCode.ACTION_FAILED);
+      if (e.code === ErrorCode.DISK_LOCKED)
+        throw fail(
+          ErrorCode.DISK_LOCKED,
+          `libvirt on the standby refused to start ${target}: another QEMU holds its disks (another copy is running; the lock manager kept it to one): ${e.message}`,
+          err,
+        );
+      throw fail(ErrorCode.ACTION_FAILED, `start ${target} on the standby: ${e.message}`, err);
     }
     mark('started');
-    return { vm: o.vm, standbyName: target, destroyed, steps };
+    return { vm: o.vm, standbyName: target, destroyed, steps, fence, guard };
   } finally {
     for (const lease of leases.reverse()) {
       await o.lock
@@ -165,10 +224,13 @@ export async function failover(o: FailoverOptions): Promise<FailoverResult> {
   }
 }
 
+function unreachable(e: VesperError): string {
+  return `the primary's libvirt cannot be reached (${e.message}); an unreachable host is not a stopped one, so nothing is fenced or started: a host failure is for Pacemaker and its STONITH to handle`;
+}
+
 function fenceProblem(err: unknown): string {
   const e = VesperError.from(err);
-  if (e.code === ErrorCode.LIBVIRT_UNAVAILABLE)
-    return `the primary's libvirt cannot be reached (${e.message}); an unreachable host is not a stopped one, so nothing is started elsewhere`;
+  if (e.code === ErrorCode.LIBVIRT_UNAVAILABLE) return unreachable(e);
   if (e.code === ErrorCode.DOMAIN_NOT_FOUND) return `the primary has no such domain (${e.message}); nothing to fence or move`;
   return `destroy on the primary failed: ${e.message}`;
 }

@@ -1,5 +1,11 @@
 // FenceLock: a lease per key (a VM name) in a directory that several managers share, so that
-// two managers that both suspect the same VM cannot both fence it and start it elsewhere. It is
+// two managers that both suspect the same VM do not both fence it and start it elsewhere. Since
+// issue 21 it is a coordination marker, not the guarantee: a lease on files and wall clocks fails
+// exactly when the storage or the clocks do (a lost NFS mount, a paused holder), so failover also
+// needs libvirt's lock manager, which refuses a second QEMU on the same disks whatever the
+// leases say (lock-guard.ts, docs/failures.md#failover). Each lease carries a fencing token: a number per
+// key that every new holder takes one higher than the last (K.fence), so what a holder did can be
+// told apart from what an older one did. It is
 // the software form of the Toshiba scheme in seed 002: before shooting the other node, a node
 // blocks shots at itself, and the two blocks exclude each other, so of two nodes that suspect
 // each other one always survives. Here the block is the lease: whoever holds it for a VM may
@@ -9,6 +15,8 @@
 //   K.lock                     the lease: JSON {key, owner, pid, host, expiresAt, ttlMs, token}
 //   K.lock.<token>.tmp         a lease being written (renamed or linked into place, then gone)
 //   K.lock.<token>.claim<n>    the right to remove or replace the lease whose token is <token>
+//   K.fence                    the last fencing token given out for K (a decimal number; kept
+//                              after release, so tokens only grow)
 //
 // Every lease file is written completely under a unique temporary name first and only then put
 // in place, so a reader never sees half a lease. Its content never changes: renew puts a new
@@ -59,6 +67,11 @@ export interface Lease extends LeaseHolder {
   readonly ttlMs: number;
   /** names this one lease file; renew gives a new lease with a new token */
   readonly token: string;
+  /**
+   * The fencing token: one more than the last holder's, kept by renew. Only the holder writes the
+   * counter, so it grows while the lease works; with the lease broken two holders may get the same.
+   */
+  readonly fence: number;
 }
 
 export type AcquireResult =
@@ -102,7 +115,7 @@ export class FenceLock {
     const token = newToken();
     const tmp = this.path(`${name}.lock.${token}.tmp`);
     const lockPath = this.path(`${name}.lock`);
-    const lease = (): Lease => ({ key, owner, pid: process.pid, host: this.host, expiresAt: this.now() + ttlMs, ttlMs, token });
+    const lease = (): Lease => ({ key, owner, pid: process.pid, host: this.host, expiresAt: this.now() + ttlMs, ttlMs, token, fence: 0 });
     let last: StoredLease | null = null;
     try {
       for (let round = 0; round < ACQUIRE_ROUNDS; round++) {
@@ -110,7 +123,7 @@ export class FenceLock {
         await this.writeLease(tmp, mine);
         try {
           await link(tmp, lockPath);
-          return { ok: true, lease: mine };
+          return { ok: true, lease: { ...mine, fence: await this.nextFence(name, token) } };
         } catch (err) {
           if (errno(err) !== 'EEXIST') throw this.ioError(`create ${lockPath}`, err);
         }
@@ -130,7 +143,7 @@ export class FenceLock {
           const taken = lease();
           await this.writeLease(tmp, taken);
           await rename(tmp, lockPath);
-          return { ok: true, lease: taken };
+          return { ok: true, lease: { ...taken, fence: await this.nextFence(name, token) } };
         } finally {
           await this.dropClaims(name, cur.token, claim.generation);
         }
@@ -210,6 +223,27 @@ export class FenceLock {
       this.dirReady = p;
     }
     return this.dirReady;
+  }
+
+  /** Takes the next fencing token for `name`: called by a new holder only, right after it won. */
+  private async nextFence(name: string, token: string): Promise<number> {
+    const file = this.path(`${name}.fence`);
+    let last = 0;
+    try {
+      const n = Number((await readFile(file, 'utf8')).trim());
+      if (Number.isSafeInteger(n) && n > 0) last = n;
+    } catch (err) {
+      if (errno(err) !== 'ENOENT') throw this.ioError(`read ${file}`, err);
+    }
+    const tmp = this.path(`${name}.fence.${token}.tmp`);
+    try {
+      await writeFile(tmp, `${last + 1}\n`, { mode: 0o644 });
+      await rename(tmp, file);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw this.ioError(`write ${file}`, err);
+    }
+    return last + 1;
   }
 
   private async writeLease(file: string, lease: Lease): Promise<void> {

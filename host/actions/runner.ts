@@ -46,6 +46,8 @@ export interface ActionRunnerOptions {
   owner?: string;
   /** failover's standby when the action names none (config actions.standby_uri) */
   standbyUri?: string;
+  /** failover refuses unless libvirt's lock manager guards the VM's disks (default true; docs/failures.md#failover) */
+  requireLockManager?: boolean;
   /** how long the primary may take to report the fenced domain shut off (default 60 s) */
   confirmTimeoutMs?: number;
   /** libvirt-event-backed wait for a domain to stop (see failover) */
@@ -241,8 +243,8 @@ export class ActionRunner {
             primary = await this.o.hypervisorFor();
           } catch (err) {
             throw new VesperError(
-              ErrorCode.FENCE_FAILED,
-              `failover of ${vm}: the primary's libvirt cannot be reached, so ${vm} cannot be confirmed stopped; nothing started: ${(err as Error).message}`,
+              ErrorCode.PRIMARY_UNREACHABLE,
+              `failover of ${vm}: the primary's libvirt cannot be reached, so ${vm} cannot be fenced or confirmed stopped; nothing started (a host failure is for Pacemaker and its STONITH): ${(err as Error).message}`,
             );
           }
           return failover({
@@ -254,10 +256,14 @@ export class ActionRunner {
             owner: this.owner,
             confirmTimeoutMs: this.o.confirmTimeoutMs ?? 60_000,
             waitStopped: this.o.waitStopped,
+            requireLockManager: this.o.requireLockManager,
             log: this.log,
           });
         });
-        return { error: null, detail: { standbyUri, standbyName: r.standbyName, destroyed: r.destroyed, steps: r.steps } };
+        return {
+          error: null,
+          detail: { standbyUri, standbyName: r.standbyName, destroyed: r.destroyed, steps: r.steps, fence: r.fence, guard: r.guard },
+        };
       }
       case 'pacemaker-fail':
         return this.pacemaker.fail(vm, { resource: p.resource, node: p.node });

@@ -16,6 +16,7 @@ import { DEFAULT_ALERT_SOCKET, alertEvent } from '../pacemaker/alert-event.js';
 import { sendAlert } from './alert-send.js';
 import { addAgentCommands } from './agent.js';
 import { addChannelCommands } from './channel.js';
+import { addFailoverCommand } from './failover.js';
 import { addFleetCommands } from './fleet.js';
 import { addStoreCommands } from './export-commands.js';
 import { ApiClient, DEFAULT_SOCKET } from './api-client.js';
@@ -431,6 +432,7 @@ export function buildProgram(): Command {
 
   addAgentCommands(program); // vesper agent install|uninstall|status: over SSH, from this process
   addChannelCommands(program); // vesper channel add|remove: the agent's channel in a libvirt domain
+  addFailoverCommand(program); // vesper failover VM: FenceThenStart by hand, guarded by libvirt's lock manager
   addFleetCommands(program); // vesper fleet list|events|analyze: every host's events, from the NATS bus
 
   return program;

@@ -132,6 +132,8 @@ export interface Config {
     fenceLockDir: string;
     /** failover's standby libvirt URI when a filter's action names none */
     standbyUri?: string;
+    /** failover refuses unless libvirt's lock manager guards the VM's disks (docs/failures.md#failover) */
+    requireLockManager: boolean;
   };
   filters: FilterRuleConfig[];
   /** probes to attach to matching VMs when they are first seen */
@@ -308,6 +310,7 @@ export const fileSchema = mapping('a mapping of sections', {
       .string({ error: 'must be a libvirt URI like qemu+ssh://standby/system' })
       .refine(isLibvirtUri, { error: 'must be a libvirt URI like qemu+ssh://standby/system' })
       .optional(),
+    require_lock_manager: z.boolean({ error: 'must be true or false' }).prefault(true),
   }).prefault({}),
   filters: z.array(filterSchema, { error: 'must be a list of filter rules' }).prefault([]),
   attach: z.array(attachSchema, { error: 'must be a list of attach rules' }).prefault([]),
@@ -342,6 +345,7 @@ export function toConfig(f: FileConfig): Config {
       rateLimit: { max: f.actions.rate_limit.max, per: f.actions.rate_limit.per },
       fenceLockDir: f.actions.fence_lock_dir,
       ...(f.actions.standby_uri !== undefined ? { standbyUri: f.actions.standby_uri } : {}),
+      requireLockManager: f.actions.require_lock_manager,
     },
     filters: f.filters.map((r) => ({
       vm: r.vm,

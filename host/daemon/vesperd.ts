@@ -143,6 +143,7 @@ export class Vesperd {
     this.actions = new ActionRunner({
       hypervisorFor: (uri?: string) => this.hypervisorFor(uri),
       standbyUri: c.actions.standbyUri,
+      requireLockManager: c.actions.requireLockManager,
       lock: new FenceLock(c.actions.fenceLockDir),
       limiter: new ActionRateLimiter({ max: c.actions.rateLimit.max, windowMs: c.actions.rateLimit.per }),
       execTimeoutMs: c.actions.execTimeout,

@@ -3,7 +3,9 @@
 // detector does not depend on how libvirt is reached (native binding, virsh, or a test double).
 //
 // Every method rejects with a VesperError: VSP_LIBVIRT_UNAVAILABLE (daemon not reachable),
-// VSP_DOMAIN_NOT_FOUND (no such domain), or VSP_LIBVIRT_CALL (libvirt refused the call).
+// VSP_DOMAIN_NOT_FOUND (no such domain), VSP_DISK_LOCKED (a start that libvirt's lock manager, or
+// QEMU's own image locking, refused because another QEMU holds the disks), or VSP_LIBVIRT_CALL
+// (libvirt refused the call otherwise).
 
 /**
  * Domain states, in virsh's words (`virsh domstate`), so logs and `virsh` output read the same.
@@ -31,6 +33,13 @@ export interface Hypervisor {
   /** Defines (or redefines) a persistent domain; returns its name. */
   define(xml: string): Promise<string>;
   start(name: string): Promise<void>;
+  /**
+   * Starts a transient domain from XML with its CPUs paused (QEMU opens its disks, runs nothing);
+   * returns its name. libvirt's lock manager takes its locks only when the CPUs start (resume).
+   */
+  createPaused(xml: string): Promise<string>;
+  /** Lets a paused domain's CPUs run; libvirt's lock manager acquires the disks' locks first. */
+  resume(name: string): Promise<void>;
   /** Hard power-off: QEMU is killed. */
   destroy(name: string): Promise<void>;
   /** Asks the guest to power off (ACPI); returns at once, the guest may ignore it. */

@@ -13,6 +13,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { Domain, Hypervisor as NativeHypervisor } from '@unraid/libvirt';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { isDiskLockRefusal } from './lock-refusal.js';
 import type { DeviceChangeOptions, DomainInfo, DomainStateName, Hypervisor } from './hypervisor.js';
 
 export interface UnraidHypervisorOptions {
@@ -46,11 +47,13 @@ export function libvirtError(what: string, err: unknown): VesperError {
   if (err instanceof VesperError) return err;
   const msg = (err as { message?: unknown })?.message;
   const text = (typeof msg === 'string' ? msg : String(err)).trim();
-  const code = NOT_FOUND.test(text)
-    ? ErrorCode.DOMAIN_NOT_FOUND
-    : UNAVAILABLE.test(text)
-      ? ErrorCode.LIBVIRT_UNAVAILABLE
-      : ErrorCode.LIBVIRT_CALL;
+  const code = isDiskLockRefusal(text)
+    ? ErrorCode.DISK_LOCKED
+    : NOT_FOUND.test(text)
+      ? ErrorCode.DOMAIN_NOT_FOUND
+      : UNAVAILABLE.test(text)
+        ? ErrorCode.LIBVIRT_UNAVAILABLE
+        : ErrorCode.LIBVIRT_CALL;
   return new VesperError(code, `${what}: ${text}`, '', { cause: err });
 }
 
@@ -91,6 +94,24 @@ export class UnraidHypervisor implements Hypervisor {
 
   async start(name: string): Promise<void> {
     await this.onDomain('start', name, (d) => d.create());
+  }
+
+  // virsh: the binding's domainCreateXML takes no flags (no VIR_DOMAIN_START_PAUSED).
+  async createPaused(xml: string): Promise<string> {
+    const dir = await mkdtemp(join(tmpdir(), 'vesper-dom-'));
+    try {
+      const file = join(dir, 'domain.xml');
+      await writeFile(file, xml, { mode: 0o600 });
+      const name = /<name>([^<]*)<\/name>/.exec(xml)?.[1] ?? 'a transient domain';
+      await this.virsh(`start ${name} paused`, ['create', '--file', file, '--paused']);
+      return name;
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  async resume(name: string): Promise<void> {
+    await this.onDomain('resume', name, (d) => d.resume());
   }
 
   async destroy(name: string): Promise<void> {

@@ -57,7 +57,9 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
       store: storePath,
       group,
       domains: [`${rig.name}*`], // the guest and its failover standby
-      more: { actions: { exec_timeout: '10s', rate_limit: { max: 5, per: '10m' } } },
+      // require_lock_manager false: the standby is this same libvirtd (no lock manager, no shared
+      // disk); the failover test below checks the fence ordering, failover-lockd.test.ts the guard
+      more: { actions: { exec_timeout: '10s', rate_limit: { max: 5, per: '10m' }, require_lock_manager: false } },
     });
     d = new VesperdProcess(configPath, socket);
     await d.start();

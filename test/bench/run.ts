@@ -26,6 +26,7 @@ import { splitBrainBench } from './splitbrain.js';
 import { sshBench } from './ssh.js';
 import { faultsBench } from './faults.js';
 import { fleetBench } from './fleet.js';
+import { lockmgrBench } from './fleet-lockmgr.js';
 import { agentIdle, loopCost, rssMb } from './agent-idle.js';
 import { vmBench } from './vm.js';
 import { falseAlarmsBench } from './false-alarms.js';
@@ -88,6 +89,8 @@ const TARGETS: Record<string, string> = {
   'fleet.publish_to_subscriber_ms.p99': '<= 50',
   'fleet.outage_events_lost': '0',
   'fleet.stored_twice': '0',
+  'fleet.lockmgr.trials': '>= 50',
+  'fleet.lockmgr.double_starts': '0',
   ...DISTRO_TARGETS,
 };
 
@@ -271,6 +274,7 @@ async function main(): Promise<void> {
     .option('--no-vm', 'skip the benchmarks that boot a guest')
     .option('--race-trials <n>', 'trials per failure and mode in the Pacemaker race', '5')
     .option('--splitbrain-trials <n>', 'trials of two managers failing over the same VM at once', '100')
+    .option('--lockmgr-trials <n>', 'races of two managers failing over the same VM between two lockd hosts, lease broken', '50')
     .option('--soak-minutes <n>', 'minutes of stress-ng in the busy-guest soak', '10')
     .option('--fault-trials <n>', 'faults injected mid-stream (each kind in turn)', '10')
     .option('--pause-trials <n>', 'host pause/save/snapshot trials for distro.false_alarms', '21')
@@ -290,6 +294,7 @@ async function main(): Promise<void> {
       vcpus: string;
       raceTrials: string;
       splitbrainTrials: string;
+      lockmgrTrials: string;
       soakMinutes: string;
       faultTrials: string;
       pauseTrials: string;
@@ -304,7 +309,9 @@ async function main(): Promise<void> {
   if (want('analyze.')) await analyzeBench(m, { log: (s) => console.error(s) });
   if (want('export.')) await exportBench(m, { want, log: (s) => console.error(s) });
   if (want('fuzz.')) await fuzzBench(m, { cases: 100_000, log: (s) => console.error(s) });
-  if (want('fleet.')) await fleetBench(m, { log: (s) => console.error(s) });
+  // the bus benchmarks, not when only the lock manager's are asked for (`--only fleet.lockmgr`)
+  if (want('fleet.') && !o.only?.startsWith('fleet.lockmgr')) await fleetBench(m, { log: (s) => console.error(s) });
+  if (o.vm && want('fleet.lockmgr.')) await lockmgrBench(m, { trials: Number(o.lockmgrTrials), log: (s) => console.error(s) });
   if (why) {
     console.error(`agent benchmarks skipped: ${why}`);
   } else {

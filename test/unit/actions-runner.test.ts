@@ -65,6 +65,8 @@ function fakeHv(label: string, calls: string[], domains: Map<string, string>, de
       note(`start ${name}`);
       domains.set(name, 'running');
     },
+    createPaused: nope,
+    resume: nope,
     destroy: async (name) => {
       note(`destroy ${name}`);
       await sleep(destroyDelayMs);
@@ -122,6 +124,8 @@ function harness(over: Partial<ActionRunnerOptions> = {}, hv: { destroyDelayMs?:
     log,
     owner: 'test-manager',
     confirmTimeoutMs: 2000,
+    // these fakes have no disks and no lock manager: the guard is tested in actions-failover
+    requireLockManager: false,
     ...over,
   });
   return { runner, results, calls, uris, logs };
@@ -274,8 +278,21 @@ describe('ActionRunner', () => {
     });
     h2.runner.run(event('db1'), 'failover', []);
     await h2.runner.idle();
-    expect(h2.results[0]!.r).toMatchObject({ ok: false, error: { code: ErrorCode.FENCE_FAILED } });
+    expect(h2.results[0]!.r).toMatchObject({ ok: false, error: { code: ErrorCode.PRIMARY_UNREACHABLE } });
+    expect(h2.results[0]!.r.error!.message).toMatch(/Pacemaker/);
     expect(h2.calls).toEqual([]);
+  });
+
+  it('failover requires the lock manager unless told otherwise: a diskless VM is refused, nothing fenced', async () => {
+    const h = harness({ standbyUri: 'qemu+ssh://b/system', requireLockManager: undefined });
+    h.runner.run(event('db1'), 'failover', []);
+    await h.runner.idle();
+    expect(h.results[0]!.r).toMatchObject({
+      ok: false,
+      error: { code: ErrorCode.FAILOVER_UNGUARDED },
+      detail: { steps: [{ step: 'locked' }] },
+    });
+    expect(h.calls.some((c) => c.includes('destroy'))).toBe(false);
   });
 
   it('a failed failover reports how far it got', async () => {

@@ -28,7 +28,7 @@ const DEFAULTS: Config = {
     readCoalesce: 20,
     resumeGrace: 10_000,
   },
-  actions: { execTimeout: 30_000, rateLimit: { max: 3, per: 600_000 }, fenceLockDir: '/var/lib/vesper/fence' },
+  actions: { execTimeout: 30_000, rateLimit: { max: 3, per: 600_000 }, fenceLockDir: '/var/lib/vesper/fence', requireLockManager: true },
   filters: [],
   attach: [],
   ssh: { targets: {}, connectTimeout: 15_000, keepalive: 5000, keepaliveCountMax: 3 },
@@ -126,6 +126,7 @@ actions:
   rate_limit: { max: 10, per: 1h }
   fence_lock_dir: /mnt/shared/fence
   standby_uri: qemu+tls://standby/system
+  require_lock_manager: false
 filters:
   - plugin: signal
     event: signal
@@ -173,6 +174,7 @@ attach:
         rateLimit: { max: 10, per: 3_600_000 },
         fenceLockDir: '/mnt/shared/fence',
         standbyUri: 'qemu+tls://standby/system',
+        requireLockManager: false,
       },
       filters: [
         { vm: '*', plugin: 'signal', instance: '*', event: 'signal', decision: { kind: 'notify' } },

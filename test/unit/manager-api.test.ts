@@ -433,6 +433,7 @@ describe('CLI argument helpers', () => {
       'daemon',
       'detach',
       'events',
+      'failover',
       'filter',
       'fleet',
       'list',
