@@ -37,6 +37,7 @@ import { newerFenceOnStandby, withFenceMark } from './fence-mark.js';
 import { verifyLockGuard, type LockGuardResult } from './lock-guard.js';
 import { silentLog, type ActionLog } from './log.js';
 import { destroyIfRunning } from './restart.js';
+import { escapeXml } from '../libvirt/xml-text.js';
 
 export type FailoverStepName = 'locked' | 'guarded' | 'fenced' | 'confirmed' | 'defined' | 'started';
 
@@ -306,10 +307,6 @@ export function standbyXml(xml: string, newName?: string): string {
     .replace(/\n?[ \t]*<uuid>[^<]*<\/uuid>/g, '')
     .replace(/\n?[ \t]*<entry name=(['"])uuid\1>[^<]*<\/entry>/g, '')
     .replace(/\n?[ \t]*<mac address=(['"])[^'"]*\1\s*\/>/g, '');
-}
-
-function escapeXml(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
 }
 
 // eslint-disable-next-line no-control-regex

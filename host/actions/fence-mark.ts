@@ -9,6 +9,7 @@
 // It is a check before an act, so it narrows races; libvirt's lock manager closes them.
 import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { Hypervisor } from '../libvirt/hypervisor.js';
+import { escapeXml, unescapeXml } from '../libvirt/xml-text.js';
 
 export const FENCE_MARK_NS = 'https://vesper.invalid/xmlns/failover/1';
 
@@ -58,17 +59,4 @@ export async function newerFenceOnStandby(standby: Hypervisor, name: string, fen
   }
   const mark = readFenceMark(xml);
   return mark && mark.fence > fence ? `fence ${mark.fence} by ${mark.owner || 'unknown'}` : '';
-}
-
-function escapeXml(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
-}
-
-function unescapeXml(s: string): string {
-  return s
-    .replace(/&lt;/g, '<')
-    .replace(/&gt;/g, '>')
-    .replace(/&quot;/g, '"')
-    .replace(/&apos;/g, "'")
-    .replace(/&amp;/g, '&');
 }

@@ -39,6 +39,7 @@ import { ErrorCode, VesperError } from '../../proto/errors.js';
 import type { Hypervisor } from '../libvirt/hypervisor.js';
 import { isLockManagerRefusal } from '../libvirt/lock-refusal.js';
 import { silentLog, type ActionLog } from './log.js';
+import { escapeXml, unescapeXml } from '../libvirt/xml-text.js';
 
 export interface LockGuardOptions {
   vm: string;
@@ -226,17 +227,4 @@ function driveLetters(i: number): string {
 
 function attr(attrs: string, name: string): string | undefined {
   return new RegExp(`\\b${name}=(['"])([^'"]*)\\1`).exec(attrs)?.[2];
-}
-
-function escapeXml(s: string): string {
-  return s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
-}
-
-function unescapeXml(s: string): string {
-  return s
-    .replace(/&lt;/g, '<')
-    .replace(/&gt;/g, '>')
-    .replace(/&quot;/g, '"')
-    .replace(/&apos;/g, "'")
-    .replace(/&amp;/g, '&');
 }

@@ -11,6 +11,7 @@
 // The XML comes from libvirt, but is parsed with a real parser (fast-xml-parser) rather than
 // regular expressions: attribute order, quoting style and entities (&amp; in a path) all vary.
 import { XMLParser } from 'fast-xml-parser';
+import { escapeXml } from './xml-text.js';
 
 export const AGENT_CHANNEL = 'org.vesper.agent.0';
 
@@ -53,15 +54,9 @@ export function channelSocketPath(domainXml: string, name: string = AGENT_CHANNE
   return null;
 }
 
-const XML_ESCAPES: Record<string, string> = { '&': '&amp;', '<': '&lt;', '>': '&gt;', "'": '&apos;', '"': '&quot;' };
-
-function escapeAttr(s: string): string {
-  return s.replace(/[&<>'"]/g, (c) => XML_ESCAPES[c] ?? c);
-}
-
 /** Device XML for `virsh attach-device` / `detach-device`: a listening unix channel. */
 export function channelDeviceXml(path: string, name: string): string {
-  return `<channel type='unix'><source mode='bind' path='${escapeAttr(path)}'/><target type='virtio' name='${escapeAttr(name)}'/></channel>`;
+  return `<channel type='unix'><source mode='bind' path='${escapeXml(path)}'/><target type='virtio' name='${escapeXml(name)}'/></channel>`;
 }
 
 /** A unix channel as it stands in a domain's XML. */
@@ -109,7 +104,7 @@ export function hasVirtioSerialController(domainXml: string): boolean {
 
 /** Device XML for a listening unix channel whose path libvirt chooses (under its channel directory). */
 export function channelDeviceXmlAutoPath(name: string = AGENT_CHANNEL): string {
-  return `<channel type='unix'><source mode='bind'/><target type='virtio' name='${escapeAttr(name)}'/></channel>`;
+  return `<channel type='unix'><source mode='bind'/><target type='virtio' name='${escapeXml(name)}'/></channel>`;
 }
 
 /** Device XML of a virtio-serial controller, for a domain that has none. */
