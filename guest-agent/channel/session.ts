@@ -169,6 +169,12 @@ export class Session {
           return;
         }
         const trust = this.d.onHelloAck?.(a, this.helloNonce) ?? { ok: true };
+        if (trust.ok === 'stale') {
+          // The answer to a hello of an earlier link (written while no host held the port, read
+          // by this host first): this link's own answer follows.
+          this.d.log.info({ link: this.describe }, "answer to an earlier hello ignored: waiting for this link's");
+          return;
+        }
         if (!trust.ok) {
           // Told to the host (which shows it in `vesper status`) and logged by the trust itself;
           // nothing of this guest goes to a host it does not trust.

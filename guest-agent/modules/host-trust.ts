@@ -28,7 +28,14 @@ export interface HelloTrust {
 }
 
 /** What an answered hello means for this link: go on, or refuse the host with this error. */
-export type AckVerdict = { ok: true; enrolled?: string } | { ok: false; error: VesperError };
+export type AckVerdict = { ok: true; enrolled?: string } | { ok: false; error: VesperError } | { ok: 'stale' };
+
+/**
+ * How many earlier hellos' nonces are remembered. On a virtio-serial port a hello written while
+ * no host held the port waits there and reaches the next host first, and that host answers it:
+ * an answer that proves the key over one of these is for a link that is gone, not a bad proof.
+ */
+const EARLIER_NONCES = 4;
 
 /** How long the same refusal is not logged again (a refused host relinks every few seconds). */
 const REFUSAL_LOG_MS = 60_000;
@@ -37,6 +44,8 @@ export class HostTrust {
   private keys: TrustedKeys | null;
   private pinError: VesperError | null = null;
   private readonly refusalsLogged = new Map<string, number>();
+  /** the nonces of the last hellos sent, newest last */
+  private readonly nonces: Buffer[] = [];
 
   private constructor(
     /** the --host-key path, or null when the key is pinned in the state directory */
@@ -117,7 +126,10 @@ export class HostTrust {
   /** The hello's enrolment fields (a new nonce every time). */
   helloFields(): HelloTrust {
     this.refresh();
-    return { trustedKeyIds: this.ids(), enrols: this.enrolsNow(), enrolNonce: randomBytes(ENROL_NONCE_BYTES) };
+    const enrolNonce = randomBytes(ENROL_NONCE_BYTES);
+    this.nonces.push(enrolNonce);
+    if (this.nonces.length > EARLIER_NONCES + 1) this.nonces.shift();
+    return { trustedKeyIds: this.ids(), enrols: this.enrolsNow(), enrolNonce };
   }
 
   private enrolsNow(): boolean {
@@ -135,8 +147,13 @@ export class HostTrust {
       if (!this.keys) this.log?.warn({ code: ErrorCode.KEY_MISSING }, 'the host offered no key to enrol with: no module can load');
       return { ok: true };
     }
-    const c = checkOfferedKey(offered, ack.hostKeyProof ?? new Uint8Array(), nonce);
-    if ('why' in c) return this.refuse(new VesperError(ErrorCode.KEY_INVALID, c.why), 'proof');
+    const proof = ack.hostKeyProof ?? new Uint8Array();
+    const c = checkOfferedKey(offered, proof, nonce);
+    if ('why' in c) {
+      const earlier = this.nonces.some((n) => !n.equals(nonce) && !('why' in checkOfferedKey(offered, proof, n)));
+      if (earlier) return { ok: 'stale' };
+      return this.refuse(new VesperError(ErrorCode.KEY_INVALID, c.why), 'proof');
+    }
     if (this.keys) {
       if (this.keys.ids().includes(c.id)) return { ok: true };
       const how =

@@ -167,6 +167,8 @@ export class AgentClient extends EventEmitter {
   get recordsReceived(): number {
     return this.intake.recordsReceived;
   }
+  /** record batches that came before the hello was answered (an earlier link's), dropped unread */
+  staleBatches = 0;
   /** records seen in batches, duplicates and refused ones included: what the budget counts */
   get recordsSeen(): number {
     return this.intake.recordsSeen;
@@ -414,6 +416,13 @@ export class AgentClient extends EventEmitter {
     if (this.closed) return;
     // Record batches, nearly every frame: each record decoded from its own bytes.
     const batch = isBatchFrame(payload);
+    if (batch && !this.gate.seen) {
+      // Written for a link before this one (a virtio-serial port keeps what the guest wrote
+      // while no host held it): the resume point is not known yet, so nothing of it may be
+      // stored or acknowledged. The agent sends it all again after the answer to its hello.
+      this.staleBatches++;
+      return;
+    }
     if (batch) {
       const out = this.intake.fromBatchFrame(payload);
       if (out !== null) return this.deliver(out);
@@ -422,6 +431,7 @@ export class AgentClient extends EventEmitter {
     if (f === null) return;
     switch (f.body) {
       case 'batch':
+        if (!this.gate.seen) return void this.staleBatches++;
         return this.deliver(this.intake.fromBatchMessage(f.batch!));
       case 'hello':
         return this.gate.take(f.hello! as pb.Hello);

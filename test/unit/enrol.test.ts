@@ -84,6 +84,20 @@ describe('HostTrust: pinning on first contact', () => {
     expect(existsSync(join(dir, PIN_FILE))).toBe(false);
   });
 
+  it("the answer to this agent's earlier hello (one that waited in the port for the next host) is stale: ignored, not refused, not pinned", () => {
+    const dir = stateDir();
+    const t = HostTrust.pinned(dir, true, silent);
+    const earlier = t.helloFields(); // written on a link whose host went away before answering
+    const now = t.helloFields();
+    expect(t.onHelloAck(ack(hostA, earlier.enrolNonce), now.enrolNonce)).toEqual({ ok: 'stale' });
+    expect(existsSync(join(dir, PIN_FILE))).toBe(false);
+    // this link's own answer then enrols
+    expect(t.onHelloAck(ack(hostA, now.enrolNonce), now.enrolNonce)).toEqual({ ok: true, enrolled: hostA.id });
+    // a nonce this agent never sent is still a refusal
+    const v = t.onHelloAck(ack(hostA, Buffer.alloc(ENROL_NONCE_BYTES, 9)), t.helloFields().enrolNonce);
+    expect((v as { error: VesperError }).error.code).toBe(ErrorCode.KEY_INVALID);
+  });
+
   it('a host that offers no key enrols nothing: the link goes on, no module loads', () => {
     const dir = stateDir();
     const t = HostTrust.pinned(dir, true, silent);

@@ -175,6 +175,31 @@ describe('the same agent saying hello again at once', () => {
   });
 });
 
+describe('record batches before the hello', () => {
+  it("are an earlier link's (they waited in the virtio-serial port): dropped, never acknowledged, the answer resumes where the host holds", async () => {
+    // held: 100; the port still holds a batch written for the link before (records 4213-4214)
+    const l = link({ resumeFor: () => 100 });
+    const acked: number[] = [];
+    const dec = new FrameDecoder({
+      maxFrameBytes: 1 << 20,
+      onError: () => undefined,
+      onFrame: (p) => {
+        const f = v1.Frame.decode(p);
+        if (f.helloAck) acked.push(Number(f.helloAck.ackedSeq));
+      },
+    });
+    l.fromHost.on('data', (b: Buffer) => dec.push(b));
+    l.feed(encodeBatchFrame([brokenBodyRecord(4213 % 128), brokenBodyRecord(4214 % 128)]));
+    expect(l.records).toEqual([]);
+    expect(l.c.staleBatches).toBe(1);
+    l.feed(hello());
+    await sleep(20);
+    expect(acked).toEqual([100]);
+    expect(l.errors).toEqual([]);
+    l.c.close();
+  });
+});
+
 describe('an agent that stops reading', () => {
   it('has its link closed once the host holds MAX_UNSENT_BYTES for it, not buffered without end', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'vesper-unread-'));
