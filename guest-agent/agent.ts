@@ -1,4 +1,5 @@
 // The guest agent: owns the record ring, the probe runtime and the link to the host.
+import { execFile } from 'node:child_process';
 import { readdirSync, readFileSync, writeFileSync, existsSync } from 'node:fs';
 import * as os from 'node:os';
 import { DEFAULT_MAX_FRAME_BYTES, PROTOCOL_VERSION, type pb } from '../proto/codec.js';
@@ -57,6 +58,8 @@ export class Agent {
   private persistScheduled = false;
   private readonly watchdog: MainThreadWatchdog | null;
   private reniced = false;
+  /** stop() has begun: no new link is taken */
+  private stopping = false;
 
   constructor(private readonly o: AgentOptions) {
     const missing: string[] = [];
@@ -216,6 +219,12 @@ export class Agent {
   }
 
   private onLink(link: Link): void {
+    // A stopping agent takes no new link: the host would answer its hello and push probes that
+    // are being unloaded, to an agent that leaves before it can answer.
+    if (this.stopping) {
+      link.stream.destroy();
+      return;
+    }
     // One host at a time: a new connection means the host came back; the old one is dead.
     if (this.session) this.session.close('replaced by a new link');
     const s = new Session(
@@ -238,15 +247,50 @@ export class Agent {
     this.session = s;
   }
 
-  async stop(): Promise<void> {
+  /**
+   * Stops the agent. Told by `signal` (a service manager's SIGTERM): the last record of this run
+   * says so, with whether the guest is going down (systemd's state), and is written out to the
+   * host before the link closes (at most STOPPING_FLUSH_MS), so that the silence after it is
+   * known to be planned.
+   */
+  async stop(signal?: string): Promise<void> {
+    this.stopping = true;
+    if (signal) await this.sayStopping(signal);
+    // taking no new link from now on (a unix listener's stop ends once its links have closed)
+    const transportStopped = this.o.transport.stop();
     this.session?.close('agent stopping');
     await this.runtime.stopAll();
     await this.kmsg.stop();
-    await this.o.transport.stop();
+    await transportStopped;
     this.runState.note(this.ring.lastSeq);
     this.runState.close();
     await this.watchdog?.stop();
   }
+
+  private async sayStopping(signal: string): Promise<void> {
+    const c = this.clock.now();
+    const systemState = await systemdState();
+    this.ring.append({ monoNs: c.mono, wallNs: c.wall, handle: 0, eventId: 0, agentStopping: { signal, systemState } });
+    this.o.log.info({ signal, systemState: systemState || null }, 'telling the host this agent stops');
+    await this.session?.flush(STOPPING_FLUSH_MS);
+  }
+}
+
+/** How long a stopping agent waits for its last records to be written out to the host. */
+const STOPPING_FLUSH_MS = 1500;
+
+/**
+ * systemd's own state ("stopping" while the guest shuts down or reboots, "running", "degraded",
+ * ...); '' where there is no systemd or it does not answer within 2 s.
+ */
+function systemdState(): Promise<string> {
+  return new Promise((resolve) => {
+    // is-system-running exits non-zero for every state but "running": its output says it all
+    execFile('systemctl', ['is-system-running'], { timeout: 2000 }, (_err, stdout) => {
+      const state = String(stdout ?? '').trim();
+      resolve(/^[a-z-]{1,32}$/.test(state) ? state : '');
+    });
+  });
 }
 
 /** Sets nice -10 on every thread of the agent; returns how many it changed. */

@@ -123,7 +123,7 @@ export async function run(argv: string[]): Promise<void> {
     // Blocked kernel readers keep the process from exiting; if they do not wake, leave hard.
     setTimeout(() => process.kill(process.pid, 'SIGKILL'), 8000).unref();
     agent
-      .stop()
+      .stop(sig)
       .catch((err: Error) => log.error({ err: err.message }, 'stop failed'))
       .finally(() => process.exit(0));
   };

@@ -88,6 +88,7 @@ const RECORD_KINDS: Record<number, string> = {
   18: 'loss',
   19: 'probeFault',
   20: 'generic',
+  21: 'agentStopping',
 };
 
 export interface RecordHeader {

@@ -3,7 +3,8 @@
 // the notification framework turns them into events; neither owns the type.
 import { decodeRecord, type pb } from './codec.js';
 
-export type RecordKind = 'signal' | 'oom' | 'exec' | 'exit' | 'fork' | 'psi' | 'kprobe' | 'heartbeat' | 'loss' | 'probeFault' | 'generic';
+export type RecordKind =
+  'signal' | 'oom' | 'exec' | 'exit' | 'fork' | 'psi' | 'kprobe' | 'heartbeat' | 'loss' | 'probeFault' | 'generic' | 'agentStopping';
 
 /**
  * One record from the agent, typed with its probe's names. Its full decode (`raw`, the payload's
@@ -18,10 +19,10 @@ export class AgentRecord {
     readonly monoNs: number,
     readonly wallNs: number,
     readonly handle: number,
-    /** probe name, or "agent" for the agent's own records (loss, probe faults) */
+    /** probe name, or "agent" for the agent's own records (loss, probe faults, its stop) */
     readonly probe: string,
     readonly instance: number,
-    /** event name from the probe's manifest ("loss" / "probe_fault" for the agent's own) */
+    /** event name from the probe's manifest ("loss" / "probe_fault" / "stopping" for the agent's own) */
     readonly event: string,
     readonly kind: RecordKind,
     /** the record exactly as the agent sent it (an encoded vesper.v1.Record) */

@@ -107,6 +107,24 @@ export class Session {
     }
   }
 
+  /**
+   * Writes out what the ring has unsent now and waits (at most timeoutMs) until the stream has
+   * handed it on: the agent's last records before it exits. Nothing is written on a link the host
+   * has not answered yet.
+   */
+  flush(timeoutMs: number): Promise<void> {
+    this.pump();
+    if (!this.ready || this.closed) return Promise.resolve();
+    return new Promise((resolve) => {
+      const t = setTimeout(resolve, timeoutMs);
+      // written after everything before it: its callback says those are out too
+      this.stream.write(Buffer.alloc(0), () => {
+        clearTimeout(t);
+        resolve();
+      });
+    });
+  }
+
   /** A frame is partly read: drop it if the rest does not come within STALL_LIMIT_MS. */
   private watchPartial(): void {
     this.stallTimer = setTimeout(() => {

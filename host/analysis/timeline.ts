@@ -251,6 +251,11 @@ function describeGuest(e: VesperEvent): string {
     const f = obj(p['probeFault']);
     return `probe ${str(f['probe'])}/${num(f['instance']) ?? 0} fault ${str(f['code'])}: ${str(f['message'])}${f['unloaded'] === true ? ' (unloaded)' : ''}`;
   }
+  if ('agentStopping' in p) {
+    const a = obj(p['agentStopping']);
+    const state = str(a['systemState']);
+    return `the agent was told to stop (${str(a['signal']) || 'a signal'})${state === 'stopping' ? ': the guest is shutting down' : state ? ` (systemd: ${state})` : ''}`;
+  }
   if ('generic' in p) return `${e.plugin} ${e.event}: ${fields(obj(p['generic'])['fields'])}`;
   return `${e.plugin} ${e.event}`;
 }

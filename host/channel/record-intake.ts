@@ -8,6 +8,9 @@ import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { AgentRecord, type RecordKind } from '../../proto/record.js';
 import type { ProbeInfo } from './agent-probes.js';
 
+/** The event names of the agent's own records (handle 0), by payload kind. */
+const AGENT_EVENTS: Partial<Record<RecordKind, string>> = { loss: 'loss', probeFault: 'probe_fault', agentStopping: 'stopping' };
+
 export class RecordIntake {
   /** Highest sequence number received in order; everything up to it is held. */
   lastSeq: number;
@@ -79,7 +82,7 @@ export class RecordIntake {
   private typed(h: RecordHeader, raw: pb.Record | null, bytes: Uint8Array): AgentRecord {
     const kind = (h.kind ?? 'generic') as RecordKind;
     if (h.handle === 0)
-      return new AgentRecord(h.seq, h.monoNs, h.wallNs, 0, 'agent', 0, kind === 'loss' ? 'loss' : 'probe_fault', kind, bytes, raw);
+      return new AgentRecord(h.seq, h.monoNs, h.wallNs, 0, 'agent', 0, AGENT_EVENTS[kind] ?? 'probe_fault', kind, bytes, raw);
     const p = this.probes.get(h.handle);
     return new AgentRecord(
       h.seq,

@@ -50,6 +50,12 @@ export const CLOCK_EVERY_MS = 60_000;
 const CLOCK_SETTLE_MS = 3000;
 const CLOCK_STALE_MS = 10 * 60_000;
 
+/**
+ * How much longer than the usual misses × interval the first heartbeat of an agent that said it
+ * stopped may take once it links again: a rebooted guest's agent loads its probes first.
+ */
+export const AGENT_BACK_GRACE_MS = 30_000;
+
 export type LinkState = 'connecting' | 'connected' | 'stopped';
 
 /**
@@ -110,6 +116,12 @@ export class GuestLink {
   heldSince = 0;
   /** links that broke while held (told in watch-resumed instead of agent-lost) */
   droppedWhileHeld = 0;
+  /**
+   * The agent's last record said it was told to stop (channel agent-stopping), and what systemd's
+   * state was then: the silence that follows is planned, so neither heartbeat-lost nor agent-lost
+   * is told until an agent links again.
+   */
+  agentStopping: { signal: string; systemState: string } | null = null;
   /** an oversized guest string was capped and said so in the log (once per VM) */
   private toldCapped = false;
   private readonly acks: AckCoalescer;
@@ -145,6 +157,10 @@ export class GuestLink {
     });
     s.on('connected', (i) => {
       this.state = 'connected';
+      if (this.agentStopping) {
+        this.agentStopping = null;
+        if (!this.heldSince) this.session.releaseHeartbeat(AGENT_BACK_GRACE_MS);
+      }
       if (this.linkError) d.log.info({ vm, code: this.linkError.code }, 'the agent link works again');
       this.linkError = null;
       this.channelEvent('agent-connected', {
@@ -185,6 +201,10 @@ export class GuestLink {
         d.log.info({ vm, why }, 'agent link closed while the host holds the guest stopped: not an agent loss');
         return;
       }
+      if (this.agentStopping) {
+        d.log.info({ vm, why, ...this.agentStopping }, 'agent link closed after the agent said it stops: planned, not an agent loss');
+        return;
+      }
       // Channel silence alone says "agent lost", never "guest dead" (libvirt and the
       // heartbeat decide that).
       this.channelEvent('agent-lost', { why });
@@ -222,7 +242,7 @@ export class GuestLink {
     const dropped = this.droppedWhileHeld;
     this.heldSince = 0;
     this.droppedWhileHeld = 0;
-    this.session.releaseHeartbeat(graceMs);
+    if (!this.agentStopping) this.session.releaseHeartbeat(graceMs); // else at the next link
     return dropped;
   }
 
@@ -340,6 +360,7 @@ export class GuestLink {
     for (let i = 0; i < rs.length; i++) {
       const r = rs[i]!;
       if (r.kind === 'loss') this.recordsLost += Number(r.raw.loss?.count ?? 0);
+      else if (r.kind === 'agentStopping') this.onAgentStopping(r);
       // larger than an honest record can be: its strings capped before it is stored (one comparison otherwise)
       events[i] = r.bytes.length > MAX_HONEST_RECORD_BYTES ? this.cappedEvent(r, run, now) : eventOfRecord(this.vm, run, r, now);
     }
@@ -357,6 +378,17 @@ export class GuestLink {
       if (h !== undefined && this.clockOffsetNs !== null) this.observeLatency(rs, events, h, this.clockOffsetNs);
       this.ackSoon(run, last);
     });
+  }
+
+  /** The agent says it was told to stop: no heartbeat-lost and no agent-lost until one links again. */
+  private onAgentStopping(r: AgentRecord): void {
+    const a = r.raw.agentStopping;
+    this.agentStopping = { signal: a?.signal ?? '', systemState: a?.systemState ?? '' };
+    this.session.holdHeartbeat();
+    this.d.log.info(
+      { vm: this.vm, ...this.agentStopping },
+      this.agentStopping.systemState === 'stopping' ? 'the agent stops: the guest is shutting down' : 'the agent stops',
+    );
   }
 
   /** An oversized record's event, its strings capped (guest-strings.ts); said once per VM in the log. */

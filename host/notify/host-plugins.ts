@@ -44,6 +44,11 @@ export const CHANNEL_PLUGIN: HostPluginDescription = {
     { name: 'heartbeat-back', description: 'heartbeats arrive again (payload: how long they were silent)' },
     { name: 'records-lost', description: "the agent's ring overflowed; payload: how many records it dropped" },
     {
+      name: 'agent-stopping',
+      description:
+        'the agent was told to stop (payload: signal, systemState: "stopping" when the guest shuts down); the silence after it is planned: no heartbeat-lost, no agent-lost',
+    },
+    {
       name: 'watch-held',
       description: 'the host stopped the guest (paused, saved, snapshotted, migrating): heartbeat-lost and agent-lost held (payload: why)',
     },

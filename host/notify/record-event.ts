@@ -90,14 +90,19 @@ export class RecordEvent implements VesperEvent {
   }
 }
 
+/**
+ * The agent's own records that are the channel plugin's events, the link's business: its loss
+ * report (records-lost) and its word that it is stopping (agent-stopping).
+ */
+const CHANNEL_EVENTS: Partial<Record<AgentRecord['kind'], string>> = { loss: 'records-lost', agentStopping: 'agent-stopping' };
+
 export function eventOfRecord(vm: string, agentRun: string, r: AgentRecord, hostTimeUs: number): RecordEvent {
-  // The agent's own loss report is the channel plugin's records-lost: the link's business.
-  const lossReport = r.probe === 'agent' && r.kind === 'loss';
+  const channel = r.probe === 'agent' ? CHANNEL_EVENTS[r.kind] : undefined;
   return new RecordEvent(
     vm,
-    lossReport ? 'channel' : r.probe,
+    channel ? 'channel' : r.probe,
     r.instance,
-    lossReport ? 'records-lost' : r.event,
+    channel ?? r.event,
     Math.round(r.wallNs / 1000),
     hostTimeUs,
     { agentRun, seq: r.seq },

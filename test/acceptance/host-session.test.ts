@@ -56,4 +56,19 @@ describe.skipIf(Boolean(why))('guest session: reconnect, re-push, heartbeat loss
     expect(rec.seq).toBeGreaterThan(0);
     await sleep(50);
   });
+
+  it("an agent told to stop (SIGTERM) says so in its run's last record, with systemd's state, before the link closes", async () => {
+    const records: AgentRecord[] = [];
+    session!.on('record', (r) => records.push(r));
+    const p = agent.proc!;
+    const exited = new Promise<number | null>((r) => p.once('exit', (code) => r(code)));
+    p.kill('SIGTERM');
+    expect(await exited).toBe(0);
+    const last = await waitFor('the stopping record', () => records.find((r) => r.kind === 'agentStopping'), 5000);
+    expect(last).toMatchObject({ probe: 'agent', event: 'stopping', handle: 0 });
+    expect(last.seq).toBe(Math.max(...records.map((r) => r.seq)));
+    // what systemd says here ("offline" on a machine it does not run); '' without systemctl
+    const here = spawnSync('systemctl', ['is-system-running'], { encoding: 'utf8' });
+    expect(last.raw.agentStopping).toMatchObject({ signal: 'SIGTERM', systemState: here.error ? '' : here.stdout.trim() });
+  });
 });

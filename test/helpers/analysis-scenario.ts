@@ -151,6 +151,11 @@ export class Scenario {
     return this.host(ms, 'channel', event, payload);
   }
 
+  /** The agent's last record of its run: told to stop, with systemd's state ('stopping': the guest goes down). */
+  agentStopping(ms: number, systemState: string, signal = 'SIGTERM'): VesperEvent {
+    return this.guest(ms, 'channel', 'agent-stopping', { agentStopping: { signal, systemState } });
+  }
+
   /** The events ordered and numbered as the store would: by host time, ids from firstId. */
   done(firstId = 1000): VesperEvent[] {
     const out = [...this.events].sort((a, b) => a.hostTimeUs - b.hostTimeUs);

@@ -267,14 +267,16 @@ export function distroFaultSuite(distro: Distro): void {
         expect(v).toMatchObject({ scope: 'guest', confidence: 'confident' });
         expect(v.summary).toMatch(/The guest rebooted at .*without a kernel panic/);
         expect(got.timeline.some((e) => e.plugin === 'libvirt' && e.event === 'rebooted')).toBe(true);
+        // The agent, stopped by systemd on the way down, said the guest was shutting down; the
+        // silence until the new boot's agent linked was planned, so vesperd told neither
+        // heartbeat-lost nor agent-lost for it.
+        const since = got.timeline.filter((e) => e.timeUs >= t0 && e.plugin === 'channel');
+        const said = since.find((e) => e.event === 'agent-stopping');
+        expect(said?.payload, 'the agent said it stopped').toMatchObject({ agentStopping: { signal: 'SIGTERM', systemState: 'stopping' } });
+        expect(v.details?.['shutdownFromUs']).toBe(said!.timeUs);
+        expect(since.filter((e) => e.event === 'heartbeat-lost' || e.event === 'agent-lost').map((e) => e.description)).toEqual([]);
         // what systemd (and root's user manager) stopped on the way down is planned; nothing is
         // called a crash, a kill, a hang or an agent fault
-        // KNOWN DEFECT (issue 19, open): root's user manager SIGTERMing its own (sd-pam) helper on
-        // the way down is still called app-killed on these guests now and then (the rule for a
-        // user's service manager matches its unit tests, not yet these records). Only that one
-        // verdict is let through here, named exactly; anything else called a failure fails.
-        const sdPam = (x: Verdict): boolean =>
-          x.kind === 'app-killed' && /^\d+ \(\(sd-pam\)\) was sent SIGTERM by \d+ \(systemd\) /.test(x.summary);
         const called = failuresSince(got, t0, [
           'app-crash',
           'app-killed',
@@ -284,8 +286,7 @@ export function distroFaultSuite(distro: Distro): void {
           'oom',
           'channel-loss',
         ]);
-        if (called.some(sdPam)) console.warn(`${distro}: known defect seen: ${called.filter(sdPam)[0]!.summary}`);
-        expect(called.filter((x) => !sdPam(x)).map((x) => [x.kind, x.summary])).toEqual([]);
+        expect(called.map((x) => [x.kind, x.summary])).toEqual([]);
         const text = await d.ok(at);
         expect(text).toContain('guest-stopped (guest, confident)');
         expect(text).toContain('The guest rebooted at');

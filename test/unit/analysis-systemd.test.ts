@@ -316,6 +316,85 @@ describe('analysis with systemd', () => {
     expect(a.verdicts.find((v) => v.evidence.includes(pam.id!))!.summary).toContain("as part of the guest's shutdown");
   });
 
+  it("root's (sd-pam) stopped by its manager, neither's cgroup read in time nor its exec seen: still the manager's planned stop", () => {
+    // Seen on Debian 12 after a reboot: the user manager (started before the probes were pushed
+    // again) sends its helper the last SIGTERM and exits before its own cgroup could be read.
+    const s = new Scenario();
+    const um = '/user.slice/user-0.slice/user@0.service/init.scope';
+    const term = s.signal(10_670, 15, { pid: 381, comm: '(sd-pam)' }, { pid: 354, comm: 'systemd' }, { targetCgroup: um });
+    s.exit(10_680, { pid: 381, comm: '(sd-pam)' }, { signal: 9, cgroup: um });
+    const v = only(around(s, term));
+    expect(v.kind).toBe('planned-stop');
+    expect(v.summary).toContain('the service manager of user@0.service');
+  });
+
+  describe('the agent said the guest was shutting down (agent-stopping, systemd "stopping")', () => {
+    /** A TCG guest's reboot: the agent told at 60 s, the reset 40 s later. */
+    const reboot = (said: string | null) => {
+      const s = new Scenario();
+      s.heartbeats(0, 60_000);
+      const stopping = said === null ? null : s.agentStopping(60_050, said);
+      // deaths whose signal records the stopping agent no longer made
+      const getty = s.exit(60_010, { pid: 250, comm: 'agetty' }, { signal: 15, cgroup: '/system.slice/serial-getty@ttyS0.service' });
+      const sshd = s.exit(59_900, { pid: 545, comm: 'sshd' }, { signal: 1, cgroup: '/system.slice/ssh.service' });
+      const lost = s.channel(64_000, 'heartbeat-lost', { silentMs: 3000, intervalMs: 1000 });
+      const rb = s.libvirt(100_000, 'rebooted', { libvirtEvent: 'reboot' });
+      return { s, stopping, getty, sshd, lost, rb };
+    };
+
+    it('systemctl reboot: the deaths by stop signals around it and the heartbeat gap are the shutdown, not kills or a hang', () => {
+      const r = reboot('stopping');
+      const a = around(r.s, r.rb);
+      expect(a.verdicts.map((v) => v.kind).filter((k) => k !== 'planned-stop' && k !== 'guest-stopped')).toEqual([]);
+      const stop = a.verdicts.find((v) => v.kind === 'guest-stopped')!;
+      expect(stop.details).toMatchObject({ rebooted: true, shutdownFromUs: r.stopping!.hostTimeUs });
+      expect(stop.evidence).toEqual(expect.arrayContaining(ids(r.stopping!, r.lost, r.rb)));
+      for (const death of [r.getty, r.sshd]) {
+        const v = a.verdicts.find((x) => x.evidence.includes(death.id!))!;
+        expect(v).toMatchObject({ kind: 'planned-stop', scope: 'service' });
+        expect(v.summary).toContain("during the guest's shutdown");
+      }
+    });
+
+    it("without the agent's word the same deaths stay kills nobody explained, and the gap a possible hang", () => {
+      const r = reboot(null);
+      const kinds = around(r.s, r.rb).verdicts.map((v) => v.kind);
+      expect(kinds.filter((k) => k === 'app-killed')).toHaveLength(2);
+      expect(kinds).toContain('guest-hang');
+    });
+
+    it('a kill by a fault during the shutdown is still a crash', () => {
+      const r = reboot('stopping');
+      const segv = r.s.exit(61_000, { pid: 600, comm: 'worker' }, { signal: 11, cgroup: '/system.slice/worker.service' });
+      const v = around(r.s, r.rb).verdicts.find((x) => x.evidence.includes(segv.id!))!;
+      expect(v.kind).toBe('app-crash');
+    });
+
+    it('a stop signal an administrator sent during the shutdown is part of it', () => {
+      const r = reboot('stopping');
+      const k = r.s.signal(60_500, 15, { pid: 700, comm: 'myapp' }, { pid: 800, comm: 'bash' }, { senderCgroup: SESSION });
+      const v = around(r.s, r.rb).verdicts.find((x) => x.evidence.includes(k.id!))!;
+      expect(v.kind).toBe('planned-stop');
+      expect(v.summary).toContain("as part of the guest's shutdown");
+    });
+
+    it('the agent alone stopped (systemd running): planned, its silence no hang and no agent fault, nothing else excused', () => {
+      const s = new Scenario();
+      s.heartbeats(0, 30_000);
+      const stopping = s.agentStopping(30_000, 'running');
+      const lost = s.channel(33_500, 'heartbeat-lost', { silentMs: 3000, intervalMs: 1000 });
+      const gone = s.channel(30_100, 'agent-lost', { why: 'closed' });
+      const kill = s.exit(31_000, { pid: 400, comm: 'nginx' }, { signal: 15, cgroup: '/system.slice/nginx.service' });
+      const a = around(s, stopping);
+      const v = a.verdicts.find((x) => x.evidence.includes(stopping.id!))!;
+      expect(v).toMatchObject({ kind: 'planned-stop', details: { signal: 'SIGTERM', systemState: 'running' } });
+      expect(v.evidence).toEqual(expect.arrayContaining(ids(lost, gone)));
+      expect(v.summary).toContain('no agent linked again within the window');
+      expect(a.verdicts.map((x) => x.kind)).not.toContain('guest-hang');
+      expect(a.verdicts.find((x) => x.evidence.includes(kill.id!))!.kind).toBe('app-killed');
+    });
+  });
+
   it('systemctl restart of the agent: a new agent on the same boot after systemd stopped it is planned, not an agent fault', () => {
     const s = new Scenario();
     s.heartbeats(0, 30_000);

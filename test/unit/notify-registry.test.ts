@@ -180,6 +180,7 @@ describe('host plugins', () => {
       'heartbeat-lost',
       'heartbeat-back',
       'records-lost',
+      'agent-stopping',
       'watch-held',
       'watch-resumed',
     ]);

@@ -7,7 +7,7 @@ import { num, obj, str, type Obj } from '../payload.js';
 import { senderOriginOf, signalName, signalOf, task, unitOfCgroup, type Placed } from '../timeline.js';
 import type { VerdictConfidence, VerdictKind, VerdictScope } from '../types.js';
 import type { RunInfo } from './agent-runs.js';
-import { plannedShutdown } from './stops.js';
+import { duringShutdown, plannedShutdown } from './stops.js';
 import {
   cgroupOfRecord,
   isUnitCgroup,
@@ -117,7 +117,8 @@ export function signals(w: Window, runs: RunInfo[], out: Draft[], agentKills: Ag
       const from = senderText(p);
       const userManager = STOP_SIGNALS.has(s.sig) ? userManagerOf(w, p) : null;
       // a user's service manager stops what it runs as the guest shuts down, as PID 1 does
-      const shutdown = STOP_SIGNALS.has(s.sig) ? plannedShutdown(out, p, userManager ? 1 : spid) : null;
+      // ... and once the agent has said the guest is going down, whoever sent a stop signal
+      const shutdown = STOP_SIGNALS.has(s.sig) ? (plannedShutdown(out, p, userManager ? 1 : spid) ?? duringShutdown(out, p.timeUs)) : null;
       const byControl = STOP_SIGNALS.has(s.sig) && !shutdown ? controlCommand(w, p, cgroup) : null;
       const session = sessionOf(senderCgroupIn(w, p));
       if (!shutdown && STOP_SIGNALS.has(s.sig) && sentBySystemd(p)) {

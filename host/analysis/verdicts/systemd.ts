@@ -34,7 +34,13 @@ export function sentBySystemd(p: Placed): boolean {
 export function userManagerOf(w: Window, p: Placed): string | null {
   const s = signalOf(p.ev);
   if (!s || s.senderIsKernel || num(s.sender['pid']) === 1 || str(s.sender['comm']) !== 'systemd') return null;
-  const m = /^\/user\.slice\/user-\d+\.slice\/(user@\d+\.service)\//.exec(senderCgroupIn(w, p));
+  const tree = /^\/user\.slice\/user-\d+\.slice\/(user@\d+\.service)\//;
+  const from = senderCgroupIn(w, p);
+  // The manager sends its (sd-pam) helper the last SIGTERM and exits at once, often before its
+  // own cgroup could be read, and its exec came before the probes were loaded: a process named
+  // systemd, not PID 1, whose cgroup is unknown and that stops something in a user manager's
+  // tree is that manager.
+  const m = tree.exec(from === '' ? targetCgroupOf(p) : from);
   if (!m) return null;
   // only what runs under that manager: its own tree
   const target = targetCgroupOf(p);
