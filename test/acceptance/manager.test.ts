@@ -257,8 +257,12 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
     const before = store();
     const fromId = (before.prepare('SELECT coalesce(max(id), 0) FROM events').pluck().get() as number) + 1;
     before.close();
-    // 5,000/s for 20 s: well inside what a 1-vCPU TCG guest sustains; the kill comes 4 s in.
-    const storm = rig.fault(`sigstorm ${N} 5000`, 180_000);
+    // 3,000/s for 33 s, the kill 4 s in. What this tests is the channel across a vesperd that
+    // dies, not how fast the agent reads the kernel (the benchmarks' agent.records_per_s and
+    // vm.records_per_s): at 5,000/s a 1-vCPU TCG guest whose agent also resends the backlog
+    // after the restart sometimes let the kernel's trace buffer overflow (told as loss records
+    // from the kernel ring, which this test lists when the count falls short).
+    const storm = rig.fault(`sigstorm ${N} 3000`, 180_000);
     await sleep(4000);
     await d.stop('SIGKILL');
     await sleep(1500);
@@ -275,7 +279,17 @@ describe.skipIf(Boolean(why))('vesperd with a real guest', () => {
             .get(fromId, rig.name, target) as { n: number }
         ).n;
       await waitFor('all 100,000 stored', () => count() >= N, 120_000, 500).catch((err: Error) => {
-        throw new Error(`${err.message}: ${count()} stored`);
+        const lost = db
+          .prepare(
+            "SELECT agent_run AS run, seq, payload_json(payload) AS p FROM events WHERE id >= ? AND vm = ? AND event = 'records-lost'",
+          )
+          .all(fromId, rig.name);
+        const runs = db
+          .prepare(
+            'SELECT agent_run AS run, count(*) AS n, min(seq) AS lo, max(seq) AS hi FROM events WHERE id >= ? AND vm = ? AND agent_run IS NOT NULL GROUP BY agent_run',
+          )
+          .all(fromId, rig.name);
+        throw new Error(`${err.message}: ${count()} stored; loss reports ${JSON.stringify(lost)}; rows by run ${JSON.stringify(runs)}`);
       });
       // A record stored twice shows as one kernel event (its monotonic time) under two rows:
       // which seqs and runs they have tells the agent's doing from the store's.
