@@ -3,6 +3,7 @@ import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
 import { NOT_FATAL_BY_DEFAULT } from '../../contract/signals.js';
 import { cgroupOfPid } from '../_shared/cgroup.js';
 import { anyOf } from '../_shared/trace-filter.js';
+import { TtlCache } from '../_shared/ttl-cache.js';
 
 const CLONE_THREAD = 0x10000;
 const SIGKILL = 9;
@@ -67,25 +68,23 @@ export function exitStatus(c: Cause | undefined): ExitStatus {
  */
 const PARENT_COMM_TTL_NS = 1e9;
 const PARENT_COMM_CACHE_MAX = 1024;
-type CommCache = Map<number, { ts: number; comm: string }>;
+
+/** A process's comm from /proc; '' when it is gone already (its pid is still worth saying). */
+function commOf(pid: number): string {
+  try {
+    return readFileSync(`/proc/${pid}/comm`, 'utf8').trimEnd();
+  } catch {
+    return '';
+  }
+}
 
 /** The parent of a live process, from /proc/<pid>/stat (its comm may hold spaces and parentheses). */
-function parentOf(pid: number, ts: number, comms: CommCache): { pid: number; comm: string } | undefined {
+function parentOf(pid: number, ts: number, comms: TtlCache<string>): { pid: number; comm: string } | undefined {
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
     if (!(ppid > 0)) return undefined;
-    const hit = comms.get(ppid);
-    if (hit && ts - hit.ts < PARENT_COMM_TTL_NS) return { pid: ppid, comm: hit.comm };
-    let comm = '';
-    try {
-      comm = readFileSync(`/proc/${ppid}/comm`, 'utf8').trimEnd();
-    } catch {
-      /* the parent is gone already: its pid is still worth saying */
-    }
-    if (comms.size >= PARENT_COMM_CACHE_MAX) comms.clear();
-    if (comm) comms.set(ppid, { ts, comm });
-    return { pid: ppid, comm };
+    return { pid: ppid, comm: comms.get(ppid, ts) };
   } catch {
     return undefined;
   }
@@ -114,7 +113,7 @@ const probe: ProbeModule = {
     // at each exec, inherited at fork. A process systemd starts is put in its unit's cgroup before
     // it runs the unit's program; a move without an exec is rare and not seen here.
     const cgroups = new Map<number, string>();
-    const parentComms: CommCache = new Map();
+    const parentComms = new TtlCache<string>(PARENT_COMM_TTL_NS, PARENT_COMM_CACHE_MAX, commOf);
     const waiting = new Map<number, { timer: NodeJS.Timeout; check: () => void }>();
     const tgidOf = (tid: number): number => threads.get(tid) ?? tid;
     const bound = (m: Map<number, unknown>): void => {

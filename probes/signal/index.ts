@@ -2,6 +2,7 @@ import type { ProbeContext, ProbeModule } from '../../contract/probe-api.js';
 import { signalNumber } from '../../contract/signals.js';
 import { cgroupOfPid } from '../_shared/cgroup.js';
 import { allOf, anyOf } from '../_shared/trace-filter.js';
+import { TtlCache } from '../_shared/ttl-cache.js';
 
 const TRACE_SIGNAL_IGNORED = 1;
 
@@ -48,28 +49,11 @@ const ORIGIN_CACHE_MAX = 1024;
 
 const probe: ProbeModule = {
   setup(ctx: ProbeContext) {
-    const origins = new Map<number, { ts: number; origin: SenderOrigin }>();
-    const originOf = (pid: number, ts: number): SenderOrigin => {
-      const hit = origins.get(pid);
-      if (hit && ts - hit.ts < ORIGIN_TTL_NS) return hit.origin;
-      if (origins.size >= ORIGIN_CACHE_MAX) origins.clear();
-      const origin = senderOrigin(ctx, pid);
-      origins.set(pid, { ts, origin });
-      return origin;
-    };
+    const origins = new TtlCache<SenderOrigin>(ORIGIN_TTL_NS, ORIGIN_CACHE_MAX, (pid) => senderOrigin(ctx, pid));
     // The target's cgroup says which unit a stop or a kill was for. Read when the record is made:
     // the target of a kill(2) is most often still there (a SIGKILL's may already be gone).
     // Cached like the sender's: a storm of kills at one target costs one read a second.
-    const targets = new Map<number, { ts: number; origin: { targetCgroup?: string } }>();
-    const targetOf = (pid: number, ts: number): { targetCgroup?: string } => {
-      const hit = targets.get(pid);
-      if (hit && ts - hit.ts < ORIGIN_TTL_NS) return hit.origin;
-      if (targets.size >= ORIGIN_CACHE_MAX) targets.clear();
-      const cg = cgroupOfPid(pid);
-      const origin = cg ? { targetCgroup: cg } : {};
-      targets.set(pid, { ts, origin });
-      return origin;
-    };
+    const targets = new TtlCache<string>(ORIGIN_TTL_NS, ORIGIN_CACHE_MAX, cgroupOfPid);
     const sigs = (ctx.params['signals'] as string[]).map(signalNumber);
     const comms = (ctx.params['comms'] as string[]).map((c) => c.slice(0, 15));
     const filter = allOf(
@@ -102,11 +86,11 @@ const probe: ProbeModule = {
         // Set one by one, not spread: a record of a kill storm is built tens of thousands of
         // times a second, and spreads cost it a third more agent time per record.
         if (code <= 0 && ev.pid !== pid) {
-          const o = originOf(ev.pid, ev.ts);
+          const o = origins.get(ev.pid, ev.ts);
           if (o.senderParent) signal.senderParent = o.senderParent;
           if (o.senderCgroup) signal.senderCgroup = o.senderCgroup;
-          const t = targetOf(pid, ev.ts);
-          if (t.targetCgroup) signal.targetCgroup = t.targetCgroup;
+          const cg = targets.get(pid, ev.ts);
+          if (cg) signal.targetCgroup = cg;
         }
         ctx.emit('signal', { signal }, ev.ts);
       },
