@@ -40,6 +40,21 @@ function link(opts: ConstructorParameters<typeof AgentClient>[1] = {}) {
   return { c, feed, errors, records, fromHost };
 }
 
+/** The acked_seq of every hello answer the host writes on the link, as they come. */
+function helloAcks(l: ReturnType<typeof link>): number[] {
+  const acks: number[] = [];
+  const dec = new FrameDecoder({
+    maxFrameBytes: 1 << 20,
+    onError: () => undefined,
+    onFrame: (p) => {
+      const f = v1.Frame.decode(p);
+      if (f.helloAck) acks.push(Number(f.helloAck.ackedSeq));
+    },
+  });
+  l.fromHost.on('data', (b: Buffer) => dec.push(b));
+  return acks;
+}
+
 const frame = (m: pb.IFrame): Buffer => encodeFrame(encodeMessage(m));
 const hello = (loaded: pb.ILoadedProbe[] = [], extra: pb.IHello = {}): Buffer =>
   frame({ hello: { protocolVersion: PROTOCOL_VERSION, bootId: 'b', agentPid: 1, loaded, ...extra } });
@@ -120,16 +135,7 @@ describe('a flood of hellos', () => {
     vi.useFakeTimers({ now: 1_000_000, toFake: ['Date', 'setTimeout', 'clearTimeout'] });
     try {
       const l = link();
-      const acks: number[] = [];
-      const dec = new FrameDecoder({
-        maxFrameBytes: 1 << 20,
-        onError: () => undefined,
-        onFrame: (p) => {
-          const f = v1.Frame.decode(p);
-          if (f.helloAck) acks.push(Number(f.helloAck.ackedSeq));
-        },
-      });
-      l.fromHost.on('data', (b: Buffer) => dec.push(b));
+      const acks = helloAcks(l);
       let hellos = 0;
       l.c.on('hello', () => hellos++);
       const pids: number[] = [];
@@ -179,16 +185,7 @@ describe('record batches before the hello', () => {
   it("are an earlier link's (they waited in the virtio-serial port): dropped, never acknowledged, the answer resumes where the host holds", async () => {
     // held: 100; the port still holds a batch written for the link before (records 4213-4214)
     const l = link({ resumeFor: () => 100 });
-    const acked: number[] = [];
-    const dec = new FrameDecoder({
-      maxFrameBytes: 1 << 20,
-      onError: () => undefined,
-      onFrame: (p) => {
-        const f = v1.Frame.decode(p);
-        if (f.helloAck) acked.push(Number(f.helloAck.ackedSeq));
-      },
-    });
-    l.fromHost.on('data', (b: Buffer) => dec.push(b));
+    const acked = helloAcks(l);
     l.feed(encodeBatchFrame([brokenBodyRecord(4213 % 128), brokenBodyRecord(4214 % 128)]));
     expect(l.records).toEqual([]);
     expect(l.c.staleBatches).toBe(1);
