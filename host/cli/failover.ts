@@ -54,27 +54,23 @@ export function addFailoverCommand(program: Command): void {
       const primaryUri = o.primaryUri ?? c?.libvirt.uri ?? 'qemu:///system';
       const { UnraidHypervisor } = await import('../libvirt/unraid.js');
       const opened: Hypervisor[] = [];
+      /** A libvirt connection, kept to be closed; which end could not be reached decides the error. */
+      const open = async (uri: string, code: string, why: string): Promise<Hypervisor> => {
+        try {
+          const h = await UnraidHypervisor.connect(uri);
+          opened.push(h);
+          return h;
+        } catch (err) {
+          throw new VesperError(code, `failover of ${vm}: ${why}: ${(err as Error).message}`);
+        }
+      };
       try {
-        let standby: Hypervisor;
-        try {
-          standby = await UnraidHypervisor.connect(standbyUri);
-        } catch (err) {
-          throw new VesperError(
-            ErrorCode.ACTION_FAILED,
-            `failover of ${vm}: standby ${standbyUri} unreachable, nothing fenced: ${(err as Error).message}`,
-          );
-        }
-        opened.push(standby);
-        let primary: Hypervisor;
-        try {
-          primary = await UnraidHypervisor.connect(primaryUri);
-        } catch (err) {
-          throw new VesperError(
-            ErrorCode.PRIMARY_UNREACHABLE,
-            `failover of ${vm}: the primary's libvirt (${primaryUri}) cannot be reached, so ${vm} cannot be fenced or confirmed stopped; nothing started (a host failure is for Pacemaker and its STONITH): ${(err as Error).message}`,
-          );
-        }
-        opened.push(primary);
+        const standby = await open(standbyUri, ErrorCode.ACTION_FAILED, `standby ${standbyUri} unreachable, nothing fenced`);
+        const primary = await open(
+          primaryUri,
+          ErrorCode.PRIMARY_UNREACHABLE,
+          `the primary's libvirt (${primaryUri}) cannot be reached, so ${vm} cannot be fenced or confirmed stopped; nothing started (a host failure is for Pacemaker and its STONITH)`,
+        );
         const r = await failover({
           vm,
           primary,

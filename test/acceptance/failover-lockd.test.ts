@@ -16,7 +16,7 @@ import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'no
 import { join } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ErrorCode } from '../../proto/errors.js';
-import { lockdGuestXml, placeVm, raceTrial } from '../helpers/lockd-failover.js';
+import { lockdGuestXml, placeVm, raceTrial, type LeaseBreak, type RaceOutcome } from '../helpers/lockd-failover.js';
 import { VESPER } from '../helpers/vesperd-process.js';
 import { LibvirtHostsRig, whyNoLibvirtHostsRig } from '../rigs/lockd/hosts.js';
 
@@ -63,6 +63,18 @@ describe.skipIf(Boolean(why))("failover guarded by libvirt's lock manager", () =
     if (work) rmSync(work, { recursive: true, force: true });
   }, 120_000);
 
+  /** Two managers race to fail the VM over from a to b: one copy runs afterwards, no guard probe left. */
+  const race = async (lease: LeaseBreak, name: string): Promise<{ out: RaceOutcome; detail: string }> => {
+    const a = rig.host('a');
+    const b = rig.host('b');
+    await placeVm(vm, xml, a, [b]);
+    const out = await raceTrial({ vm, a, b, workDir: join(work, name), lease });
+    const detail = JSON.stringify(out.results);
+    expect(out.runningOn, detail).toHaveLength(1);
+    expect(out.probesLeft).toEqual([]);
+    return { out, detail };
+  };
+
   const cli = (from: string, to: string, more: string[] = []): Promise<CliRun> =>
     vesper([
       'failover',
@@ -101,13 +113,7 @@ describe.skipIf(Boolean(why))("failover guarded by libvirt's lock manager", () =
   }, 120_000);
 
   it('two managers failing the VM over at once, each lease directory its own: one copy, the second start refused by lockd as VSP_DISK_LOCKED', async () => {
-    const a = rig.host('a');
-    const b = rig.host('b');
-    await placeVm(vm, xml, a, [b]);
-    const out = await raceTrial({ vm, a, b, workDir: join(work, 'race-split'), lease: 'split' });
-    const detail = JSON.stringify(out.results);
-    expect(out.runningOn, detail).toHaveLength(1);
-    expect(out.probesLeft).toEqual([]);
+    const { out, detail } = await race('split', 'race-split');
     const ok = out.results.filter((r) => r.ok);
     const refused = out.results.filter((r) => !r.ok);
     expect(ok, detail).toHaveLength(1);
@@ -128,13 +134,7 @@ describe.skipIf(Boolean(why))("failover guarded by libvirt's lock manager", () =
   }, 180_000);
 
   it("the lease file removed in the middle: the lease's owner finds it gone before starting, the other moves the VM; one copy", async () => {
-    const a = rig.host('a');
-    const b = rig.host('b');
-    await placeVm(vm, xml, a, [b]);
-    const out = await raceTrial({ vm, a, b, workDir: join(work, 'race-removed'), lease: 'removed' });
-    const detail = JSON.stringify(out.results);
-    expect(out.runningOn, detail).toHaveLength(1);
-    expect(out.probesLeft).toEqual([]);
+    const { out, detail } = await race('removed', 'race-removed');
     expect(
       out.results.filter((r) => r.ok),
       detail,

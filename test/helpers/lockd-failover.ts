@@ -25,10 +25,10 @@ import type { ActionLog } from '../../host/actions/log.js';
 import { ActionRateLimiter } from '../../host/actions/rate-limit.js';
 import { loadOrCreateHostKey } from '../../host/keys.js';
 import { UnraidHypervisor } from '../../host/libvirt/unraid.js';
-import type { VesperEvent } from '../../host/notify/event.js';
 import { buildGuestImage, GUEST_KERNEL_CMDLINE } from '../rigs/image/build.js';
 import type { LibvirtHost, LibvirtHostsRig } from '../rigs/lockd/hosts.js';
 import { guestDomainXml } from '../rigs/vm/domain.js';
+import { crashedEvent } from './action-event.js';
 import { projectRoot } from './project-root.js';
 import { waitFor } from './wait.js';
 
@@ -146,21 +146,6 @@ export interface RaceOutcome {
   probesLeft: string[];
 }
 
-function event(vm: string): VesperEvent {
-  return {
-    id: 0,
-    vm,
-    plugin: 'libvirt',
-    instance: 0,
-    event: 'crashed',
-    guestTimeUs: null,
-    hostTimeUs: Date.now() * 1000,
-    source: null,
-    payload: { reason: 'panicked' },
-    disposition: 'action',
-  };
-}
-
 /** One race on a VM running on `a` (and defined on `b`): see the header. */
 export async function raceTrial(o: {
   vm: string;
@@ -190,12 +175,12 @@ export async function raceTrial(o: {
   );
   const m2 = await manager('manager-2', o.b, o.a, new GatedLock(dirs[1]!, async () => openGate()));
   try {
-    m1.runner.run(event(o.vm), 'failover', []);
+    m1.runner.run(crashedEvent(o.vm), 'failover', []);
     const m1Done = m1.runner.idle();
     // manager 1 has fenced a's copy and confirmed it stopped (or failed before: no race to run)
     await Promise.race([m1AtGate, m1Done]);
     if (o.lease === 'removed') rmSync(join(dirs[0]!, `${fileKey(o.vm)}.lock`), { force: true });
-    m2.runner.run(event(o.vm), 'failover', []);
+    m2.runner.run(crashedEvent(o.vm), 'failover', []);
     const m2Done = m2.runner.idle();
     // manager 2 failing before its gate must not leave manager 1 waiting for the confirm timeout
     void m2Done.then(() => openGate());

@@ -13,6 +13,7 @@ import { ActionRunner, type ActionResult, type ActionRunnerOptions } from '../..
 import type { Hypervisor } from '../../host/libvirt/hypervisor.js';
 import type { VesperEvent } from '../../host/notify/event.js';
 import { ErrorCode, VesperError } from '../../proto/errors.js';
+import { crashedEvent } from '../helpers/action-event.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 let dir: string;
@@ -25,19 +26,7 @@ afterEach(() => {
 
 let nextId = 1;
 function event(vm: string, over: Partial<VesperEvent> = {}): VesperEvent {
-  return {
-    id: nextId++,
-    vm,
-    plugin: 'libvirt',
-    instance: 0,
-    event: 'crashed',
-    guestTimeUs: null,
-    hostTimeUs: Date.now() * 1000,
-    source: null,
-    payload: { reason: 'panicked' },
-    disposition: 'action',
-    ...over,
-  };
+  return crashedEvent(vm, { id: nextId++, ...over });
 }
 
 function script(name: string, body: string): string {
