@@ -4,7 +4,7 @@
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
 import { PressureWatcher } from '../../guest-agent/kernel/pressure.js';
 import type { PsiSample } from '../../contract/probe-api.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -62,4 +62,5 @@ describe('PSI watcher', () => {
   }, 10_000);
 });
 
-process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
+// afterAll, not process 'exit': a vitest worker is a thread that outlives the file
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
