@@ -24,6 +24,9 @@ interface Pending {
   timer: NodeJS.Timeout | null;
 }
 
+/** OOM reports kept while they wait for their trace event */
+const SUMMARIES_KEPT = 64;
+
 const probe: ProbeModule = {
   setup(ctx: ProbeContext) {
     const wait = ctx.params['detail_wait_ms'] as number;
@@ -142,7 +145,12 @@ const probe: ProbeModule = {
               if (i > 0) kv[part.slice(0, i)] = part.slice(i + 1);
             }
             const pid = Number(kv['pid']);
-            if (pid) summaries.set(pid, kv);
+            if (pid) {
+              // Reports that never matched a trace event (another agent's kill, a lost event)
+              // age out here, oldest first: no timer wakes the probe to sweep them.
+              if (summaries.size >= SUMMARIES_KEPT) summaries.delete(summaries.keys().next().value!);
+              summaries.set(pid, kv);
+            }
             lastSummary = kv;
             group = null;
             return;
@@ -168,11 +176,6 @@ const probe: ProbeModule = {
           },
         });
       });
-
-    ctx.every(5000, () => {
-      // Reports that never matched a trace event (another agent's kill, lost event) age out.
-      if (summaries.size > 64) summaries.clear();
-    });
   },
 };
 export default probe;
