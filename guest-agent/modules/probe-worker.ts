@@ -83,8 +83,10 @@ export class ProbeWorker {
   private deathWhy: 'looped' | 'crashed' | 'stopped' | null = null;
   private lastTick = -1;
   private lastIdle = -1;
+  /** checks (in periods) since the worker last moved */
   private still = 0;
   private checkMs = 0;
+  private lastCheckAt = -1;
   readonly ready: Promise<void>;
   readonly exited: Promise<void>;
   readonly threadId: number;
@@ -238,17 +240,25 @@ export class ProbeWorker {
     const moved = tick !== this.lastTick || idle !== this.lastIdle;
     this.lastTick = tick;
     this.lastIdle = idle;
+    const now = performance.now();
+    // A check that came early (the shared tick runs when the main thread is awake anyway,
+    // ticker.ts) counts for its share of a period; a late one for one period at most, so that
+    // a paused guest is still not a loop. Within 2 % of a period (the timers' own jitter) it
+    // is one whole check.
+    const part = this.lastCheckAt < 0 ? 1 : (now - this.lastCheckAt) / checkMs;
+    const share = part >= 0.98 ? 1 : part;
+    this.lastCheckAt = now;
     if (tick === 0 || moved || Atomics.load(this.shared, S_WAITING) === 1) {
       this.still = 0;
       return false;
     }
-    this.still++;
+    this.still += share;
     this.checkMs = checkMs;
     return this.still * checkMs >= stallMs;
   }
 
   get stalledMs(): number {
-    return this.still * this.checkMs;
+    return Math.round(this.still * this.checkMs);
   }
 
   /** Ends the worker: as looping (reported) or because its probe was unloaded (not reported). */

@@ -21,7 +21,7 @@ import { MemoryEventsWatcher } from '../kernel/cgroup.js';
 import type { EventFormat, FieldValue } from '../kernel/event-format.js';
 import type { KmsgSource } from '../kernel/kmsg.js';
 import { PressureWatcher, pressureFile, readPressure } from '../kernel/pressure.js';
-import { onTick } from '../kernel/ticker.js';
+import { onTick, poke } from '../kernel/ticker.js';
 import type { WallClock } from '../kernel/proc.js';
 import type { TraceFs, TraceInstance } from '../kernel/tracefs.js';
 import type { Logger } from '../log.js';
@@ -416,6 +416,8 @@ export class ProbeRuntime {
         }
       }
     }
+    // Awake anyway: the shared tick's work that is nearly due runs now, not in a wake-up of its own.
+    poke();
   }
 
   /** A synchronous context call from a probe's worker; done here, where the kernel side lives. */
