@@ -5,10 +5,11 @@
 //
 // And no wake-up of its own while something else wakes the main thread anyway: poke(), called
 // where a probe worker's output arrives (an idle agent's heartbeat, once a second), runs every
-// group that is at least half-way through its period and starts its timer over. So at rest
-// the heartbeat carries the tick (once in phase, each run is a whole period after the last),
-// and the timer fires only when nothing came for a whole period. A group's work must take an
-// early run: the liveness checks count a run by its share of a period (probe-worker.ts).
+// group at least half-way through its period, and starts every group's timer over (one that
+// was not half-way runs a period after the poke: later, once, by less than half a period). So
+// at rest the tick falls into step with the heartbeat and rides on it, and the timer fires
+// only when nothing came for a whole period. A group's work must take an early or a late run:
+// the liveness checks count a run by its share of a period (probe-worker.ts).
 interface Group {
   ms: number;
   timer: NodeJS.Timeout;
@@ -51,13 +52,12 @@ export function onTick(ms: number, fn: () => void): () => void {
   };
 }
 
-/** The main thread is awake anyway: runs the groups half-way through their period, and their timers start over. */
+/** The main thread is awake anyway: runs the groups half-way through their period; every group's timer starts over. */
 export function poke(): void {
   if (!groups.size) return;
   const now = performance.now();
-  for (const g of groups.values())
-    if (now - g.last >= g.ms * POKE_AFTER) {
-      run(g);
-      g.timer.refresh();
-    }
+  for (const g of groups.values()) {
+    if (now - g.last >= g.ms * POKE_AFTER) run(g);
+    g.timer.refresh();
+  }
 }

@@ -8,7 +8,7 @@ afterEach(() => {
 });
 
 describe('onTick and poke', () => {
-  it('runs what shares a period together, and a poke past half the period runs it early and starts the period over', () => {
+  it('runs what shares a period together; a poke runs it past half its period, and starts its period over either way', () => {
     vi.useFakeTimers({ toFake: ['setInterval', 'clearInterval', 'performance'] });
     const runs: string[] = [];
     const offA = onTick(1000, () => runs.push('a'));
@@ -16,19 +16,29 @@ describe('onTick and poke', () => {
     vi.advanceTimersByTime(1000);
     expect(runs).toEqual(['a', 'b']);
     vi.advanceTimersByTime(400);
-    poke(); // not half-way: nothing
+    poke(); // not half-way: nothing now, and the timer starts over (the tick falls into step)
     expect(runs).toHaveLength(2);
-    vi.advanceTimersByTime(200);
-    poke(); // 600 ms in: runs now
-    expect(runs).toEqual(['a', 'b', 'a', 'b']);
-    vi.advanceTimersByTime(999); // the timer started over at the poke
-    expect(runs).toHaveLength(4);
+    vi.advanceTimersByTime(999);
+    expect(runs).toHaveLength(2);
     vi.advanceTimersByTime(1);
+    expect(runs).toEqual(['a', 'b', 'a', 'b']);
+    vi.advanceTimersByTime(600);
+    poke(); // 600 ms in: runs now
     expect(runs).toHaveLength(6);
+    vi.advanceTimersByTime(999); // the timer started over at the poke
+    expect(runs).toHaveLength(6);
+    vi.advanceTimersByTime(1);
+    expect(runs).toHaveLength(8);
+    // In step with a poke every period (a heartbeat), the timer never fires by itself.
+    for (let i = 0; i < 5; i++) {
+      vi.advanceTimersByTime(990);
+      poke();
+    }
+    expect(runs).toHaveLength(18);
     offA();
     offB();
     vi.advanceTimersByTime(5000);
     poke();
-    expect(runs).toHaveLength(6);
+    expect(runs).toHaveLength(18);
   });
 });
