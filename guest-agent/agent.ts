@@ -269,24 +269,33 @@ export class Agent {
 
   private async sayStopping(signal: string): Promise<void> {
     const c = this.clock.now();
+    const asked = performance.now();
     const systemState = await systemdState();
     this.ring.append({ monoNs: c.mono, wallNs: c.wall, handle: 0, eventId: 0, agentStopping: { signal, systemState } });
-    this.o.log.info({ signal, systemState: systemState || null }, 'telling the host this agent stops');
+    this.o.log.info(
+      { signal, systemState: systemState || null, askedMs: Math.round(performance.now() - asked) },
+      'telling the host this agent stops',
+    );
     await this.session?.flush(STOPPING_FLUSH_MS);
   }
 }
+
+/** How long a stopping agent waits for systemd to say its state. */
+const SYSTEMD_STATE_MS = 6000;
 
 /** How long a stopping agent waits for its last records to be written out to the host. */
 const STOPPING_FLUSH_MS = 1500;
 
 /**
  * systemd's own state ("stopping" while the guest shuts down or reboots, "running", "degraded",
- * ...); '' where there is no systemd or it does not answer within 2 s.
+ * ...); '' where there is no systemd or it does not answer within SYSTEMD_STATE_MS. On a
+ * reboot of a TCG guest, systemctl once took more than 2 s (Debian 13: the state came back
+ * empty and the shutdown's deaths looked like kills); systemd waits 90 s for a unit to stop.
  */
 function systemdState(): Promise<string> {
   return new Promise((resolve) => {
     // is-system-running exits non-zero for every state but "running": its output says it all
-    execFile('systemctl', ['is-system-running'], { timeout: 2000 }, (_err, stdout) => {
+    execFile('systemctl', ['is-system-running'], { timeout: SYSTEMD_STATE_MS }, (_err, stdout) => {
       const state = String(stdout ?? '').trim();
       resolve(/^[a-z-]{1,32}$/.test(state) ? state : '');
     });
