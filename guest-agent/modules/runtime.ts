@@ -416,9 +416,20 @@ export class ProbeRuntime {
         }
       }
     }
-    // Awake anyway: the shared tick's work that is nearly due runs now, not in a wake-up of its own.
-    poke();
+    // Awake anyway: the shared tick's work runs in this turn, not in a wake-up of its own. After
+    // the records just appended have gone out (the session's pump is queued the same way, and
+    // before): the tick's work never delays them.
+    if (!this.pokeQueued) {
+      this.pokeQueued = true;
+      setImmediate(this.pokeNow);
+    }
   }
+
+  private pokeQueued = false;
+  private readonly pokeNow = (): void => {
+    this.pokeQueued = false;
+    poke();
+  };
 
   /** A synchronous context call from a probe's worker; done here, where the kernel side lives. */
   private onCall(load: Load, op: string, args: unknown[]): unknown {
