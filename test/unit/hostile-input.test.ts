@@ -26,6 +26,7 @@ import { encodeBatchFrame } from '../../proto/batch.js';
 import { PROTOCOL_VERSION, encodeMessage, v1, type pb } from '../../proto/codec.js';
 import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
 import { sleep } from '../helpers/wait.js';
+import { onHostFrames } from '../helpers/host-frames.js';
 
 /** An AgentClient on an in-memory duplex: `toHost` is what the agent writes, `fromHost` what the host wrote. */
 function link(opts: ConstructorParameters<typeof AgentClient>[1] = {}) {
@@ -43,15 +44,9 @@ function link(opts: ConstructorParameters<typeof AgentClient>[1] = {}) {
 /** The acked_seq of every hello answer the host writes on the link, as they come. */
 function helloAcks(l: ReturnType<typeof link>): number[] {
   const acks: number[] = [];
-  const dec = new FrameDecoder({
-    maxFrameBytes: 1 << 20,
-    onError: () => undefined,
-    onFrame: (p) => {
-      const f = v1.Frame.decode(p);
-      if (f.helloAck) acks.push(Number(f.helloAck.ackedSeq));
-    },
+  onHostFrames(l.fromHost, (f) => {
+    if (f.helloAck) acks.push(Number(f.helloAck.ackedSeq));
   });
-  l.fromHost.on('data', (b: Buffer) => dec.push(b));
   return acks;
 }
 

@@ -7,7 +7,8 @@ import { AgentClient, IDLE_ACK_BELOW_RECORDS, IDLE_ACK_MS } from '../../host/cha
 import { ACK_EVERY_MS, AckCoalescer } from '../../host/daemon/ack-coalescer.js';
 import { encodeBatchFrame } from '../../proto/batch.js';
 import { PROTOCOL_VERSION, encodeMessage, v1 } from '../../proto/codec.js';
-import { FrameDecoder, encodeFrame } from '../../proto/frame.js';
+import { encodeFrame } from '../../proto/frame.js';
+import { onHostFrames } from '../helpers/host-frames.js';
 
 afterEach(() => {
   vi.useRealTimers();
@@ -49,15 +50,9 @@ function client(ackIdleMs: number) {
   const fromHost = new PassThrough();
   const c = new AgentClient(Duplex.from({ readable: toHost, writable: fromHost }), { autoAck: true, ackIdleMs, fedExternally: true });
   const acks: number[] = [];
-  const dec = new FrameDecoder({
-    maxFrameBytes: 1 << 20,
-    onError: () => undefined,
-    onFrame: (p) => {
-      const f = v1.Frame.decode(p);
-      if (f.ack) acks.push(Number(f.ack.seq));
-    },
+  onHostFrames(fromHost, (f) => {
+    if (f.ack) acks.push(Number(f.ack.seq));
   });
-  fromHost.on('data', (b: Buffer) => dec.push(b));
   c.feed(encodeFrame(encodeMessage({ hello: { protocolVersion: PROTOCOL_VERSION, bootId: 'b', agentPid: 1 } })));
   let seq = 0;
   /** n loss records with the next sequence numbers, in one batch */
