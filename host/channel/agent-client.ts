@@ -25,11 +25,6 @@ import { RecordIntake } from './record-intake.js';
 export type { ProbeInfo } from './agent-probes.js';
 export { MAX_PARAM_VALUE, MAX_PROBE_EVENTS, MAX_PROBE_NAME, MAX_PROBE_PARAMS, MAX_PROBE_VERSION } from './agent-probes.js';
 export { HELLO_MIN_INTERVAL_MS, MAX_HELLO_STRING } from './hello-gate.js';
-/** Below this many records not yet acknowledged, a link is a trickle: its ack may wait (ackIdleMs). */
-export const IDLE_ACK_BELOW_RECORDS = 64;
-/** How long vesperd lets a trickle's ack wait: an idle agent wakes for an ack once in this long, not once a heartbeat. */
-export const IDLE_ACK_MS = 5000;
-
 export interface AgentClientOptions {
   /** Highest sequence number already held: the agent resends everything after it. */
   resumeAfterSeq?: number;
@@ -37,13 +32,6 @@ export interface AgentClientOptions {
   resumeFor?: (hello: pb.Hello) => number;
   /** Acknowledge records as soon as the 'record' listeners have run (default true). */
   autoAck?: boolean;
-  /**
-   * With autoAck: a trickle (fewer than IDLE_ACK_BELOW_RECORDS records not yet acknowledged)
-   * is acknowledged this long after its first record, not at once, as vesperd does
-   * (daemon/ack-coalescer.ts): an agent at rest is not woken for every heartbeat's ack. 0 (the
-   * default): every batch at once.
-   */
-  ackIdleMs?: number;
   requestTimeoutMs?: number;
   handshakeTimeoutMs?: number;
   maxFrameBytes?: number;
@@ -121,9 +109,6 @@ export class AgentClient extends EventEmitter {
   private readonly gate: HelloGate;
   private readonly decoder: FrameDecoder;
   private closed = false;
-  /** the highest sequence number acknowledged in this agent run */
-  private ackedSeq = 0;
-  private idleAck: NodeJS.Timeout | null = null;
   private readonly opts: Required<Omit<AgentClientOptions, 'resumeFor' | 'budget' | 'onProtocolError' | 'hostKey'>> &
     Pick<AgentClientOptions, 'resumeFor' | 'hostKey'>;
 
@@ -138,7 +123,6 @@ export class AgentClient extends EventEmitter {
     this.opts = {
       resumeAfterSeq: opts.resumeAfterSeq ?? 0,
       autoAck: opts.autoAck ?? true,
-      ackIdleMs: opts.ackIdleMs ?? 0,
       requestTimeoutMs: opts.requestTimeoutMs ?? 30_000,
       handshakeTimeoutMs: opts.handshakeTimeoutMs ?? 15_000,
       maxFrameBytes: opts.maxFrameBytes ?? DEFAULT_MAX_FRAME_BYTES,
@@ -376,25 +360,7 @@ export class AgentClient extends EventEmitter {
 
   /** Acknowledges everything up to seq (with autoAck off, once the records are safe). */
   ack(seq = this.lastSeq): void {
-    if (this.idleAck) clearTimeout(this.idleAck);
-    this.idleAck = null;
-    this.ackedSeq = Math.max(this.ackedSeq, seq);
     this.send({ ack: { seq } });
-  }
-
-  /** autoAck: at once, or for a trickle (ackIdleMs) a while later with whatever follows it. */
-  private autoAck(): void {
-    const ms = this.opts.ackIdleMs;
-    if (ms > 0 && this.lastSeq - this.ackedSeq < IDLE_ACK_BELOW_RECORDS) {
-      if (this.idleAck) return;
-      this.idleAck = setTimeout(() => {
-        this.idleAck = null;
-        if (!this.closed) this.ack();
-      }, ms);
-      this.idleAck.unref();
-      return;
-    }
-    this.ack();
   }
 
   close(): void {
@@ -436,7 +402,6 @@ export class AgentClient extends EventEmitter {
     if (this.closed) return;
     this.closed = true;
     if (this.resumeTimer) clearTimeout(this.resumeTimer);
-    if (this.idleAck) clearTimeout(this.idleAck);
     this.decoder.discardPartial('ended');
     this.requests.failAll(why);
     this.gate.closed(why);
@@ -535,10 +500,6 @@ export class AgentClient extends EventEmitter {
       return;
     }
     if (this.opts.resumeFor) this.intake.lastSeq = this.opts.resumeFor(h);
-    // This run's numbers start after what the answer acknowledges (a new run starts at 1).
-    this.ackedSeq = this.lastSeq;
-    if (this.idleAck) clearTimeout(this.idleAck);
-    this.idleAck = null;
     this.probes.clear();
     for (const l of h.loaded ?? []) this.remember(l);
     this.send({
@@ -559,7 +520,7 @@ export class AgentClient extends EventEmitter {
     if (!out.length) return;
     if (this.listenerCount('record')) for (const r of out) this.emit('record', r);
     this.emit('batch', out);
-    if (this.opts.autoAck) this.autoAck();
+    if (this.opts.autoAck) this.ack();
   }
 }
 

@@ -19,7 +19,7 @@ import type { IngestBatcher } from './ingest.js';
 import { RecordEvent, eventOfRecord } from '../notify/record-event.js';
 import { MAX_HONEST_RECORD_BYTES, capOversizedRecord } from '../notify/guest-strings.js';
 import { endedRunLosses } from './ended-runs.js';
-import { ACK_AT_RECORDS, AckCoalescer, IDLE_ACK_BELOW_RECORDS } from './ack-coalescer.js';
+import { ACK_AT_RECORDS, AckCoalescer } from './ack-coalescer.js';
 import type { ReadPacer } from '../channel/read-pacer.js';
 import type { LatencyHistogram } from '../metrics/latency.js';
 
@@ -411,14 +411,12 @@ export class GuestLink {
     // at 1 again, and an older run's number must never reach it.
     if (run !== this.ackRun) [this.ackRun, this.ackSeq, this.ackedSeq] = [run, 0, 0];
     this.ackSeq = Math.max(this.ackSeq, seq);
-    const unacked = this.ackSeq - this.ackedSeq;
-    if (unacked >= ACK_AT_RECORDS) {
+    if (this.ackSeq - this.ackedSeq >= ACK_AT_RECORDS) {
       this.acks.drop(this);
       this.sendAck();
       return;
     }
-    if (unacked < IDLE_ACK_BELOW_RECORDS) this.acks.later(this);
-    else this.acks.soon(this);
+    this.acks.soon(this);
   }
 
   /** Acknowledges what is stored of the current agent run (ackSoon decides when). */

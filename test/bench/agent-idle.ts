@@ -1,7 +1,7 @@
 // Host-mode agent at rest and with a looping probe (issue 15): idle CPU, wake-ups and RSS with
 // all six shipped probes loaded, and what a probe stuck in a loop costs the others.
 import { readFileSync, readdirSync } from 'node:fs';
-import { IDLE_ACK_MS, type AgentClient } from '../../host/channel/agent-client.js';
+import type { AgentClient } from '../../host/channel/agent-client.js';
 import type { AgentRecord } from '../../proto/record.js';
 import { LocalAgent } from '../../host/channel/local-agent.js';
 import { signModule } from '../../host/probes/package.js';
@@ -86,8 +86,7 @@ export async function agentIdle(m: Metrics, tick: number, idleS = 60): Promise<v
   let c: AgentClient | undefined;
   try {
     await a.start();
-    // Acknowledged as vesperd does: the idle agent's heartbeats a while later (IDLE_ACK_MS).
-    c = await a.connect({ ackIdleMs: IDLE_ACK_MS });
+    c = await a.connect();
     for (const p of ['signal', 'process', 'oom']) await c.load(a.module(p));
     await c.load(a.module('heartbeat'), { params: { interval_ms: '1000' } });
     await sleep(2000);

@@ -1,7 +1,7 @@
 // VM benchmarks: a real guest under libvirt (TCG unless KVM boots), the agent inside, real
 // faults from the guest's test helper. Guest times are put on the host's clock with the
 // agent's ping answers (offset from the shortest round trip; error within half of it).
-import { IDLE_ACK_MS, type AgentClient } from '../../host/channel/agent-client.js';
+import type { AgentClient } from '../../host/channel/agent-client.js';
 import type { AgentRecord } from '../../proto/record.js';
 import type { LibvirtEvent } from '../../host/libvirt/events.js';
 import { VmRig } from '../rigs/vm/rig.js';
@@ -60,9 +60,7 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     await rig.hv.destroy(rig.name);
     t0 = mono();
     await rig.hv.start(rig.name);
-    // The host acknowledges as vesperd does: a trickle (the idle agent's heartbeats) a while
-    // later, a storm at once.
-    client = await rig.connectAgent(120_000, { ackIdleMs: IDLE_ACK_MS });
+    client = await rig.connectAgent(120_000);
     m['vm.boot_to_agent_s'] = round3((mono() - t0) / 1e9);
     const recs: AgentRecord[] = [];
     const seenAt = new Map<number, number>();
