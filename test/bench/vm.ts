@@ -176,24 +176,30 @@ export async function vmBench(m: Metrics, o: { trials: number; vcpus: number; lo
     // As in host mode (agent-idle.ts), the first seconds after the probes load are the
     // collectors shrinking what start-up left: told apart (.settling), not the agent at rest.
     const pid = client.hello.agentPid;
-    const [ts0, hz0, up0] = fieldsOf(await rig.fault(`stat ${pid}`), 'stat');
-    const [sw0, , upW0] = fieldsOf(await rig.fault(`wakeups ${pid}`), 'wakeups');
+    /** The agent's CPU ticks and wake-ups now, each with the guest's uptime when read. */
+    const sample = async () => {
+      const [ticks, hz, up] = fieldsOf(await rig.fault(`stat ${pid}`), 'stat');
+      const [sw, rssKb, upW] = fieldsOf(await rig.fault(`wakeups ${pid}`), 'wakeups');
+      return { ticks: ticks!, hz: hz!, up: up!, sw: sw!, rssKb: rssKb!, upW: upW! };
+    };
+    type Sample = Awaited<ReturnType<typeof sample>>;
+    const cpuPct = (a: Sample, b: Sample): number => round3((100 * ((b.ticks - a.ticks) / a.hz)) / (b.up - a.up));
+    const wakeups = (a: Sample, b: Sample): number => round((b.sw - a.sw) / (b.upW - a.upW), 2);
+    const s0 = await sample();
     await sleep(SETTLE_S * 1000);
-    const [t1, hz, up1] = fieldsOf(await rig.fault(`stat ${pid}`), 'stat');
-    const [sw1, , upW1] = fieldsOf(await rig.fault(`wakeups ${pid}`), 'wakeups');
-    m['vm.agent_idle_cpu_pct.settling'] = round3((100 * ((t1! - ts0!) / hz0!)) / (up1! - up0!));
-    m['vm.agent_idle_wakeups_per_s.settling'] = round((sw1! - sw0!) / (upW1! - upW0!), 2);
+    const s1 = await sample();
+    m['vm.agent_idle_cpu_pct.settling'] = cpuPct(s0, s1);
+    m['vm.agent_idle_wakeups_per_s.settling'] = wakeups(s0, s1);
     const th1 = await rig.fault(`threads ${pid}`);
     await sleep(60_000);
-    // Which threads woke: the busiest five, "tid/s" and CPU ticks over the window.
+    // Which threads woke, "tid/s" and CPU ticks over the window: the busiest five kept, all logged.
     const th2 = await rig.fault(`threads ${pid}`);
     m['vm.agent_idle_top_threads'] = topThreads(th1, th2);
     o.log(`vm: idle wake-ups by thread (per s, ticks): ${topThreads(th1, th2, Infinity)}`);
-    const [t2, , up2] = fieldsOf(await rig.fault(`stat ${pid}`), 'stat');
-    const [sw2, rssKb, upW2] = fieldsOf(await rig.fault(`wakeups ${pid}`), 'wakeups');
-    m['vm.agent_idle_cpu_pct'] = round3((100 * ((t2! - t1!) / hz!)) / (up2! - up1!));
-    m['vm.agent_idle_wakeups_per_s'] = round((sw2! - sw1!) / (upW2! - upW1!), 2);
-    m['vm.agent_rss_mb'] = round(rssKb! / 1024, 1);
+    const s2 = await sample();
+    m['vm.agent_idle_cpu_pct'] = cpuPct(s1, s2);
+    m['vm.agent_idle_wakeups_per_s'] = wakeups(s1, s2);
+    m['vm.agent_rss_mb'] = round(s2.rssKb / 1024, 1);
 
     // Panic: from the helper's answer (sent just before sysrq-c) to libvirt's crashed event.
     const panic: number[] = [];
