@@ -239,6 +239,12 @@ export function distroFaultSuite(distro: Distro): void {
       { timeout: 600_000 },
       async () => {
         const bootBefore = await bootId();
+        // this boot's journal outlives the reboot (the image keeps it in memory), so a failure
+        // below can show what the stopping agent logged
+        await g.ssh(
+          "printf '[Journal]\\nStorage=persistent\\n' > /etc/systemd/journald.conf.d/zz-reboot-test.conf && " +
+            'mkdir -p /var/log/journal && systemctl restart systemd-journald && journalctl --flush',
+        );
         const t0 = Date.now() * 1000;
         await g.sshRun('systemctl reboot', 15_000); // the connection may drop before it answers
         await sleep(5000);
@@ -272,7 +278,12 @@ export function distroFaultSuite(distro: Distro): void {
         // heartbeat-lost nor agent-lost for it.
         const since = got.timeline.filter((e) => e.timeUs >= t0 && e.plugin === 'channel');
         const said = since.find((e) => e.event === 'agent-stopping');
-        expect(said?.payload, 'the agent said it stopped').toMatchObject({ agentStopping: { signal: 'SIGTERM', systemState: 'stopping' } });
+        const stopLog = (await g.sshRun("journalctl -b -1 -u vesper-agent -o cat --no-pager | grep -E 'agent stops|stopping' | tail -5"))
+          .stdout;
+        trail.push(`the agent on the way down: ${stopLog}`);
+        expect(said?.payload, `the agent said it stopped; it logged: ${stopLog}`).toMatchObject({
+          agentStopping: { signal: 'SIGTERM', systemState: 'stopping' },
+        });
         expect(v.details?.['shutdownFromUs']).toBe(said!.timeUs);
         expect(since.filter((e) => e.event === 'heartbeat-lost' || e.event === 'agent-lost').map((e) => e.description)).toEqual([]);
         // what systemd (and root's user manager) stopped on the way down is planned; nothing is
