@@ -120,8 +120,9 @@ export async function run(argv: string[]): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ sig }, 'stopping');
-    // Blocked kernel readers keep the process from exiting; if they do not wake, leave hard.
-    setTimeout(() => process.kill(process.pid, 'SIGKILL'), 8000).unref();
+    // Blocked kernel readers keep the process from exiting; if they do not wake, leave hard (after
+    // up to 10 s asking systemd's state and 1.5 s writing the last records out).
+    setTimeout(() => process.kill(process.pid, 'SIGKILL'), 20_000).unref();
     agent
       .stop(sig)
       .catch((err: Error) => log.error({ err: err.message }, 'stop failed'))

@@ -15,26 +15,38 @@ export const SYSTEMD_PRIVATE_SOCKET = '/run/systemd/private';
 
 const STATE = /^[a-z-]{1,32}$/;
 
-/**
- * systemd's state, or '' where there is no systemd or it does not answer within `timeoutMs`
- * (shared by both ways of asking).
- */
-export async function systemdState(timeoutMs: number, socketPath = SYSTEMD_PRIVATE_SOCKET): Promise<string> {
-  const until = Date.now() + timeoutMs;
-  const viaBus = await askPid1(socketPath, timeoutMs).catch((err: Error & { code?: string }) => err);
-  if (typeof viaBus === 'string') return STATE.test(viaBus) ? viaBus : '';
-  // no socket, or not ours to use: systemctl finds its own way (the system bus)
-  if (viaBus.code !== 'ENOENT' && viaBus.code !== 'EACCES' && viaBus.code !== 'ECONNREFUSED') return '';
-  return askSystemctl(Math.max(0, until - Date.now()));
+export interface SystemdState {
+  /** systemd's state, or '' where there is no systemd or it did not answer in time */
+  state: string;
+  /** who answered: PID 1 over its private socket, or systemctl */
+  via: 'pid1' | 'systemctl';
+  /** why there is no state: PID 1's or systemctl's error */
+  error?: string;
 }
 
-function askSystemctl(timeoutMs: number): Promise<string> {
-  if (timeoutMs <= 0) return Promise.resolve('');
+/** systemd's state, asked within `timeoutMs` (shared by both ways of asking). */
+export async function systemdState(timeoutMs: number, socketPath = SYSTEMD_PRIVATE_SOCKET): Promise<SystemdState> {
+  const until = Date.now() + timeoutMs;
+  const viaBus = await askPid1(socketPath, timeoutMs).catch((err: Error & { code?: string }) => err);
+  if (typeof viaBus === 'string') {
+    return STATE.test(viaBus) ? { state: viaBus, via: 'pid1' } : { state: '', via: 'pid1', error: `not a state: ${viaBus.slice(0, 40)}` };
+  }
+  // no socket, or not ours to use: systemctl finds its own way (the system bus)
+  if (viaBus.code !== 'ENOENT' && viaBus.code !== 'EACCES' && viaBus.code !== 'ECONNREFUSED') {
+    return { state: '', via: 'pid1', error: viaBus.message };
+  }
+  return askSystemctl(Math.max(0, until - Date.now()), viaBus.message);
+}
+
+function askSystemctl(timeoutMs: number, whyNotPid1: string): Promise<SystemdState> {
+  if (timeoutMs <= 0) return Promise.resolve({ state: '', via: 'systemctl', error: `no time left (${whyNotPid1})` });
   return new Promise((resolve) => {
     // is-system-running exits non-zero for every state but "running": its output says it all
-    execFile('systemctl', ['is-system-running'], { timeout: timeoutMs }, (_err, stdout) => {
+    execFile('systemctl', ['is-system-running'], { timeout: timeoutMs }, (err, stdout, stderr) => {
       const state = String(stdout ?? '').trim();
-      resolve(STATE.test(state) ? state : '');
+      if (STATE.test(state)) return resolve({ state, via: 'systemctl' });
+      const why = String(stderr ?? '').trim() || err?.message || `not a state: ${state.slice(0, 40)}`;
+      resolve({ state: '', via: 'systemctl', error: `${why.slice(0, 200)} (${whyNotPid1})` });
     });
   });
 }

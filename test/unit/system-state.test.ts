@@ -131,7 +131,7 @@ describe('systemd state over the private D-Bus socket', () => {
   it('logs in with EXTERNAL as its uid, then asks; the answer is the state', async () => {
     const pid1 = await fakePid1(() => message(2, variantString('stopping')));
     try {
-      expect(await systemdState(2000, pid1.path)).toBe('stopping');
+      expect(await systemdState(2000, pid1.path)).toEqual({ state: 'stopping', via: 'pid1' });
       const uid = Buffer.from(String(process.getuid?.() ?? 0)).toString('hex');
       expect(pid1.lines).toEqual([`\0AUTH EXTERNAL ${uid}`, 'BEGIN']);
     } finally {
@@ -145,11 +145,11 @@ describe('systemd state over the private D-Bus socket', () => {
     const silent = await fakePid1(() => null);
     try {
       await expect(askPid1(refusing.path, 2000)).rejects.toThrow(/refused the D-Bus login: REJECTED/);
-      expect(await systemdState(2000, refusing.path)).toBe('');
-      expect(await systemdState(2000, erring.path)).toBe('');
+      expect(await systemdState(2000, refusing.path)).toMatchObject({ state: '', via: 'pid1', error: expect.stringMatching(/refused/) });
+      expect(await systemdState(2000, erring.path)).toMatchObject({ state: '', via: 'pid1', error: expect.stringMatching(/D-Bus error/) });
       const t = Date.now();
       await expect(askPid1(silent.path, 300)).rejects.toMatchObject({ code: 'ETIMEDOUT' });
-      expect(await systemdState(300, silent.path)).toBe('');
+      expect(await systemdState(300, silent.path)).toMatchObject({ state: '', via: 'pid1', error: 'systemd did not answer' });
       expect(Date.now() - t).toBeLessThan(5000);
     } finally {
       for (const p of [refusing, erring, silent]) p.server.close();
@@ -163,9 +163,13 @@ describe('systemd state over the private D-Bus socket', () => {
     const path = process.env['PATH'];
     process.env['PATH'] = `${bin}:${path ?? ''}`;
     try {
-      expect(await systemdState(3000, join(dir, 'no-such-socket'))).toBe('degraded');
+      expect(await systemdState(3000, join(dir, 'no-such-socket'))).toEqual({ state: 'degraded', via: 'systemctl' });
       writeFileSync(join(bin, 'systemctl'), '#!/bin/sh\necho "Failed to connect to bus: No such file or directory" >&2; exit 1\n');
-      expect(await systemdState(3000, join(dir, 'no-such-socket'))).toBe('');
+      expect(await systemdState(3000, join(dir, 'no-such-socket'))).toMatchObject({
+        state: '',
+        via: 'systemctl',
+        error: expect.stringMatching(/^Failed to connect to bus.*\(connect ENOENT/),
+      });
     } finally {
       process.env['PATH'] = path;
     }
