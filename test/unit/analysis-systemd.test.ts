@@ -347,12 +347,38 @@ describe('analysis with systemd', () => {
       const a = around(r.s, r.rb);
       expect(a.verdicts.map((v) => v.kind).filter((k) => k !== 'planned-stop' && k !== 'guest-stopped')).toEqual([]);
       const stop = a.verdicts.find((v) => v.kind === 'guest-stopped')!;
-      expect(stop.details).toMatchObject({ rebooted: true, shutdownFromUs: r.stopping!.hostTimeUs });
+      expect(stop.details).toMatchObject({ rebooted: true, shutdownFromUs: r.stopping!.hostTimeUs, shutdownKnownBy: 'systemd' });
       expect(stop.evidence).toEqual(expect.arrayContaining(ids(r.stopping!, r.lost, r.rb)));
       for (const death of [r.getty, r.sshd]) {
         const v = a.verdicts.find((x) => x.evidence.includes(death.id!))!;
         expect(v).toMatchObject({ kind: 'planned-stop', scope: 'service' });
         expect(v.summary).toContain("during the guest's shutdown");
+      }
+    });
+
+    it("systemd's state unknown (PID 1 did not answer the agent), the guest down 40 s later with no agent back: the same shutdown", () => {
+      const r = reboot('');
+      const a = around(r.s, r.rb);
+      expect(a.verdicts.map((v) => v.kind).filter((k) => k !== 'planned-stop' && k !== 'guest-stopped')).toEqual([]);
+      const stop = a.verdicts.find((v) => v.kind === 'guest-stopped')!;
+      expect(stop.details).toMatchObject({ shutdownFromUs: r.stopping!.hostTimeUs, shutdownKnownBy: 'agent-stopped' });
+      expect(a.verdicts.find((v) => v.kind === 'guest-stopped' && v.details?.['shutdownKnownBy'] === 'systemd')).toBeUndefined();
+    });
+
+    it("systemd's state unknown but an agent linked again before the guest went down, or it went down minutes later: not the shutdown", () => {
+      const relinked = reboot('');
+      relinked.s.channel(70_000, 'agent-connected', { agentRestarted: true, bootId: 'boot-a', agentPid: 900 });
+      const late = new Scenario();
+      late.heartbeats(0, 60_000);
+      late.agentStopping(60_050, '');
+      late.exit(60_010, { pid: 250, comm: 'agetty' }, { signal: 15, cgroup: '/system.slice/serial-getty@ttyS0.service' });
+      const rb = late.libvirt(60_050 + 181_000, 'rebooted', { libvirtEvent: 'reboot' });
+      for (const [s, at] of [
+        [relinked.s, relinked.rb],
+        [late, rb],
+      ] as const) {
+        const stop = around(s, at).verdicts.find((v) => v.kind === 'guest-stopped')!;
+        expect(stop.details?.['shutdownFromUs']).toBeUndefined();
       }
     });
 

@@ -81,6 +81,14 @@ const SHUTDOWN_SAID_WITHIN = 600 * S;
  */
 const SHUTDOWN_LEAD = 15 * S;
 
+/**
+ * How long before the guest stopped an agent's word without systemd's state may still be the
+ * shutdown's: PID 1, busy stopping a guest, sometimes answers the agent only after it has exited
+ * (and a guest without systemd has no state to give). The agent stopped, none linked again, and
+ * the guest went down soon after: its stop was the shutdown's.
+ */
+const UNKNOWN_STATE_SAID_WITHIN = 180 * S;
+
 /** agent-stopping's systemd state ('stopping' while the guest shuts down). */
 function systemStateOf(p: Placed): string {
   return str(obj(p.ev.payload['agentStopping'])['systemState']);
@@ -92,13 +100,23 @@ function systemStateOf(p: Placed): string {
  * when it began, or Infinity when the agent said nothing of it.
  */
 function shutdownBegan(w: Window, d: Draft, stopUs: number): number {
-  const said = w
-    .near('channel/agent-stopping', stopUs - SHUTDOWN_SAID_WITHIN, stopUs + S, true)
-    .filter((p) => systemStateOf(p) === 'stopping' && !w.claimed.has(p.id));
+  const said = w.near('channel/agent-stopping', stopUs - SHUTDOWN_SAID_WITHIN, stopUs + S, true).filter((p) => {
+    if (w.claimed.has(p.id)) return false;
+    const state = systemStateOf(p);
+    if (state === 'stopping') return true;
+    return (
+      state === '' &&
+      stopUs - p.timeUs <= UNKNOWN_STATE_SAID_WITHIN &&
+      w.near('channel/agent-connected', p.timeUs, stopUs, true).length === 0
+    );
+  });
   const first = said[0];
   if (!first) return Infinity;
   w.claim(d, said);
   d.details['shutdownFromUs'] = first.timeUs;
+  // 'systemd': systemd said it was stopping; 'agent-stopped': the agent stopped without systemd's
+  // state, none linked again, and the guest went down within UNKNOWN_STATE_SAID_WITHIN
+  d.details['shutdownKnownBy'] = systemStateOf(first) === 'stopping' ? 'systemd' : 'agent-stopped';
   return first.timeUs;
 }
 
