@@ -135,9 +135,6 @@ class Writer {
     this.put(Buffer.from(`${s}\0`, 'latin1'));
     return this;
   }
-  get length(): number {
-    return this.len;
-  }
   buffer(): Buffer {
     return Buffer.concat(this.parts, this.len);
   }
