@@ -6,6 +6,7 @@ import { anyOf } from '../_shared/trace-filter.js';
 import { TtlCache } from '../_shared/ttl-cache.js';
 
 const CLONE_THREAD = 0x10000;
+const CLONE_PARENT = 0x8000; // the child's parent is the caller's parent, not the caller
 const SIGKILL = 9;
 const STATUS_WAIT_MS = 5; // an exit seen on one CPU before its cause arrives from another
 // A process whose threads were sent SIGKILL was already dying of something: its exit_group()
@@ -78,16 +79,46 @@ function commOf(pid: number): string {
   }
 }
 
-/** The parent of a live process, from /proc/<pid>/stat (its comm may hold spaces and parentheses). */
-function parentOf(pid: number, ts: number, comms: TtlCache<string>): { pid: number; comm: string } | undefined {
+/**
+ * Who forked each recent process (child pid -> parent tgid), from task_newtask: an exec is
+ * often read after its program has ended and been reaped (a fault right after exec, an agent
+ * that a busy machine let fall behind), and then /proc no longer says who its parent was.
+ * Two generations of at most FORKS_KEPT each: an exec follows its fork closely, and the
+ * oldest half is dropped whole rather than entry by entry.
+ */
+const FORKS_KEPT = 4096;
+class RecentForks {
+  private now = new Map<number, number>();
+  private before = new Map<number, number>();
+  set(child: number, parent: number): void {
+    if (this.now.size >= FORKS_KEPT) {
+      this.before = this.now;
+      this.now = new Map();
+    }
+    this.now.set(child, parent);
+  }
+  forget(child: number): void {
+    this.now.delete(child);
+    this.before.delete(child);
+  }
+  get(child: number): number | undefined {
+    return this.now.get(child) ?? this.before.get(child);
+  }
+}
+
+/**
+ * The parent of a process: from /proc/<pid>/stat while it lives (its comm may hold spaces and
+ * parentheses), else from the fork the probe saw.
+ */
+function parentOf(pid: number, ts: number, comms: TtlCache<string>, forks: RecentForks): { pid: number; comm: string } | undefined {
+  let ppid: number;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-    if (!(ppid > 0)) return undefined;
-    return { pid: ppid, comm: comms.get(ppid, ts) };
+    ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
   } catch {
-    return undefined;
+    ppid = forks.get(pid) ?? 0;
   }
+  return ppid > 0 ? { pid: ppid, comm: comms.get(ppid, ts) } : undefined;
 }
 
 const probe: ProbeModule = {
@@ -114,6 +145,7 @@ const probe: ProbeModule = {
     // it runs the unit's program; a move without an exec is rare and not seen here.
     const cgroups = new Map<number, string>();
     const parentComms = new TtlCache<string>(PARENT_COMM_TTL_NS, PARENT_COMM_CACHE_MAX, commOf);
+    const forks = new RecentForks();
     const waiting = new Map<number, { timer: NodeJS.Timeout; check: () => void }>();
     const tgidOf = (tid: number): number => threads.get(tid) ?? tid;
     const bound = (m: Map<number, unknown>): void => {
@@ -159,7 +191,7 @@ const probe: ProbeModule = {
           cgroups.set(pid, cgroup);
           bound(cgroups);
         }
-        const parent = parentOf(pid, ev.ts, parentComms);
+        const parent = parentOf(pid, ev.ts, parentComms, forks);
         ctx.emit(
           'exec',
           {
@@ -187,9 +219,13 @@ const probe: ProbeModule = {
           threads.set(f['pid'] as number, tgidOf(ev.pid));
           bound(threads);
         } else {
-          const cg = cgroups.get(tgidOf(ev.pid));
+          const child = f['pid'] as number;
+          const parent = tgidOf(ev.pid);
+          if ((f['clone_flags'] as number) & CLONE_PARENT) forks.forget(child);
+          else forks.set(child, parent);
+          const cg = cgroups.get(parent);
           if (cg) {
-            cgroups.set(f['pid'] as number, cg);
+            cgroups.set(child, cg);
             bound(cgroups);
           }
         }
