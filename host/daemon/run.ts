@@ -1,6 +1,6 @@
 // `vesper daemon`: vesperd in the foreground, as systemd runs it. Logs go to stderr: with their
 // syslog priority when stderr is the journal, readable lines on a terminal, pino's JSON lines
-// otherwise (log-format.ts). Under `Type=notify` it says READY=1 once the API, the store and
+// otherwise (contract/log-style.ts). Under `Type=notify` it says READY=1 once the API, the store and
 // the metrics are up, and feeds `WatchdogSec=` from the event loop (sd-notify.ts). SIGTERM and
 // SIGINT stop it cleanly; SIGHUP reads the config file again and applies what can change while
 // it runs (reload.ts), keeping the old config when the new file has a mistake. A bad config
@@ -13,8 +13,8 @@ import { ErrorCode, VesperError } from '../../proto/errors.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import { DEFAULT_CONFIG_PATH, loadConfig } from '../config/load.js';
 import type { Config } from '../config/schema.js';
-import { logStyleOf, styledDestination } from './log-format.js';
-import { SdNotify, stderrIsJournal } from './sd-notify.js';
+import { logStyleOf, stderrIsJournal, styledDestination } from '../../contract/log-style.js';
+import { SdNotify } from './sd-notify.js';
 import { Vesperd } from './vesperd.js';
 
 export async function runDaemon(o: { configPath?: string | undefined }): Promise<void> {

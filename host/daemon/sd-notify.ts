@@ -11,7 +11,6 @@
 // versions that check the sender's cgroup instead). A message is a spawn: a few ms, at most
 // once per half watchdog period, never on the ingest path.
 import { execFile } from 'node:child_process';
-import { fstatSync } from 'node:fs';
 
 export interface NotifyOptions {
   env?: NodeJS.ProcessEnv;
@@ -80,21 +79,5 @@ export class SdNotify {
   stop(): void {
     if (this.timer) clearInterval(this.timer);
     this.timer = null;
-  }
-}
-
-/**
- * Whether stderr is connected to the journal: systemd sets JOURNAL_STREAM to the device and
- * inode of the stream it gave the service; a stderr redirected elsewhere has others.
- */
-export function stderrIsJournal(env: NodeJS.ProcessEnv = process.env, fd = 2): boolean {
-  const js = env['JOURNAL_STREAM'];
-  if (!js) return false;
-  const [dev, ino] = js.split(':');
-  try {
-    const st = fstatSync(fd, { bigint: true });
-    return String(st.dev) === dev && String(st.ino) === ino;
-  } catch {
-    return false;
   }
 }

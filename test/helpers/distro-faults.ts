@@ -166,6 +166,20 @@ export function distroFaultSuite(distro: Distro): void {
       expect(r.code, r.stderr).toBe(72); // EX_OSFILE: a kernel facility missing
       expect(r.stderr).toContain('VSP_KPROBE_NO_SYMBOL');
       expect(r.stderr).toContain(`this kernel (${g.image.kernelRelease}) has no function vesper_no_such_function`);
+      // The agent logged the refusal as a warning, and the guest's real journald took it at that
+      // priority: the agent's lines (its stderr stream) each at their own, none of them JSON.
+      const agentLines = async (args: string) => (await g.ssh(`journalctl -b -u vesper-agent --no-pager ${args}`)).trim().split('\n');
+      const entries = (await agentLines('-o json'))
+        .map((l) => JSON.parse(l) as { MESSAGE: unknown; PRIORITY: string; _TRANSPORT: string })
+        .filter((e) => e._TRANSPORT === 'stdout');
+      const said = (what: RegExp) => entries.filter((e) => typeof e.MESSAGE === 'string' && what.test(e.MESSAGE)).map((e) => e.PRIORITY);
+      expect(said(/^request failed code=VSP_KPROBE_NO_SYMBOL /)).toContain('4');
+      expect(said(/^agent ready /).length).toBeGreaterThan(0);
+      expect(new Set(said(/^agent ready /))).toEqual(new Set(['6']));
+      expect(said(/^\{/)).toEqual([]);
+      const warnings = (await agentLines('-p warning -o cat')).join('\n');
+      expect(warnings).toContain('VSP_KPROBE_NO_SYMBOL');
+      expect(warnings).not.toContain('agent ready');
       // a function the kernel has is taken (the VESPER capability), and nothing is said of it
       const ok = await d.json<Array<{ name: string; loaded: boolean; warnings: unknown[] }>>([
         'attach',
@@ -280,7 +294,7 @@ export function distroFaultSuite(distro: Distro): void {
         const said = since.find((e) => e.event === 'agent-stopping');
         const stopLog = (
           await g.sshRun(
-            'journalctl -b -1 -o short-monotonic --no-pager | grep -E \'vesper-agent.service|telling the host|"stopping"\' | tail -8',
+            "journalctl -b -1 -o short-monotonic --no-pager | grep -E 'vesper-agent.service|telling the host|stopping' | tail -8",
           )
         ).stdout;
         trail.push(`the agent on the way down: ${stopLog}`);

@@ -6,9 +6,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseConfig } from '../../host/config/load.js';
-import { formatLine, logStyleOf, syslogPriority } from '../../host/daemon/log-format.js';
+import { formatLine, logStyleOf, stderrIsJournal, syslogPriority } from '../../contract/log-style.js';
 import { planReload, takeLiveSettings } from '../../host/daemon/reload.js';
-import { stderrIsJournal } from '../../host/daemon/sd-notify.js';
 
 const line = (level: number, msg: string, extra: object = {}): string =>
   JSON.stringify({ level, time: Date.UTC(2026, 0, 2, 3, 4, 5, 6), pid: 42, ...extra, msg });

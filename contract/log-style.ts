@@ -1,9 +1,11 @@
-// vesperd's log lines. pino writes JSON; where stderr goes decides what the reader gets:
+// The log lines of vesperd and of the guest agent. pino writes JSON; where stderr goes decides
+// what the reader gets:
 //   the journal (JOURNAL_STREAM matches stderr): `<N>message key=value ...`, N the syslog
-//     priority, so `journalctl -p err -u vesperd` finds the errors (sd-daemon(3) prefixes);
+//     priority, so `journalctl -p err -u vesperd` (or `-u vesper-agent` in a guest) finds the
+//     errors (sd-daemon(3) prefixes);
 //   a terminal: `HH:MM:SS.mmm LEVEL message key=value ...`, for a person;
 //   anything else (a file, a pipe, a test): the JSON lines as pino made them.
-import { writeSync } from 'node:fs';
+import { fstatSync, writeSync } from 'node:fs';
 
 export type LogStyle = 'journal' | 'terminal' | 'json';
 
@@ -59,4 +61,20 @@ export function styledDestination(style: Exclude<LogStyle, 'json'>, fd = 2): { w
 /** Where stderr goes: the journal, a terminal, or elsewhere (JSON). */
 export function logStyleOf(isJournal: boolean, isTty: boolean): LogStyle {
   return isJournal ? 'journal' : isTty ? 'terminal' : 'json';
+}
+
+/**
+ * Whether stderr is connected to the journal: systemd sets JOURNAL_STREAM to the device and
+ * inode of the stream it gave the service; a stderr redirected elsewhere has others.
+ */
+export function stderrIsJournal(env: NodeJS.ProcessEnv = process.env, fd = 2): boolean {
+  const js = env['JOURNAL_STREAM'];
+  if (!js) return false;
+  const [dev, ino] = js.split(':');
+  try {
+    const st = fstatSync(fd, { bigint: true });
+    return String(st.dev) === dev && String(st.ino) === ino;
+  } catch {
+    return false;
+  }
 }
