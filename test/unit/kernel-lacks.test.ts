@@ -8,7 +8,7 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { parseManifest } from '../../contract/manifest.js';
 import { resolveParams } from '../../contract/params.js';
-import type { Capabilities, ProbeContext, ProbeModule } from '../../contract/probe-api.js';
+import type { Capabilities, ProbeModule } from '../../contract/probe-api.js';
 import { EventFormat } from '../../guest-agent/kernel/event-format.js';
 import { ReaderBudget, TraceFs, kallsyms, type TraceInstance } from '../../guest-agent/kernel/tracefs.js';
 import { probeOfAgent } from '../../host/channel/agent-probes.js';
@@ -18,6 +18,7 @@ import oomProbe from '../../probes/oom/index.js';
 import processProbe from '../../probes/process/index.js';
 import signalProbe from '../../probes/signal/index.js';
 import { caught } from '../helpers/caught.js';
+import { fakeProbeContext } from '../helpers/probe-context.js';
 import { MAINLINE_6_1_MARK_VICTIM, TRACEFS_FORMATS } from './tracefs-formats.js';
 
 const PROBES: Record<string, ProbeModule> = { signal: signalProbe, process: processProbe, oom: oomProbe };
@@ -41,13 +42,10 @@ async function setupOn(probe: string, formats: Record<string, string>, caps: Cap
   const manifest = parseManifest(readFileSync(join(import.meta.dirname, `../../probes/${probe}/manifest.json`)), VESPER_VERSION);
   const { typed } = resolveParams(manifest);
   const seen: Seen = { traced: [], lacks: [] };
-  const ctx: ProbeContext = {
+  const ctx = fakeProbeContext({
     name: probe,
-    instance: 0,
-    handle: 1,
     params: typed,
     capabilities: caps,
-    log: () => undefined,
     trace: (system, event, _filter, _fn, fields = []) => {
       fmt(`${system}/${event}`);
       seen.traced.push({ event: `${system}/${event}`, fields });
@@ -56,19 +54,8 @@ async function setupOn(probe: string, formats: Record<string, string>, caps: Cap
       const text = formats[`${system}/${event}`];
       return text !== undefined && (field === undefined || EventFormat.parse(text).has(field));
     },
-    kprobe: () => 'k',
-    kmsg: () => undefined,
-    pressure: () => undefined,
-    memoryEvents: () => undefined,
-    every: () => undefined,
-    after: () => undefined,
-    emit: () => true,
-    lost: () => undefined,
     lacks: (m) => seen.lacks.push(m),
-    comm: () => '',
-    procStatus: () => undefined,
-    now: () => 0,
-  };
+  });
   await (PROBES[probe] as ProbeModule).setup(ctx);
   return seen;
 }

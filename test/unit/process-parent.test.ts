@@ -6,9 +6,10 @@ import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { parseManifest } from '../../contract/manifest.js';
 import { resolveParams } from '../../contract/params.js';
-import type { ProbeContext, TraceEvent } from '../../contract/probe-api.js';
+import type { TraceEvent } from '../../contract/probe-api.js';
 import { VESPER_VERSION } from '../../proto/version.js';
 import processProbe from '../../probes/process/index.js';
+import { fakeProbeContext } from '../helpers/probe-context.js';
 
 const SIGCHLD = 17;
 const CLONE_PARENT = 0x8000;
@@ -25,28 +26,12 @@ async function processProbeWith(): Promise<{ on: Record<string, Handler>; emitte
   const manifest = parseManifest(readFileSync(join(import.meta.dirname, '../../probes/process/manifest.json')), VESPER_VERSION);
   const on: Record<string, Handler> = {};
   const emitted: Emitted[] = [];
-  const ctx: ProbeContext = {
+  const ctx = fakeProbeContext({
     name: 'process',
-    instance: 0,
-    handle: 1,
     params: resolveParams(manifest).typed,
-    capabilities: { tracefs: true, kprobeEvents: true, psi: true, cgroupV2: true, kmsg: true },
-    log: () => undefined,
     trace: (system, event, _filter, fn) => void (on[`${system}/${event}`] = fn),
-    hasTraceEvent: () => true,
-    kprobe: () => 'k',
-    kmsg: () => undefined,
-    pressure: () => undefined,
-    memoryEvents: () => undefined,
-    every: () => undefined,
-    after: () => undefined,
     emit: (event, payload) => (emitted.push({ event, payload } as Emitted), true),
-    lost: () => undefined,
-    lacks: () => undefined,
-    comm: () => '',
-    procStatus: () => undefined,
-    now: () => 0,
-  };
+  });
   await processProbe.setup(ctx);
   return { on, emitted };
 }
